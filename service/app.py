@@ -1,0 +1,132 @@
+"""The application: `create_app(settings)` builds it; its lifespan makes and closes the parts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from service import frontdoor, problems, push
+from service.auth import PushAuth
+from service.calls import MLCaller
+from service.delivery import ResultDelivery
+from service.deps import Components, ComponentsDep
+from service.errors import BrokerUnavailable, ConfigError
+from service.flow import Flow, load_flows
+from service.logs import TraceContext, configure_logging
+from service.problems import Problem
+from service.push import PushHandler
+from service.runner import FlowRunner
+from service.settings import MLAuth, Settings
+from service.store import MemoryStore
+from service.targets import WebhookTargets
+from service.tokens import GoogleIdTokens, NoTokens, TokenProvider
+from service.transport import InProcessTransport, PubSubTransport, Transport
+
+log = structlog.get_logger(__name__)
+
+# One pool for ML calls and webhooks; ML functions are few hosts, so keep-alive matters.
+HTTP_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+
+
+def create_app(settings: Settings | None = None, flows: dict[str, Flow] | None = None) -> FastAPI:
+    """The ASGI app. Without `settings`, they are read from the environment at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        config = settings or Settings.load()
+        configure_logging(config.log_format)
+        loaded = flows if flows is not None else load_checked_flows(config)
+        transport = make_transport(config)
+        async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:
+            app.state.components = build(config, loaded, transport, http)
+            app.state.trace_project = config.google_cloud_project
+            log.info(
+                "service started",
+                transport=type(transport).__name__,
+                flows=sorted(loaded),
+                orchestration_topic=config.orchestration_topic,
+            )
+            try:
+                yield
+            finally:
+                await transport.close()
+
+    app = FastAPI(
+        title="ML Orchestrator",
+        summary="Runs flows of ML function calls, delivered by Pub/Sub push.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(frontdoor.router)
+    app.include_router(push.router)
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: flows loaded and the broker reachable")
+    async def ready(parts: ComponentsDep) -> JSONResponse:
+        try:
+            await parts.transport.check(parts.settings.orchestration_topic)
+        except BrokerUnavailable as exc:
+            raise Problem(503, "Not ready", str(exc)) from None
+        return JSONResponse({"status": "ready", "flows": sorted(parts.flows)})
+
+    app.add_middleware(TraceContext)
+    return app
+
+
+def load_checked_flows(settings: Settings) -> dict[str, Flow]:
+    """The flows of FLOWS_DIR; ConfigError if any is invalid or DEFAULT_FLOW is missing."""
+    flows = load_flows(settings.flows_dir, settings.flow_env())
+    if settings.default_flow not in flows:
+        raise ConfigError(
+            f"DEFAULT_FLOW: no flow named {settings.default_flow!r} in {settings.flows_dir}"
+        )
+    return flows
+
+
+def make_transport(settings: Settings) -> Transport:
+    if settings.uses_pubsub:
+        assert settings.google_cloud_project is not None
+        return PubSubTransport(settings.google_cloud_project)
+    return InProcessTransport()
+
+
+def build(
+    settings: Settings, flows: dict[str, Flow], transport: Transport, http: httpx.AsyncClient
+) -> Components:
+    """Wire the parts together."""
+    tokens: TokenProvider = GoogleIdTokens() if settings.ml_auth == MLAuth.ID_TOKEN else NoTokens()
+    targets = WebhookTargets(settings.webhook_allow_private_networks)
+    store = MemoryStore()
+    handler = PushHandler(
+        flows=flows,
+        store=store,
+        runner=FlowRunner(MLCaller(http, tokens), settings.flow_timeout_s),
+        delivery=ResultDelivery(
+            http, transport, targets, settings.webhook_secret, settings.result_topic
+        ),
+        default_webhook_url=settings.default_webhook_url,
+    )
+    transport.subscribe(settings.orchestration_topic, handler.handle)
+    push_auth = (
+        PushAuth(http, settings.push_auth_audience, settings.push_auth_service_account)
+        if settings.push_auth_audience
+        else None
+    )
+    return Components(
+        settings=settings,
+        flows=flows,
+        transport=transport,
+        store=store,
+        targets=targets,
+        push=handler,
+        push_auth=push_auth,
+    )

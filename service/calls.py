@@ -1,0 +1,92 @@
+"""Calls to ML functions: an ID token, one pooled HTTP client, retries where they can help."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+
+from service.flow import Step
+from service.retry import Attempt, parse_retry_after, with_retries
+from service.tokens import TokenProvider
+
+log = structlog.get_logger(__name__)
+
+ERROR_BODY_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """The outcome of one call after its retries."""
+
+    output: Any
+    error: str | None
+    attempts: int
+
+
+class MLCaller:
+    """Makes a step's HTTP call with its retry policy, inside the execution's deadline."""
+
+    def __init__(self, client: httpx.AsyncClient, tokens: TokenProvider) -> None:
+        self._client = client
+        self._tokens = tokens
+
+    async def call(self, step: Step, body: Any, deadline: float) -> CallResult:
+        loop = asyncio.get_running_loop()
+
+        async def attempt(number: int) -> Attempt[Any]:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return Attempt(error="execution deadline passed before the call")
+            outcome = await self._attempt(step, body, min(step.timeout_s, remaining))
+            if not outcome.ok:
+                log.warning(
+                    "call attempt failed",
+                    step=step.name,
+                    attempt=number,
+                    error=outcome.error,
+                    retryable=outcome.retryable,
+                )
+            return outcome
+
+        outcome, attempts = await with_retries(step.retry, deadline, attempt)
+        return CallResult(output=outcome.value, error=outcome.error, attempts=attempts)
+
+    async def _attempt(self, step: Step, body: Any, seconds: float) -> Attempt[Any]:
+        try:
+            headers = await self._tokens.headers(step.audience)
+        except Exception as exc:  # google-auth raises several unrelated types
+            return Attempt(error=f"no ID token for {step.audience}: {exc}", retryable=True)
+        try:
+            response = await self._client.request(
+                step.method,
+                step.url,
+                json=body if step.method != "GET" else None,
+                headers=headers,
+                timeout=seconds,
+            )
+        except httpx.TimeoutException:
+            return Attempt(error=f"timed out after {seconds:.3g} s", retryable=True)
+        except httpx.ConnectError as exc:
+            return Attempt(error=f"cannot connect: {exc}", retryable=True)
+        except httpx.HTTPError as exc:
+            return Attempt(error=f"{type(exc).__name__}: {exc}")
+        if response.is_success:
+            return Attempt(value=_output(response))
+        return Attempt(
+            error=f"HTTP {response.status_code}: {response.text[:ERROR_BODY_CHARS]}",
+            retryable=response.status_code in step.retry.retry_on,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+
+
+def _output(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text

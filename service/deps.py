@@ -1,0 +1,38 @@
+"""FastAPI dependencies: the parts built in the lifespan, reached from a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+
+if TYPE_CHECKING:
+    from service.auth import PushAuth
+    from service.flow import Flow
+    from service.push import PushHandler
+    from service.settings import Settings
+    from service.store import ExecutionStore
+    from service.targets import WebhookTargets
+    from service.transport import Transport
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """Everything a request may need, made once per app start."""
+
+    settings: Settings
+    flows: dict[str, Flow]
+    transport: Transport
+    store: ExecutionStore
+    targets: WebhookTargets
+    push: PushHandler
+    push_auth: PushAuth | None
+
+
+def components(request: Request) -> Components:
+    parts: Components = request.app.state.components
+    return parts
+
+
+ComponentsDep = Annotated[Components, Depends(components)]

@@ -1,0 +1,1 @@
+"""Local development: demo ML functions, the Pub/Sub emulator, and `python -m service.dev`."""

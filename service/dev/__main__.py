@@ -1,0 +1,125 @@
+"""`python -m service.dev`: the orchestrator with demo ML functions, on this machine.
+
+Starts the demo functions and webhook receiver, the Pub/Sub emulator if it is
+installed (else the embedded in-process transport), and the service; prints a
+curl to paste. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import sys
+
+import uvicorn
+
+from service.app import create_app, load_checked_flows
+from service.dev.demo import FUNCTIONS, create_demo_app
+from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator
+from service.errors import ConfigError
+from service.settings import Settings
+
+PORT = int(os.environ.get("PORT", "8080"))
+DEMO_PORT = int(os.environ.get("DEMO_PORT", "8081"))
+EMULATOR_PORT = int(os.environ.get("EMULATOR_PORT", "8085"))
+PROJECT = "local-dev"
+
+CURL = f"""curl -s -X POST http://127.0.0.1:{PORT}/orchestrate \\
+  -H 'Content-Type: application/json' \\
+  -d '{{"user_id": "test_user_123", "session_id": "test_session_456",
+       "create_user_embedding": true, "process_profession_orchestrator": true,
+       "process_vacancy_orchestrator": true}}'"""
+
+
+def configure_environment(emulator_host: str | None) -> str:
+    """Point the service at the demo functions; returns the webhook secret."""
+    demo = f"http://127.0.0.1:{DEMO_PORT}"
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    values = {name: demo + path for name, path in FUNCTIONS.items()}
+    values |= {
+        "ML_AUTH": "none",
+        "WEBHOOK_SECRET": secret,
+        "DEFAULT_WEBHOOK_URL": f"{demo}/webhook",
+        "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console"),
+    }
+    if emulator_host:
+        values |= {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": PROJECT}
+    else:
+        os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        os.environ.pop("GOOGLE_CLOUD_PROJECT", None)
+    os.environ.update(values)
+    return secret
+
+
+async def serve(emulator: Emulator | None) -> None:
+    secret = configure_environment(emulator.host if emulator else None)
+    settings = Settings.load()
+    flows = load_checked_flows(settings)
+    if emulator:
+        admin = EmulatorAdmin(emulator.host, PROJECT)
+        admin.topic(settings.orchestration_topic)
+        admin.push_subscription(
+            "orchestrator-push",
+            settings.orchestration_topic,
+            f"http://127.0.0.1:{PORT}/pubsub/push",
+        )
+    delay = float(os.environ.get("DEMO_DELAY_MS", "100"))
+    vacancies = int(os.environ.get("DEMO_VACANCIES", "3"))
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                create_demo_app(delay, vacancies, secret),
+                host="127.0.0.1",
+                port=DEMO_PORT,
+                log_level="warning",
+                access_log=False,
+            )
+        ),
+        uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings, flows),
+                host="127.0.0.1",
+                port=PORT,
+                access_log=False,
+                log_config=None,
+            )
+        ),
+    ]
+    transport = f"Pub/Sub emulator at {emulator.host}" if emulator else "in-process transport"
+    print(
+        f"\nML Orchestrator on http://127.0.0.1:{PORT} ({transport}); demo ML functions "
+        f"({delay:g} ms each) and webhook receiver on http://127.0.0.1:{DEMO_PORT}.\n"
+        f"API docs: http://127.0.0.1:{PORT}/docs. Start a flow:\n\n{CURL}\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    await asyncio.gather(*(server.serve() for server in servers))
+
+
+def main() -> int:
+    binary = find_emulator()
+    emulator = None
+    if binary is None:
+        print("Pub/Sub emulator not found: using the in-process transport.", file=sys.stderr)
+    else:
+        emulator = Emulator.start(binary, EMULATOR_PORT)
+    try:
+        asyncio.run(serve(emulator))
+    except ConfigError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if emulator:
+            with contextlib.suppress(ProcessLookupError):
+                emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The official Pub/Sub emulator: find it, start it with a capped heap, stop it, provision it.
+
+The emulator forgets every topic and subscription when it restarts, so whoever
+starts it provisions it (over its REST API, which needs no credentials).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+HEAP = "-Xmx512m"
+RELATIVE_BINARY = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
+KNOWN_SDK_ROOTS = (
+    "/usr/lib/google-cloud-sdk",
+    "/usr/share/google-cloud-sdk",
+    "/opt/google-cloud-sdk",
+)
+MAX_ACK_DEADLINE_S = 600
+
+
+def find_emulator() -> Path | None:
+    """The emulator's launcher: $PUBSUB_EMULATOR_BIN, the gcloud SDK's, or None."""
+    explicit = os.environ.get("PUBSUB_EMULATOR_BIN")
+    if explicit:
+        return Path(explicit) if Path(explicit).is_file() else None
+    roots = list(KNOWN_SDK_ROOTS)
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        try:
+            printed = subprocess.run(  # noqa: S603 - our own fixed arguments
+                [gcloud, "info", "--format=value(installation.sdk_root)"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            printed = ""
+        if printed:
+            roots.insert(0, printed)
+    for root in roots:
+        binary = Path(root) / RELATIVE_BINARY
+        if binary.is_file():
+            return binary
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Emulator:
+    """A running emulator process (in its own process group, so it can be stopped whole)."""
+
+    host: str
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, binary: Path, port: int | None = None, log: Path | None = None) -> Emulator:
+        port = port or free_port()
+        env = {**os.environ, "JAVA_OPTS": f"{os.environ.get('JAVA_OPTS', '')} {HEAP}".strip()}
+        output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by Popen
+        process = subprocess.Popen(  # noqa: S603 - the SDK's launcher, our arguments
+            [str(binary), "--host=127.0.0.1", f"--port={port}"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        emulator = cls(host=f"127.0.0.1:{port}", process=process)
+        emulator._wait_until_up(timeout=60)
+        return emulator
+
+    def _wait_until_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Pub/Sub emulator exited with {self.process.returncode}")
+            try:
+                httpx.get(f"http://{self.host}/", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the Pub/Sub emulator did not answer on {self.host} in {timeout} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+class EmulatorAdmin:
+    """Topics and subscriptions of one project on the emulator, over REST. Idempotent."""
+
+    def __init__(self, host: str, project: str) -> None:
+        self.base = f"http://{host}/v1/projects/{project}"
+        self.project = project
+
+    def topic(self, name: str) -> None:
+        self._put(f"topics/{name}", {})
+
+    def push_subscription(self, name: str, topic: str, endpoint: str) -> None:
+        self._put(
+            f"subscriptions/{name}",
+            {
+                "topic": f"projects/{self.project}/topics/{topic}",
+                "pushConfig": {"pushEndpoint": endpoint},
+                "ackDeadlineSeconds": MAX_ACK_DEADLINE_S,
+            },
+        )
+
+    def pull_subscription(self, name: str, topic: str) -> None:
+        self._put(
+            f"subscriptions/{name}",
+            {"topic": f"projects/{self.project}/topics/{topic}", "ackDeadlineSeconds": 60},
+        )
+
+    def pull(self, subscription: str, max_messages: int = 100) -> list[dict[str, object]]:
+        """Pull and acknowledge what is there now."""
+        response = httpx.post(
+            f"{self.base}/subscriptions/{subscription}:pull",
+            json={"maxMessages": max_messages, "returnImmediately": True},
+            timeout=10,
+        )
+        response.raise_for_status()
+        received = response.json().get("receivedMessages", [])
+        if received:
+            httpx.post(
+                f"{self.base}/subscriptions/{subscription}:acknowledge",
+                json={"ackIds": [item["ackId"] for item in received]},
+                timeout=10,
+            ).raise_for_status()
+        return [item["message"] for item in received]
+
+    def _put(self, path: str, body: dict[str, object]) -> None:
+        response = httpx.put(f"{self.base}/{path}", json=body, timeout=10)
+        if response.status_code != 409:  # 409: it exists already
+            response.raise_for_status()

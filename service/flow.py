@@ -1,0 +1,235 @@
+"""Flow definitions: YAML files validated into frozen models when the service starts.
+
+Every mistake a flow can hold is found here, not during an execution: unknown
+fields, unknown or cyclic `after` references, bad expressions, expressions that
+read a step which has not run yet, and `call` URLs whose environment is missing.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from service.errors import FlowError
+from service.expressions import ExpressionError, Template, compile_value, paths_in
+from service.retry import RetryPolicy
+
+FLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+MAX_FLOW_FILE_BYTES = 256 * 1024
+
+_FIELD_TYPES: dict[str, Any] = {
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "number": float,
+    "object": dict[str, Any],
+    "array": list[Any],
+}
+
+
+class InputField(BaseModel):
+    """One declared field of a flow's input."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["string", "boolean", "integer", "number", "object", "array"]
+    required: bool = False
+    default: Any = None
+    max_length: int = Field(1000, ge=1, le=100_000)
+    description: str | None = None
+
+
+class StepSpec(BaseModel):
+    """A step as written in YAML."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    call: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    body: Any = None
+    after: list[str] = Field(default_factory=list)
+    when: str | None = None
+    for_each: str | None = None
+    max_concurrency: int = Field(10, ge=1, le=1000)
+    timeout_s: float = Field(60, gt=0, le=600)
+    retry: RetryPolicy = RetryPolicy()
+    on_error: Literal["fail", "continue"] = "fail"
+    audience: str | None = None
+
+
+class FlowSpec(BaseModel):
+    """A flow file as written in YAML."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    description: str | None = None
+    input: dict[str, InputField] = Field(default_factory=dict)
+    steps: dict[str, StepSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A step ready to run: expressions parsed, URL resolved."""
+
+    name: str
+    url: str
+    method: str
+    body: Any
+    after: tuple[str, ...]
+    when: Template | None
+    for_each: Template | None
+    max_concurrency: int
+    timeout_s: float
+    retry: RetryPolicy
+    on_error: Literal["fail", "continue"]
+    audience: str
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A loaded flow: its steps in dependency order and the model its input must fit."""
+
+    name: str
+    description: str | None
+    steps: Mapping[str, Step]
+    input_model: type[BaseModel]
+
+    def validate_input(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The input with defaults applied; raises pydantic's ValidationError naming fields."""
+        return self.input_model.model_validate(data).model_dump()
+
+
+def load_flows(directory: Path, env: Mapping[str, str] | None = None) -> dict[str, Flow]:
+    """Every `*.yaml` / `*.yml` flow of a directory, by name (the file's stem)."""
+    env = os.environ if env is None else env
+    if not directory.is_dir():
+        raise FlowError(str(directory), "FLOWS_DIR is not a directory")
+    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    if not files:
+        raise FlowError(str(directory), "no flow files (*.yaml) in FLOWS_DIR")
+    flows = [load_flow(path, env) for path in files]
+    return {flow.name: flow for flow in flows}
+
+
+def load_flow(path: Path, env: Mapping[str, str]) -> Flow:
+    """Read, validate and compile one flow file."""
+    file = str(path)
+    name = path.stem
+    if not FLOW_NAME.fullmatch(name):
+        raise FlowError(file, f"file name {name!r}: use lower case letters, digits, - and _")
+    if path.stat().st_size > MAX_FLOW_FILE_BYTES:
+        raise FlowError(file, f"larger than {MAX_FLOW_FILE_BYTES} bytes")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise FlowError(file, f"not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise FlowError(file, "must be a mapping with 'steps'")
+    try:
+        spec = FlowSpec.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        location = error["loc"]
+        step = str(location[1]) if location[:1] == ("steps",) and len(location) > 1 else None
+        field = ".".join(str(part) for part in location)
+        raise FlowError(file, f"{field}: {error['msg']}", step) from None
+    steps = _compile_steps(file, spec, env)
+    return Flow(
+        name=name,
+        description=spec.description,
+        steps=MappingProxyType(steps),
+        input_model=_input_model(name, spec.input),
+    )
+
+
+def _compile_steps(file: str, spec: FlowSpec, env: Mapping[str, str]) -> dict[str, Step]:
+    for name, step in spec.steps.items():
+        if not STEP_NAME.fullmatch(name):
+            raise FlowError(file, "step names use letters, digits, - and _", name)
+        for dependency in step.after:
+            if dependency not in spec.steps:
+                raise FlowError(file, f"after: unknown step {dependency!r}", name)
+    sorter = graphlib.TopologicalSorter({name: step.after for name, step in spec.steps.items()})
+    try:
+        order = list(sorter.static_order())
+    except graphlib.CycleError as exc:
+        cycle = " -> ".join(exc.args[1])
+        raise FlowError(file, f"after: dependency cycle {cycle}", exc.args[1][0]) from None
+
+    ancestors: dict[str, set[str]] = {}
+    for name in order:
+        after = spec.steps[name].after
+        ancestors[name] = set(after).union(*(ancestors[dependency] for dependency in after))
+
+    compiled = {}
+    for name in order:
+        try:
+            compiled[name] = _compile_step(name, spec.steps[name], ancestors[name], env)
+        except ExpressionError as exc:
+            raise FlowError(file, str(exc), name) from None
+    return compiled
+
+
+def _compile_step(name: str, spec: StepSpec, ancestors: set[str], env: Mapping[str, str]) -> Step:
+    call = Template.parse(spec.call, env)
+    if call.paths:
+        raise ExpressionError(f"call: only ${{env.NAME}} may be used in a URL, not {spec.call!r}")
+    url = call.render({})
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ExpressionError(f"call: {url!r} is not an http(s) URL")
+    when = Template.parse(spec.when, env) if spec.when is not None else None
+    for_each = Template.parse(spec.for_each, env) if spec.for_each is not None else None
+    body = compile_value(spec.body, env)
+
+    for where, value in (("when", when), ("for_each", for_each), ("body", body)):
+        for path in paths_in(value):
+            if path.root == "item" and (where != "body" or for_each is None):
+                raise ExpressionError(f"{where}: ${{{path.text}}} is only known in a for_each body")
+            step = path.step
+            if step is not None and step not in ancestors:
+                raise ExpressionError(
+                    f"{where}: ${{{path.text}}} reads step {step!r}, which is not in 'after'"
+                )
+    audience = Template.parse(spec.audience, env).render({}) if spec.audience else url
+    return Step(
+        name=name,
+        url=url,
+        method=spec.method,
+        body=body,
+        after=tuple(spec.after),
+        when=when,
+        for_each=for_each,
+        max_concurrency=spec.max_concurrency,
+        timeout_s=spec.timeout_s,
+        retry=spec.retry,
+        on_error=spec.on_error,
+        audience=audience,
+    )
+
+
+def _input_model(flow: str, fields: Mapping[str, InputField]) -> type[BaseModel]:
+    definitions: dict[str, Any] = {}
+    for name, field in fields.items():
+        python_type = _FIELD_TYPES[field.type]
+        constraints: dict[str, Any] = {"description": field.description}
+        if field.type == "string":
+            constraints["max_length"] = field.max_length
+        default = ... if field.required else field.default
+        annotation = python_type if field.required or default is not None else python_type | None
+        definitions[name] = (annotation, Field(default, **constraints))
+    model: type[BaseModel] = create_model(
+        f"{flow}-input", __config__=ConfigDict(extra="allow"), **definitions
+    )
+    return model

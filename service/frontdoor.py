@@ -1,0 +1,142 @@
+"""The front door: POST /orchestrate accepts a request and publishes it; status reads."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from service.deps import ComponentsDep
+from service.errors import BrokerUnavailable, WebhookTargetRefused
+from service.limits import MAX_REQUEST_BYTES, read_body
+from service.messages import (
+    Accepted,
+    Execution,
+    OrchestrateRequest,
+    RequestMessage,
+    field_errors,
+    now,
+)
+from service.problems import MEDIA_TYPE, Problem, invalid
+
+router = APIRouter()
+
+# Idempotency keys map to execution ids in their own namespace: uuid5(namespace, flow + key).
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1a52-3b8e-4a3c-9a51-2d1b6e0f7c11")
+BROKER_RETRY_AFTER_S = "5"
+
+_PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
+
+
+@router.post(
+    "/orchestrate",
+    status_code=202,
+    response_model=Accepted,
+    summary="Accept a request and publish it for execution",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": OrchestrateRequest.model_json_schema()}},
+        }
+    },
+    responses={
+        400: {"description": "body is not JSON", **_PROBLEM},
+        404: {"description": "unknown flow", **_PROBLEM},
+        413: {"description": "body larger than 1 MB", **_PROBLEM},
+        422: {"description": "a field is invalid (named in `errors`)", **_PROBLEM},
+        503: {"description": "the broker is unreachable; retry after Retry-After", **_PROBLEM},
+    },
+)
+async def orchestrate(
+    request: Request,
+    parts: ComponentsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(min_length=1, max_length=255, description="same key, same execution id"),
+    ] = None,
+) -> JSONResponse:
+    payload = _json_object(await read_body(request, MAX_REQUEST_BYTES))
+    flow_name = payload.pop("flow", None) or parts.settings.default_flow
+    webhook_url = payload.pop("webhook_url", None)
+    if not isinstance(flow_name, str):
+        raise invalid([{"field": "flow", "reason": "must be a string"}])
+    if webhook_url is not None and not isinstance(webhook_url, str):
+        raise invalid([{"field": "webhook_url", "reason": "must be a string"}])
+    flow = parts.flows.get(flow_name)
+    if flow is None:
+        known = ", ".join(sorted(parts.flows))
+        raise Problem(
+            404,
+            "Unknown flow",
+            f"flow: no flow named {flow_name[:63]!r} (known: {known})",
+            [{"field": "flow", "reason": "unknown flow"}],
+        )
+    try:
+        flow_input = flow.validate_input(payload)
+    except ValidationError as exc:
+        raise invalid(field_errors(exc)) from None
+    if webhook_url is not None:
+        try:
+            await parts.targets.check(webhook_url)
+        except WebhookTargetRefused as exc:
+            raise invalid([{"field": "webhook_url", "reason": str(exc)}]) from None
+
+    if idempotency_key is None:
+        execution_id = str(uuid.uuid4())
+    else:
+        execution_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{flow.name}\n{idempotency_key}"))
+    message = RequestMessage(
+        execution_id=execution_id,
+        flow=flow.name,
+        input=flow_input,
+        webhook_url=webhook_url,
+        requested_at=now(),
+    )
+    try:
+        await parts.transport.publish(
+            parts.settings.orchestration_topic,
+            message.model_dump_json().encode(),
+            {"execution_id": execution_id, "flow": flow.name},
+        )
+    except BrokerUnavailable as exc:
+        raise Problem(
+            503,
+            "Broker unavailable",
+            f"the request was not accepted: {exc}",
+            headers={"Retry-After": BROKER_RETRY_AFTER_S},
+        ) from None
+    status_url = str(request.url_for("get_execution", execution_id=execution_id))
+    accepted = Accepted(execution_id=execution_id, flow=flow.name, status_url=status_url)
+    return JSONResponse(accepted.model_dump(), 202, headers={"Location": status_url})
+
+
+@router.get(
+    "/executions/{execution_id}",
+    response_model=Execution,
+    summary="The execution document",
+    responses={404: {"description": "unknown execution", **_PROBLEM}},
+)
+async def get_execution(execution_id: str, parts: ComponentsDep) -> Execution:
+    execution = await parts.store.get(execution_id[:128])
+    if execution is None:
+        raise Problem(404, "Unknown execution", f"no execution {execution_id[:128]!r}")
+    return execution
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Problem(
+            400,
+            "Body is not JSON",
+            f"(body): not valid JSON: {exc}",
+            [{"field": "(body)", "reason": "not valid JSON"}],
+        ) from None
+    if not isinstance(payload, dict):
+        raise invalid([{"field": "(body)", "reason": "must be a JSON object"}])
+    return payload

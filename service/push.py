@@ -1,0 +1,192 @@
+"""Push handling: one delivered request message in, one ack or nack out.
+
+The flow runs inside the push request and the answer goes out when the
+execution has ended (Cloud Run throttles the CPU once a response is sent).
+This module is the one place that maps outcomes to answers:
+
+    204  acked: finished and delivered, already finished, or poison (never succeeds)
+    409  nacked: the same execution is running now; Pub/Sub redelivers later
+    503  nacked: a retryable failure (broker, webhook, shutdown); redelivered later
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+
+import structlog
+from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
+
+from service.auth import Unauthorized
+from service.delivery import ResultDelivery
+from service.deps import ComponentsDep
+from service.errors import ExecutionBusy, OrchestratorError, RejectedMessage
+from service.flow import Flow
+from service.limits import MAX_PUSH_BYTES, read_body
+from service.messages import (
+    Execution,
+    ExecutionStatus,
+    PushEnvelope,
+    RequestMessage,
+    describe,
+    field_errors,
+)
+from service.problems import Problem
+from service.runner import FlowRunner
+from service.store import ClaimState, ExecutionStore
+
+log = structlog.get_logger(__name__)
+
+ACK = 204
+NACK_BUSY = 409
+NACK_RETRY = 503
+
+
+class PushHandler:
+    """Runs the execution a push message asks for, exactly once per finished result."""
+
+    def __init__(
+        self,
+        flows: Mapping[str, Flow],
+        store: ExecutionStore,
+        runner: FlowRunner,
+        delivery: ResultDelivery,
+        default_webhook_url: str | None,
+    ) -> None:
+        self._flows = flows
+        self._store = store
+        self._runner = runner
+        self._delivery = delivery
+        self._default_webhook_url = default_webhook_url
+
+    async def handle(self, envelope: PushEnvelope) -> int:
+        """Process one delivery; returns the HTTP status that acks (2xx) or nacks it."""
+        message_id = envelope.message.message_id
+        attributes = envelope.message.attributes or {}
+        with structlog.contextvars.bound_contextvars(
+            message_id=message_id,
+            execution_id=attributes.get("execution_id"),
+            flow=attributes.get("flow"),
+            delivery_attempt=envelope.delivery_attempt,
+        ):
+            try:
+                return await self._handle(envelope)
+            except RejectedMessage as exc:
+                await self.reject(exc, message_id, attributes.get("flow"))
+                return ACK
+            except OrchestratorError as exc:
+                log.warning("delivery nacked", reason=str(exc), retryable=exc.retryable)
+                return NACK_BUSY if isinstance(exc, ExecutionBusy) else NACK_RETRY
+
+    async def reject(
+        self, exc: RejectedMessage, message_id: str | None, flow: str | None = None
+    ) -> None:
+        """Ack-and-report a message that can never succeed: logged, stored and published."""
+        log.error("message rejected", reason=exc.reason)
+        execution_id = exc.execution_id or f"message-{message_id or 'unknown'}"
+        execution = Execution(
+            execution_id=execution_id,
+            flow=flow or "unknown",
+            status=ExecutionStatus.RUNNING,
+            input={},
+        )
+        execution.finish(ExecutionStatus.REJECTED, exc.reason)
+        if exc.execution_id:
+            await self._store.save(execution, delivered=True)
+        await self._delivery.publish(execution)
+
+    async def _handle(self, envelope: PushEnvelope) -> int:
+        message = decode(envelope)
+        structlog.contextvars.bind_contextvars(execution_id=message.execution_id, flow=message.flow)
+        flow = self._flows.get(message.flow)
+        if flow is None:
+            raise RejectedMessage(f"flow: unknown flow {message.flow!r}", message.execution_id)
+        try:
+            flow_input = flow.validate_input(message.input)
+        except ValidationError as exc:
+            reason = describe(field_errors(exc, "input"))
+            raise RejectedMessage(reason, message.execution_id) from None
+
+        execution = Execution(
+            execution_id=message.execution_id,
+            flow=flow.name,
+            status=ExecutionStatus.RUNNING,
+            input=flow_input,
+        )
+        webhook_url = message.webhook_url or self._default_webhook_url
+        claim = await self._store.claim(execution)
+        if claim.state == ClaimState.RUNNING:
+            raise ExecutionBusy("the execution is running in another delivery")
+        if claim.state == ClaimState.FINISHED:
+            assert claim.execution is not None
+            if claim.delivered:
+                log.info("duplicate delivery of a finished execution; nothing runs")
+                return ACK
+            execution = claim.execution
+        else:
+            try:
+                await self._runner.run(flow, execution)
+            except BaseException:
+                await self._store.release(execution.execution_id)
+                raise
+            await self._store.save(execution)
+
+        await self._delivery.deliver(execution, webhook_url)
+        await self._store.save(execution, delivered=True)
+        return ACK
+
+
+def decode(envelope: PushEnvelope) -> RequestMessage:
+    """The request message inside a push envelope, strictly decoded."""
+    try:
+        raw = base64.b64decode(envelope.message.data, validate=True)
+    except (binascii.Error, ValueError):
+        raise RejectedMessage("message.data: not valid base64") from None
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise RejectedMessage("message.data: not JSON") from None
+    try:
+        return RequestMessage.model_validate(payload)
+    except ValidationError as exc:
+        raise RejectedMessage(describe(field_errors(exc, "message.data"))) from None
+
+
+router = APIRouter()
+
+
+@router.post(
+    "/pubsub/push",
+    status_code=ACK,
+    summary="Pub/Sub push endpoint: runs the execution, then acks (204) or nacks",
+    responses={
+        401: {"description": "missing or invalid push token"},
+        403: {"description": "token of another service account"},
+        409: {"description": "the execution is running now: redeliver later"},
+        503: {"description": "retryable failure: redeliver later"},
+    },
+)
+async def push(request: Request, parts: ComponentsDep) -> Response:
+    if parts.push_auth is not None:
+        try:
+            await parts.push_auth.verify(request.headers.get("authorization"))
+        except Unauthorized as exc:
+            log.warning("push refused", reason=str(exc), status_code=exc.status)
+            return Response(status_code=exc.status)
+    try:
+        body = await read_body(request, MAX_PUSH_BYTES)
+        envelope = PushEnvelope.model_validate_json(body)
+    except (Problem, ValidationError) as exc:
+        # Nothing can make this body valid later: ack it rather than have it pushed forever.
+        await parts.push.reject(RejectedMessage(f"push envelope: {_reason(exc)}"), None)
+        return Response(status_code=ACK)
+    return Response(status_code=await parts.push.handle(envelope))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return describe(field_errors(exc))
+    return str(exc)

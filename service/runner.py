@@ -1,0 +1,150 @@
+"""Runs one execution of a flow: every step starts as soon as its dependencies are done.
+
+The execution takes as long as its critical path. A skipped step counts as done
+for the steps after it; a failed step skips the steps that need it, and fails
+the execution (`on_error: fail`) or leaves it `partial` (`on_error: continue`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+
+from service.calls import CallResult, MLCaller
+from service.expressions import render_value
+from service.flow import Flow, Step
+from service.messages import Execution, ExecutionStatus, StepResult, StepStatus
+
+log = structlog.get_logger(__name__)
+
+MAX_FOR_EACH_ITEMS = 10_000
+
+
+class FlowRunner:
+    """Executes flows with one caller, inside a hard time limit per execution."""
+
+    def __init__(self, caller: MLCaller, timeout_s: float) -> None:
+        self._caller = caller
+        self._timeout_s = timeout_s
+
+    async def run(self, flow: Flow, execution: Execution) -> Execution:
+        """Run every step of `flow` and finish `execution` (which it updates in place)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        done = {name: asyncio.Event() for name in flow.steps}
+        try:
+            async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as group:
+                for step in flow.steps.values():
+                    group.create_task(self._run_step(step, execution, done, deadline))
+        except TimeoutError:
+            for result in execution.steps.values():
+                if result.status == StepStatus.RUNNING:
+                    result.status = StepStatus.FAILED
+                    result.error = "execution timed out"
+            execution.finish(
+                ExecutionStatus.FAILED, f"timed out after {self._timeout_s:g} s (FLOW_TIMEOUT_S)"
+            )
+        else:
+            execution.finish(*_verdict(flow, execution))
+        log.info(
+            "execution finished",
+            status=execution.status,
+            duration_ms=execution.duration_ms,
+            error=execution.error,
+        )
+        return execution
+
+    async def _run_step(
+        self,
+        step: Step,
+        execution: Execution,
+        done: dict[str, asyncio.Event],
+        deadline: float,
+    ) -> None:
+        for dependency in step.after:
+            await done[dependency].wait()
+        try:
+            result = await self._outcome(step, execution, deadline)
+            execution.steps[step.name] = result
+            log.info(
+                "step finished",
+                step=step.name,
+                status=result.status,
+                attempt=result.attempts,
+                duration_ms=result.duration_ms,
+                error=result.error,
+            )
+        finally:
+            done[step.name].set()
+
+    async def _outcome(self, step: Step, execution: Execution, deadline: float) -> StepResult:
+        failed = [name for name in step.after if execution.steps[name].status == StepStatus.FAILED]
+        if failed:
+            return StepResult(status=StepStatus.SKIPPED, error=f"needs failed step {failed[0]}")
+        scope = _scope(execution)
+        if step.when is not None and not step.when.render(scope):
+            return StepResult(status=StepStatus.SKIPPED)
+
+        result = StepResult(status=StepStatus.RUNNING)
+        execution.steps[step.name] = result
+        started = time.perf_counter()
+        if step.for_each is None:
+            call = await self._caller.call(step, render_value(step.body, scope), deadline)
+        else:
+            call = await self._fan_out(step, scope, step.for_each.render(scope), deadline)
+        result.duration_ms = round((time.perf_counter() - started) * 1000)
+        result.attempts = call.attempts
+        result.output = call.output
+        result.error = call.error
+        result.status = StepStatus.FAILED if call.error else StepStatus.SUCCEEDED
+        return result
+
+    async def _fan_out(
+        self, step: Step, scope: dict[str, Any], items: Any, deadline: float
+    ) -> CallResult:
+        if not isinstance(items, list):
+            return CallResult(None, f"for_each: expected a list, got {_kind(items)}", 0)
+        if len(items) > MAX_FOR_EACH_ITEMS:
+            return CallResult(
+                None, f"for_each: {len(items)} items, at most {MAX_FOR_EACH_ITEMS}", 0
+            )
+        limit = asyncio.Semaphore(step.max_concurrency)
+
+        async def one(item: Any) -> CallResult:
+            async with limit:
+                body = render_value(step.body, {**scope, "item": item})
+                return await self._caller.call(step, body, deadline)
+
+        calls = await asyncio.gather(*(one(item) for item in items))
+        errors = [f"[{index}] {call.error}" for index, call in enumerate(calls) if call.error]
+        error = f"{len(errors)} of {len(calls)} items failed: {errors[0]}" if errors else None
+        return CallResult(
+            output=[call.output for call in calls],
+            error=error,
+            attempts=sum(call.attempts for call in calls),
+        )
+
+
+def _scope(execution: Execution) -> dict[str, Any]:
+    steps = {
+        name: {"status": result.status.value, "output": result.output}
+        for name, result in execution.steps.items()
+    }
+    return {"input": execution.input, "steps": steps}
+
+
+def _verdict(flow: Flow, execution: Execution) -> tuple[ExecutionStatus, str | None]:
+    failed = [name for name, r in execution.steps.items() if r.status == StepStatus.FAILED]
+    fatal = [name for name in failed if flow.steps[name].on_error == "fail"]
+    if fatal:
+        return ExecutionStatus.FAILED, f"step {fatal[0]} failed: {execution.steps[fatal[0]].error}"
+    if failed:
+        return ExecutionStatus.PARTIAL, f"steps failed: {', '.join(failed)}"
+    return ExecutionStatus.SUCCEEDED, None
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,115 @@
+"""Settings, read once from the environment and `.env` (names as in DESIGN.md)."""
+
+from __future__ import annotations
+
+import base64
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from dotenv import dotenv_values
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import ConfigError
+
+PROJECT_FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
+
+
+class MLAuth(StrEnum):
+    ID_TOKEN = "id_token"  # noqa: S105 - a mode's name, not a secret
+    NONE = "none"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    google_cloud_project: str | None = None
+    pubsub_emulator_host: str | None = None
+    orchestration_topic: str = Field("ml-orchestration-requests", min_length=3, max_length=255)
+    result_topic: str | None = Field(None, min_length=3, max_length=255)
+    flows_dir: Path = PROJECT_FLOWS_DIR
+    default_flow: str = "ml-orchestration"
+    ml_auth: MLAuth = MLAuth.ID_TOKEN
+    push_auth_audience: str | None = None
+    push_auth_service_account: str | None = None
+    webhook_secret: str | None = None
+    default_webhook_url: str | None = None
+    webhook_allow_private_networks: bool = False
+    flow_timeout_s: float = Field(540, gt=0, le=600)
+    log_format: LogFormat = LogFormat.JSON
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_is_standard_webhooks(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        body = value.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        except ValueError:
+            raise ValueError("must be 'whsec_' followed by base64") from None
+        if len(key) < 24:
+            raise ValueError("must hold at least 24 bytes of key")
+        return value
+
+    @field_validator(
+        "google_cloud_project",
+        "pubsub_emulator_host",
+        "result_topic",
+        "push_auth_audience",
+        "push_auth_service_account",
+        "webhook_secret",
+        "default_webhook_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `.env` files and Cloud Run templates write `NAME=` for "not set".
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _pubsub_needs_a_project(self) -> Self:
+        if self.pubsub_emulator_host and not self.google_cloud_project:
+            raise ValueError("GOOGLE_CLOUD_PROJECT: required when PUBSUB_EMULATOR_HOST is set")
+        if self.push_auth_service_account and not self.push_auth_audience:
+            raise ValueError("PUSH_AUTH_AUDIENCE: required when PUSH_AUTH_SERVICE_ACCOUNT is set")
+        return self
+
+    @property
+    def uses_pubsub(self) -> bool:
+        """Real Pub/Sub (or its emulator) rather than the embedded transport."""
+        return bool(self.pubsub_emulator_host or self.google_cloud_project)
+
+    def flow_env(self) -> dict[str, str]:
+        """What `${env.NAME}` in flows reads: the environment over `.env`, like the settings."""
+        dotenv = dotenv_values(".env")
+        return {**{k: v for k, v in dotenv.items() if v is not None}, **os.environ}
+
+    @classmethod
+    def load(cls) -> Settings:
+        """Read the settings, turning pydantic's report into one line per bad setting."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise ConfigError(describe_settings_errors(exc)) from None
+
+
+def describe_settings_errors(exc: ValidationError) -> str:
+    """One line naming each bad setting by its environment name."""
+    parts = []
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {message}" if name else message)
+    return "invalid settings: " + "; ".join(parts)

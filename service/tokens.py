@@ -1,0 +1,56 @@
+"""Google ID tokens for calls to ML functions (Cloud Functions / Cloud Run).
+
+google-auth finds the identity: the metadata server on Cloud Run, a service
+account key (GOOGLE_APPLICATION_CREDENTIALS) locally. Its calls block, so they
+run in a worker thread; a token is kept per audience until google-auth deems it
+close to expiry, and only one fetch per audience is under way at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+import google.auth.transport.requests
+import google.oauth2.id_token
+
+
+class TokenProvider(Protocol):
+    """Headers that authenticate a call to `audience`."""
+
+    async def headers(self, audience: str) -> dict[str, str]: ...
+
+
+class NoTokens:
+    """ML_AUTH=none: calls go out unauthenticated."""
+
+    async def headers(self, audience: str) -> dict[str, str]:
+        return {}
+
+
+class GoogleIdTokens:
+    """One cached Google ID token per audience."""
+
+    def __init__(self) -> None:
+        self._request = google.auth.transport.requests.Request()
+        self._credentials: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def headers(self, audience: str) -> dict[str, str]:
+        credentials: Any = self._credentials.get(audience)
+        if credentials is None or not credentials.valid:
+            lock = self._locks.setdefault(audience, asyncio.Lock())
+            async with lock:
+                credentials = self._credentials.get(audience)
+                if credentials is None or not credentials.valid:
+                    credentials = await asyncio.to_thread(self._fetch, audience, credentials)
+                    self._credentials[audience] = credentials
+        return {"Authorization": f"Bearer {credentials.token}"}
+
+    def _fetch(self, audience: str, credentials: Any) -> Any:
+        if credentials is None:
+            credentials = google.oauth2.id_token.fetch_id_token_credentials(  # type: ignore[no-untyped-call]
+                audience, request=self._request
+            )
+        credentials.refresh(self._request)
+        return credentials

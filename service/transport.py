@@ -1,0 +1,148 @@
+"""Transports: where messages are published, and how requests reach the push handler.
+
+`PubSubTransport` publishes to Google Pub/Sub (or its emulator, through
+PUBSUB_EMULATOR_HOST); Pub/Sub then pushes requests to POST /pubsub/push.
+`InProcessTransport` needs no cloud: a request published to the orchestration
+topic is handed to the same push handler, with the same ack/nack rules (a
+non-2xx answer is redelivered with backoff, up to MAX_DELIVERY_ATTEMPTS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import structlog
+from google.api_core import exceptions as google_exceptions
+from google.cloud import pubsub_v1
+
+from service.errors import BrokerUnavailable
+from service.messages import PushEnvelope, PushMessage, now
+from service.retry import RetryPolicy
+
+log = structlog.get_logger(__name__)
+
+PUBLISH_TIMEOUT_S = 10.0
+# A 1 ms batch window: the front door awaits every publish, so Pub/Sub's default 10 ms
+# window would cap one connection at ~75 requests/s (measured, see issue #5).
+BATCH_MAX_LATENCY_S = 0.001
+
+Deliver = Callable[[PushEnvelope], Awaitable[int]]
+
+
+class Transport(Protocol):
+    """Publishes messages to topics; the seam between the service and its broker."""
+
+    async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
+        """Publish and wait until the broker has the message; returns its message id."""
+
+    async def check(self, topic: str) -> None:
+        """Raise BrokerUnavailable unless the broker is reachable and has `topic`."""
+
+    def subscribe(self, topic: str, deliver: Deliver) -> None:
+        """Hand messages of `topic` to `deliver` (only where the transport pushes itself)."""
+
+    async def close(self) -> None: ...
+
+
+class PubSubTransport:
+    """Google Cloud Pub/Sub; subscriptions are push subscriptions set up outside."""
+
+    def __init__(self, project: str) -> None:
+        self._project = project
+        self._publisher = pubsub_v1.PublisherClient(
+            batch_settings=pubsub_v1.types.BatchSettings(max_latency=BATCH_MAX_LATENCY_S)
+        )
+
+    async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
+        path = self._publisher.topic_path(self._project, topic)
+        try:
+            future = self._publisher.publish(path, data, timeout=PUBLISH_TIMEOUT_S, **attributes)
+            return str(await asyncio.wrap_future(future))
+        except google_exceptions.GoogleAPIError as exc:
+            raise BrokerUnavailable(f"cannot publish to {topic}: {exc}") from exc
+
+    async def check(self, topic: str) -> None:
+        path = self._publisher.topic_path(self._project, topic)
+        try:
+            await asyncio.to_thread(self._publisher.get_topic, topic=path, timeout=5)
+        except google_exceptions.GoogleAPIError as exc:
+            raise BrokerUnavailable(f"topic {topic}: {exc}") from exc
+
+    def subscribe(self, topic: str, deliver: Deliver) -> None:
+        """Pub/Sub pushes to /pubsub/push itself: nothing to do in-process."""
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._publisher.stop)
+
+
+class InProcessTransport:
+    """Topics in this process: for a newcomer's laptop and for tests, never for production.
+
+    Messages of a subscribed topic are delivered at once, concurrently; others are
+    kept (the last KEEP_PER_TOPIC of each) so that they can be inspected.
+    Undelivered messages are lost when the process stops.
+    """
+
+    MAX_DELIVERY_ATTEMPTS = 5
+    KEEP_PER_TOPIC = 1000
+    REDELIVERY = RetryPolicy(
+        maximum_attempts=MAX_DELIVERY_ATTEMPTS, initial_interval=1.0, maximum_interval=10.0
+    )
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, Deliver] = {}
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self.published: defaultdict[str, deque[tuple[bytes, dict[str, str]]]] = defaultdict(
+            lambda: deque(maxlen=self.KEEP_PER_TOPIC)
+        )
+
+    async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
+        message_id = str(next(self._ids))
+        deliver = self._subscribers.get(topic)
+        if deliver is None:
+            self.published[topic].append((data, attributes))
+            return message_id
+        envelope = PushEnvelope(
+            message=PushMessage(
+                data=base64.b64encode(data).decode(),
+                attributes=attributes,
+                message_id=message_id,
+                publish_time=now().isoformat(),
+            ),
+            subscription=f"in-process/{topic}",
+        )
+        task = asyncio.create_task(self._deliver(deliver, envelope))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return message_id
+
+    async def check(self, topic: str) -> None:
+        return None
+
+    def subscribe(self, topic: str, deliver: Deliver) -> None:
+        self._subscribers[topic] = deliver
+
+    async def close(self) -> None:
+        for task in self._deliveries:
+            task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
+
+    async def _deliver(self, deliver: Deliver, envelope: PushEnvelope) -> None:
+        for attempt in range(1, self.MAX_DELIVERY_ATTEMPTS + 1):
+            envelope.delivery_attempt = attempt
+            status = await deliver(envelope)
+            if 200 <= status < 300:
+                return
+            if attempt < self.MAX_DELIVERY_ATTEMPTS:
+                await asyncio.sleep(self.REDELIVERY.delay(attempt))
+        log.error(
+            "message dead-lettered",
+            message_id=envelope.message.message_id,
+            attempts=self.MAX_DELIVERY_ATTEMPTS,
+        )
