@@ -33,28 +33,32 @@ log = structlog.get_logger(__name__)
 HTTP_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=200)
 
 
-def create_app(settings: Settings | None = None, flows: dict[str, Flow] | None = None) -> FastAPI:
-    """The ASGI app. Without `settings`, they are read from the environment at start-up."""
+def create_app(
+    settings: Settings | None = None,
+    flows: dict[str, Flow] | None = None,
+    transport: Transport | None = None,
+) -> FastAPI:
+    """The ASGI app. What is not given is made at start-up from the settings."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = settings or Settings.load()
         configure_logging(config.log_format)
         loaded = flows if flows is not None else load_checked_flows(config)
-        transport = make_transport(config)
+        broker = transport or make_transport(config)
         async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:
-            app.state.components = build(config, loaded, transport, http)
+            app.state.components = build(config, loaded, broker, http)
             app.state.trace_project = config.google_cloud_project
             log.info(
                 "service started",
-                transport=type(transport).__name__,
+                transport=type(broker).__name__,
                 flows=sorted(loaded),
                 orchestration_topic=config.orchestration_topic,
             )
             try:
                 yield
             finally:
-                await transport.close()
+                await broker.close()
 
     app = FastAPI(
         title="ML Orchestrator",

@@ -1,0 +1,129 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.errors import FlowError
+from service.flow import load_flow, load_flows
+
+PROJECT_FLOWS = Path(__file__).resolve().parent.parent / "flows"
+ENV = {
+    "DEFAULT_CREATE_USER_EMBEDDINGS_URL": "https://fn.example/embeddings",
+    "DEFAULT_PROFESSION_ORCHESTRATOR_URL": "https://fn.example/professions",
+    "DEFAULT_MATCH_CANDIDATO_URL": "https://fn.example/match",
+    "DEFAULT_MATCH_ANALYSIS_USER_VACANCY_URL": "https://fn.example/analysis",
+}
+
+
+def write(tmp_path: Path, text: str, name: str = "test-flow") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_flow_matches_the_design() -> None:
+    """Embeddings first; professions and matching after it; analysis per vacancy after matching."""
+    flow = load_flows(PROJECT_FLOWS, ENV)["ml-orchestration"]
+    steps = flow.steps
+    assert list(steps) == [
+        "create_user_embeddings",
+        "profession_orchestrator",
+        "match_candidato",
+        "match_analysis_user_vacancy",
+    ]
+    assert steps["profession_orchestrator"].after == ("create_user_embeddings",)
+    assert steps["match_candidato"].after == ("create_user_embeddings",)
+    assert steps["match_analysis_user_vacancy"].after == ("match_candidato",)
+    assert steps["match_analysis_user_vacancy"].max_concurrency == 10
+    assert steps["match_candidato"].url == ENV["DEFAULT_MATCH_CANDIDATO_URL"]
+    assert steps["match_candidato"].audience == ENV["DEFAULT_MATCH_CANDIDATO_URL"]
+
+
+def test_default_flow_input_takes_the_seed_payload() -> None:
+    flow = load_flows(PROJECT_FLOWS, ENV)["ml-orchestration"]
+    seed = {
+        "user_id": "test_user_123",
+        "session_id": "test_session_456",
+        "create_user_embedding": False,
+        "process_profession_orchestrator": True,
+        "process_vacancy_orchestrator": True,
+    }
+    assert flow.validate_input(seed) == seed
+    with pytest.raises(ValidationError) as caught:
+        flow.validate_input({"session_id": "s"})
+    assert caught.value.errors()[0]["loc"] == ("user_id",)
+
+
+def test_extra_input_fields_are_kept() -> None:
+    flow = load_flows(PROJECT_FLOWS, ENV)["ml-orchestration"]
+    assert (
+        flow.validate_input({"user_id": "u", "session_id": "s", "locale": "pt"})["locale"] == "pt"
+    )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "step", "reason"),
+    [
+        ("steps:\n  a: {call: 'https://x', after: [b]}\n", "a", "unknown step 'b'"),
+        (
+            "steps:\n  a: {call: 'https://x', after: [b]}\n  b: {call: 'https://x', after: [a]}\n",
+            None,
+            "dependency cycle",
+        ),
+        ("steps:\n  a: {call: '${env.NOT_SET_ANYWHERE}'}\n", "a", "NOT_SET_ANYWHERE is not set"),
+        ("steps:\n  a: {call: 'https://x', body: {u: '${usr.id}'}}\n", "a", "must start with"),
+        (
+            "steps:\n  a: {call: 'https://x'}\n  b: {call: 'https://x', body: {o: '${steps.a.output}'}}\n",
+            "b",
+            "not in 'after'",
+        ),
+        ("steps:\n  a: {call: 'https://x', body: {v: '${item.id}'}}\n", "a", "for_each body"),
+        ("steps:\n  a: {call: 'ftp://x'}\n", "a", "not an http(s) URL"),
+        ("steps:\n  a: {call: 'https://${input.host}/x'}\n", "a", "only ${env.NAME}"),
+        ("steps:\n  a: {call: 'https://x', retries: 3}\n", "a", "Extra inputs"),
+        ("steps:\n  a: {call: 'https://x', timeout_s: 0}\n", "a", "greater than 0"),
+        ("steps: {}\n", None, "at least 1"),
+        ("steps: [\n", None, "not valid YAML"),
+    ],
+)
+def test_invalid_flows_fail_to_load_naming_file_and_step(
+    tmp_path: Path, yaml_text: str, step: str | None, reason: str
+) -> None:
+    path = write(tmp_path, yaml_text)
+    with pytest.raises(FlowError) as caught:
+        load_flow(path, {})
+    assert caught.value.file == str(path)
+    if step is not None:
+        assert caught.value.step == step
+        assert f"step {step!r}" in str(caught.value)
+    assert reason in str(caught.value)
+
+
+def test_a_cycle_names_its_steps(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "steps:\n  a: {call: 'https://x', after: [c]}\n"
+        "  b: {call: 'https://x', after: [a]}\n  c: {call: 'https://x', after: [b]}\n",
+    )
+    with pytest.raises(FlowError, match=r"cycle (a|b|c) -> (a|b|c) -> (a|b|c) -> (a|b|c)"):
+        load_flow(path, {})
+
+
+def test_reading_a_transitive_dependency_is_allowed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "steps:\n  a: {call: 'https://x'}\n  b: {call: 'https://x', after: [a]}\n"
+        "  c: {call: 'https://x', after: [b], body: {o: '${steps.a.output}'}}\n",
+    )
+    assert list(load_flow(path, {}).steps) == ["a", "b", "c"]
+
+
+def test_file_names_must_be_flow_names(tmp_path: Path) -> None:
+    path = write(tmp_path, "steps:\n  a: {call: 'https://x'}\n", name="Bad Name")
+    with pytest.raises(FlowError, match="file name"):
+        load_flow(path, {})
+
+
+def test_an_empty_flows_dir_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FlowError, match="no flow files"):
+        load_flows(tmp_path, {})

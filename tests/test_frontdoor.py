@@ -1,0 +1,164 @@
+"""POST /orchestrate and the read endpoints, through the real app on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import httpx
+
+from service.app import create_app
+from service.flow import load_flows
+from service.problems import MEDIA_TYPE
+from tests.conftest import make_settings
+from tests.support.fakes import RecordingTransport
+from tests.support.servers import serve
+from tests.support.standins import FUNCTION_PATHS
+
+FLOWS = load_flows(
+    Path(__file__).resolve().parent.parent / "flows",
+    {name: f"https://fn.example{path}" for name, path in FUNCTION_PATHS.items()},
+)
+SEED = {
+    "user_id": "test_user_123",
+    "session_id": "test_session_456",
+    "create_user_embedding": False,
+    "process_profession_orchestrator": True,
+    "process_vacancy_orchestrator": True,
+}
+TOPIC = "ml-orchestration-requests"
+
+
+@pytest.fixture
+def transport() -> RecordingTransport:
+    return RecordingTransport()
+
+
+@pytest.fixture
+def client(transport: RecordingTransport) -> Iterator[httpx.Client]:
+    app = create_app(make_settings(), FLOWS, transport)
+    with serve(app) as url, httpx.Client(base_url=url) as test_client:
+        yield test_client
+
+
+def test_the_seed_payload_is_accepted_and_published(
+    client: httpx.Client, transport: RecordingTransport
+) -> None:
+    response = client.post("/orchestrate", json=SEED)
+    assert response.status_code == 202
+    body = response.json()
+    assert body["flow"] == "ml-orchestration"
+    assert body["status"] == "accepted"
+    assert body["status_url"] == f"{client.base_url}/executions/{body['execution_id']}"
+    assert response.headers["location"] == body["status_url"]
+    [(message, attributes)] = transport.on(TOPIC)
+    assert message["execution_id"] == body["execution_id"]
+    assert message["flow"] == "ml-orchestration"
+    assert message["input"] == SEED
+    assert message["webhook_url"] is None
+    assert message["requested_at"]
+    assert attributes == {"execution_id": body["execution_id"], "flow": "ml-orchestration"}
+
+
+def test_an_idempotency_key_fixes_the_execution_id(client: httpx.Client) -> None:
+    first = client.post("/orchestrate", json=SEED, headers={"Idempotency-Key": "k-1"})
+    again = client.post("/orchestrate", json=SEED, headers={"Idempotency-Key": "k-1"})
+    other = client.post("/orchestrate", json=SEED, headers={"Idempotency-Key": "k-2"})
+    plain = client.post("/orchestrate", json=SEED)
+    assert first.json()["execution_id"] == again.json()["execution_id"]
+    assert other.json()["execution_id"] != first.json()["execution_id"]
+    assert plain.json()["execution_id"] != first.json()["execution_id"]
+
+
+def assert_problem(response, status: int, field: str) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == MEDIA_TYPE
+    problem = response.json()
+    assert problem["status"] == status
+    assert field in problem["detail"]
+    return problem
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b"{not json", 400, "(body)"),
+        (b"[1, 2]", 422, "(body)"),
+        (b'{"session_id": "s"}', 422, "user_id"),
+        (
+            b'{"user_id": "u", "session_id": "s", "create_user_embedding": "maybe"}',
+            422,
+            "create_user_embedding",
+        ),
+        (b'{"user_id": 5, "session_id": "s"}', 422, "user_id"),
+        (b'{"user_id": "u", "session_id": "s", "flow": "nope"}', 404, "flow"),
+        (b'{"user_id": "u", "session_id": "s", "flow": 7}', 422, "flow"),
+        (b'{"user_id": "u", "session_id": "s", "webhook_url": "ftp://x/y"}', 422, "webhook_url"),
+        (
+            b'{"user_id": "u", "session_id": "s", "webhook_url": "http://127.0.0.1/h"}',
+            422,
+            "webhook_url",
+        ),
+        (
+            b'{"user_id": "u", "session_id": "s", "webhook_url": "http://10.1.2.3/h"}',
+            422,
+            "webhook_url",
+        ),
+        (
+            b'{"user_id": "u", "session_id": "s", "webhook_url": "http://u:p@8.8.8.8/h"}',
+            422,
+            "webhook_url",
+        ),
+        (b'{"user_id": "' + b"x" * 300 + b'", "session_id": "s"}', 422, "user_id"),
+    ],
+)
+def test_refused_requests_name_the_field_and_publish_nothing(
+    client: httpx.Client, transport: RecordingTransport, body: bytes, status: int, field: str
+) -> None:
+    response = client.post(
+        "/orchestrate", content=body, headers={"content-type": "application/json"}
+    )
+    problem = assert_problem(response, status, field)
+    if status == 422:
+        assert any(error["field"].startswith(field) for error in problem["errors"])
+    assert transport.published == []
+
+
+def test_a_body_over_one_megabyte_is_413(
+    client: httpx.Client, transport: RecordingTransport
+) -> None:
+    body = {**SEED, "notes": "x" * 1_000_001}
+    assert_problem(client.post("/orchestrate", json=body), 413, "(body)")
+    assert transport.published == []
+
+
+def test_a_public_webhook_url_is_accepted(
+    client: httpx.Client, transport: RecordingTransport
+) -> None:
+    response = client.post("/orchestrate", json={**SEED, "webhook_url": "https://8.8.8.8/hook"})
+    assert response.status_code == 202
+    [(message, _)] = transport.on(TOPIC)
+    assert message["webhook_url"] == "https://8.8.8.8/hook"
+
+
+def test_an_unreachable_broker_is_503_with_retry_after(
+    client: httpx.Client, transport: RecordingTransport
+) -> None:
+    transport.down = True
+    response = client.post("/orchestrate", json=SEED)
+    assert_problem(response, 503, "not accepted")
+    assert response.headers["retry-after"] == "5"
+
+
+def test_health_ready_and_docs(client: httpx.Client, transport: RecordingTransport) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready", "flows": ["ml-orchestration"]}
+    assert client.get("/docs").status_code == 200
+    assert "/orchestrate" in client.get("/openapi.json").json()["paths"]
+    transport.down = True
+    assert_problem(client.get("/ready"), 503, "broker down")
+
+
+def test_an_unknown_execution_is_404(client: httpx.Client) -> None:
+    assert_problem(client.get("/executions/does-not-exist"), 404, "does-not-exist")

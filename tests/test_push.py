@@ -1,0 +1,211 @@
+"""POST /pubsub/push: the ack/nack table of DESIGN.md, against real loopback servers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.flow import load_flows
+from tests.conftest import WEBHOOK_SECRET, make_settings
+from tests.support.fakes import RecordingTransport
+from tests.support.servers import serve
+from tests.support.standins import StandIns, WebhookReceiver
+
+RESULTS = "results"
+PROJECT_FLOWS = Path(__file__).resolve().parent.parent / "flows"
+
+
+@dataclass
+class Stack:
+    client: httpx.Client
+    functions: StandIns
+    webhook: WebhookReceiver
+    webhook_url: str
+    transport: RecordingTransport
+
+    def push(self, data: Any, attributes: dict[str, str] | None = None) -> httpx.Response:
+        if isinstance(data, dict):
+            data = json.dumps(data).encode()
+        if isinstance(data, bytes):
+            data = base64.b64encode(data).decode()
+        envelope = {
+            "message": {"data": data, "attributes": attributes or {}, "messageId": "m-1"},
+            "subscription": "projects/p/subscriptions/s",
+        }
+        return self.client.post("/pubsub/push", json=envelope)
+
+    def request(self, **overrides: Any) -> dict[str, Any]:
+        message = {
+            "execution_id": str(uuid.uuid4()),
+            "flow": "ml-orchestration",
+            "input": {
+                "user_id": "u1",
+                "session_id": "s1",
+                "create_user_embedding": False,
+                "process_profession_orchestrator": True,
+                "process_vacancy_orchestrator": True,
+            },
+            "webhook_url": self.webhook_url,
+            "requested_at": "2026-11-25T10:00:00Z",
+        }
+        message.update(overrides)
+        return message
+
+    def results(self) -> list[tuple[dict[str, Any], dict[str, str]]]:
+        return self.transport.on(RESULTS)
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    functions = StandIns(delay_s=0.05)
+    webhook = WebhookReceiver(WEBHOOK_SECRET)
+    transport = RecordingTransport()
+    with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
+        flows = load_flows(PROJECT_FLOWS, functions.env(functions_url))
+        settings = make_settings(result_topic=RESULTS, webhook_allow_private_networks=True)
+        app = create_app(settings, flows, transport)
+        with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            yield Stack(client, functions, webhook, f"{webhook_url}/hook", transport)
+
+
+def test_an_execution_runs_inside_the_push_and_is_acked_when_delivered(stack: Stack) -> None:
+    message = stack.request()
+    response = stack.push(message)
+    assert response.status_code == 204
+    # Everything happened before the answer: calls, webhook, result topic.
+    assert [
+        len(stack.functions.called(p))
+        for p in (
+            "/create-user-embeddings",
+            "/profession-orchestrator",
+            "/match-candidato",
+            "/match-analysis-user-vacancy",
+        )
+    ] == [0, 1, 1, 3]
+    [delivery] = stack.webhook.deliveries
+    assert delivery.verified
+    assert delivery.headers["webhook-id"] == message["execution_id"]
+    document = json.loads(delivery.body)
+    assert document["status"] == "succeeded"
+    assert document["steps"]["create_user_embeddings"]["status"] == "skipped"
+    assert [
+        o["vacancy_id"] for o in document["steps"]["match_analysis_user_vacancy"]["output"]
+    ] == ["v1", "v2", "v3"]
+    [(published, attributes)] = stack.results()
+    assert published == document
+    assert attributes == {
+        "execution_id": message["execution_id"],
+        "flow": "ml-orchestration",
+        "status": "succeeded",
+    }
+    status = stack.client.get(f"/executions/{message['execution_id']}").json()
+    assert status == document
+
+
+def test_a_duplicate_of_a_finished_execution_runs_nothing(stack: Stack) -> None:
+    message = stack.request()
+    assert stack.push(message).status_code == 204
+    calls = len(stack.functions.calls)
+    assert stack.push(message).status_code == 204
+    assert len(stack.functions.calls) == calls
+    assert len(stack.webhook.deliveries) == 1
+    assert len(stack.results()) == 1
+
+
+def test_a_duplicate_of_a_running_execution_is_nacked(stack: Stack) -> None:
+    stack.functions.delay_s = 0.5
+    message = stack.request()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(stack.push, message)
+        while not stack.functions.calls:
+            time.sleep(0.005)
+        second = stack.push(message)
+        assert second.status_code == 409
+        assert first.result().status_code == 204
+    assert len(stack.webhook.deliveries) == 1
+
+
+POISON = [
+    ("not base64", "%%%not-base64%%%", "message.data: not valid base64"),
+    ("not JSON", b"\xff\xfe not json", "message.data: not JSON"),
+    ("not an object", b"[1, 2, 3]", "message.data"),
+    ("missing fields", {"flow": "ml-orchestration"}, "message.data.execution_id: Field required"),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "reason"), POISON, ids=[case[0] for case in POISON])
+def test_poison_messages_are_acked_reported_and_harmless(
+    stack: Stack, case: str, data: Any, reason: str
+) -> None:
+    assert stack.push(data).status_code == 204
+    [(rejected, attributes)] = stack.results()
+    assert rejected["status"] == "rejected"
+    assert reason in rejected["error"]
+    assert attributes["status"] == "rejected"
+    assert stack.functions.calls == []
+    # The service keeps working.
+    assert stack.push(stack.request()).status_code == 204
+    assert len(stack.webhook.deliveries) == 1
+
+
+def test_an_unknown_flow_or_invalid_input_is_rejected_and_readable(stack: Stack) -> None:
+    unknown = stack.request(flow="no-such-flow")
+    invalid = stack.request(input={"session_id": "s"})
+    assert stack.push(unknown).status_code == 204
+    assert stack.push(invalid).status_code == 204
+    errors = [document["error"] for document, _ in stack.results()]
+    assert errors == ["flow: unknown flow 'no-such-flow'", "input.user_id: Field required"]
+    status = stack.client.get(f"/executions/{invalid['execution_id']}").json()
+    assert status["status"] == "rejected"
+    assert stack.functions.calls == []
+
+
+def test_a_malformed_envelope_is_acked(stack: Stack) -> None:
+    response = stack.client.post("/pubsub/push", content=b'{"message": 5}')
+    assert response.status_code == 204
+    [(rejected, _)] = stack.results()
+    assert rejected["error"].startswith("push envelope: message")
+
+
+def test_an_undelivered_webhook_nacks_and_the_redelivery_does_not_rerun(stack: Stack) -> None:
+    stack.webhook.script = [500] * 4
+    message = stack.request()
+    assert stack.push(message).status_code == 503
+    calls = len(stack.functions.calls)
+    assert len(stack.webhook.deliveries) == 4
+    assert stack.results() == []
+    # Pub/Sub redelivers: the stored result is delivered, the flow does not run again.
+    assert stack.push(message).status_code == 204
+    assert len(stack.functions.calls) == calls
+    assert len(stack.webhook.deliveries) == 5
+    ids = {delivery.headers["webhook-id"] for delivery in stack.webhook.deliveries}
+    assert ids == {message["execution_id"]}
+    assert len(stack.results()) == 1
+
+
+def test_a_gone_webhook_is_not_retried(stack: Stack) -> None:
+    stack.webhook.script = [410]
+    assert stack.push(stack.request()).status_code == 204
+    assert len(stack.webhook.deliveries) == 1
+    assert len(stack.results()) == 1
+
+
+def test_a_failed_step_is_a_result_not_a_redelivery(stack: Stack) -> None:
+    stack.functions.script["/match-candidato"] = [400]
+    message = stack.request()
+    assert stack.push(message).status_code == 204
+    [document] = stack.webhook.documents()
+    assert document["status"] == "failed"
+    assert document["steps"]["match_analysis_user_vacancy"]["status"] == "skipped"
+    assert document["steps"]["profession_orchestrator"]["status"] == "succeeded"

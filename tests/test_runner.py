@@ -1,0 +1,313 @@
+"""The flow engine against in-memory ML functions (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.calls import MLCaller
+from service.flow import Flow, load_flow
+from service.messages import Execution, ExecutionStatus, StepStatus
+from service.runner import FlowRunner
+from service.tokens import NoTokens
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+
+class Functions:
+    """ML functions answering per path, recording call intervals and concurrency."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.statuses: dict[str, list[int]] = {}
+        self.headers: dict[str, dict[str, str]] = {}
+        self.intervals: dict[str, list[tuple[float, float]]] = {}
+        self.bodies: dict[str, list[object]] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        started = time.perf_counter()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
+        self.intervals.setdefault(path, []).append((started, time.perf_counter()))
+        body = json.loads(request.content) if request.content else None
+        self.bodies.setdefault(path, []).append(body)
+        queued = self.statuses.get(path) or []
+        status = queued.pop(0) if queued else 200
+        if status != 200:
+            return httpx.Response(status, text="scripted", headers=self.headers.get(path, {}))
+        return httpx.Response(200, json={"path": path, "body": body})
+
+
+def flow_from(tmp_path: Path, text: str) -> Flow:
+    path = tmp_path / "test-flow.yaml"
+    path.write_text(text)
+    return load_flow(path, {})
+
+
+async def run(
+    flow: Flow, functions: Handler, inputs: dict[str, object] | None = None, timeout_s: float = 30
+) -> Execution:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(functions)) as client:
+        runner = FlowRunner(MLCaller(client, NoTokens()), timeout_s)
+        execution = Execution(
+            execution_id="e1", flow=flow.name, status=ExecutionStatus.RUNNING, input=inputs or {}
+        )
+        return await runner.run(flow, execution)
+
+
+DIAMOND = """
+steps:
+  a: {call: 'http://fn/a'}
+  b: {call: 'http://fn/b', after: [a]}
+  c: {call: 'http://fn/c', after: [a]}
+  d: {call: 'http://fn/d', after: [b, c]}
+"""
+
+
+async def test_steps_start_after_their_dependencies_finish(tmp_path: Path) -> None:
+    functions = Functions(delay_s=0.02)
+    execution = await run(flow_from(tmp_path, DIAMOND), functions)
+    assert execution.status == ExecutionStatus.SUCCEEDED
+    (a,), (b,), (c,), (d,) = (functions.intervals[f"/{n}"] for n in "abcd")
+    assert b[0] >= a[1] and c[0] >= a[1]
+    assert d[0] >= max(b[1], c[1])
+
+
+async def test_independent_steps_run_at_the_same_time(tmp_path: Path) -> None:
+    """b and c overlap, so the execution takes its critical path, not the sum of its calls."""
+    functions = Functions(delay_s=0.05)
+    await run(flow_from(tmp_path, DIAMOND), functions)
+    (b,), (c,) = functions.intervals["/b"], functions.intervals["/c"]
+    assert b[0] < c[1] and c[0] < b[1]
+    assert functions.max_in_flight == 2
+
+
+async def test_a_false_when_skips_the_step_and_its_dependents_still_run(tmp_path: Path) -> None:
+    flow = flow_from(
+        tmp_path,
+        """
+steps:
+  a: {call: 'http://fn/a', when: '${input.do_a}'}
+  b: {call: 'http://fn/b', after: [a]}
+""",
+    )
+    execution = await run(flow, Functions(), {"do_a": False})
+    assert execution.steps["a"].status == StepStatus.SKIPPED
+    assert execution.steps["b"].status == StepStatus.SUCCEEDED
+    assert execution.status == ExecutionStatus.SUCCEEDED
+
+
+async def test_a_failed_step_skips_its_dependents_and_fails_the_execution(tmp_path: Path) -> None:
+    functions = Functions()
+    functions.statuses["/b"] = [400]
+    execution = await run(flow_from(tmp_path, DIAMOND), functions)
+    assert execution.steps["b"].status == StepStatus.FAILED
+    assert execution.steps["c"].status == StepStatus.SUCCEEDED
+    assert execution.steps["d"].status == StepStatus.SKIPPED
+    assert execution.steps["d"].error == "needs failed step b"
+    assert execution.status == ExecutionStatus.FAILED
+    assert execution.error is not None and "step b failed: HTTP 400" in execution.error
+    assert "/d" not in functions.intervals
+
+
+async def test_on_error_continue_leaves_the_execution_partial(tmp_path: Path) -> None:
+    flow = flow_from(
+        tmp_path,
+        """
+steps:
+  a: {call: 'http://fn/a', on_error: continue}
+  b: {call: 'http://fn/b'}
+""",
+    )
+    functions = Functions()
+    functions.statuses["/a"] = [400]
+    execution = await run(flow, functions)
+    assert execution.status == ExecutionStatus.PARTIAL
+    assert execution.steps["b"].status == StepStatus.SUCCEEDED
+
+
+FAN_OUT = """
+steps:
+  list: {call: 'http://fn/list'}
+  each:
+    call: 'http://fn/each'
+    after: [list]
+    for_each: '${input.items}'
+    max_concurrency: 4
+    body: {id: '${item.id}', user: '${input.user}'}
+"""
+
+
+async def test_for_each_calls_once_per_item_with_bounded_concurrency(tmp_path: Path) -> None:
+    functions = Functions(delay_s=0.01)
+    items = [{"id": n} for n in range(25)]
+    execution = await run(flow_from(tmp_path, FAN_OUT), functions, {"items": items, "user": "u"})
+    assert execution.steps["each"].status == StepStatus.SUCCEEDED
+    assert sorted(body["id"] for body in functions.bodies["/each"]) == list(range(25))  # type: ignore[index]
+    assert functions.max_in_flight == 4
+    outputs = execution.steps["each"].output
+    assert [output["body"]["id"] for output in outputs] == list(range(25))
+
+
+async def test_for_each_over_something_else_than_a_list_fails_the_step(tmp_path: Path) -> None:
+    execution = await run(flow_from(tmp_path, FAN_OUT), Functions(), {"items": None})
+    assert execution.steps["each"].status == StepStatus.FAILED
+    assert execution.steps["each"].error == "for_each: expected a list, got null"
+
+
+async def test_for_each_reports_which_items_failed(tmp_path: Path) -> None:
+    functions = Functions()
+    functions.statuses["/each"] = [200, 404]
+    items = [{"id": 1}, {"id": 2}, {"id": 3}]
+    execution = await run(
+        flow_from(tmp_path, FAN_OUT.replace("max_concurrency: 4", "max_concurrency: 1")),
+        functions,
+        {"items": items},
+    )
+    each = execution.steps["each"]
+    assert each.status == StepStatus.FAILED
+    assert each.error is not None and each.error.startswith("1 of 3 items failed: [1] HTTP 404")
+    assert each.output[0] is not None and each.output[1] is None
+
+
+RETRIED = """
+steps:
+  a:
+    call: 'http://fn/a'
+    retry: {maximum_attempts: 3, initial_interval: 0.001, maximum_interval: 0.001}
+"""
+
+
+@pytest.mark.parametrize("status", [408, 429, 502, 503, 504])
+async def test_retryable_statuses_are_retried(tmp_path: Path, status: int) -> None:
+    functions = Functions()
+    functions.statuses["/a"] = [status, status]
+    execution = await run(flow_from(tmp_path, RETRIED), functions)
+    assert execution.steps["a"].status == StepStatus.SUCCEEDED
+    assert execution.steps["a"].attempts == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422, 500])
+async def test_other_statuses_are_final(tmp_path: Path, status: int) -> None:
+    functions = Functions()
+    functions.statuses["/a"] = [status]
+    execution = await run(flow_from(tmp_path, RETRIED), functions)
+    assert execution.steps["a"].status == StepStatus.FAILED
+    assert execution.steps["a"].attempts == 1
+    assert len(functions.intervals["/a"]) == 1
+
+
+async def test_attempts_stop_at_the_policy_maximum(tmp_path: Path) -> None:
+    functions = Functions()
+    functions.statuses["/a"] = [503, 503, 503, 503]
+    execution = await run(flow_from(tmp_path, RETRIED), functions)
+    assert execution.steps["a"].attempts == 3
+    assert execution.steps["a"].error == "HTTP 503: scripted"
+
+
+async def test_retry_after_is_honoured(tmp_path: Path) -> None:
+    functions = Functions()
+    functions.statuses["/a"] = [429]
+    functions.headers["/a"] = {"Retry-After": "1"}
+    execution = await run(flow_from(tmp_path, RETRIED), functions)
+    (first, second) = functions.intervals["/a"]
+    assert second[0] - first[1] >= 1.0
+    assert execution.steps["a"].status == StepStatus.SUCCEEDED
+
+
+async def test_no_retry_waits_past_the_execution_deadline(tmp_path: Path) -> None:
+    """A Retry-After beyond FLOW_TIMEOUT_S ends the step at once instead of waiting."""
+    functions = Functions()
+    functions.statuses["/a"] = [503]
+    functions.headers["/a"] = {"Retry-After": "30"}
+    started = time.perf_counter()
+    execution = await run(flow_from(tmp_path, RETRIED), functions, timeout_s=5)
+    assert time.perf_counter() - started < 5
+    assert execution.steps["a"].attempts == 1
+    assert execution.steps["a"].status == StepStatus.FAILED
+
+
+async def test_connect_errors_are_retried(tmp_path: Path) -> None:
+    attempts = []
+
+    async def refuse_then_answer(request: httpx.Request) -> httpx.Response:
+        attempts.append(request)
+        if len(attempts) < 3:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json={"ok": True})
+
+    execution = await run(flow_from(tmp_path, RETRIED), refuse_then_answer)
+    assert execution.steps["a"].status == StepStatus.SUCCEEDED
+    assert execution.steps["a"].attempts == 3
+
+
+async def test_a_step_slower_than_its_timeout_fails_after_its_attempts(tmp_path: Path) -> None:
+    flow = flow_from(
+        tmp_path,
+        """
+steps:
+  a:
+    call: 'http://fn/a'
+    timeout_s: 0.05
+    retry: {maximum_attempts: 2, initial_interval: 0.001}
+""",
+    )
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(1)
+        return httpx.Response(200)
+
+    async def timing_out(request: httpx.Request) -> httpx.Response:
+        # MockTransport does not apply httpx timeouts; enforce the request's own.
+        timeout = request.extensions["timeout"]["read"]
+        try:
+            async with asyncio.timeout(timeout):
+                return await slow(request)
+        except TimeoutError:
+            raise httpx.ReadTimeout("timed out", request=request) from None
+
+    execution = await run(flow, timing_out)
+    assert execution.steps["a"].status == StepStatus.FAILED
+    assert execution.steps["a"].attempts == 2
+    assert execution.steps["a"].error == "timed out after 0.05 s"
+
+
+async def test_the_execution_timeout_fails_what_is_still_running(tmp_path: Path) -> None:
+    flow = flow_from(
+        tmp_path, "steps:\n  a: {call: 'http://fn/a'}\n  b: {call: 'http://fn/b', after: [a]}\n"
+    )
+    started = time.perf_counter()
+    execution = await run(flow, Functions(delay_s=10), timeout_s=0.2)
+    assert time.perf_counter() - started < 5
+    assert execution.status == ExecutionStatus.FAILED
+    assert execution.error == "timed out after 0.2 s (FLOW_TIMEOUT_S)"
+    assert execution.steps["a"].status == StepStatus.FAILED
+    assert "b" not in execution.steps
+
+
+async def test_each_call_carries_the_rendered_body(tmp_path: Path) -> None:
+    flow = flow_from(
+        tmp_path,
+        """
+steps:
+  a: {call: 'http://fn/a', body: {user_id: '${input.user_id}', tag: 'x-${input.user_id}'}}
+  b: {call: 'http://fn/b', after: [a], body: {from_a: '${steps.a.output.path}'}}
+""",
+    )
+    functions = Functions()
+    await run(flow, functions, {"user_id": "u7"})
+    assert functions.bodies["/a"] == [{"user_id": "u7", "tag": "x-u7"}]
+    assert functions.bodies["/b"] == [{"from_a": "/a"}]
