@@ -121,7 +121,12 @@ def build(
     )
     transport.subscribe(settings.orchestration_topic, handler.handle)
     push_auth = (
-        PushAuth(http, settings.push_auth_audience, settings.push_auth_service_account)
+        PushAuth(
+            http,
+            settings.push_auth_audience,
+            settings.push_auth_service_account,
+            settings.push_auth_certs_url,
+        )
         if settings.push_auth_audience
         else None
     )

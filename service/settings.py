@@ -12,6 +12,7 @@ from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.auth import GOOGLE_CERTS_URL
 from service.errors import ConfigError
 
 PROJECT_FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
@@ -43,6 +44,7 @@ class Settings(BaseSettings):
     ml_auth: MLAuth = MLAuth.ID_TOKEN
     push_auth_audience: str | None = None
     push_auth_service_account: str | None = None
+    push_auth_certs_url: str = GOOGLE_CERTS_URL
     webhook_secret: str | None = None
     default_webhook_url: str | None = None
     webhook_allow_private_networks: bool = False

@@ -29,7 +29,9 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
+from service.dev.demo import FUNCTIONS  # noqa: E402
 from service.dev.emulator import Emulator, find_emulator  # noqa: E402
+from service.flow import Flow, load_flows  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.support.identity import Identity, metadata_server  # noqa: E402
 from tests.support.servers import serve  # noqa: E402
@@ -101,6 +103,16 @@ def metadata(identity: Identity) -> Iterator[Counter[str]]:
     app, fetches = metadata_server(identity)
     with serve(app, port=METADATA_PORT):
         yield fetches
+
+
+PROJECT_FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
+
+
+def project_flows(base_url: str = "https://fn.example") -> dict[str, Flow]:
+    """The project's flows, their ML function URLs under `base_url`."""
+    return load_flows(
+        PROJECT_FLOWS_DIR, {name: base_url + path for name, path in FUNCTIONS.items()}
+    )
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -73,7 +73,8 @@ def test_extra_input_fields_are_kept() -> None:
         ("steps:\n  a: {call: '${env.NOT_SET_ANYWHERE}'}\n", "a", "NOT_SET_ANYWHERE is not set"),
         ("steps:\n  a: {call: 'https://x', body: {u: '${usr.id}'}}\n", "a", "must start with"),
         (
-            "steps:\n  a: {call: 'https://x'}\n  b: {call: 'https://x', body: {o: '${steps.a.output}'}}\n",
+            "steps:\n  a: {call: 'https://x'}\n"
+            "  b: {call: 'https://x', body: {o: '${steps.a.output}'}}\n",
             "b",
             "not in 'after'",
         ),

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import httpx
+import pytest
 
 from service.app import create_app
-from service.flow import load_flows
 from service.problems import MEDIA_TYPE
-from tests.conftest import make_settings
+from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.servers import serve
-from tests.support.standins import FUNCTION_PATHS
 
-FLOWS = load_flows(
-    Path(__file__).resolve().parent.parent / "flows",
-    {name: f"https://fn.example{path}" for name, path in FUNCTION_PATHS.items()},
-)
+FLOWS = project_flows()
 SEED = {
     "user_id": "test_user_123",
     "session_id": "test_session_456",

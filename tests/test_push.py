@@ -9,21 +9,18 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from service.app import create_app
-from service.flow import load_flows
-from tests.conftest import WEBHOOK_SECRET, make_settings
+from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.servers import serve
 from tests.support.standins import StandIns, WebhookReceiver
 
 RESULTS = "results"
-PROJECT_FLOWS = Path(__file__).resolve().parent.parent / "flows"
 
 
 @dataclass
@@ -72,7 +69,7 @@ def stack() -> Iterator[Stack]:
     webhook = WebhookReceiver(WEBHOOK_SECRET)
     transport = RecordingTransport()
     with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
-        flows = load_flows(PROJECT_FLOWS, functions.env(functions_url))
+        flows = project_flows(functions_url)
         settings = make_settings(result_topic=RESULTS, webhook_allow_private_networks=True)
         app = create_app(settings, flows, transport)
         with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:

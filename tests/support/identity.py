@@ -7,6 +7,7 @@ google-auth's real verification and fetching paths against them.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -79,29 +80,36 @@ def metadata_server(identity: Identity, lifetime_s: int = 3600) -> tuple[FastAPI
     async def root() -> Response:
         return Response("ok", headers={"Metadata-Flavor": "Google"})
 
+    @app.get("/computeMetadata/v1/instance/service-accounts/default/")
+    async def account() -> Response:
+        info = {"email": SERVICE_ACCOUNT, "aliases": ["default"], "scopes": []}
+        return Response(
+            json.dumps(info), media_type="application/json", headers={"Metadata-Flavor": "Google"}
+        )
+
     @app.get("/computeMetadata/v1/instance/service-accounts/default/identity")
     async def identity_token(request: Request, audience: str) -> Response:
         if request.headers.get("metadata-flavor") != "Google":
             return Response("missing Metadata-Flavor", status_code=403)
         fetches[audience] += 1
         token = identity.token(audience, lifetime_s=lifetime_s)
-        return Response(token, headers={"Metadata-Flavor": "Google"})
+        return Response(token, media_type="text/html", headers={"Metadata-Flavor": "Google"})
 
     return app, fetches
 
 
-def certs_server(identity: Identity) -> FastAPI:
-    """Serves the identity's certificates like Google's v1/certs endpoint."""
+def certs_server(identity: Identity) -> tuple[FastAPI, Counter[str]]:
+    """Serves the identity's certificates like Google's v1/certs endpoint; counts fetches."""
     app = FastAPI()
+    fetches: Counter[str] = Counter()
 
     @app.get("/oauth2/v1/certs")
     async def certs() -> Response:
-        import json
-
+        fetches["certs"] += 1
         return Response(
             json.dumps(identity.certs),
             media_type="application/json",
             headers={"Cache-Control": "public, max-age=3600"},
         )
 
-    return app
+    return app, fetches

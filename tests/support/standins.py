@@ -12,14 +12,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from service.dev.demo import FUNCTIONS
 from tests.support.identity import Identity
-
-FUNCTION_PATHS = {
-    "DEFAULT_CREATE_USER_EMBEDDINGS_URL": "/create-user-embeddings",
-    "DEFAULT_PROFESSION_ORCHESTRATOR_URL": "/profession-orchestrator",
-    "DEFAULT_MATCH_CANDIDATO_URL": "/match-candidato",
-    "DEFAULT_MATCH_ANALYSIS_USER_VACANCY_URL": "/match-analysis-user-vacancy",
-}
 
 
 @dataclass
@@ -45,7 +39,7 @@ class StandIns:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def env(self, base_url: str) -> dict[str, str]:
-        return {name: base_url + path for name, path in FUNCTION_PATHS.items()}
+        return {name: base_url + path for name, path in FUNCTIONS.items()}
 
     def called(self, path: str) -> list[Call]:
         with self._lock:

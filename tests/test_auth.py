@@ -1,0 +1,119 @@
+"""Push authentication with locally signed tokens: every forgery is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.auth import PushAuth, Unauthorized
+from tests.conftest import make_settings, project_flows
+from tests.support.fakes import RecordingTransport
+from tests.support.identity import SERVICE_ACCOUNT, Identity, certs_server
+from tests.support.servers import serve
+
+AUDIENCE = "https://orchestrator.example/pubsub/push"
+FLOWS = project_flows()
+
+
+@pytest.fixture(scope="module")
+def certs(identity: Identity) -> Iterator[tuple[str, Counter[str]]]:
+    app, fetches = certs_server(identity)
+    with serve(app) as url:
+        yield f"{url}/oauth2/v1/certs", fetches
+
+
+@pytest.fixture
+async def auth(certs: tuple[str, Counter[str]]) -> AsyncIterator[PushAuth]:
+    async with httpx.AsyncClient() as client:
+        yield PushAuth(client, AUDIENCE, SERVICE_ACCOUNT, certs_url=certs[0])
+
+
+def b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def forgeries(identity: Identity) -> dict[str, tuple[str | None, int]]:
+    """Each forged or unfit Authorization header, with the status it must get."""
+    good = identity.token(AUDIENCE)
+    header, payload, signature = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    return {
+        "missing": (None, 401),
+        "not bearer": (f"Basic {good}", 401),
+        "garbage": ("Bearer not-a-jwt", 401),
+        "expired": (f"Bearer {identity.token(AUDIENCE, lifetime_s=-120)}", 401),
+        "wrong audience": (f"Bearer {identity.token('https://elsewhere.example')}", 401),
+        "wrong issuer": (f"Bearer {identity.token(AUDIENCE, iss='https://evil.example')}", 401),
+        "wrong email": (f"Bearer {identity.token(AUDIENCE, email='x@evil.example')}", 403),
+        "unverified email": (f"Bearer {identity.token(AUDIENCE, email_verified=False)}", 403),
+        "alg none": (f"Bearer {b64({'alg': 'none', 'typ': 'JWT'})}.{payload}.", 401),
+        "unknown key": (f"Bearer {Identity('other-key').token(AUDIENCE)}", 401),
+        "other key, same kid": (f"Bearer {Identity(identity.key_id).token(AUDIENCE)}", 401),
+        "tampered payload": (
+            f"Bearer {header}.{b64({**claims, 'email': 'x@evil.example'})}.{signature}",
+            401,
+        ),
+    }
+
+
+async def test_a_valid_token_is_accepted(auth: PushAuth, identity: Identity) -> None:
+    claims = await auth.verify(f"Bearer {identity.token(AUDIENCE)}")
+    assert claims["email"] == SERVICE_ACCOUNT
+
+
+async def test_every_forged_token_is_refused(auth: PushAuth, identity: Identity) -> None:
+    accepted = []
+    for case, (header, status) in forgeries(identity).items():
+        try:
+            await auth.verify(header)
+            accepted.append(case)
+        except Unauthorized as exc:
+            assert exc.status == status, case
+    assert accepted == []
+
+
+async def test_certificates_are_fetched_once_for_many_tokens(
+    auth: PushAuth, identity: Identity, certs: tuple[str, Counter[str]]
+) -> None:
+    before = certs[1]["certs"]
+    for _ in range(20):
+        await auth.verify(f"Bearer {identity.token(AUDIENCE)}")
+    assert certs[1]["certs"] - before == 1
+
+
+async def test_unknown_keys_do_not_make_every_request_fetch_certificates(
+    auth: PushAuth, identity: Identity, certs: tuple[str, Counter[str]]
+) -> None:
+    """A key id not in the cache refetches, but at most once per MIN_REFETCH_INTERVAL_S."""
+    await auth.verify(f"Bearer {identity.token(AUDIENCE)}")
+    before = certs[1]["certs"]
+    stranger = Identity("rotated-key").token(AUDIENCE)
+    for _ in range(5):
+        with pytest.raises(Unauthorized):
+            await auth.verify(f"Bearer {stranger}")
+    assert certs[1]["certs"] - before == 0
+
+
+def test_the_push_endpoint_requires_a_token_when_configured(
+    identity: Identity, certs: tuple[str, Counter[str]]
+) -> None:
+    settings = make_settings(
+        push_auth_audience=AUDIENCE,
+        push_auth_service_account=SERVICE_ACCOUNT,
+        push_auth_certs_url=certs[0],
+    )
+    transport = RecordingTransport()
+    envelope = {"message": {"data": base64.b64encode(b"not json").decode(), "messageId": "1"}}
+    with serve(create_app(settings, FLOWS, transport)) as url, httpx.Client(base_url=url) as client:
+        assert client.post("/pubsub/push", json=envelope).status_code == 401
+        forged = {"authorization": forgeries(identity)["wrong email"][0] or ""}
+        assert client.post("/pubsub/push", json=envelope, headers=forged).status_code == 403
+        assert transport.published == []
+        valid = {"authorization": f"Bearer {identity.token(AUDIENCE)}"}
+        assert client.post("/pubsub/push", json=envelope, headers=valid).status_code == 204
