@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,8 +33,11 @@ def _drop_unset(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
     return {key: value for key, value in event.items() if value is not None}
 
 
-def configure_logging(log_format: str, level: int = logging.INFO) -> None:
-    """Set up structlog and route the standard library's loggers through it."""
+def configure_logging(
+    log_format: str, level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
+    """Set up structlog and route the standard library's loggers through it (to stdout)."""
+    stream = stream or sys.stdout
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -50,10 +53,9 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared, processors=[_remove_meta, renderer]

@@ -135,8 +135,7 @@ class InProcessTransport:
 
     async def _deliver(self, deliver: Deliver, envelope: PushEnvelope) -> None:
         for attempt in range(1, self.MAX_DELIVERY_ATTEMPTS + 1):
-            envelope.delivery_attempt = attempt
-            status = await deliver(envelope)
+            status = await deliver(envelope.model_copy(update={"delivery_attempt": attempt}))
             if 200 <= status < 300:
                 return
             if attempt < self.MAX_DELIVERY_ATTEMPTS:

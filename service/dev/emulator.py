@@ -6,6 +6,7 @@ starts it provisions it (over its REST API, which needs no credentials).
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -72,14 +73,14 @@ class Emulator:
     def start(cls, binary: Path, port: int | None = None, log: Path | None = None) -> Emulator:
         port = port or free_port()
         env = {**os.environ, "JAVA_OPTS": f"{os.environ.get('JAVA_OPTS', '')} {HEAP}".strip()}
-        output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by Popen
-        process = subprocess.Popen(  # noqa: S603 - the SDK's launcher, our arguments
-            [str(binary), "--host=127.0.0.1", f"--port={port}"],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        with open(log or os.devnull, "wb") as output:  # the child keeps its own descriptor
+            process = subprocess.Popen(  # noqa: S603 - the SDK's launcher, our arguments
+                [str(binary), "--host=127.0.0.1", f"--port={port}"],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         emulator = cls(host=f"127.0.0.1:{port}", process=process)
         emulator._wait_until_up(timeout=60)
         return emulator
@@ -133,6 +134,16 @@ class EmulatorAdmin:
             f"subscriptions/{name}",
             {"topic": f"projects/{self.project}/topics/{topic}", "ackDeadlineSeconds": 60},
         )
+
+    def publish(self, topic: str, data: bytes, attributes: dict[str, str] | None = None) -> str:
+        """Publish one message, as any producer may; returns its message id."""
+        message = {"data": base64.b64encode(data).decode(), "attributes": attributes or {}}
+        response = httpx.post(
+            f"{self.base}/topics/{topic}:publish", json={"messages": [message]}, timeout=10
+        )
+        response.raise_for_status()
+        message_id: str = response.json()["messageIds"][0]
+        return message_id
 
     def pull(self, subscription: str, max_messages: int = 100) -> list[dict[str, object]]:
         """Pull and acknowledge what is there now."""

@@ -1,0 +1,124 @@
+"""Settings: read from the environment, refused at start-up with one line naming the setting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.errors import ConfigError
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+URLS = {
+    "DEFAULT_CREATE_USER_EMBEDDINGS_URL": "https://fn.example/a",
+    "DEFAULT_PROFESSION_ORCHESTRATOR_URL": "https://fn.example/b",
+    "DEFAULT_MATCH_CANDIDATO_URL": "https://fn.example/c",
+    "DEFAULT_MATCH_ANALYSIS_USER_VACANCY_URL": "https://fn.example/d",
+}
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """A clean environment, in a folder with no `.env`."""
+    for name in list(os.environ):
+        if name.startswith(
+            ("PUBSUB_", "GOOGLE_", "WEBHOOK_", "PUSH_AUTH_", "RESULT_", "ML_", "FLOW")
+        ):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def test_defaults_follow_the_design(environment: pytest.MonkeyPatch) -> None:
+    settings = Settings.load()
+    assert settings.orchestration_topic == "ml-orchestration-requests"
+    assert settings.default_flow == "ml-orchestration"
+    assert settings.ml_auth == "id_token"
+    assert settings.flow_timeout_s == 540
+    assert settings.log_format == "json"
+    assert not settings.webhook_allow_private_networks
+    assert not settings.uses_pubsub
+
+
+def test_the_emulator_or_a_project_selects_pubsub(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("GOOGLE_CLOUD_PROJECT", "p")
+    assert Settings.load().uses_pubsub
+
+
+def test_dotenv_is_read_and_the_environment_wins(environment: pytest.MonkeyPatch) -> None:
+    Path(".env").write_text(
+        "RESULT_TOPIC=from-dotenv\nORCHESTRATION_TOPIC=dotenv-topic\nX_URL=https://x\n"
+    )
+    environment.setenv("ORCHESTRATION_TOPIC", "env-topic")
+    settings = Settings.load()
+    assert settings.result_topic == "from-dotenv"
+    assert settings.orchestration_topic == "env-topic"
+    assert settings.flow_env()["X_URL"] == "https://x"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("FLOW_TIMEOUT_S", "601", "FLOW_TIMEOUT_S: Input should be less than or equal to 600"),
+        ("FLOW_TIMEOUT_S", "soon", "FLOW_TIMEOUT_S: Input should be a valid number"),
+        ("ML_AUTH", "magic", "ML_AUTH: Input should be 'id_token' or 'none'"),
+        ("WEBHOOK_SECRET", "whsec_%%%", "WEBHOOK_SECRET: must be 'whsec_' followed by base64"),
+        ("WEBHOOK_SECRET", "whsec_c2hvcnQ=", "WEBHOOK_SECRET: must hold at least 24 bytes"),
+        ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085", "GOOGLE_CLOUD_PROJECT: required when"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT: Input should be 'json' or 'console'"),
+    ],
+)
+def test_a_bad_setting_is_named_with_its_reason(
+    environment: pytest.MonkeyPatch, name: str, value: str, reason: str
+) -> None:
+    environment.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        Settings.load()
+    assert reason in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def run_service(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DEFAULT_", "PUBSUB_", "GOOGLE_CLOUD"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "service"],
+        env={**clean, "PYTHONPATH": str(ROOT), "PORT": "1", **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_start_up_stops_with_one_line_for_a_missing_url(tmp_path: Path) -> None:
+    env = dict(URLS)
+    del env["DEFAULT_MATCH_CANDIDATO_URL"]
+    result = run_service(env, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "DEFAULT_MATCH_CANDIDATO_URL is not set" in result.stderr
+    assert "step 'match_candidato'" in result.stderr
+
+
+def test_start_up_stops_with_one_line_for_an_invalid_flow(tmp_path: Path) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "ml-orchestration.yaml").write_text("steps:\n  a: {call: 'https://x', after: [zz]}\n")
+    result = run_service({**URLS, "FLOWS_DIR": str(flows)}, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("step 'a': after: unknown step 'zz'")
+    assert result.stderr.count("\n") == 1
+
+
+def test_start_up_stops_for_an_unknown_default_flow(tmp_path: Path) -> None:
+    result = run_service({**URLS, "DEFAULT_FLOW": "nope"}, tmp_path)
+    assert result.returncode == 2
+    assert "DEFAULT_FLOW: no flow named 'nope'" in result.stderr
