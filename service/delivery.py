@@ -20,7 +20,7 @@ WEBHOOK_RETRY = RetryPolicy(
     maximum_attempts=4,
     initial_interval=0.5,
     maximum_interval=8.0,
-    retry_on=frozenset({408, 429, 500, 502, 503, 504}),
+    retry_on=frozenset({408, 429, *range(500, 600)}),
 )
 WEBHOOK_ATTEMPT_TIMEOUT_S = 10.0
 WEBHOOK_BUDGET_S = 45.0

@@ -89,6 +89,17 @@ async def serve(emulator: Emulator | None) -> None:
             )
         ),
     ]
+    running = [asyncio.create_task(server.serve()) for server in servers]
+    while not all(server.started for server in servers):
+        if any(task.done() for task in running):
+            break  # a server could not start (its error is logged); gather reports it
+        await asyncio.sleep(0.05)
+    else:
+        announce(emulator, delay)
+    await asyncio.gather(*running)
+
+
+def announce(emulator: Emulator | None, delay: float) -> None:
     transport = f"Pub/Sub emulator at {emulator.host}" if emulator else "in-process transport"
     print(
         f"\nML Orchestrator on http://127.0.0.1:{PORT} ({transport}); demo ML functions "
@@ -97,7 +108,6 @@ async def serve(emulator: Emulator | None) -> None:
         file=sys.stderr,
         flush=True,
     )
-    await asyncio.gather(*(server.serve() for server in servers))
 
 
 def main() -> int:

@@ -1,0 +1,71 @@
+"""The newcomer's command: `python -m service.dev` runs a flow end to end and prints the result."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.dev.emulator import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(pattern: str, log: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if re.search(pattern, text):
+            return text
+        assert process.poll() is None, f"exited early:\n{text}"
+        time.sleep(0.1)
+    raise AssertionError(f"{pattern!r} not printed:\n{log.read_text(errors='replace')}")
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [pytest.param("emulator", marks=pytest.mark.emulator), "in-process"],
+)
+def test_the_dev_stack_prints_a_curl_that_completes_a_flow(tmp_path: Path, transport: str) -> None:
+    ports = {name: str(free_port()) for name in ("PORT", "DEMO_PORT", "EMULATOR_PORT")}
+    env = {**os.environ, **ports, "DEMO_DELAY_MS": "10", "LOG_FORMAT": "json"}
+    if transport == "in-process":
+        env["PUBSUB_EMULATOR_BIN"] = str(tmp_path / "no-emulator-here")
+    log = tmp_path / "dev.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.dev"],
+            cwd=tmp_path,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        text = wait_for(r"Start a flow:", log, process)
+        expected = "Pub/Sub emulator at" if transport == "emulator" else "in-process transport"
+        assert expected in text
+        curl = text[text.index("curl -s") :].split("\n\n")[0]
+        result = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+        assert '"status":"accepted"' in result.stdout, result
+        printed = wait_for(
+            r">>> webhook \(signature verified\): execution \S+ succeeded", log, process
+        )
+        assert "match_analysis_user_vacancy=succeeded" in printed
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    # Everything it started has stopped, the emulator included.
+    for port in ports.values():
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            raise AssertionError(f"port {port} still answers")
+        except httpx.TransportError:
+            pass
