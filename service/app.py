@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import httpx
 import structlog
@@ -21,8 +22,8 @@ from service.logs import TraceContext, configure_logging
 from service.problems import Problem
 from service.push import PushHandler
 from service.runner import FlowRunner
-from service.settings import MLAuth, Settings
-from service.store import MemoryStore
+from service.settings import MLAuth, Settings, StoreKind
+from service.store import ExecutionStore, MemoryStore
 from service.targets import WebhookTargets
 from service.tokens import GoogleIdTokens, NoTokens, TokenProvider
 from service.transport import InProcessTransport, PubSubTransport, Transport
@@ -46,12 +47,14 @@ def create_app(
         configure_logging(config.log_format)
         loaded = flows if flows is not None else load_checked_flows(config)
         broker = transport or make_transport(config)
+        store = make_store(config)
         async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:
-            app.state.components = build(config, loaded, broker, http)
+            app.state.components = build(config, loaded, broker, store, http)
             app.state.trace_project = config.google_cloud_project
             log.info(
                 "service started",
                 transport=type(broker).__name__,
+                store=type(store).__name__,
                 flows=sorted(loaded),
                 orchestration_topic=config.orchestration_topic,
             )
@@ -59,6 +62,7 @@ def create_app(
                 yield
             finally:
                 await broker.close()
+                await store.close()
 
     app = FastAPI(
         title="ML Orchestrator",
@@ -103,21 +107,43 @@ def make_transport(settings: Settings) -> Transport:
     return InProcessTransport()
 
 
+def make_store(settings: Settings) -> ExecutionStore:
+    if settings.execution_store == StoreKind.FIRESTORE:
+        from service.firestore import FirestoreStore  # only deployments that use it import it
+
+        assert settings.google_cloud_project is not None
+        return FirestoreStore(
+            settings.google_cloud_project,
+            settings.firestore_collection,
+            timedelta(days=settings.execution_ttl_days),
+        )
+    return MemoryStore()
+
+
 def build(
-    settings: Settings, flows: dict[str, Flow], transport: Transport, http: httpx.AsyncClient
+    settings: Settings,
+    flows: dict[str, Flow],
+    transport: Transport,
+    store: ExecutionStore,
+    http: httpx.AsyncClient,
 ) -> Components:
     """Wire the parts together."""
     tokens: TokenProvider = GoogleIdTokens() if settings.ml_auth == MLAuth.ID_TOKEN else NoTokens()
-    targets = WebhookTargets(settings.webhook_allow_private_networks)
-    store = MemoryStore()
+    targets = WebhookTargets(
+        settings.webhook_allow_private_networks, settings.allowed_webhook_hosts
+    )
     handler = PushHandler(
         flows=flows,
         store=store,
-        runner=FlowRunner(MLCaller(http, tokens), settings.flow_timeout_s),
+        runner=FlowRunner(
+            MLCaller(http, tokens, settings.ml_max_concurrency_per_host), settings.flow_timeout_s
+        ),
         delivery=ResultDelivery(
             http, transport, targets, settings.webhook_secret, settings.result_topic
         ),
         default_webhook_url=settings.default_webhook_url,
+        lease_s=settings.execution_lease_s,
+        max_delivery_attempts=settings.push_max_delivery_attempts,
     )
     transport.subscribe(settings.orchestration_topic, handler.handle)
     push_auth = (

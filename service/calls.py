@@ -10,12 +10,13 @@ import httpx
 import structlog
 
 from service.flow import Step
-from service.retry import Attempt, parse_retry_after, with_retries
+from service.retry import Attempt, RetryBudget, parse_retry_after, with_retries
 from service.tokens import TokenProvider
 
 log = structlog.get_logger(__name__)
 
 ERROR_BODY_CHARS = 300
+DEFAULT_PER_HOST_LIMIT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,20 +29,37 @@ class CallResult:
 
 
 class MLCaller:
-    """Makes a step's HTTP call with its retry policy, inside the execution's deadline."""
+    """Makes a step's HTTP call with its retry policy, inside the execution's deadline.
 
-    def __init__(self, client: httpx.AsyncClient, tokens: TokenProvider) -> None:
+    Each target host gets at most `per_host_limit` calls in flight from this
+    instance, so a burst of executions queues here instead of flooding one
+    function, and a retry budget, so failing calls cannot multiply its load.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        tokens: TokenProvider,
+        per_host_limit: int = DEFAULT_PER_HOST_LIMIT,
+    ) -> None:
         self._client = client
         self._tokens = tokens
+        self._per_host_limit = per_host_limit
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._budgets: dict[str, RetryBudget] = {}
 
     async def call(self, step: Step, body: Any, deadline: float) -> CallResult:
         loop = asyncio.get_running_loop()
+        host = step.host
+        limit = self._limits.setdefault(host, asyncio.Semaphore(self._per_host_limit))
+        budget = self._budgets.setdefault(host, RetryBudget())
 
         async def attempt(number: int) -> Attempt[Any]:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return Attempt(error="execution deadline passed before the call")
-            outcome = await self._attempt(step, body, min(step.timeout_s, remaining))
+            async with limit:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return Attempt(error="execution deadline passed before the call")
+                outcome = await self._attempt(step, body, min(step.timeout_s, remaining))
             if not outcome.ok:
                 log.warning(
                     "call attempt failed",
@@ -52,7 +70,7 @@ class MLCaller:
                 )
             return outcome
 
-        outcome, attempts = await with_retries(step.retry, deadline, attempt)
+        outcome, attempts = await with_retries(step.retry, deadline, attempt, budget)
         return CallResult(output=outcome.value, error=outcome.error, attempts=attempts)
 
     async def _attempt(self, step: Step, body: Any, seconds: float) -> Attempt[Any]:

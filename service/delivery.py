@@ -11,7 +11,7 @@ from standardwebhooks.webhooks import Webhook
 from service.errors import DeliveryFailed, WebhookTargetRefused
 from service.messages import Execution, now
 from service.retry import Attempt, RetryPolicy, parse_retry_after, with_retries
-from service.targets import WebhookTargets
+from service.targets import Target, WebhookTargets
 from service.transport import Transport
 
 log = structlog.get_logger(__name__)
@@ -45,12 +45,16 @@ class ResultDelivery:
         self._result_topic = result_topic
 
     async def deliver(self, execution: Execution, webhook_url: str | None) -> None:
-        """Deliver everywhere the result is wanted; DeliveryFailed if a retry may still help."""
+        """Deliver everywhere the result is wanted; DeliveryFailed if a retry may still help.
+
+        The topic comes first, so that a webhook that never answers cannot keep the
+        result from it; a redelivery publishes again (consumers dedupe by execution_id).
+        """
+        await self.publish(execution)
         if webhook_url:
             await self._send_webhook(
                 webhook_url, execution.execution_id, execution.model_dump_json()
             )
-        await self.publish(execution)
 
     async def publish(self, execution: Execution) -> None:
         """Publish the document to RESULT_TOPIC, if one is set."""
@@ -67,14 +71,14 @@ class ResultDelivery:
 
     async def _send_webhook(self, url: str, message_id: str, body: str) -> None:
         try:
-            await self._targets.check(url)
+            target = await self._targets.pin(url)
         except WebhookTargetRefused as exc:
-            log.error("webhook refused", reason=str(exc))
+            log.error("webhook target refused; result not sent to it", reason=str(exc))
             return
         deadline = asyncio.get_running_loop().time() + WEBHOOK_BUDGET_S
 
         async def attempt(number: int) -> Attempt[int]:
-            outcome = await self._post(url, message_id, body)
+            outcome = await self._post(target, message_id, body)
             if not outcome.ok:
                 log.warning("webhook attempt failed", attempt=number, error=outcome.error)
             return outcome
@@ -91,9 +95,10 @@ class ResultDelivery:
         else:
             log.error("webhook refused the result", attempts=attempts, error=outcome.error)
 
-    async def _post(self, url: str, message_id: str, body: str) -> Attempt[int]:
+    async def _post(self, target: Target, message_id: str, body: str) -> Attempt[int]:
         timestamp = now()
         headers = {
+            **target.headers,
             "content-type": "application/json",
             "webhook-id": message_id,
             "webhook-timestamp": str(int(timestamp.timestamp())),
@@ -102,7 +107,11 @@ class ResultDelivery:
             headers["webhook-signature"] = self._signer.sign(message_id, timestamp, body)
         try:
             response = await self._client.post(
-                url, content=body, headers=headers, timeout=WEBHOOK_ATTEMPT_TIMEOUT_S
+                target.url,
+                content=body,
+                headers=headers,
+                extensions=target.extensions,
+                timeout=WEBHOOK_ATTEMPT_TIMEOUT_S,
             )
         except httpx.TimeoutException:
             return Attempt(error="timed out", retryable=True)
@@ -114,6 +123,7 @@ class ResultDelivery:
         return Attempt(
             value=status,
             error=f"HTTP {status}",
-            retryable=status in WEBHOOK_RETRY.retry_on,
+            # A redirect is a failure (never followed: it could point anywhere) and may be fixed.
+            retryable=status in WEBHOOK_RETRY.retry_on or response.is_redirect,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )

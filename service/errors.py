@@ -8,6 +8,7 @@
     ├── WebhookTargetRefused          no: a webhook URL points somewhere it must not
     ├── ExecutionBusy                 yes: the execution is running elsewhere now
     ├── BrokerUnavailable             yes: the broker cannot take or give a message
+    ├── StoreUnavailable              yes: the execution store cannot be read or written
     ├── DeliveryFailed                yes: the result could not be delivered yet
     └── ShuttingDown                  yes: the instance stops before the execution ends
 
@@ -66,6 +67,12 @@ class ExecutionBusy(OrchestratorError):
 
 class BrokerUnavailable(OrchestratorError):
     """Publishing to or reaching the broker failed."""
+
+    retryable = True
+
+
+class StoreUnavailable(OrchestratorError):
+    """Reading or writing the execution store failed."""
 
     retryable = True
 

@@ -95,6 +95,11 @@ class Step:
     on_error: Literal["fail", "continue"]
     audience: str
 
+    @property
+    def host(self) -> str:
+        """The target's host and port: the unit of per-target limits."""
+        return urlsplit(self.url).netloc
+
 
 @dataclass(frozen=True, slots=True)
 class Flow:

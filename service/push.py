@@ -7,14 +7,23 @@ This module is the one place that maps outcomes to answers:
     204  acked: finished and delivered, already finished, or poison (never succeeds)
     409  nacked: the same execution is running now; Pub/Sub redelivers later
     503  nacked: a retryable failure (broker, webhook, shutdown); redelivered later
+
+A webhook still undelivered at the subscription's last delivery attempt
+(`deliveryAttempt` >= PUSH_MAX_DELIVERY_ATTEMPTS) is logged and acked: the
+result stays in the store and on the result topic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import os
+import socket
+import uuid
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request, Response
@@ -23,7 +32,13 @@ from pydantic import ValidationError
 from service.auth import Unauthorized
 from service.delivery import ResultDelivery
 from service.deps import ComponentsDep
-from service.errors import ExecutionBusy, OrchestratorError, RejectedMessage
+from service.errors import (
+    DeliveryFailed,
+    ExecutionBusy,
+    OrchestratorError,
+    RejectedMessage,
+    ShuttingDown,
+)
 from service.flow import Flow
 from service.limits import MAX_PUSH_BYTES, read_body
 from service.messages import (
@@ -31,6 +46,7 @@ from service.messages import (
     ExecutionStatus,
     PushEnvelope,
     RequestMessage,
+    StepResult,
     describe,
     field_errors,
 )
@@ -44,6 +60,11 @@ ACK = 204
 NACK_BUSY = 409
 NACK_RETRY = 503
 
+DEFAULT_LEASE_S = 30.0
+DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
+# Cloud Run gives an instance 10 s between SIGTERM and SIGKILL.
+DRAIN_GRACE_S = 8.0
+
 
 class PushHandler:
     """Runs the execution a push message asks for, exactly once per finished result."""
@@ -55,12 +76,22 @@ class PushHandler:
         runner: FlowRunner,
         delivery: ResultDelivery,
         default_webhook_url: str | None,
+        lease_s: float = DEFAULT_LEASE_S,
+        max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS,
     ) -> None:
         self._flows = flows
         self._store = store
         self._runner = runner
         self._delivery = delivery
         self._default_webhook_url = default_webhook_url
+        self._lease_s = lease_s
+        self._max_delivery_attempts = max_delivery_attempts
+        self._owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._stopping = asyncio.Event()
+
+    def drain(self) -> None:
+        """The instance is stopping: take no new work, give running work DRAIN_GRACE_S."""
+        self._stopping.set()
 
     async def handle(self, envelope: PushEnvelope) -> int:
         """Process one delivery; returns the HTTP status that acks (2xx) or nacks it."""
@@ -73,6 +104,8 @@ class PushHandler:
             delivery_attempt=envelope.delivery_attempt,
         ):
             try:
+                if self._stopping.is_set():
+                    raise ShuttingDown("the instance is stopping")
                 return await self._handle(envelope)
             except RejectedMessage as exc:
                 await self.reject(exc, message_id, attributes.get("flow"))
@@ -110,33 +143,76 @@ class PushHandler:
             reason = describe(field_errors(exc, "input"))
             raise RejectedMessage(reason, message.execution_id) from None
 
-        execution = Execution(
+        fresh = Execution(
             execution_id=message.execution_id,
             flow=flow.name,
             status=ExecutionStatus.RUNNING,
             input=flow_input,
         )
-        webhook_url = message.webhook_url or self._default_webhook_url
-        claim = await self._store.claim(execution)
+        claim = await self._store.claim(fresh, self._owner, self._lease_s)
         if claim.state == ClaimState.RUNNING:
             raise ExecutionBusy("the execution is running in another delivery")
-        if claim.state == ClaimState.FINISHED:
-            assert claim.execution is not None
-            if claim.delivered:
-                log.info("duplicate delivery of a finished execution; nothing runs")
-                return ACK
-            execution = claim.execution
-        else:
-            try:
-                await self._runner.run(flow, execution)
-            except BaseException:
-                await self._store.release(execution.execution_id)
-                raise
+        assert claim.execution is not None
+        execution = claim.execution
+        if claim.state == ClaimState.FINISHED and claim.delivered:
+            log.info("duplicate delivery of a finished execution; nothing runs")
+            return ACK
+        if claim.state == ClaimState.CLAIMED:
+            await self._run_leased(flow, execution)
             await self._store.save(execution)
 
-        await self._delivery.deliver(execution, webhook_url)
+        webhook_url = message.webhook_url or self._default_webhook_url
+        try:
+            await self._delivery.deliver(execution, webhook_url)
+        except DeliveryFailed as exc:
+            if (envelope.delivery_attempt or 0) < self._max_delivery_attempts:
+                raise
+            # Pub/Sub will not push this message again: the result stays stored and published.
+            log.error("result undeliverable; giving up", reason=str(exc))
         await self._store.save(execution, delivered=True)
         return ACK
+
+    async def _run_leased(self, flow: Flow, execution: Execution) -> None:
+        """Run under a renewed lease; on shutdown, finish within DRAIN_GRACE_S or give it up."""
+        execution_id = execution.execution_id
+
+        async def checkpoint(name: str, result: StepResult) -> None:
+            await self._store.save_step(execution_id, name, result)
+
+        run = asyncio.create_task(self._runner.run(flow, execution, checkpoint))
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_lease(execution_id, run, lost))
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                log.warning("instance stopping; waiting for the execution", grace_s=DRAIN_GRACE_S)
+                await asyncio.wait({run}, timeout=DRAIN_GRACE_S)
+            if not run.done():
+                raise ShuttingDown("the instance stopped before the execution ended")
+            if lost.is_set():
+                raise ExecutionBusy("the lease was lost to another delivery")
+            run.result()
+        except BaseException:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            if not lost.is_set():
+                await self._store.release(execution_id, self._owner)
+            raise
+        finally:
+            keeper.cancel()
+            stopping.cancel()
+
+    async def _keep_lease(
+        self, execution_id: str, run: asyncio.Task[Any], lost: asyncio.Event
+    ) -> None:
+        while not run.done():
+            await asyncio.sleep(self._lease_s / 3)
+            if not await self._store.renew(execution_id, self._owner, self._lease_s):
+                log.error("lease lost; stopping this run of the execution")
+                lost.set()
+                run.cancel()
+                return
 
 
 def decode(envelope: PushEnvelope) -> RequestMessage:

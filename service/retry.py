@@ -68,16 +68,45 @@ class Attempt(Generic[T]):
         return self.error is None
 
 
+class RetryBudget:
+    """Caps retries at `ratio` of first attempts (plus a small reserve), per target.
+
+    Every first attempt deposits `ratio` of a token, every retry withdraws one,
+    so when a target fails everything, retries add at most ~ratio to its load
+    instead of multiplying it by the number of attempts (Finagle's RetryBudget).
+    """
+
+    def __init__(self, ratio: float = 0.2, reserve: float = 10.0) -> None:
+        self._ratio = ratio
+        self._reserve = reserve
+        self._balance = reserve
+
+    def record_call(self) -> None:
+        self._balance = min(self._reserve, self._balance + self._ratio)
+
+    def try_retry(self) -> bool:
+        if self._balance < 1:
+            return False
+        self._balance -= 1
+        return True
+
+
 async def with_retries(
-    policy: RetryPolicy, deadline: float, attempt: Callable[[int], Awaitable[Attempt[T]]]
+    policy: RetryPolicy,
+    deadline: float,
+    attempt: Callable[[int], Awaitable[Attempt[T]]],
+    budget: RetryBudget | None = None,
 ) -> tuple[Attempt[T], int]:
     """Try `attempt(n)` until it succeeds, fails for good, runs out of tries or of time.
 
     `deadline` is on the event loop's clock; a wait that would end past it is not
-    started. Returns the last attempt and how many were made.
+    started, nor a retry the `budget` refuses. Returns the last attempt and how
+    many were made.
     """
     loop = asyncio.get_running_loop()
     number = 1
+    if budget is not None:
+        budget.record_call()
     while True:
         outcome = await attempt(number)
         if outcome.ok or not outcome.retryable or number >= policy.maximum_attempts:
@@ -85,5 +114,8 @@ async def with_retries(
         delay = policy.delay(number, outcome.retry_after)
         if loop.time() + delay >= deadline:
             return outcome, number
+        if budget is not None and not budget.try_retry():
+            error = f"{outcome.error} (not retried: retry budget of the target spent)"
+            return Attempt(value=outcome.value, error=error), number
         await asyncio.sleep(delay)
         number += 1

@@ -3,12 +3,15 @@
 The execution takes as long as its critical path. A skipped step counts as done
 for the steps after it; a failed step skips the steps that need it, and fails
 the execution (`on_error: fail`) or leaves it `partial` (`on_error: continue`).
+Steps that already have an outcome in the document (a resumed execution) are
+not run again; each new outcome is handed to `checkpoint` as soon as it exists.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -21,6 +24,13 @@ from service.messages import Execution, ExecutionStatus, StepResult, StepStatus
 log = structlog.get_logger(__name__)
 
 MAX_FOR_EACH_ITEMS = 10_000
+FINAL_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
+
+Checkpoint = Callable[[str, StepResult], Awaitable[None]]
+
+
+async def _no_checkpoint(name: str, result: StepResult) -> None:
+    return None
 
 
 class FlowRunner:
@@ -30,15 +40,29 @@ class FlowRunner:
         self._caller = caller
         self._timeout_s = timeout_s
 
-    async def run(self, flow: Flow, execution: Execution) -> Execution:
-        """Run every step of `flow` and finish `execution` (which it updates in place)."""
+    async def run(
+        self, flow: Flow, execution: Execution, checkpoint: Checkpoint = _no_checkpoint
+    ) -> Execution:
+        """Run the steps of `flow` that have no outcome yet and finish `execution` (in place)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         done = {name: asyncio.Event() for name in flow.steps}
+        resumed = [
+            name
+            for name, result in execution.steps.items()
+            if name in done and result.status in FINAL_STEP_STATUSES
+        ]
+        for name in resumed:
+            done[name].set()
+        if resumed:
+            log.info("execution resumed", completed_steps=resumed)
         try:
             async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as group:
                 for step in flow.steps.values():
-                    group.create_task(self._run_step(step, execution, done, deadline))
+                    if step.name not in resumed:
+                        group.create_task(
+                            self._run_step(step, execution, done, deadline, checkpoint)
+                        )
         except TimeoutError:
             for result in execution.steps.values():
                 if result.status == StepStatus.RUNNING:
@@ -63,12 +87,14 @@ class FlowRunner:
         execution: Execution,
         done: dict[str, asyncio.Event],
         deadline: float,
+        checkpoint: Checkpoint,
     ) -> None:
         for dependency in step.after:
             await done[dependency].wait()
         try:
             result = await self._outcome(step, execution, deadline)
             execution.steps[step.name] = result
+            await checkpoint(step.name, result)
             log.info(
                 "step finished",
                 step=step.name,

@@ -23,6 +23,11 @@ class MLAuth(StrEnum):
     NONE = "none"
 
 
+class StoreKind(StrEnum):
+    MEMORY = "memory"
+    FIRESTORE = "firestore"
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -48,7 +53,16 @@ class Settings(BaseSettings):
     webhook_secret: str | None = None
     default_webhook_url: str | None = None
     webhook_allow_private_networks: bool = False
+    webhook_allowed_hosts: str | None = None
     flow_timeout_s: float = Field(540, gt=0, le=600)
+    execution_store: StoreKind = StoreKind.MEMORY
+    firestore_collection: str = Field(
+        "ml-orchestrator-executions", pattern=r"^[A-Za-z0-9_-]{1,100}$"
+    )
+    execution_lease_s: float = Field(30, ge=3, le=300)
+    execution_ttl_days: float = Field(7, gt=0, le=3650)
+    push_max_delivery_attempts: int = Field(5, ge=5, le=100)
+    ml_max_concurrency_per_host: int = Field(100, ge=1, le=10_000)
     log_format: LogFormat = LogFormat.JSON
 
     @field_validator("webhook_secret")
@@ -73,6 +87,7 @@ class Settings(BaseSettings):
         "push_auth_service_account",
         "webhook_secret",
         "default_webhook_url",
+        "webhook_allowed_hosts",
         mode="before",
     )
     @classmethod
@@ -84,9 +99,20 @@ class Settings(BaseSettings):
     def _pubsub_needs_a_project(self) -> Self:
         if self.pubsub_emulator_host and not self.google_cloud_project:
             raise ValueError("GOOGLE_CLOUD_PROJECT: required when PUBSUB_EMULATOR_HOST is set")
+        if self.execution_store == StoreKind.FIRESTORE and not self.google_cloud_project:
+            raise ValueError("GOOGLE_CLOUD_PROJECT: required when EXECUTION_STORE=firestore")
         if self.push_auth_service_account and not self.push_auth_audience:
             raise ValueError("PUSH_AUTH_AUDIENCE: required when PUSH_AUTH_SERVICE_ACCOUNT is set")
         return self
+
+    @property
+    def allowed_webhook_hosts(self) -> frozenset[str] | None:
+        """WEBHOOK_ALLOWED_HOSTS as a set of lower-case host names, None when unset."""
+        if not self.webhook_allowed_hosts:
+            return None
+        return frozenset(
+            host.strip().lower() for host in self.webhook_allowed_hosts.split(",") if host.strip()
+        )
 
     @property
     def uses_pubsub(self) -> bool:

@@ -1,49 +1,72 @@
 """Where executions are recorded, so that a redelivered message never runs twice.
 
-`claim` is the one decision point for a delivery: run it, ignore it (finished),
-or send it back (running elsewhere). The in-memory store serves one instance;
-a shared store (Firestore) takes the same interface for several.
+`claim` is the one decision point for a delivery: run it (perhaps resuming
+from stored step outcomes), ignore it (finished), or send it back (running
+elsewhere under a live lease). A lease is short and renewed while the
+execution runs, so a crashed instance's execution is claimed again by the
+next delivery within about one lease. Each step's outcome is stored as it
+completes (`save_step`), so a resumed execution does not call it again.
+
+`MemoryStore` serves one instance; `FirestoreStore` (service/firestore.py)
+shares executions across instances.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from service.messages import TERMINAL, Execution
+from service.messages import TERMINAL, Execution, StepResult
 
 DEFAULT_CAPACITY = 10_000
 
 
 class ClaimState(StrEnum):
     CLAIMED = "claimed"  # this delivery runs the execution
-    RUNNING = "running"  # another delivery runs it now
+    RUNNING = "running"  # another delivery holds a live lease on it
     FINISHED = "finished"  # it ended; see `delivered`
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
     state: ClaimState
-    execution: Execution | None = None
+    execution: Execution | None = None  # what to run (with stored steps) or what finished
     delivered: bool = False
 
 
 class ExecutionStore(Protocol):
-    """Execution documents by id, with claims so one delivery runs each execution."""
+    """Execution documents by id, with leases so one delivery runs each execution."""
 
-    async def claim(self, execution: Execution) -> Claim:
-        """Record `execution` as running unless it is running or finished already."""
+    async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
+        """Take the lease on `execution` unless it is leased or finished already."""
+
+    async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
+        """Extend `owner`'s lease; False if the lease was lost to another owner."""
+
+    async def save_step(self, execution_id: str, name: str, result: StepResult) -> None:
+        """Store one finished step's outcome."""
 
     async def save(self, execution: Execution, delivered: bool = False) -> None:
-        """Store the document (finished or not) and whether its result was delivered."""
+        """Store the whole document (a finished one ends the lease)."""
 
-    async def release(self, execution_id: str) -> None:
-        """Give up a claim of an unfinished execution, so a redelivery runs it."""
+    async def release(self, execution_id: str, owner: str) -> None:
+        """End `owner`'s lease early, keeping stored steps, so a redelivery resumes at once."""
 
     async def get(self, execution_id: str) -> Execution | None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Entry:
+    execution: Execution
+    delivered: bool = False
+    owner: str | None = None
+    lease_until: float = 0.0
 
 
 class MemoryStore:
@@ -51,39 +74,66 @@ class MemoryStore:
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self._capacity = capacity
-        self._entries: OrderedDict[str, tuple[Execution, bool]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = asyncio.Lock()
 
-    async def claim(self, execution: Execution) -> Claim:
+    async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
+        now = time.monotonic()
         async with self._lock:
             entry = self._entries.get(execution.execution_id)
+            if entry is None:
+                entry = _Entry(execution.model_copy(deep=True))
+                self._put(execution.execution_id, entry)
+            elif entry.execution.status in TERMINAL:
+                return Claim(
+                    ClaimState.FINISHED, entry.execution.model_copy(deep=True), entry.delivered
+                )
+            elif entry.lease_until > now:
+                return Claim(ClaimState.RUNNING)
+            entry.owner, entry.lease_until = owner, now + lease_s
+            return Claim(ClaimState.CLAIMED, entry.execution.model_copy(deep=True))
+
+    async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
+        async with self._lock:
+            entry = self._entries.get(execution_id)
+            if entry is None or entry.owner != owner:
+                return False
+            entry.lease_until = time.monotonic() + lease_s
+            return True
+
+    async def save_step(self, execution_id: str, name: str, result: StepResult) -> None:
+        async with self._lock:
+            entry = self._entries.get(execution_id)
             if entry is not None:
-                known, delivered = entry
-                if known.status in TERMINAL:
-                    return Claim(ClaimState.FINISHED, known.model_copy(deep=True), delivered)
-                return Claim(ClaimState.RUNNING, known.model_copy(deep=True))
-            self._put(execution, delivered=False)
-            return Claim(ClaimState.CLAIMED, execution)
+                entry.execution.steps[name] = result.model_copy(deep=True)
 
     async def save(self, execution: Execution, delivered: bool = False) -> None:
         async with self._lock:
-            self._put(execution.model_copy(deep=True), delivered)
+            entry = self._entries.get(execution.execution_id) or _Entry(execution)
+            entry.execution = execution.model_copy(deep=True)
+            entry.delivered = delivered
+            if execution.status in TERMINAL:
+                entry.owner, entry.lease_until = None, 0.0
+            self._put(execution.execution_id, entry)
 
-    async def release(self, execution_id: str) -> None:
+    async def release(self, execution_id: str, owner: str) -> None:
         async with self._lock:
             entry = self._entries.get(execution_id)
-            if entry is not None and entry[0].status not in TERMINAL:
-                del self._entries[execution_id]
+            if entry is not None and entry.owner == owner:
+                entry.owner, entry.lease_until = None, 0.0
 
     async def get(self, execution_id: str) -> Execution | None:
         entry = self._entries.get(execution_id)
-        return entry[0].model_copy(deep=True) if entry else None
+        return entry.execution.model_copy(deep=True) if entry else None
 
-    def _put(self, execution: Execution, delivered: bool) -> None:
-        self._entries[execution.execution_id] = (execution, delivered)
-        self._entries.move_to_end(execution.execution_id)
+    async def close(self) -> None:
+        return None
+
+    def _put(self, execution_id: str, entry: _Entry) -> None:
+        self._entries[execution_id] = entry
+        self._entries.move_to_end(execution_id)
         while len(self._entries) > self._capacity:
-            oldest = next(iter(self._entries))
-            if self._entries[oldest][0].status not in TERMINAL:
-                break  # never forget a running execution
-            del self._entries[oldest]
+            oldest_id, oldest = next(iter(self._entries.items()))
+            if oldest.execution.status not in TERMINAL:
+                break  # never forget an unfinished execution
+            del self._entries[oldest_id]

@@ -18,7 +18,8 @@ from typing import Protocol
 
 import structlog
 from google.api_core import exceptions as google_exceptions
-from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1 import PublisherClient
+from google.cloud.pubsub_v1.types import BatchSettings
 
 from service.errors import BrokerUnavailable
 from service.messages import PushEnvelope, PushMessage, now
@@ -54,8 +55,8 @@ class PubSubTransport:
 
     def __init__(self, project: str) -> None:
         self._project = project
-        self._publisher = pubsub_v1.PublisherClient(
-            batch_settings=pubsub_v1.types.BatchSettings(max_latency=BATCH_MAX_LATENCY_S)
+        self._publisher = PublisherClient(
+            batch_settings=BatchSettings(max_latency=BATCH_MAX_LATENCY_S)
         )
 
     async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:

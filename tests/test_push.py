@@ -181,14 +181,14 @@ def test_an_undelivered_webhook_nacks_and_the_redelivery_does_not_rerun(stack: S
     assert stack.push(message).status_code == 503
     calls = len(stack.functions.calls)
     assert len(stack.webhook.deliveries) == 4
-    assert stack.results() == []
+    assert len(stack.results()) == 1  # the topic is not held back by the webhook
     # Pub/Sub redelivers: the stored result is delivered, the flow does not run again.
     assert stack.push(message).status_code == 204
     assert len(stack.functions.calls) == calls
     assert len(stack.webhook.deliveries) == 5
     ids = {delivery.headers["webhook-id"] for delivery in stack.webhook.deliveries}
     assert ids == {message["execution_id"]}
-    assert len(stack.results()) == 1
+    assert len(stack.results()) == 2  # at least once: consumers dedupe by execution_id
 
 
 def test_a_gone_webhook_is_not_retried(stack: Stack) -> None:
