@@ -30,33 +30,40 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 
 from service.dev.demo import FUNCTIONS  # noqa: E402
-from service.dev.emulator import Emulator, find_emulator  # noqa: E402
+from service.dev.emulator import (  # noqa: E402
+    Emulator,
+    find_emulator,
+    find_firestore_emulator,
+)
 from service.flow import Flow, load_flows  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.support.identity import Identity, metadata_server  # noqa: E402
 from tests.support.servers import serve  # noqa: E402
 
 EMULATOR_MISSING = (
-    "!!! Pub/Sub emulator NOT FOUND: the tests marked 'emulator' were NOT RUN. Install the "
-    "Google Cloud SDK's pubsub-emulator component (Java 17) or set PUBSUB_EMULATOR_BIN. !!!"
+    "!!! {missing} NOT FOUND: the tests marked 'emulator' were NOT RUN. Install the Google "
+    "Cloud SDK's pubsub-emulator and cloud-firestore-emulator components (Java 17), or set "
+    "PUBSUB_EMULATOR_BIN / FIRESTORE_EMULATOR_JAR. !!!"
 )
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    binary = find_emulator()
-    config.stash[_EMULATOR] = binary
-    if binary is None and os.environ.get("CI"):
-        raise pytest.UsageError("CI: the Pub/Sub emulator must be installed; " + EMULATOR_MISSING)
+    found = {"Pub/Sub emulator": find_emulator(), "Firestore emulator": find_firestore_emulator()}
+    config.stash[_EMULATORS] = found
+    missing = " and ".join(name for name, path in found.items() if path is None)
+    config.stash[_MISSING] = EMULATOR_MISSING.format(missing=missing) if missing else None
+    if missing and os.environ.get("CI"):
+        raise pytest.UsageError(f"CI: the emulators must be installed; {config.stash[_MISSING]}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    binary = config.stash[_EMULATOR]
-    return f"pubsub emulator: {binary}" if binary else EMULATOR_MISSING
+    found = ", ".join(f"{name}: {path}" for name, path in config.stash[_EMULATORS].items())
+    return config.stash[_MISSING] or found
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.stash[_EMULATOR] is not None:
+    if config.stash[_MISSING] is None:
         return
     skip = pytest.mark.skip(reason="Pub/Sub emulator not installed")
     for item in items:
@@ -65,18 +72,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if config.stash[_EMULATOR] is None:
+    if config.stash[_MISSING] is not None:
         not_run = [
             report.nodeid
             for report in terminalreporter.stats.get("skipped", [])
             if "emulator" in report.keywords
         ]
-        terminalreporter.write_line(EMULATOR_MISSING, red=True, bold=True)
+        terminalreporter.write_line(config.stash[_MISSING], red=True, bold=True)
         for nodeid in not_run:
             terminalreporter.write_line(f"    not run: {nodeid}", red=True)
 
 
-_EMULATOR = pytest.StashKey[Path | None]()
+_EMULATORS = pytest.StashKey[dict[str, Path | None]]()
+_MISSING = pytest.StashKey[str | None]()
 
 
 @pytest.fixture(scope="session")
@@ -84,11 +92,26 @@ def emulator(
     pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Emulator]:
     """The real Pub/Sub emulator on a free port, with a capped heap; stopped after the session."""
-    binary = pytestconfig.stash[_EMULATOR]
+    binary = pytestconfig.stash[_EMULATORS]["Pub/Sub emulator"]
     assert binary is not None, "emulator tests run only where it is installed"
-    log = tmp_path_factory.mktemp("emulator") / "emulator.log"
+    log = tmp_path_factory.mktemp("emulator") / "pubsub.log"
     running = Emulator.start(binary, log=log)
     yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Emulator]:
+    """The real Firestore emulator on a free port, its address in FIRESTORE_EMULATOR_HOST."""
+    jar = pytestconfig.stash[_EMULATORS]["Firestore emulator"]
+    assert jar is not None, "emulator tests run only where it is installed"
+    log = tmp_path_factory.mktemp("emulator") / "firestore.log"
+    running = Emulator.start_firestore(jar, log=log)
+    os.environ["FIRESTORE_EMULATOR_HOST"] = running.host
+    yield running
+    os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
     running.stop()
 
 

@@ -1,12 +1,14 @@
-"""The official Pub/Sub emulator: find it, start it with a capped heap, stop it, provision it.
+"""The official Pub/Sub and Firestore emulators: find them, start them with a capped heap,
+stop them, provision Pub/Sub.
 
-The emulator forgets every topic and subscription when it restarts, so whoever
-starts it provisions it (over its REST API, which needs no credentials).
+The Pub/Sub emulator forgets every topic and subscription when it restarts, so
+whoever starts it provisions it (over its REST API, which needs no credentials).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import shutil
 import signal
@@ -20,6 +22,8 @@ import httpx
 
 HEAP = "-Xmx512m"
 RELATIVE_BINARY = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
+RELATIVE_FIRESTORE_JAR = Path("platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
+FIRESTORE_MAIN = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
 KNOWN_SDK_ROOTS = (
     "/usr/lib/google-cloud-sdk",
     "/usr/share/google-cloud-sdk",
@@ -29,10 +33,32 @@ MAX_ACK_DEADLINE_S = 600
 
 
 def find_emulator() -> Path | None:
-    """The emulator's launcher: $PUBSUB_EMULATOR_BIN, the gcloud SDK's, or None."""
+    """The Pub/Sub emulator's launcher: $PUBSUB_EMULATOR_BIN, the gcloud SDK's, or None."""
     explicit = os.environ.get("PUBSUB_EMULATOR_BIN")
     if explicit:
         return Path(explicit) if Path(explicit).is_file() else None
+    return _in_sdk(RELATIVE_BINARY)
+
+
+def find_firestore_emulator() -> Path | None:
+    """The Firestore emulator's jar: $FIRESTORE_EMULATOR_JAR, the gcloud SDK's, or None."""
+    explicit = os.environ.get("FIRESTORE_EMULATOR_JAR")
+    if explicit:
+        return Path(explicit) if Path(explicit).is_file() else None
+    if shutil.which("java") is None:
+        return None
+    return _in_sdk(RELATIVE_FIRESTORE_JAR)
+
+
+def _in_sdk(relative: Path) -> Path | None:
+    for root in _sdk_roots():
+        if (Path(root) / relative).is_file():
+            return Path(root) / relative
+    return None
+
+
+@functools.cache
+def _sdk_roots() -> list[str]:
     roots = list(KNOWN_SDK_ROOTS)
     gcloud = shutil.which("gcloud")
     if gcloud:
@@ -48,11 +74,7 @@ def find_emulator() -> Path | None:
             printed = ""
         if printed:
             roots.insert(0, printed)
-    for root in roots:
-        binary = Path(root) / RELATIVE_BINARY
-        if binary.is_file():
-            return binary
-    return None
+    return roots
 
 
 def free_port() -> int:
@@ -71,14 +93,31 @@ class Emulator:
 
     @classmethod
     def start(cls, binary: Path, port: int | None = None, log: Path | None = None) -> Emulator:
+        """The Pub/Sub emulator, from its SDK launcher."""
         port = port or free_port()
-        env = {**os.environ, "JAVA_OPTS": f"{os.environ.get('JAVA_OPTS', '')} {HEAP}".strip()}
+        command = [str(binary), "--host=127.0.0.1", f"--port={port}"]
+        java_opts = f"{os.environ.get('JAVA_OPTS', '')} {HEAP}".strip()
+        return cls._launch(command, port, log, {"JAVA_OPTS": java_opts})
+
+    @classmethod
+    def start_firestore(
+        cls, jar: Path, port: int | None = None, log: Path | None = None
+    ) -> Emulator:
+        """The Firestore emulator, from its jar (the SDK's launcher takes no heap option)."""
+        port = port or free_port()
+        command = ["java", HEAP, "-Duser.language=en", "-cp", str(jar), FIRESTORE_MAIN, "start"]
+        return cls._launch([*command, "--host=127.0.0.1", f"--port={port}"], port, log, {})
+
+    @classmethod
+    def _launch(
+        cls, command: list[str], port: int, log: Path | None, env: dict[str, str]
+    ) -> Emulator:
         with open(log or os.devnull, "wb") as output:  # the child keeps its own descriptor
-            process = subprocess.Popen(  # noqa: S603 - the SDK's launcher, our arguments
-                [str(binary), "--host=127.0.0.1", f"--port={port}"],
+            process = subprocess.Popen(  # noqa: S603 - the SDK's emulator, our arguments
+                command,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env={**os.environ, **env},
                 start_new_session=True,
             )
         emulator = cls(host=f"127.0.0.1:{port}", process=process)
