@@ -78,6 +78,7 @@ class PushHandler:
         default_webhook_url: str | None,
         lease_s: float = DEFAULT_LEASE_S,
         max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS,
+        drain_grace_s: float = DRAIN_GRACE_S,
     ) -> None:
         self._flows = flows
         self._store = store
@@ -86,11 +87,12 @@ class PushHandler:
         self._default_webhook_url = default_webhook_url
         self._lease_s = lease_s
         self._max_delivery_attempts = max_delivery_attempts
+        self._drain_grace_s = drain_grace_s
         self._owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._stopping = asyncio.Event()
 
     def drain(self) -> None:
-        """The instance is stopping: take no new work, give running work DRAIN_GRACE_S."""
+        """The instance is stopping: take no new work, give running work a grace period."""
         self._stopping.set()
 
     async def handle(self, envelope: PushEnvelope) -> int:
@@ -173,7 +175,7 @@ class PushHandler:
         return ACK
 
     async def _run_leased(self, flow: Flow, execution: Execution) -> None:
-        """Run under a renewed lease; on shutdown, finish within DRAIN_GRACE_S or give it up."""
+        """Run under a renewed lease; on shutdown, finish within the grace period or give up."""
         execution_id = execution.execution_id
 
         async def checkpoint(name: str, result: StepResult) -> None:
@@ -186,8 +188,9 @@ class PushHandler:
         try:
             await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not run.done():
-                log.warning("instance stopping; waiting for the execution", grace_s=DRAIN_GRACE_S)
-                await asyncio.wait({run}, timeout=DRAIN_GRACE_S)
+                grace = self._drain_grace_s
+                log.warning("instance stopping; waiting for the execution", grace_s=grace)
+                await asyncio.wait({run}, timeout=grace)
             if not run.done():
                 raise ShuttingDown("the instance stopped before the execution ended")
             if lost.is_set():

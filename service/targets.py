@@ -66,7 +66,7 @@ class WebhookTargets:
         try:
             async with asyncio.timeout(RESOLVE_TIMEOUT_S):
                 found = await self._resolve(host, port)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: not a DNS name
             raise WebhookTargetRefused(f"host {host} does not resolve: {exc}") from None
         addresses = [ipaddress.ip_address(text.split("%")[0]) for text in found]
         if not addresses:

@@ -1,0 +1,236 @@
+"""Resume, draining, delivery give-up and load protection, on the push handler itself."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from service.app import build
+from service.calls import MLCaller
+from service.messages import Execution, ExecutionStatus, PushEnvelope, StepResult, StepStatus
+from service.push import PushHandler
+from service.retry import RetryPolicy
+from service.store import ClaimState, MemoryStore
+from service.tokens import NoTokens
+from tests.conftest import make_settings, project_flows
+from tests.support.fakes import RecordingTransport
+
+FLOWS = project_flows("http://fn")
+WEBHOOK = "http://hooks.example/hook"
+
+
+@dataclass
+class World:
+    """ML functions and a webhook endpoint in memory, with what they were asked."""
+
+    delay_s: float = 0.0
+    webhook_statuses: list[int] = field(default_factory=list)
+    calls: Counter[str] = field(default_factory=Counter)
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "hooks.example":
+            self.webhooks.append(json.loads(request.content))
+            status = self.webhook_statuses.pop(0) if self.webhook_statuses else 204
+            return httpx.Response(status)
+        self.calls[request.url.path] += 1
+        await asyncio.sleep(self.delay_s)
+        if request.url.path == "/match-candidato":
+            return httpx.Response(
+                200, json={"vacancies": [{"vacancy_id": "v1"}, {"vacancy_id": "v2"}]}
+            )
+        return httpx.Response(200, json={"ok": True})
+
+
+@pytest.fixture
+async def world() -> World:
+    return World()
+
+
+@pytest.fixture
+async def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+async def handler(world: World, store: MemoryStore) -> AsyncIterator[PushHandler]:
+    settings = make_settings(webhook_allow_private_networks=True)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
+        parts = build(settings, FLOWS, RecordingTransport(), store, http)
+        parts.push._drain_grace_s = 0.3
+        yield parts.push
+
+
+INPUT = {
+    "user_id": "u",
+    "session_id": "s",
+    "create_user_embedding": True,
+    "process_profession_orchestrator": True,
+    "process_vacancy_orchestrator": True,
+}
+
+
+def envelope(execution_id: str, attempt: int | None = None) -> PushEnvelope:
+    message = {
+        "execution_id": execution_id,
+        "flow": "ml-orchestration",
+        "input": INPUT,
+        "webhook_url": WEBHOOK,
+        "requested_at": "2026-11-25T10:00:00Z",
+    }
+    data = base64.b64encode(json.dumps(message).encode()).decode()
+    return PushEnvelope.model_validate(
+        {"message": {"data": data, "messageId": "m"}, "deliveryAttempt": attempt}
+    )
+
+
+async def test_a_redelivered_execution_resumes_without_calling_finished_steps(
+    handler: PushHandler, store: MemoryStore, world: World
+) -> None:
+    execution_id = str(uuid.uuid4())
+    crashed = Execution(
+        execution_id=execution_id,
+        flow="ml-orchestration",
+        status=ExecutionStatus.RUNNING,
+        input=INPUT,
+    )
+    await store.claim(crashed, "crashed-instance", lease_s=0.1)
+    await store.save_step(
+        execution_id, "create_user_embeddings", StepResult(status=StepStatus.SUCCEEDED, attempts=1)
+    )
+    vacancies = {"vacancies": [{"vacancy_id": "v1"}, {"vacancy_id": "v2"}, {"vacancy_id": "v3"}]}
+    await store.save_step(
+        execution_id,
+        "match_candidato",
+        StepResult(status=StepStatus.SUCCEEDED, attempts=1, output=vacancies),
+    )
+    await asyncio.sleep(0.15)
+
+    assert await handler.handle(envelope(execution_id)) == 204
+    assert world.calls == {"/profession-orchestrator": 1, "/match-analysis-user-vacancy": 3}
+    [document] = world.webhooks
+    assert document["status"] == "succeeded"
+    assert set(document["steps"]) == {
+        "create_user_embeddings",
+        "match_candidato",
+        "profession_orchestrator",
+        "match_analysis_user_vacancy",
+    }
+
+
+async def test_a_live_lease_elsewhere_is_nacked(
+    handler: PushHandler, store: MemoryStore, world: World
+) -> None:
+    execution_id = str(uuid.uuid4())
+    other = Execution(
+        execution_id=execution_id, flow="ml-orchestration", status=ExecutionStatus.RUNNING, input={}
+    )
+    await store.claim(other, "another-instance", lease_s=30)
+    assert await handler.handle(envelope(execution_id)) == 409
+    assert world.calls == {}
+
+
+async def test_a_draining_instance_takes_no_new_work(handler: PushHandler, world: World) -> None:
+    handler.drain()
+    assert await handler.handle(envelope(str(uuid.uuid4()))) == 503
+    assert world.calls == {}
+
+
+async def test_unfinished_work_at_shutdown_is_nacked_and_left_resumable(
+    handler: PushHandler, store: MemoryStore, world: World
+) -> None:
+    world.delay_s = 5
+    execution_id = str(uuid.uuid4())
+    running = asyncio.create_task(handler.handle(envelope(execution_id)))
+    while not world.calls:
+        await asyncio.sleep(0.01)
+    handler.drain()
+    assert await running == 503
+    fresh = Execution(
+        execution_id=execution_id, flow="ml-orchestration", status=ExecutionStatus.RUNNING, input={}
+    )
+    assert (await store.claim(fresh, "next", 30)).state == ClaimState.CLAIMED
+    assert world.webhooks == []
+
+
+async def test_work_that_ends_within_the_grace_period_is_acked(
+    handler: PushHandler, world: World
+) -> None:
+    world.delay_s = 0.05
+    handler._drain_grace_s = 5
+    running = asyncio.create_task(handler.handle(envelope(str(uuid.uuid4()))))
+    while not world.calls:
+        await asyncio.sleep(0.01)
+    handler.drain()
+    assert await running == 204
+    assert world.webhooks[0]["status"] == "succeeded"
+
+
+async def test_an_undeliverable_webhook_is_given_up_at_the_last_attempt(
+    handler: PushHandler, world: World
+) -> None:
+    world.webhook_statuses = [503] * 100
+    execution_id = str(uuid.uuid4())
+    assert await handler.handle(envelope(execution_id, attempt=1)) == 503
+    calls = sum(world.calls.values())
+    assert await handler.handle(envelope(execution_id, attempt=5)) == 204
+    assert sum(world.calls.values()) == calls  # the flow did not run again
+    assert await handler.handle(envelope(execution_id, attempt=6)) == 204
+    assert len(world.webhooks) == 8  # 4 attempts per delivery, none after the give-up
+
+
+async def test_retries_add_at_most_about_a_fifth_to_a_failing_targets_load() -> None:
+    attempts = 0
+
+    async def failing(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        return httpx.Response(503)
+
+    step = FLOWS["ml-orchestration"].steps["match_candidato"]
+    step = type(step)(
+        **{
+            **{f: getattr(step, f) for f in step.__slots__},
+            "retry": RetryPolicy(maximum_attempts=5, initial_interval=0, maximum_interval=0),
+        }
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(failing)) as client:
+        caller = MLCaller(client, NoTokens())
+        deadline = asyncio.get_running_loop().time() + 30
+        calls = 500
+        results = await asyncio.gather(*(caller.call(step, {}, deadline) for _ in range(calls)))
+    ratio = attempts / calls
+    print(
+        f"\n{calls} calls to a failing target: {attempts} attempts ({ratio:.2f}x), "
+        f"{calls * 5} without a retry budget"
+    )
+    assert all(result.error for result in results)
+    assert ratio <= 1.25
+
+
+async def test_calls_to_one_host_are_limited_in_flight() -> None:
+    in_flight = peak = 0
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return httpx.Response(200, json={})
+
+    step = FLOWS["ml-orchestration"].steps["match_candidato"]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(slow)) as client:
+        caller = MLCaller(client, NoTokens(), per_host_limit=5)
+        deadline = asyncio.get_running_loop().time() + 30
+        await asyncio.gather(*(caller.call(step, {}, deadline) for _ in range(50)))
+    assert peak == 5
