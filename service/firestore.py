@@ -17,8 +17,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from service.errors import StoreUnavailable
-from service.messages import TERMINAL, Execution, StepResult
-from service.store import Claim, ClaimState
+from service.messages import Execution, StepResult
+from service.store import Claim, ClaimState, claimed
 
 
 class FirestoreStore:
@@ -42,13 +42,13 @@ class FirestoreStore:
                 return Claim(ClaimState.CLAIMED, execution)
             data = snapshot.to_dict() or {}
             stored = Execution.model_validate(data["document"])
-            if stored.status in TERMINAL:
-                return Claim(ClaimState.FINISHED, stored, bool(data.get("delivered")))
+            if data.get("delivered"):
+                return Claim(ClaimState.FINISHED, stored, delivered=True)
             lease_until = data.get("lease_until")
             if lease_until is not None and lease_until > now:
                 return Claim(ClaimState.RUNNING)
             transaction.update(reference, lease)
-            return Claim(ClaimState.CLAIMED, stored)
+            return claimed(stored)
 
         return await self._call(claim_in(self._client.transaction()))  # type: ignore[no-any-return]
 
@@ -73,7 +73,7 @@ class FirestoreStore:
 
     async def save(self, execution: Execution, delivered: bool = False) -> None:
         fields = self._fields(execution, delivered)
-        if execution.status in TERMINAL:
+        if delivered:
             fields |= {"owner": None, "lease_until": None}
         await self._call(self._collection.document(execution.execution_id).set(fields, merge=True))
 

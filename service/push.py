@@ -22,7 +22,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import structlog
@@ -52,7 +52,7 @@ from service.messages import (
 )
 from service.problems import Problem
 from service.runner import FlowRunner
-from service.store import ClaimState, ExecutionStore
+from service.store import Claim, ClaimState, ExecutionStore
 
 log = structlog.get_logger(__name__)
 
@@ -153,52 +153,60 @@ class PushHandler:
         )
         claim = await self._store.claim(fresh, self._owner, self._lease_s)
         if claim.state == ClaimState.RUNNING:
-            raise ExecutionBusy("the execution is running in another delivery")
-        assert claim.execution is not None
-        execution = claim.execution
+            raise ExecutionBusy("the execution is running or being delivered by another delivery")
         if claim.state == ClaimState.FINISHED and claim.delivered:
             log.info("duplicate delivery of a finished execution; nothing runs")
             return ACK
-        if claim.state == ClaimState.CLAIMED:
-            await self._run_leased(flow, execution)
-            await self._store.save(execution)
+        assert claim.execution is not None
+        work = self._run_and_deliver(flow, claim, message.webhook_url, envelope.delivery_attempt)
+        await self._leased(claim.execution.execution_id, work)
+        return ACK
 
-        webhook_url = message.webhook_url or self._default_webhook_url
+    async def _run_and_deliver(
+        self, flow: Flow, claim: Claim, webhook_url: str | None, delivery_attempt: int | None
+    ) -> None:
+        """Run the execution unless it already ended, then deliver its result once."""
+        assert claim.execution is not None
+        execution = claim.execution
+        if claim.state == ClaimState.CLAIMED:
+
+            async def checkpoint(name: str, result: StepResult) -> None:
+                await self._store.save_step(execution.execution_id, name, result)
+
+            await self._runner.run(flow, execution, checkpoint)
+            await self._store.save(execution)
         try:
-            await self._delivery.deliver(execution, webhook_url)
+            await self._delivery.deliver(execution, webhook_url or self._default_webhook_url)
         except DeliveryFailed as exc:
-            if (envelope.delivery_attempt or 0) < self._max_delivery_attempts:
+            if (delivery_attempt or 0) < self._max_delivery_attempts:
                 raise
             # Pub/Sub will not push this message again: the result stays stored and published.
             log.error("result undeliverable; giving up", reason=str(exc))
         await self._store.save(execution, delivered=True)
-        return ACK
 
-    async def _run_leased(self, flow: Flow, execution: Execution) -> None:
-        """Run under a renewed lease; on shutdown, finish within the grace period or give up."""
-        execution_id = execution.execution_id
+    async def _leased(self, execution_id: str, work: Coroutine[Any, Any, None]) -> None:
+        """Do `work` under a renewed lease; when the instance stops, within the grace period.
 
-        async def checkpoint(name: str, result: StepResult) -> None:
-            await self._store.save_step(execution_id, name, result)
-
-        run = asyncio.create_task(self._runner.run(flow, execution, checkpoint))
+        On any failure the lease is released, so that a redelivery resumes at once.
+        """
+        task = asyncio.create_task(work)
         lost = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_lease(execution_id, run, lost))
+        keeper = asyncio.create_task(self._keep_lease(execution_id, task, lost))
         stopping = asyncio.create_task(self._stopping.wait())
         try:
-            await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not run.done():
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
                 grace = self._drain_grace_s
                 log.warning("instance stopping; waiting for the execution", grace_s=grace)
-                await asyncio.wait({run}, timeout=grace)
-            if not run.done():
+                await asyncio.wait({task}, timeout=grace)
+            if not task.done():
                 raise ShuttingDown("the instance stopped before the execution ended")
             if lost.is_set():
                 raise ExecutionBusy("the lease was lost to another delivery")
-            run.result()
+            task.result()
         except BaseException:
-            run.cancel()
-            await asyncio.gather(run, return_exceptions=True)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             if not lost.is_set():
                 await self._store.release(execution_id, self._owner)
             raise

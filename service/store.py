@@ -26,9 +26,9 @@ DEFAULT_CAPACITY = 10_000
 
 
 class ClaimState(StrEnum):
-    CLAIMED = "claimed"  # this delivery runs the execution
+    CLAIMED = "claimed"  # this delivery holds the lease and runs the execution
     RUNNING = "running"  # another delivery holds a live lease on it
-    FINISHED = "finished"  # it ended; see `delivered`
+    FINISHED = "finished"  # it ended: delivered, or (this delivery holds the lease) to deliver
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +38,18 @@ class Claim:
     delivered: bool = False
 
 
+def claimed(execution: Execution) -> Claim:
+    """The lease is taken: to run the execution, or only to deliver its ended result."""
+    if execution.status in TERMINAL:
+        return Claim(ClaimState.FINISHED, execution, delivered=False)
+    return Claim(ClaimState.CLAIMED, execution)
+
+
 class ExecutionStore(Protocol):
     """Execution documents by id, with leases so one delivery runs each execution."""
 
     async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
-        """Take the lease on `execution` unless it is leased or finished already."""
+        """Take the lease on `execution` unless another holds it or its result was delivered."""
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         """Extend `owner`'s lease; False if the lease was lost to another owner."""
@@ -51,7 +58,7 @@ class ExecutionStore(Protocol):
         """Store one finished step's outcome."""
 
     async def save(self, execution: Execution, delivered: bool = False) -> None:
-        """Store the whole document (a finished one ends the lease)."""
+        """Store the whole document; once its result is delivered, the lease ends."""
 
     async def release(self, execution_id: str, owner: str) -> None:
         """End `owner`'s lease early, keeping stored steps, so a redelivery resumes at once."""
@@ -84,14 +91,12 @@ class MemoryStore:
             if entry is None:
                 entry = _Entry(execution.model_copy(deep=True))
                 self._put(execution.execution_id, entry)
-            elif entry.execution.status in TERMINAL:
-                return Claim(
-                    ClaimState.FINISHED, entry.execution.model_copy(deep=True), entry.delivered
-                )
+            elif entry.delivered:
+                return Claim(ClaimState.FINISHED, entry.execution.model_copy(deep=True), True)
             elif entry.lease_until > now:
                 return Claim(ClaimState.RUNNING)
             entry.owner, entry.lease_until = owner, now + lease_s
-            return Claim(ClaimState.CLAIMED, entry.execution.model_copy(deep=True))
+            return claimed(entry.execution.model_copy(deep=True))
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         async with self._lock:
@@ -112,7 +117,7 @@ class MemoryStore:
             entry = self._entries.get(execution.execution_id) or _Entry(execution)
             entry.execution = execution.model_copy(deep=True)
             entry.delivered = delivered
-            if execution.status in TERMINAL:
+            if delivered:
                 entry.owner, entry.lease_until = None, 0.0
             self._put(execution.execution_id, entry)
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -27,11 +24,11 @@ from service.dev.emulator import Emulator, EmulatorAdmin, free_port
 from tests.conftest import WEBHOOK_SECRET
 from tests.support.identity import Identity
 from tests.support.servers import serve
+from tests.support.service import ServiceProcess
 from tests.support.standins import StandIns, WebhookReceiver
 
 pytestmark = pytest.mark.emulator
 
-ROOT = Path(__file__).resolve().parent.parent
 REQUESTS, RESULTS = "requests", "results"
 
 
@@ -97,45 +94,26 @@ def deployment(
         admin.topic(RESULTS)
         admin.pull_subscription("results-pull", RESULTS)
         admin.push_subscription("push", REQUESTS, f"http://127.0.0.1:{port}/pubsub/push")
-        env = {
-            **os.environ,
-            **functions.env(functions_url),
-            "PYTHONPATH": str(ROOT),
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "PUBSUB_EMULATOR_HOST": emulator.host,
-            "GOOGLE_CLOUD_PROJECT": project,
-            "ORCHESTRATION_TOPIC": REQUESTS,
-            "RESULT_TOPIC": RESULTS,
-            "ML_AUTH": "id_token",
-            "WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
-            "LOG_FORMAT": "json",
-        }
-        with open(log, "wb") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "service"],
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-            url = f"http://127.0.0.1:{port}"
-            try:
-                deadline = time.monotonic() + 30
-                while True:
-                    assert process.poll() is None, log.read_text()
-                    try:
-                        if httpx.get(f"{url}/ready").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    assert time.monotonic() < deadline, "service not ready"
-                    time.sleep(0.1)
-                yield Deployment(url, admin, functions, webhook, f"{webhook_url}/hook", log)
-            finally:
-                process.terminate()
-                process.wait(timeout=20)
+        service = ServiceProcess(
+            {
+                **functions.env(functions_url),
+                "PUBSUB_EMULATOR_HOST": emulator.host,
+                "GOOGLE_CLOUD_PROJECT": project,
+                "ORCHESTRATION_TOPIC": REQUESTS,
+                "RESULT_TOPIC": RESULTS,
+                "ML_AUTH": "id_token",
+                "WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+                "LOG_FORMAT": "json",
+            },
+            port,
+            log,
+        )
+        service.start()
+        try:
+            yield Deployment(service.url, admin, functions, webhook, f"{webhook_url}/hook", log)
+        finally:
+            service.stop()
 
 
 def test_the_seed_request_runs_end_to_end(deployment: Deployment) -> None:

@@ -81,11 +81,15 @@ async def test_a_released_execution_is_claimable_at_once(store: ExecutionStore) 
     assert (await store.claim(execution, "b", LEASE_S)).state == ClaimState.CLAIMED
 
 
-async def test_a_finished_execution_is_reported_with_its_delivery(store: ExecutionStore) -> None:
+async def test_a_finished_execution_is_leased_until_its_result_is_delivered(
+    store: ExecutionStore,
+) -> None:
     execution = new_execution()
-    await store.claim(execution, "a", LEASE_S)
+    await store.claim(execution, "a", lease_s=0.5)
     execution.finish(ExecutionStatus.SUCCEEDED)
     await store.save(execution)
+    assert (await store.claim(execution, "b", LEASE_S)).state == ClaimState.RUNNING
+    await asyncio.sleep(0.7)  # "a" died before delivering: "b" takes over the delivery
     undelivered = await store.claim(execution, "b", LEASE_S)
     assert (undelivered.state, undelivered.delivered) == (ClaimState.FINISHED, False)
     assert undelivered.execution == execution
