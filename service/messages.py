@@ -151,3 +151,22 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]
 
 def describe(errors: list[dict[str, str]]) -> str:
     return "; ".join(f"{error['field']}: {error['reason']}" for error in errors)
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` inlined, to embed in an OpenAPI operation."""
+    schema = model.model_json_schema(by_alias=True)
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if reference.startswith("#/$defs/"):
+                return resolve(definitions[reference.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved

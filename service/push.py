@@ -49,6 +49,7 @@ from service.messages import (
     StepResult,
     describe,
     field_errors,
+    inline_schema,
 )
 from service.problems import Problem
 from service.runner import FlowRunner
@@ -249,6 +250,12 @@ router = APIRouter()
     "/pubsub/push",
     status_code=ACK,
     summary="Pub/Sub push endpoint: runs the execution, then acks (204) or nacks",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(PushEnvelope)}},
+        }
+    },
     responses={
         401: {"description": "missing or invalid push token"},
         403: {"description": "token of another service account"},
