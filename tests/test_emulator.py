@@ -179,6 +179,7 @@ def test_poison_messages_are_acked_once_and_the_service_keeps_working(
     time.sleep(3)  # a nacked message would be pushed again about every second
     rejected = deployment.results(timeout=5, until=len(poison) + 1)
     statuses = [message["attributes"]["status"] for message in rejected]
+    print(f"\npoison messages: {len(poison)} published, {len(statuses)} rejections reported")
     assert statuses == ["rejected"] * len(poison)
 
     response = httpx.post(f"{deployment.url}/orchestrate", json=deployment.seed())
