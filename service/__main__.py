@@ -1,23 +1,40 @@
-"""`python -m service`: check the settings and flows, then serve on $PORT (default 8080).
+"""The command line: serve (the default), validate, graph, run.
 
-On SIGTERM (Cloud Run gives 10 s before SIGKILL) the push handler drains: new
-pushes are answered 503, running executions get a few seconds to finish and are
-otherwise answered 503, so Pub/Sub redelivers them; never a 2xx for unfinished work.
+    python -m service                       serve on $PORT (default 8080)
+    python -m service validate              check settings and flows; exit 2 with the reason
+    python -m service graph FLOW            print the flow as a Mermaid flowchart
+    python -m service run FLOW --input JSON run the flow once, here; print the execution
+
+Serving: on SIGTERM (Cloud Run gives 10 s before SIGKILL) the push handler
+drains: new pushes are answered 503, running executions get a few seconds to
+finish and are otherwise answered 503, so Pub/Sub redelivers them; never a 2xx
+for unfinished work.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import os
 import sys
+import uuid
 from types import FrameType
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
-from service.app import create_app, load_checked_flows
+from service.app import HTTP_LIMITS, create_app, load_checked_flows, make_tokens
+from service.calls import MLCaller
 from service.deps import Components
 from service.errors import ConfigError
+from service.flow import Flow
+from service.graph import mermaid
+from service.messages import Execution, ExecutionStatus, describe, field_errors
 from service.push import DRAIN_GRACE_S
+from service.runner import FlowRunner
 from service.settings import Settings
 
 
@@ -35,13 +52,7 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def main() -> int:
-    try:
-        settings = Settings.load()
-        flows = load_checked_flows(settings)
-    except ConfigError as exc:
-        print(f"ml-orchestrator: cannot start: {exc}", file=sys.stderr)
-        return 2
+def serve(settings: Settings, flows: dict[str, Flow]) -> int:
     app = create_app(settings, flows)
     config = uvicorn.Config(
         app,
@@ -55,6 +66,79 @@ def main() -> int:
     )
     DrainingServer(config, app).run()
     return 0
+
+
+def validate(settings: Settings, flows: dict[str, Flow]) -> int:
+    transport = "Pub/Sub" if settings.uses_pubsub else "in-process transport"
+    print(f"ok: settings valid ({transport}, store {settings.execution_store})")
+    for flow in flows.values():
+        print(f"ok: flow {flow.name}: {len(flow.steps)} steps ({', '.join(flow.steps)})")
+    return 0
+
+
+def graph(flows: dict[str, Flow], name: str) -> int:
+    flow = flows.get(name)
+    if flow is None:
+        print(f"error: no flow named {name!r} (known: {', '.join(sorted(flows))})", file=sys.stderr)
+        return 2
+    print(mermaid(flow), end="")
+    return 0
+
+
+def run(settings: Settings, flows: dict[str, Flow], name: str, raw_input: str) -> int:
+    flow = flows.get(name)
+    if flow is None:
+        print(f"error: no flow named {name!r} (known: {', '.join(sorted(flows))})", file=sys.stderr)
+        return 2
+    try:
+        flow_input = flow.validate_input(json.loads(raw_input))
+    except json.JSONDecodeError as exc:
+        print(f"error: --input is not JSON: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"error: --input: {describe(field_errors(exc))}", file=sys.stderr)
+        return 2
+    execution = Execution(
+        execution_id=f"local-{uuid.uuid4()}",
+        flow=flow.name,
+        status=ExecutionStatus.RUNNING,
+        input=flow_input,
+    )
+
+    async def execute() -> Execution:
+        async with httpx.AsyncClient(limits=HTTP_LIMITS) as http:
+            caller = MLCaller(http, make_tokens(settings), settings.ml_max_concurrency_per_host)
+            return await FlowRunner(caller, settings.flow_timeout_s).run(flow, execution)
+
+    finished = asyncio.run(execute())
+    print(finished.model_dump_json(indent=2))
+    return 0 if finished.status == ExecutionStatus.SUCCEEDED else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description="ML Orchestrator")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve on $PORT (the default)")
+    commands.add_parser("validate", help="check the settings and flows")
+    graph_parser = commands.add_parser("graph", help="print a flow as a Mermaid flowchart")
+    graph_parser.add_argument("flow")
+    run_parser = commands.add_parser("run", help="run a flow once, here, and print the result")
+    run_parser.add_argument("flow")
+    run_parser.add_argument("--input", required=True, help="the flow's input as JSON")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load()
+        flows = load_checked_flows(settings)
+    except ConfigError as exc:
+        print(f"ml-orchestrator: cannot start: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        return validate(settings, flows)
+    if args.command == "graph":
+        return graph(flows, args.flow)
+    if args.command == "run":
+        return run(settings, flows, args.flow, args.input)
+    return serve(settings, flows)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,10 @@ def make_transport(settings: Settings) -> Transport:
     return InProcessTransport()
 
 
+def make_tokens(settings: Settings) -> TokenProvider:
+    return GoogleIdTokens() if settings.ml_auth == MLAuth.ID_TOKEN else NoTokens()
+
+
 def make_store(settings: Settings) -> ExecutionStore:
     if settings.execution_store == StoreKind.FIRESTORE:
         from service.firestore import FirestoreStore  # only deployments that use it import it
@@ -128,7 +132,7 @@ def build(
     http: httpx.AsyncClient,
 ) -> Components:
     """Wire the parts together."""
-    tokens: TokenProvider = GoogleIdTokens() if settings.ml_auth == MLAuth.ID_TOKEN else NoTokens()
+    tokens = make_tokens(settings)
     targets = WebhookTargets(
         settings.webhook_allow_private_networks, settings.allowed_webhook_hosts
     )
