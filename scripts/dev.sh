@@ -8,7 +8,7 @@ if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
     exit 0
 fi
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/lib/venv.sh
+# shellcheck source=SCRIPTDIR/lib/venv.sh
 . scripts/lib/venv.sh
 ensure_venv
 exec .venv/bin/python -m service.dev

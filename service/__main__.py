@@ -32,6 +32,7 @@ from service.deps import Components
 from service.errors import ConfigError
 from service.flow import Flow
 from service.graph import mermaid
+from service.logs import configure_logging
 from service.messages import Execution, ExecutionStatus, describe, field_errors
 from service.push import DRAIN_GRACE_S
 from service.runner import FlowRunner
@@ -98,6 +99,7 @@ def run(settings: Settings, flows: dict[str, Flow], name: str, raw_input: str) -
     except ValidationError as exc:
         print(f"error: --input: {describe(field_errors(exc))}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_format, stream=sys.stderr)  # stdout is the document
     execution = Execution(
         execution_id=f"local-{uuid.uuid4()}",
         flow=flow.name,

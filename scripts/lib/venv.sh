@@ -22,7 +22,7 @@ ensure_venv() {
     if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
         echo "Installing the project and its dev tools into .venv ..." >&2
         "$root/.venv/bin/python" -m pip install --quiet --upgrade pip
-        "$root/.venv/bin/python" -m pip install --quiet -e "$root[dev]"
+        "$root/.venv/bin/python" -m pip install --quiet -e "${root}[dev]"
         touch "$stamp"
     fi
 }

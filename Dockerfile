@@ -1,0 +1,24 @@
+# The orchestrator's image: front door and push worker in one, on Cloud Run.
+# Build: docker build -t ml-orchestrator . (or scripts/deploy.sh, with Cloud Build)
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+# Only the runtime dependencies, into a prefix the final stage copies whole.
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+WORKDIR /app
+COPY --from=build /install /usr/local
+COPY flows ./flows
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PORT=8080 \
+    FLOWS_DIR=/app/flows
+USER 10001
+EXPOSE 8080
+# python -m service checks settings and flows (one clear line if wrong), serves on
+# $PORT and drains on SIGTERM.
+CMD ["python", "-m", "service"]

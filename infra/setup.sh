@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Usage: infra/setup.sh PROJECT REGION [SERVICE] [--firestore] [--dry-run]
+#
+# Creates what the orchestrator needs around its Cloud Run service, and only what
+# is missing: running it again changes nothing. Run it before the first deploy.
+#
+#   APIs         run, pubsub, cloudbuild, artifactregistry, iamcredentials (+ firestore)
+#   images       Artifact Registry repository REPOSITORY (default ml-orchestrator)
+#   identities   SERVICE@ (the service's own), SERVICE-push@ (signs push requests)
+#   topics       ORCHESTRATION_TOPIC, RESULT_TOPIC, ORCHESTRATION_TOPIC-dead-letter
+#                (+ a pull subscription on it, to inspect and replay)
+#   push         subscription SERVICE-push to https://SERVICE-NUMBER.REGION.run.app/pubsub/push:
+#                OIDC token of SERVICE-push@ with the service URL as audience, ack
+#                deadline 600 s, retry backoff 10 s..600 s, dead-letter topic after
+#                PUSH_MAX_DELIVERY_ATTEMPTS (5) deliveries
+#   IAM          SERVICE@: publish to Pub/Sub, invoke Cloud Run and Cloud Functions,
+#                use Firestore; the Pub/Sub service agent: mint SERVICE-push@ tokens,
+#                publish dead letters, acknowledge the dead-lettered messages
+#   --firestore  the Firestore database (REGION) and a TTL policy on expire_at
+#
+# The run.invoker grant for SERVICE-push@ on the service is made by scripts/deploy.sh,
+# once the service exists. Environment: ORCHESTRATION_TOPIC, RESULT_TOPIC, REPOSITORY,
+# FIRESTORE_COLLECTION, PUSH_MAX_DELIVERY_ATTEMPTS override the defaults.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=SCRIPTDIR/../scripts/lib/common.sh
+. "$here/../scripts/lib/common.sh"
+
+firestore=false
+positional=()
+for argument in "$@"; do
+    case "$argument" in
+        -h | --help) print_help "$0"; exit 0 ;;
+        --dry-run) DRY_RUN=true ;;
+        --firestore) firestore=true ;;
+        -*) die "unknown option $argument (see --help)" ;;
+        *) positional+=("$argument") ;;
+    esac
+done
+project_region_service
+
+topic="${ORCHESTRATION_TOPIC:-ml-orchestration-requests}"
+results="${RESULT_TOPIC:-ml-orchestration-results}"
+dead_letter="${topic}-dead-letter"
+repository="${REPOSITORY:-ml-orchestrator}"
+collection="${FIRESTORE_COLLECTION:-ml-orchestrator-executions}"
+attempts="${PUSH_MAX_DELIVERY_ATTEMPTS:-5}"
+runtime_account="${service}@${project}.iam.gserviceaccount.com"
+push_account="${service}-push@${project}.iam.gserviceaccount.com"
+
+number="$(gcloud projects describe "$project" --format='value(projectNumber)')" \
+    || die "cannot read project $project (gcloud auth login? the right project id?)"
+[ -n "$number" ] || die "project $project has no project number"
+url="https://${service}-${number}.${region}.run.app"
+pubsub_agent="service-${number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+g=(gcloud --project "$project" --quiet)
+
+echo "== APIs" >&2
+apis=(run.googleapis.com pubsub.googleapis.com cloudbuild.googleapis.com
+    artifactregistry.googleapis.com iamcredentials.googleapis.com)
+[ "$firestore" = true ] && apis+=(firestore.googleapis.com)
+run "${g[@]}" services enable "${apis[@]}"
+
+echo "== Artifact Registry" >&2
+exists "${g[@]}" artifacts repositories describe "$repository" --location "$region" \
+    || run "${g[@]}" artifacts repositories create "$repository" \
+        --repository-format docker --location "$region"
+
+echo "== Service accounts" >&2
+exists "${g[@]}" iam service-accounts describe "$runtime_account" \
+    || run "${g[@]}" iam service-accounts create "$service" \
+        --display-name "ML Orchestrator (runtime)"
+exists "${g[@]}" iam service-accounts describe "$push_account" \
+    || run "${g[@]}" iam service-accounts create "${service}-push" \
+        --display-name "ML Orchestrator (Pub/Sub push identity)"
+
+echo "== Topics" >&2
+for name in "$topic" "$results" "$dead_letter"; do
+    exists "${g[@]}" pubsub topics describe "$name" || run "${g[@]}" pubsub topics create "$name"
+done
+exists "${g[@]}" pubsub subscriptions describe "${dead_letter}-sub" \
+    || run "${g[@]}" pubsub subscriptions create "${dead_letter}-sub" \
+        --topic "$dead_letter" --message-retention-duration 7d
+
+echo "== Push subscription" >&2
+exists "${g[@]}" pubsub subscriptions describe "${service}-push" \
+    || run "${g[@]}" pubsub subscriptions create "${service}-push" \
+        --topic "$topic" \
+        --push-endpoint "${url}/pubsub/push" \
+        --push-auth-service-account "$push_account" \
+        --push-auth-token-audience "$url" \
+        --ack-deadline 600 \
+        --min-retry-delay 10s \
+        --max-retry-delay 600s \
+        --dead-letter-topic "$dead_letter" \
+        --max-delivery-attempts "$attempts"
+
+echo "== IAM" >&2
+for role in roles/pubsub.publisher roles/run.invoker roles/cloudfunctions.invoker roles/datastore.user; do
+    run "${g[@]}" projects add-iam-policy-binding "$project" \
+        --member "serviceAccount:${runtime_account}" --role "$role" --condition None
+done
+run "${g[@]}" iam service-accounts add-iam-policy-binding "$push_account" \
+    --member "serviceAccount:${pubsub_agent}" --role roles/iam.serviceAccountTokenCreator
+run "${g[@]}" pubsub topics add-iam-policy-binding "$dead_letter" \
+    --member "serviceAccount:${pubsub_agent}" --role roles/pubsub.publisher
+run "${g[@]}" pubsub subscriptions add-iam-policy-binding "${service}-push" \
+    --member "serviceAccount:${pubsub_agent}" --role roles/pubsub.subscriber
+
+if [ "$firestore" = true ]; then
+    echo "== Firestore" >&2
+    exists "${g[@]}" firestore databases describe --database "(default)" \
+        || run "${g[@]}" firestore databases create --location "$region"
+    run "${g[@]}" firestore fields ttls update expire_at \
+        --collection-group "$collection" --enable-ttl
+fi
+
+cat >&2 <<DONE
+== Done. In env-vars.yaml (scripts/deploy.sh adds the first three when missing):
+GOOGLE_CLOUD_PROJECT: '${project}'
+PUSH_AUTH_AUDIENCE: '${url}'
+PUSH_AUTH_SERVICE_ACCOUNT: '${push_account}'
+ORCHESTRATION_TOPIC: '${topic}'
+RESULT_TOPIC: '${results}'
+PUSH_MAX_DELIVERY_ATTEMPTS: '${attempts}'
+Next: scripts/deploy.sh ${project} ${region} ${service}
+DONE
