@@ -21,12 +21,11 @@ import sys
 import uuid
 from types import FrameType
 
-import httpx
 import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from service.app import HTTP_LIMITS, create_app, load_checked_flows, make_tokens
+from service.app import create_app, load_checked_flows, make_http_client, make_tokens
 from service.calls import MLCaller
 from service.deps import Components
 from service.errors import ConfigError
@@ -108,7 +107,7 @@ def run(settings: Settings, flows: dict[str, Flow], name: str, raw_input: str) -
     )
 
     async def execute() -> Execution:
-        async with httpx.AsyncClient(limits=HTTP_LIMITS) as http:
+        async with make_http_client() as http:
             caller = MLCaller(http, make_tokens(settings), settings.ml_max_concurrency_per_host)
             return await FlowRunner(caller, settings.flow_timeout_s).run(flow, execution)
 

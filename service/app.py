@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+import aiohttp
 import httpx
 import structlog
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from httpx_aiohttp import AiohttpTransport
 
 from service import frontdoor, problems, push
 from service.auth import PushAuth
@@ -30,8 +32,20 @@ from service.transport import InProcessTransport, PubSubTransport, Transport
 
 log = structlog.get_logger(__name__)
 
-# One pool for ML calls and webhooks; ML functions are few hosts, so keep-alive matters.
-HTTP_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+
+def make_http_client() -> httpx.AsyncClient:
+    """The one HTTP client for ML calls, webhooks and certificates: httpx over aiohttp.
+
+    httpx's own pool re-checks every connection on each request (encode/httpx#3215):
+    measured by bench/ at 1.3 ms CPU per call for 10 concurrent calls and 11 ms for
+    1,000; over aiohttp it is 0.4-0.7 ms, with the same httpx API. The connector is
+    unbounded: MLCaller limits calls per host itself (ML_MAX_CONCURRENCY_PER_HOST).
+    """
+
+    def session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    return httpx.AsyncClient(transport=AiohttpTransport(client=session), follow_redirects=False)
 
 
 def create_app(
@@ -48,7 +62,7 @@ def create_app(
         loaded = flows if flows is not None else load_checked_flows(config)
         broker = transport or make_transport(config)
         store = make_store(config)
-        async with httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False) as http:
+        async with make_http_client() as http:
             app.state.components = build(config, loaded, broker, store, http)
             app.state.trace_project = config.google_cloud_project
             log.info(

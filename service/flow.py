@@ -138,7 +138,7 @@ def load_flow(path: Path, env: Mapping[str, str]) -> Flow:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise FlowError(file, f"not valid YAML: {exc}") from None
+        raise FlowError(file, f"not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise FlowError(file, "must be a mapping with 'steps'")
     try:

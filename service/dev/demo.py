@@ -86,3 +86,22 @@ def create_demo_app(
         )
 
     return app
+
+
+def main() -> None:
+    """`python -m service.dev.demo`: serve the demo functions alone (benchmarks, trials)."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Demo ML functions and webhook receiver")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--delay-ms", type=float, default=100)
+    parser.add_argument("--vacancies", type=int, default=3)
+    args = parser.parse_args()
+    app = create_demo_app(args.delay_ms, args.vacancies)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

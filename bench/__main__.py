@@ -1,0 +1,482 @@
+"""`python -m bench`: the orchestrator's overhead, each figure against a ceiling measured in
+the same run on the same machine. Prints a table, writes table.md, results.json and
+performance.png into --out.
+
+Cases (stand-in ML functions answer after --delay-ms, in their own process):
+  1. front door   POST /orchestrate (publish awaited, emulator) vs a bare FastAPI 202
+  2. engine       the default flow pushed straight to /pubsub/push at 1/100/1000 in flight:
+                  execution time minus its critical path (3 x delay)
+  3. fan-out      one execution calling 10/100/1000 functions at once vs a bare client loop
+  4. memory       RSS of the service with 1,000 executions in flight
+  5. original     the seed's test payload run one call at a time (the monolith) vs ours
+  6. emulator     end-to-end executions/s through the emulator vs its own push rate
+--tiny runs every case at a small size (CI checks that the benchmark keeps working).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import platform
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.load import closed_loop, in_flight, open_loop
+from bench.processes import ROOT, Process
+from service.dev.demo import FUNCTIONS
+from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator
+
+SEED = {
+    "user_id": "test_user_123",
+    "session_id": "test_session_456",
+    "create_user_embedding": False,
+    "process_profession_orchestrator": True,
+    "process_vacancy_orchestrator": True,
+}
+FULL = {**SEED, "create_user_embedding": True}
+PROJECT = "bench"
+TOPIC = "ml-orchestration-requests"
+
+
+@dataclass
+class Sizes:
+    seconds: float
+    rates: list[int]
+    in_flight: list[int]
+    fan_out: list[int]
+    memory: int
+    end_to_end: int
+
+    @classmethod
+    def pick(cls, tiny: bool) -> Sizes:
+        if tiny:
+            return cls(1.0, [20], [1, 10], [10, 50], 50, 6)
+        return cls(5.0, [250, 500, 1000], [1, 100, 1000], [10, 100, 1000], 1000, 40)
+
+
+@dataclass
+class Report:
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, case: str, measured: str, ceiling: str, ratio: str) -> None:
+        self.rows.append((case, measured, ceiling, ratio))
+        print(f"  {case}: {measured} | {ceiling} | {ratio}", flush=True)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.sizes = Sizes.pick(args.tiny)
+        self.workdir = workdir
+        self.report = Report()
+        self.emulator: Emulator | None = None
+        flows = workdir / "flows"
+        flows.mkdir()
+        (flows / "ml-orchestration.yaml").symlink_to(ROOT / "flows" / "ml-orchestration.yaml")
+        (flows / "fanout.yaml").symlink_to(ROOT / "bench" / "flows" / "fanout.yaml")
+        self.flows_dir = flows
+
+    # -- processes ---------------------------------------------------------------
+
+    def functions(self, delay_ms: float) -> Process:
+        args = ["-m", "service.dev.demo", "--port", "{port}", "--delay-ms", str(delay_ms)]
+        return Process.start("functions", args, {}, "/openapi.json", self.log("functions"))
+
+    def service(self, functions: Process, pubsub: bool = False, **env: str) -> Process:
+        settings = {name: functions.url + path for name, path in FUNCTIONS.items()}
+        settings |= {
+            "FLOWS_DIR": str(self.flows_dir),
+            "ML_AUTH": "none",
+            "ML_MAX_CONCURRENCY_PER_HOST": "10000",
+            "FLOW_TIMEOUT_S": "600",
+            **env,
+        }
+        if pubsub:
+            assert self.emulator is not None
+            settings |= {
+                "PUBSUB_EMULATOR_HOST": self.emulator.host,
+                "GOOGLE_CLOUD_PROJECT": PROJECT,
+            }
+        return Process.start("service", ["-m", "service"], settings, "/ready", self.log("service"))
+
+    def bare(self) -> Process:
+        return Process.start("bare", ["bench/bare.py"], {}, "/health", self.log("bare"))
+
+    def log(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    # -- cases -------------------------------------------------------------------
+
+    async def front_door(self, functions: Process) -> None:
+        if self.emulator is None:
+            self.report.add("front door", "not measured: no Pub/Sub emulator", "", "")
+            return
+        EmulatorAdmin(self.emulator.host, PROJECT).topic(TOPIC)
+        service, bare = self.service(functions, pubsub=True), self.bare()
+        body = json.dumps(SEED).encode()
+        headers = {"content-type": "application/json"}
+
+        def poster(url: str) -> Callable[[aiohttp.ClientSession], Any]:
+            async def post(session: aiohttp.ClientSession) -> bool:
+                async with session.post(url + "/orchestrate", data=body, headers=headers) as r:
+                    await r.read()
+                    return r.status == 202
+
+            return post
+
+        try:
+            for process in (service, bare):  # warm up
+                await closed_loop(poster(process.url), 10, 0.5)
+            ours = await closed_loop(poster(service.url), 50, self.sizes.seconds)
+            ceiling = await closed_loop(poster(bare.url), 50, self.sizes.seconds)
+            self.report.add(
+                "front door, max rate (50 connections)",
+                f"{ours.rate:,.0f} req/s (p50 {ours.percentile(50):.1f} ms)",
+                f"bare FastAPI {ceiling.rate:,.0f} req/s",
+                f"{ours.rate / ceiling.rate:.0%}",
+            )
+            curve: dict[str, list[float]] = {"rate": [], "p50": [], "p99": [], "bare_p99": []}
+            for rate in self.sizes.rates:
+                at = await open_loop(poster(service.url), rate, self.sizes.seconds)
+                bare_at = await open_loop(poster(bare.url), rate, self.sizes.seconds)
+                curve["rate"].append(rate)
+                curve["p50"].append(at.percentile(50))
+                curve["p99"].append(at.percentile(99))
+                curve["bare_p99"].append(bare_at.percentile(99))
+                self.report.add(
+                    f"front door at {rate} req/s",
+                    f"p50 {at.percentile(50):.1f} ms, p99 {at.percentile(99):.1f} ms"
+                    + (f", {at.errors} errors" if at.errors else ""),
+                    f"bare p99 {bare_at.percentile(99):.1f} ms",
+                    f"achieved {at.rate:,.0f} req/s",
+                )
+            self.report.data["front_door"] = curve
+        finally:
+            service.stop()
+            bare.stop()
+
+    async def engine(self, functions: Process) -> None:
+        service = self.service(functions)
+        critical = 3 * self.args.delay_ms
+        curve: dict[str, list[float]] = {"in_flight": [], "p50": [], "p99": []}
+        try:
+            await in_flight(pusher(service.url, FULL), 1, 3)  # warm up
+            for concurrency in self.sizes.in_flight:
+                total = max(20, concurrency * 2) if concurrency > 1 else 20
+                result = await in_flight(pusher(service.url, FULL), concurrency, total)
+                p50, p99 = result.percentile(50) - critical, result.percentile(99) - critical
+                curve["in_flight"].append(concurrency)
+                curve["p50"].append(p50)
+                curve["p99"].append(p99)
+                self.report.add(
+                    f"engine overhead, {concurrency} in flight",
+                    f"p50 +{p50:.1f} ms, p99 +{p99:.1f} ms"
+                    + (f", {result.errors} errors" if result.errors else ""),
+                    f"critical path {critical:.0f} ms",
+                    f"p50 {p50 / critical:.1%} of it, {result.rate:,.0f} executions/s",
+                )
+            self.report.data["engine"] = curve
+        finally:
+            service.stop()
+
+    async def fan_out(self, functions: Process) -> None:
+        service = self.service(functions)
+        try:
+            await in_flight(pusher(service.url, {"items": list(range(10))}, "fanout"), 1, 2)
+            for calls in self.sizes.fan_out:
+                walls, cpus = [], []
+                for _ in range(3):
+                    cpu = service.cpu_seconds()
+                    result = await in_flight(
+                        pusher(service.url, {"items": list(range(calls))}, "fanout"), 1, 1
+                    )
+                    cpus.append((service.cpu_seconds() - cpu) / calls * 1000)
+                    walls.append(result.values[0])
+                bare_wall, bare_cpu = await bare_loop(functions.url, calls)
+                wall, cpu = statistics.median(walls), statistics.median(cpus)
+                self.report.add(
+                    f"fan-out, {calls} calls at once",
+                    f"{wall:.0f} ms wall, {cpu:.2f} ms CPU/call",
+                    f"bare aiohttp loop {bare_wall:.0f} ms, {bare_cpu:.2f} ms CPU/call",
+                    f"wall {wall / self.args.delay_ms - 1:.0%} over one call",
+                )
+        finally:
+            service.stop()
+
+    async def memory(self) -> None:
+        slow = self.functions(delay_ms=2000)
+        service = self.service(slow)
+        try:
+            idle = service.rss_mb()
+            peak = idle
+            done = asyncio.Event()
+
+            async def sample() -> None:
+                nonlocal peak
+                while not done.is_set():
+                    peak = max(peak, service.rss_mb())
+                    await asyncio.sleep(0.1)
+
+            sampler = asyncio.create_task(sample())
+            count = self.sizes.memory
+            result = await in_flight(pusher(service.url, FULL), count, count)
+            done.set()
+            await sampler
+            self.report.add(
+                f"memory, {count} executions in flight",
+                f"RSS peak {peak:.0f} MB" + (f", {result.errors} errors" if result.errors else ""),
+                f"idle {idle:.0f} MB",
+                f"{(peak - idle) * 1024 / count:.0f} KB per execution",
+            )
+        finally:
+            service.stop()
+            slow.stop()
+
+    async def original(self, functions: Process) -> None:
+        seed_ours = await self._seed_execution(functions)
+        sequential = await monolith(functions.url)
+        self.report.add(
+            "vs the original (seed payload, 3 vacancies)",
+            f"ours {seed_ours:.0f} ms",
+            f"one call at a time {sequential:.0f} ms",
+            f"{sequential / seed_ours:.2f}x faster",
+        )
+        self.report.data["original"] = {"ours_ms": seed_ours, "sequential_ms": sequential}
+
+    async def _seed_execution(self, functions: Process) -> float:
+        service = self.service(functions)
+        try:
+            await in_flight(pusher(service.url, SEED), 1, 3)
+            return (await in_flight(pusher(service.url, SEED), 1, 10)).percentile(50)
+        finally:
+            service.stop()
+
+    async def through_emulator(self, functions: Process) -> None:
+        if self.emulator is None:
+            self.report.add("through the emulator", "not measured: no Pub/Sub emulator", "", "")
+            return
+        admin = EmulatorAdmin(self.emulator.host, PROJECT)
+        bare = self.bare()
+        service = self.service(functions, pubsub=True)
+        count = self.sizes.end_to_end
+        try:
+            admin.topic("ceiling")
+            admin.push_subscription("ceiling-push", "ceiling", f"{bare.url}/pubsub/push")
+            ceiling = await pushed_rate(admin, "ceiling", count, lambda: count_pushes(bare))
+            admin.push_subscription("e2e-push", TOPIC, f"{service.url}/pubsub/push")
+            admin.pull_subscription("e2e-seen", TOPIC)
+            ours = await end_to_end_rate(service.url, count)
+            self.report.add(
+                f"through the emulator, {count} executions",
+                f"{ours:.1f} executions/s",
+                f"emulator push rate to a 204 endpoint {ceiling:.1f}/s",
+                f"{ours / ceiling:.0%}",
+            )
+        finally:
+            service.stop()
+            bare.stop()
+
+    # -- run ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        functions = self.functions(self.args.delay_ms)
+        try:
+            print("front door ...", flush=True)
+            await self.front_door(functions)
+            print("engine overhead ...", flush=True)
+            await self.engine(functions)
+            print("fan-out ...", flush=True)
+            await self.fan_out(functions)
+            print("memory ...", flush=True)
+            await self.memory()
+            print("against the original ...", flush=True)
+            await self.original(functions)
+            print("through the emulator ...", flush=True)
+            await self.through_emulator(functions)
+        finally:
+            functions.stop()
+
+
+def pusher(url: str, flow_input: dict[str, Any], flow: str = "ml-orchestration") -> Any:
+    """Sends the push envelope of a new execution; true when acked (204)."""
+
+    async def push(session: aiohttp.ClientSession) -> bool:
+        message = {
+            "execution_id": str(uuid.uuid4()),
+            "flow": flow,
+            "input": flow_input,
+            "webhook_url": None,
+            "requested_at": datetime.now(UTC).isoformat(),
+        }
+        data = base64.b64encode(json.dumps(message).encode()).decode()
+        envelope = {"message": {"data": data, "messageId": message["execution_id"]}}
+        async with session.post(url + "/pubsub/push", json=envelope) as response:
+            await response.read()
+            return response.status == 204
+
+    return push
+
+
+async def bare_loop(functions_url: str, calls: int) -> tuple[float, float]:
+    """The same calls from a bare aiohttp loop: wall ms and CPU ms per call."""
+    body = {"user_id": "bench", "session_id": "bench", "vacancy_id": "v"}
+    url = functions_url + FUNCTIONS["DEFAULT_MATCH_ANALYSIS_USER_VACANCY_URL"]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one() -> None:
+            async with session.post(url, json=body) as response:
+                await response.read()
+
+        await asyncio.gather(*(one() for _ in range(min(calls, 10))))  # warm up
+        walls, cpus = [], []
+        for _ in range(3):
+            cpu, started = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(calls)))
+            walls.append((time.perf_counter() - started) * 1000)
+            cpus.append((time.process_time() - cpu) / calls * 1000)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+async def monolith(functions_url: str) -> float:
+    """The original Cloud Function: the seed payload's calls, one after another (median ms)."""
+    base = {"user_id": SEED["user_id"], "session_id": SEED["session_id"]}
+
+    def url(name: str) -> str:
+        return functions_url + FUNCTIONS[name]
+
+    async with aiohttp.ClientSession() as session:
+
+        async def call(name: str, body: dict[str, Any]) -> Any:
+            async with session.post(url(name), json=body) as response:
+                return await response.json()
+
+        async def once() -> float:
+            started = time.perf_counter()
+            await call("DEFAULT_PROFESSION_ORCHESTRATOR_URL", base)
+            matches = await call("DEFAULT_MATCH_CANDIDATO_URL", base)
+            for vacancy in matches["vacancies"]:
+                body = {**base, "vacancy_id": vacancy["vacancy_id"]}
+                await call("DEFAULT_MATCH_ANALYSIS_USER_VACANCY_URL", body)
+            return (time.perf_counter() - started) * 1000
+
+        await once()
+        return statistics.median([await once() for _ in range(10)])
+
+
+def count_pushes(bare: Process) -> int:
+    import httpx
+
+    return int(httpx.get(bare.url + "/count", timeout=5).json()["pushes"])
+
+
+async def pushed_rate(
+    admin: EmulatorAdmin, topic: str, count: int, received: Callable[[], int]
+) -> float:
+    """Messages per second the emulator pushes to an endpoint that acks at once."""
+    before = received()
+    started = time.perf_counter()
+    for n in range(count):
+        admin.publish(topic, json.dumps({"n": n}).encode())
+    while received() - before < count:  # noqa: ASYNC110 - polling another process
+        await asyncio.sleep(0.02)
+    return count / (time.perf_counter() - started)
+
+
+async def end_to_end_rate(url: str, count: int) -> float:
+    """Executions per second from the first POST /orchestrate to the last one's end."""
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        ids = []
+        for _ in range(count):
+            async with session.post(url + "/orchestrate", json=SEED) as response:
+                ids.append((await response.json())["execution_id"])
+        pending = set(ids)
+        while pending:
+            for execution_id in list(pending):
+                async with session.get(f"{url}/executions/{execution_id}") as response:
+                    if response.status == 200 and (await response.json())["status"] != "running":
+                        pending.discard(execution_id)
+            await asyncio.sleep(0.05)
+        return count / (time.perf_counter() - started)
+
+
+def write_outputs(report: Report, out: Path, args: argparse.Namespace) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    machine = (
+        f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
+    )
+    header = (
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine}, "
+        f"stand-in functions at {args.delay_ms:g} ms{' (tiny run)' if args.tiny else ''}."
+    )
+    lines = [header, "", "| case | measured | ceiling (same run) | ratio |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in report.rows]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(report.data, indent=2))
+    plot(report.data, out / "performance.png")
+    print("\n" + "\n".join(lines))
+    print(f"\nwrote {out / 'table.md'}, {out / 'performance.png'}")
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    front = data.get("front_door")
+    if front:
+        left.plot(front["rate"], front["p50"], "o-", label="POST /orchestrate p50")
+        left.plot(front["rate"], front["p99"], "o-", label="POST /orchestrate p99")
+        left.plot(front["rate"], front["bare_p99"], "s--", label="bare FastAPI p99")
+        left.set_xlabel("offered load (req/s)")
+        left.set_ylabel("latency (ms)")
+        left.set_title("Front door: latency against load")
+        left.legend()
+    engine = data.get("engine")
+    if engine:
+        right.plot(engine["in_flight"], engine["p50"], "o-", label="p50")
+        right.plot(engine["in_flight"], engine["p99"], "o-", label="p99")
+        right.set_xscale("log")
+        right.set_xlabel("executions in flight")
+        right.set_ylabel("execution time - critical path (ms)")
+        right.set_title("Engine: overhead against in-flight executions")
+        right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="every case, small (for CI)")
+    parser.add_argument("--delay-ms", type=float, default=50.0, help="stand-in latency")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        bench = Bench(args, Path(workdir))
+        binary = find_emulator()
+        if binary:
+            bench.emulator = Emulator.start(binary, log=Path(workdir) / "emulator.log")
+        try:
+            asyncio.run(bench.run())
+        finally:
+            if bench.emulator:
+                bench.emulator.stop()
+        write_outputs(bench.report, args.out, args)
+
+
+if __name__ == "__main__":
+    main()
