@@ -91,8 +91,10 @@ class Bench:
     # -- processes ---------------------------------------------------------------
 
     def functions(self, delay_ms: float) -> Process:
-        args = ["-m", "service.dev.demo", "--port", "{port}", "--delay-ms", str(delay_ms)]
-        return Process.start("functions", args, {}, "/openapi.json", self.log("functions"))
+        env = {"DELAY_MS": str(delay_ms)}
+        return Process.start(
+            "functions", ["bench/functions.py"], env, "/health", self.log("functions")
+        )
 
     def service(self, functions: Process, pubsub: bool = False, **env: str) -> Process:
         settings = {name: functions.url + path for name, path in FUNCTIONS.items()}

@@ -30,7 +30,8 @@ class Components:
     push_auth: PushAuth | None
 
 
-def components(request: Request) -> Components:
+async def components(request: Request) -> Components:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, per request.
     parts: Components = request.app.state.components
     return parts
 

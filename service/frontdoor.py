@@ -109,7 +109,7 @@ async def orchestrate(
             f"the request was not accepted: {exc}",
             headers={"Retry-After": BROKER_RETRY_AFTER_S},
         ) from None
-    status_url = str(request.url_for("get_execution", execution_id=execution_id))
+    status_url = f"{request.base_url}executions/{execution_id}"
     accepted = Accepted(execution_id=execution_id, flow=flow.name, status_url=status_url)
     return JSONResponse(accepted.model_dump(), 202, headers={"Location": status_url})
 
