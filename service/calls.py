@@ -47,6 +47,7 @@ class MLCaller:
         self._per_host_limit = per_host_limit
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._budgets: dict[str, RetryBudget] = {}
+        self._urls: dict[str, httpx.URL] = {}  # parsed once: httpx parses str URLs per call
 
     async def call(self, step: Step, body: Any, deadline: float) -> CallResult:
         loop = asyncio.get_running_loop()
@@ -79,9 +80,10 @@ class MLCaller:
         except Exception as exc:  # google-auth raises several unrelated types
             return Attempt(error=f"no ID token for {step.audience}: {exc}", retryable=True)
         try:
+            url = self._urls.get(step.url) or self._urls.setdefault(step.url, httpx.URL(step.url))
             response = await self._client.request(
                 step.method,
-                step.url,
+                url,
                 json=body if step.method != "GET" else None,
                 headers=headers,
                 timeout=seconds,
