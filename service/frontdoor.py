@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service.deps import ComponentsDep
+from service.deps import ComponentsDep, components_of
 from service.errors import BrokerUnavailable, WebhookTargetRefused
 from service.limits import MAX_REQUEST_BYTES, read_body
 from service.messages import (
@@ -28,6 +28,7 @@ router = APIRouter()
 # Idempotency keys map to execution ids in their own namespace: uuid5(namespace, flow + key).
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1a52-3b8e-4a3c-9a51-2d1b6e0f7c11")
 BROKER_RETRY_AFTER_S = "5"
+MAX_IDEMPOTENCY_KEY = 255
 
 _PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
 
@@ -41,7 +42,16 @@ _PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": OrchestrateRequest.model_json_schema()}},
-        }
+        },
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "the same key (for the same flow) gives the same execution id",
+                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+            }
+        ],
     },
     responses={
         400: {"description": "body is not JSON", **_PROBLEM},
@@ -51,14 +61,14 @@ _PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
         503: {"description": "the broker is unreachable; retry after Retry-After", **_PROBLEM},
     },
 )
-async def orchestrate(
-    request: Request,
-    parts: ComponentsDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(min_length=1, max_length=255, description="same key, same execution id"),
-    ] = None,
-) -> JSONResponse:
+async def orchestrate(request: Request) -> JSONResponse:
+    # No FastAPI parameters on this hot path: solving them cost a quarter of its CPU.
+    parts = components_of(request)
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise invalid(
+            [{"field": "Idempotency-Key", "reason": f"1 to {MAX_IDEMPOTENCY_KEY} characters"}]
+        )
     payload = _json_object(await read_body(request, MAX_REQUEST_BYTES))
     flow_name = payload.pop("flow", None) or parts.settings.default_flow
     webhook_url = payload.pop("webhook_url", None)

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from service.auth import Unauthorized
 from service.delivery import ResultDelivery
-from service.deps import ComponentsDep
+from service.deps import components_of
 from service.errors import (
     DeliveryFailed,
     ExecutionBusy,
@@ -263,7 +263,8 @@ router = APIRouter()
         503: {"description": "retryable failure: redeliver later"},
     },
 )
-async def push(request: Request, parts: ComponentsDep) -> Response:
+async def push(request: Request) -> Response:
+    parts = components_of(request)  # not a dependency: this is the hot path
     if parts.push_auth is not None:
         try:
             await parts.push_auth.verify(request.headers.get("authorization"))

@@ -119,6 +119,14 @@ def test_refused_requests_name_the_field_and_publish_nothing(
     assert transport.published == []
 
 
+def test_an_over_long_idempotency_key_is_refused(
+    client: httpx.Client, transport: RecordingTransport
+) -> None:
+    response = client.post("/orchestrate", json=SEED, headers={"Idempotency-Key": "k" * 256})
+    assert_problem(response, 422, "Idempotency-Key")
+    assert transport.published == []
+
+
 def test_a_body_over_one_megabyte_is_413(
     client: httpx.Client, transport: RecordingTransport
 ) -> None:
