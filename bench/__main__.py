@@ -131,10 +131,10 @@ class Bench:
         headers = {"content-type": "application/json"}
 
         def poster(url: str) -> Callable[[aiohttp.ClientSession], Any]:
-            async def post(session: aiohttp.ClientSession) -> bool:
+            async def post(session: aiohttp.ClientSession) -> str | None:
                 async with session.post(url + "/orchestrate", data=body, headers=headers) as r:
                     await r.read()
-                    return r.status == 202
+                    return None if r.status == 202 else str(r.status)
 
             return post
 
@@ -160,7 +160,7 @@ class Bench:
                 self.report.add(
                     f"front door at {rate} req/s",
                     f"p50 {at.percentile(50):.1f} ms, p99 {at.percentile(99):.1f} ms"
-                    + (f", {at.errors} errors" if at.errors else ""),
+                    + (f", failures: {at.errors}" if at.errors else ""),
                     f"bare p99 {bare_at.percentile(99):.1f} ms",
                     f"achieved {at.rate:,.0f} req/s",
                 )
@@ -185,7 +185,7 @@ class Bench:
                 self.report.add(
                     f"engine overhead, {concurrency} in flight",
                     f"p50 +{p50:.1f} ms, p99 +{p99:.1f} ms"
-                    + (f", {result.errors} errors" if result.errors else ""),
+                    + (f", failures: {result.errors}" if result.errors else ""),
                     f"critical path {critical:.0f} ms (bare client)",
                     f"p50 {p50 / critical:.1%} of it, {result.rate:,.0f} executions/s",
                 )
@@ -238,7 +238,8 @@ class Bench:
             await sampler
             self.report.add(
                 f"memory, {count} executions in flight",
-                f"RSS peak {peak:.0f} MB" + (f", {result.errors} errors" if result.errors else ""),
+                f"RSS peak {peak:.0f} MB"
+                + (f", failures: {result.errors}" if result.errors else ""),
                 f"idle {idle:.0f} MB",
                 f"{(peak - idle) * 1024 / count:.0f} KB per execution",
             )
@@ -314,7 +315,7 @@ class Bench:
 def pusher(url: str, flow_input: dict[str, Any], flow: str = "ml-orchestration") -> Any:
     """Sends the push envelope of a new execution; true when acked (204)."""
 
-    async def push(session: aiohttp.ClientSession) -> bool:
+    async def push(session: aiohttp.ClientSession) -> str | None:
         message = {
             "execution_id": str(uuid.uuid4()),
             "flow": flow,
@@ -325,8 +326,8 @@ def pusher(url: str, flow_input: dict[str, Any], flow: str = "ml-orchestration")
         data = base64.b64encode(json.dumps(message).encode()).decode()
         envelope = {"message": {"data": data, "messageId": message["execution_id"]}}
         async with session.post(url + "/pubsub/push", json=envelope) as response:
-            await response.read()
-            return response.status == 204
+            text = (await response.read()).decode(errors="replace")[:80]
+            return None if response.status == 204 else f"{response.status} {text}".strip()
 
     return push
 

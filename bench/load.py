@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -16,8 +17,13 @@ class Latencies:
     """Latencies in ms and the rate they were measured at."""
 
     values: list[float] = field(default_factory=list)
-    errors: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+
+    @property
+    def errors(self) -> str:
+        """The failures by kind, e.g. "503 x 3", or empty."""
+        return ", ".join(f"{kind} x {count}" for kind, count in self.failures.items())
 
     @property
     def rate(self) -> float:
@@ -31,7 +37,8 @@ class Latencies:
         return statistics.quantiles(self.values, n=100, method="inclusive")[int(p) - 1]
 
 
-Request = Callable[[aiohttp.ClientSession], Awaitable[bool]]
+# A request answers None when it succeeded, else what went wrong (e.g. the HTTP status).
+Request = Callable[[aiohttp.ClientSession], Awaitable[str | None]]
 
 
 async def closed_loop(request: Request, connections: int, seconds: float) -> Latencies:
@@ -44,11 +51,11 @@ async def closed_loop(request: Request, connections: int, seconds: float) -> Lat
         async def worker() -> None:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
-                ok = await request(session)
-                if ok:
+                failure = await request(session)
+                if failure is None:
                     result.values.append((time.perf_counter() - started) * 1000)
                 else:
-                    result.errors += 1
+                    result.failures[failure] += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(connections)))
@@ -65,11 +72,11 @@ async def open_loop(request: Request, rate: float, seconds: float) -> Latencies:
         async def one(at: float) -> None:
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
             started = time.perf_counter()
-            ok = await request(session)
-            if ok:
+            failure = await request(session)
+            if failure is None:
                 result.values.append((time.perf_counter() - started) * 1000)
             else:
-                result.errors += 1
+                result.failures[failure] += 1
 
         begin = time.perf_counter()
         await asyncio.gather(*(one(begin + n / rate) for n in range(count)))
@@ -88,11 +95,11 @@ async def in_flight(request: Request, concurrency: int, total: int) -> Latencies
         async def one() -> None:
             async with limit:
                 started = time.perf_counter()
-                ok = await request(session)
-                if ok:
+                failure = await request(session)
+                if failure is None:
                     result.values.append((time.perf_counter() - started) * 1000)
                 else:
-                    result.errors += 1
+                    result.failures[failure] += 1
 
         begin = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(total)))
