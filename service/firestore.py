@@ -20,6 +20,8 @@ from service.errors import StoreUnavailable
 from service.messages import Execution, StepResult
 from service.store import Claim, ClaimState, claimed
 
+CLAIM_ATTEMPTS = 10
+
 
 class FirestoreStore:
     """Executions in a Firestore collection, leased by the instance that runs them."""
@@ -50,7 +52,14 @@ class FirestoreStore:
             transaction.update(reference, lease)
             return claimed(stored)
 
-        return await self._call(claim_in(self._client.transaction()))  # type: ignore[no-any-return]
+        try:
+            claim: Claim = await claim_in(self._client.transaction(max_attempts=CLAIM_ATTEMPTS))
+        except ValueError:
+            # Firestore gave up on the transaction: other deliveries are claiming it now.
+            return Claim(ClaimState.RUNNING)
+        except google_exceptions.GoogleAPIError as exc:
+            raise StoreUnavailable(f"execution store: {exc}") from exc
+        return claim
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         reference = self._collection.document(execution_id)
@@ -111,5 +120,5 @@ class FirestoreStore:
     async def _call(awaitable: Any) -> Any:
         try:
             return await awaitable
-        except google_exceptions.GoogleAPIError as exc:
+        except (google_exceptions.GoogleAPIError, ValueError) as exc:  # ValueError: contention
             raise StoreUnavailable(f"execution store: {exc}") from exc
