@@ -41,6 +41,15 @@ class Latencies:
 Request = Callable[[aiohttp.ClientSession], Awaitable[str | None]]
 
 
+async def _timed(request: Request, session: aiohttp.ClientSession, result: Latencies) -> None:
+    started = time.perf_counter()
+    failure = await request(session)
+    if failure is None:
+        result.values.append((time.perf_counter() - started) * 1000)
+    else:
+        result.failures[failure] += 1
+
+
 async def closed_loop(request: Request, connections: int, seconds: float) -> Latencies:
     """`connections` workers sending back to back for `seconds`: the maximum rate."""
     result = Latencies()
@@ -50,12 +59,7 @@ async def closed_loop(request: Request, connections: int, seconds: float) -> Lat
 
         async def worker() -> None:
             while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                failure = await request(session)
-                if failure is None:
-                    result.values.append((time.perf_counter() - started) * 1000)
-                else:
-                    result.failures[failure] += 1
+                await _timed(request, session, result)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(connections)))
@@ -71,12 +75,7 @@ async def open_loop(request: Request, rate: float, seconds: float) -> Latencies:
 
         async def one(at: float) -> None:
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
-            started = time.perf_counter()
-            failure = await request(session)
-            if failure is None:
-                result.values.append((time.perf_counter() - started) * 1000)
-            else:
-                result.failures[failure] += 1
+            await _timed(request, session, result)
 
         begin = time.perf_counter()
         await asyncio.gather(*(one(begin + n / rate) for n in range(count)))
@@ -94,12 +93,7 @@ async def in_flight(request: Request, concurrency: int, total: int) -> Latencies
 
         async def one() -> None:
             async with limit:
-                started = time.perf_counter()
-                failure = await request(session)
-                if failure is None:
-                    result.values.append((time.perf_counter() - started) * 1000)
-                else:
-                    result.failures[failure] += 1
+                await _timed(request, session, result)
 
         begin = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(total)))

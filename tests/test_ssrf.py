@@ -180,3 +180,18 @@ async def test_the_allow_list_refuses_other_hosts() -> None:
     await targets.pin("https://hooks.example/in")
     with pytest.raises(WebhookTargetRefused, match="WEBHOOK_ALLOWED_HOSTS"):
         await targets.pin("https://elsewhere.example/in")
+
+
+async def test_private_networks_can_be_allowed_for_local_development() -> None:
+    await WebhookTargets(allow_private_networks=True).check("http://127.0.0.1:8081/webhook")
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/", "http://u:p@127.0.0.1/"])
+async def test_scheme_and_credentials_are_checked_even_when_private_is_allowed(url: str) -> None:
+    with pytest.raises(WebhookTargetRefused):
+        await WebhookTargets(allow_private_networks=True).check(url)
+
+
+@pytest.mark.parametrize("url", ["https://8.8.8.8/hook", "http://[2001:4860:4860::8888]:8443/h"])
+async def test_public_addresses_are_allowed(url: str) -> None:
+    await WebhookTargets().check(url)
