@@ -130,7 +130,8 @@ class PushHandler:
             input={},
         )
         execution.finish(ExecutionStatus.REJECTED, exc.reason)
-        if exc.execution_id:
+        # A bad copy must not overwrite a real execution that carries the same id.
+        if exc.execution_id and await self._store.get(exc.execution_id) is None:
             await self._store.save(execution, delivered=True)
         await self._delivery.publish(execution)
 

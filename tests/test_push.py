@@ -168,6 +168,14 @@ def test_an_unknown_flow_or_invalid_input_is_rejected_and_readable(stack: Stack)
     assert stack.functions.calls == []
 
 
+def test_a_bad_copy_does_not_overwrite_a_finished_execution(stack: Stack) -> None:
+    message = stack.request()
+    assert stack.push(message).status_code == 204
+    assert stack.push({**message, "input": {"session_id": "s"}}).status_code == 204
+    status = stack.client.get(f"/executions/{message['execution_id']}").json()
+    assert status["status"] == "succeeded"
+
+
 def test_a_malformed_envelope_is_acked(stack: Stack) -> None:
     response = stack.client.post("/pubsub/push", content=b'{"message": 5}')
     assert response.status_code == 204
