@@ -34,16 +34,10 @@ import aiohttp
 
 from bench.load import closed_loop, in_flight, open_loop
 from bench.processes import ROOT, Process
-from service.dev.demo import FUNCTIONS
+from service.dev.demo import FUNCTIONS, SEED_PAYLOAD
 from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator
 
-SEED = {
-    "user_id": "test_user_123",
-    "session_id": "test_session_456",
-    "create_user_embedding": False,
-    "process_profession_orchestrator": True,
-    "process_vacancy_orchestrator": True,
-}
+SEED = SEED_PAYLOAD
 FULL = {**SEED, "create_user_embedding": True}
 PROJECT = "bench"
 TOPIC = "ml-orchestration-requests"

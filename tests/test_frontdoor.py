@@ -8,19 +8,14 @@ import httpx
 import pytest
 
 from service.app import create_app
+from service.dev.demo import SEED_PAYLOAD
 from service.problems import MEDIA_TYPE
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.servers import serve
 
 FLOWS = project_flows()
-SEED = {
-    "user_id": "test_user_123",
-    "session_id": "test_session_456",
-    "create_user_embedding": False,
-    "process_profession_orchestrator": True,
-    "process_vacancy_orchestrator": True,
-}
+SEED = SEED_PAYLOAD
 TOPIC = "ml-orchestration-requests"
 
 
