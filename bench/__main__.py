@@ -34,8 +34,9 @@ import aiohttp
 
 from bench.load import closed_loop, in_flight, open_loop
 from bench.processes import ROOT, Process
-from service.dev.demo import FUNCTIONS, SEED_PAYLOAD
+from service.dev.demo import FUNCTIONS
 from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator
+from service.messages import SEED_PAYLOAD
 
 SEED = SEED_PAYLOAD
 FULL = {**SEED, "create_user_embedding": True}

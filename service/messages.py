@@ -11,6 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 EXECUTION_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
 
+# The original guide's test payload (its test_payload.json): the API's example.
+SEED_PAYLOAD: dict[str, Any] = {
+    "user_id": "test_user_123",
+    "session_id": "test_session_456",
+    "create_user_embedding": False,
+    "process_profession_orchestrator": True,
+    "process_vacancy_orchestrator": True,
+}
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -120,17 +130,7 @@ class OrchestrateRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="allow",
-        json_schema_extra={
-            "examples": [
-                {
-                    "user_id": "test_user_123",
-                    "session_id": "test_session_456",
-                    "create_user_embedding": False,
-                    "process_profession_orchestrator": True,
-                    "process_vacancy_orchestrator": True,
-                }
-            ]
-        },
+        json_schema_extra={"examples": [SEED_PAYLOAD]},
     )
 
     flow: str | None = Field(None, max_length=63, description="flow to run; DEFAULT_FLOW if absent")

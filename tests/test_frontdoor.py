@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.dev.demo import SEED_PAYLOAD
+from service.messages import SEED_PAYLOAD
 from service.problems import MEDIA_TYPE
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport

@@ -16,15 +16,6 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-# The original guide's test payload (test_payload.json).
-SEED_PAYLOAD = {
-    "user_id": "test_user_123",
-    "session_id": "test_session_456",
-    "create_user_embedding": False,
-    "process_profession_orchestrator": True,
-    "process_vacancy_orchestrator": True,
-}
-
 FUNCTIONS = {
     "DEFAULT_CREATE_USER_EMBEDDINGS_URL": "/create-user-embeddings",
     "DEFAULT_PROFESSION_ORCHESTRATOR_URL": "/profession-orchestrator",
