@@ -30,10 +30,16 @@ def wait_for(pattern: str, log: Path, process: subprocess.Popen[bytes], timeout:
 
 
 @pytest.mark.parametrize(
-    "transport",
-    [pytest.param("emulator", marks=pytest.mark.emulator), "in-process"],
+    ("transport", "stop"),
+    [
+        pytest.param("emulator", signal.SIGTERM, marks=pytest.mark.emulator),
+        pytest.param("emulator", signal.SIGINT, marks=pytest.mark.emulator),
+        ("in-process", signal.SIGINT),
+    ],
 )
-def test_the_dev_stack_prints_a_curl_that_completes_a_flow(tmp_path: Path, transport: str) -> None:
+def test_the_dev_stack_prints_a_curl_that_completes_a_flow(
+    tmp_path: Path, transport: str, stop: signal.Signals
+) -> None:
     ports = {name: str(free_port()) for name in ("PORT", "DEMO_PORT", "EMULATOR_PORT")}
     env = {**os.environ, **ports, "DEMO_DELAY_MS": "10", "LOG_FORMAT": "json"}
     if transport == "in-process":
@@ -60,7 +66,7 @@ def test_the_dev_stack_prints_a_curl_that_completes_a_flow(tmp_path: Path, trans
         )
         assert "match_analysis_user_vacancy=succeeded" in printed
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         process.wait(timeout=30)
     # Everything it started has stopped, the emulator included.
     for port in ports.values():

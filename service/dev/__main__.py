@@ -12,6 +12,7 @@ import base64
 import contextlib
 import os
 import secrets
+import signal
 import sys
 
 import uvicorn
@@ -110,7 +111,12 @@ def announce(emulator: Emulator | None, delay: float) -> None:
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so that `finally` stops the emulator on SIGTERM too
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     binary = find_emulator()
     emulator = None
     if binary is None:
