@@ -136,12 +136,16 @@ class Bench:
         try:
             for process in (service, bare):  # warm up
                 await closed_loop(poster(process.url), 10, 0.5)
+            cpu = service.cpu_seconds()
             ours = await closed_loop(poster(service.url), 50, self.sizes.seconds)
+            ours_cpu = (service.cpu_seconds() - cpu) / max(1, len(ours.values)) * 1000
+            cpu = bare.cpu_seconds()
             ceiling = await closed_loop(poster(bare.url), 50, self.sizes.seconds)
+            bare_cpu = (bare.cpu_seconds() - cpu) / max(1, len(ceiling.values)) * 1000
             self.report.add(
                 "front door, max rate (50 connections)",
-                f"{ours.rate:,.0f} req/s (p50 {ours.percentile(50):.1f} ms)",
-                f"bare FastAPI {ceiling.rate:,.0f} req/s",
+                f"{ours.rate:,.0f} req/s, {ours_cpu:.2f} ms CPU/request",
+                f"bare FastAPI {ceiling.rate:,.0f} req/s, {bare_cpu:.2f} ms CPU/request",
                 f"{ours.rate / ceiling.rate:.0%}",
             )
             curve: dict[str, list[float]] = {"rate": [], "p50": [], "p99": [], "bare_p99": []}
