@@ -38,6 +38,7 @@ from service.errors import (
     OrchestratorError,
     RejectedMessage,
     ShuttingDown,
+    StoreUnavailable,
 )
 from service.flow import Flow
 from service.limits import MAX_PUSH_BYTES, read_body
@@ -89,7 +90,7 @@ class PushHandler:
         self._lease_s = lease_s
         self._max_delivery_attempts = max_delivery_attempts
         self._drain_grace_s = drain_grace_s
-        self._owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = asyncio.Event()
 
     def drain(self) -> None:
@@ -153,7 +154,9 @@ class PushHandler:
             status=ExecutionStatus.RUNNING,
             input=flow_input,
         )
-        claim = await self._store.claim(fresh, self._owner, self._lease_s)
+        # Each delivery owns its lease, so two copies in one instance are told apart too.
+        owner = f"{self._instance}-{uuid.uuid4().hex[:12]}"
+        claim = await self._store.claim(fresh, owner, self._lease_s)
         if claim.state == ClaimState.RUNNING:
             raise ExecutionBusy("the execution is running or being delivered by another delivery")
         if claim.state == ClaimState.FINISHED and claim.delivered:
@@ -161,7 +164,7 @@ class PushHandler:
             return ACK
         assert claim.execution is not None
         work = self._run_and_deliver(flow, claim, message.webhook_url, envelope.delivery_attempt)
-        await self._leased(claim.execution.execution_id, work)
+        await self._leased(claim.execution.execution_id, owner, work)
         return ACK
 
     async def _run_and_deliver(
@@ -186,14 +189,14 @@ class PushHandler:
             log.error("result undeliverable; giving up", reason=str(exc))
         await self._store.save(execution, delivered=True)
 
-    async def _leased(self, execution_id: str, work: Coroutine[Any, Any, None]) -> None:
+    async def _leased(self, execution_id: str, owner: str, work: Coroutine[Any, Any, None]) -> None:
         """Do `work` under a renewed lease; when the instance stops, within the grace period.
 
         On any failure the lease is released, so that a redelivery resumes at once.
         """
         task = asyncio.create_task(work)
         lost = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_lease(execution_id, task, lost))
+        keeper = asyncio.create_task(self._keep_lease(execution_id, owner, task, lost))
         stopping = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -210,18 +213,24 @@ class PushHandler:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             if not lost.is_set():
-                await self._store.release(execution_id, self._owner)
+                await self._store.release(execution_id, owner)
             raise
         finally:
             keeper.cancel()
             stopping.cancel()
 
     async def _keep_lease(
-        self, execution_id: str, run: asyncio.Task[Any], lost: asyncio.Event
+        self, execution_id: str, owner: str, run: asyncio.Task[Any], lost: asyncio.Event
     ) -> None:
         while not run.done():
             await asyncio.sleep(self._lease_s / 3)
-            if not await self._store.renew(execution_id, self._owner, self._lease_s):
+            try:
+                renewed = await self._store.renew(execution_id, owner, self._lease_s)
+            except StoreUnavailable as exc:
+                # Two more tries before the lease runs out; the run goes on meanwhile.
+                log.warning("lease not renewed this time", reason=str(exc))
+                continue
+            if not renewed:
                 log.error("lease lost; stopping this run of the execution")
                 lost.set()
                 run.cancel()

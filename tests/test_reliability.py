@@ -16,6 +16,7 @@ import pytest
 
 from service.app import build
 from service.calls import MLCaller
+from service.errors import StoreUnavailable
 from service.messages import Execution, ExecutionStatus, PushEnvelope, StepResult, StepStatus
 from service.push import PushHandler
 from service.retry import RetryPolicy
@@ -234,3 +235,31 @@ async def test_calls_to_one_host_are_limited_in_flight() -> None:
         deadline = asyncio.get_running_loop().time() + 30
         await asyncio.gather(*(caller.call(step, {}, deadline) for _ in range(50)))
     assert peak == 5
+
+
+async def test_a_store_hiccup_while_renewing_does_not_let_another_instance_in(
+    handler: PushHandler, store: MemoryStore, world: World
+) -> None:
+    """One failed renewal is logged and the lease kept: a second instance is still refused."""
+    failures = [StoreUnavailable("execution store: unavailable")]
+    renew = store.renew
+
+    async def flaky_renew(execution_id: str, owner: str, lease_s: float) -> bool:
+        if failures:
+            raise failures.pop()
+        return await renew(execution_id, owner, lease_s)
+
+    store.renew = flaky_renew  # type: ignore[method-assign]
+    handler._lease_s = 0.15  # renewals every 50 ms; the first one fails
+    world.delay_s = 0.1  # three steps deep: ~0.3 s, twice the lease
+    settings = make_settings(webhook_allow_private_networks=True)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
+        other_instance = build(settings, FLOWS, RecordingTransport(), store, http).push
+        execution_id = str(uuid.uuid4())
+        first = asyncio.create_task(handler.handle(envelope(execution_id)))
+        await asyncio.sleep(0.25)  # past the lease, had it not been renewed
+        assert await other_instance.handle(envelope(execution_id)) == 409
+        assert await first == 204
+    assert failures == []
+    assert len(world.webhooks) == 1
+    assert world.calls["/create-user-embeddings"] == 1
