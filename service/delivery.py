@@ -56,17 +56,21 @@ class ResultDelivery:
                 webhook_url, execution.execution_id, execution.model_dump_json()
             )
 
-    async def publish(self, execution: Execution) -> None:
-        """Publish the document to RESULT_TOPIC, if one is set."""
+    async def publish(self, execution: Execution, webhook_undelivered: bool = False) -> None:
+        """Publish the document to RESULT_TOPIC, if one is set.
+
+        `webhook_undelivered` marks the copy published when the webhook is given up.
+        """
         if self._result_topic:
+            attributes = {
+                "execution_id": execution.execution_id,
+                "flow": execution.flow,
+                "status": execution.status.value,
+            }
+            if webhook_undelivered:
+                attributes["webhook"] = "undelivered"
             await self._transport.publish(
-                self._result_topic,
-                execution.model_dump_json().encode(),
-                {
-                    "execution_id": execution.execution_id,
-                    "flow": execution.flow,
-                    "status": execution.status.value,
-                },
+                self._result_topic, execution.model_dump_json().encode(), attributes
             )
 
     async def _send_webhook(self, url: str, message_id: str, body: str) -> None:

@@ -185,8 +185,10 @@ class PushHandler:
         except DeliveryFailed as exc:
             if (delivery_attempt or 0) < self._max_delivery_attempts:
                 raise
-            # Pub/Sub will not push this message again: the result stays stored and published.
-            log.error("result undeliverable; giving up", reason=str(exc))
+            # Pub/Sub will not push this message again: the result stays stored, and the
+            # result topic hears that its webhook was given up.
+            log.error("result undeliverable; giving up the webhook", reason=str(exc))
+            await self._delivery.publish(execution, webhook_undelivered=True)
         await self._store.save(execution, delivered=True)
 
     async def _leased(self, execution_id: str, owner: str, work: Coroutine[Any, Any, None]) -> None:

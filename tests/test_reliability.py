@@ -63,10 +63,17 @@ async def store() -> MemoryStore:
 
 
 @pytest.fixture
-async def handler(world: World, store: MemoryStore) -> AsyncIterator[PushHandler]:
-    settings = make_settings(webhook_allow_private_networks=True)
+async def results() -> RecordingTransport:
+    return RecordingTransport()
+
+
+@pytest.fixture
+async def handler(
+    world: World, store: MemoryStore, results: RecordingTransport
+) -> AsyncIterator[PushHandler]:
+    settings = make_settings(webhook_allow_private_networks=True, result_topic="results")
     async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
-        parts = build(settings, FLOWS, RecordingTransport(), store, http)
+        parts = build(settings, FLOWS, results, store, http)
         parts.push._drain_grace_s = 0.3
         yield parts.push
 
@@ -177,7 +184,7 @@ async def test_work_that_ends_within_the_grace_period_is_acked(
 
 
 async def test_an_undeliverable_webhook_is_given_up_at_the_last_attempt(
-    handler: PushHandler, world: World
+    handler: PushHandler, world: World, results: RecordingTransport
 ) -> None:
     world.webhook_statuses = [503] * 100
     execution_id = str(uuid.uuid4())
@@ -187,6 +194,8 @@ async def test_an_undeliverable_webhook_is_given_up_at_the_last_attempt(
     assert sum(world.calls.values()) == calls  # the flow did not run again
     assert await handler.handle(envelope(execution_id, attempt=6)) == 204
     assert len(world.webhooks) == 8  # 4 attempts per delivery, none after the give-up
+    published = [attributes for _, attributes in results.on("results")]
+    assert [a.get("webhook") for a in published] == [None, None, "undelivered"]
 
 
 async def test_retries_add_at_most_about_a_fifth_to_a_failing_targets_load() -> None:
