@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from service.tokens import TokenProvider
 log = structlog.get_logger(__name__)
 
 ERROR_BODY_CHARS = 300
+# An answer is kept in the execution document: bound what one call may bring in.
+MAX_ANSWER_BYTES = 10 * 1024 * 1024
 DEFAULT_PER_HOST_LIMIT = 100
 
 
@@ -79,15 +82,22 @@ class MLCaller:
             headers = await self._tokens.headers(step.audience)
         except Exception as exc:  # google-auth raises several unrelated types
             return Attempt(error=f"no ID token for {step.audience}: {exc}", retryable=True)
+        url = self._urls.get(step.url) or self._urls.setdefault(step.url, httpx.URL(step.url))
+        request = self._client.build_request(
+            step.method,
+            url,
+            json=body if step.method != "GET" else None,
+            headers=headers,
+            timeout=seconds,
+        )
         try:
-            url = self._urls.get(step.url) or self._urls.setdefault(step.url, httpx.URL(step.url))
-            response = await self._client.request(
-                step.method,
-                url,
-                json=body if step.method != "GET" else None,
-                headers=headers,
-                timeout=seconds,
-            )
+            response = await self._client.send(request, stream=True)
+            try:
+                content = await _read_bounded(response)
+            finally:
+                await response.aclose()
+        except AnswerTooLarge:
+            return Attempt(error=f"answer larger than {MAX_ANSWER_BYTES} bytes")
         except httpx.TimeoutException:
             return Attempt(error=f"timed out after {seconds:.3g} s", retryable=True)
         except httpx.ConnectError as exc:
@@ -95,18 +105,35 @@ class MLCaller:
         except httpx.HTTPError as exc:
             return Attempt(error=f"{type(exc).__name__}: {exc}")
         if response.is_success:
-            return Attempt(value=_output(response))
+            return Attempt(value=_output(content))
+        text = content[:ERROR_BODY_CHARS].decode(errors="replace")
         return Attempt(
-            error=f"HTTP {response.status_code}: {response.text[:ERROR_BODY_CHARS]}",
+            error=f"HTTP {response.status_code}: {text}",
             retryable=response.status_code in step.retry.retry_on,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
 
 
-def _output(response: httpx.Response) -> Any:
-    if not response.content:
+class AnswerTooLarge(Exception):
+    """An ML function answered more than MAX_ANSWER_BYTES."""
+
+
+async def _read_bounded(response: httpx.Response) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        raise AnswerTooLarge
+    content = bytearray()
+    async for chunk in response.aiter_bytes():
+        content += chunk
+        if len(content) > MAX_ANSWER_BYTES:
+            raise AnswerTooLarge
+    return bytes(content)
+
+
+def _output(content: bytes) -> Any:
+    if not content:
         return None
     try:
-        return response.json()
+        return json.loads(content)
     except ValueError:
-        return response.text
+        return content.decode(errors="replace")

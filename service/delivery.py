@@ -110,13 +110,16 @@ class ResultDelivery:
         if self._signer is not None:
             headers["webhook-signature"] = self._signer.sign(message_id, timestamp, body)
         try:
-            response = await self._client.post(
+            # Streamed and never read: only the status matters, whatever the receiver sends.
+            async with self._client.stream(
+                "POST",
                 target.url,
                 content=body,
                 headers=headers,
                 extensions=target.extensions,
                 timeout=WEBHOOK_ATTEMPT_TIMEOUT_S,
-            )
+            ) as response:
+                pass
         except httpx.TimeoutException:
             return Attempt(error="timed out", retryable=True)
         except httpx.TransportError as exc:

@@ -311,3 +311,18 @@ steps:
     await run(flow, functions, {"user_id": "u7"})
     assert functions.bodies["/a"] == [{"user_id": "u7", "tag": "x-u7"}]
     assert functions.bodies["/b"] == [{"from_a": "/a"}]
+
+
+async def test_an_answer_over_the_size_limit_fails_the_step_without_retries(
+    tmp_path: Path,
+) -> None:
+    """What a function answers is kept in the document, so it is bounded (MAX_ANSWER_BYTES)."""
+    from service.calls import MAX_ANSWER_BYTES
+
+    async def huge(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"x" * (MAX_ANSWER_BYTES + 1))
+
+    execution = await run(flow_from(tmp_path, RETRIED), huge)
+    assert execution.steps["a"].status == StepStatus.FAILED
+    assert execution.steps["a"].error == f"answer larger than {MAX_ANSWER_BYTES} bytes"
+    assert execution.steps["a"].attempts == 1
