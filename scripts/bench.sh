@@ -4,12 +4,7 @@
 # writes docs/performance/ (table.md, results.json, performance.png). About 3 minutes.
 # Arguments go to `python -m bench` (--tiny, --delay-ms MS, --out DIR).
 set -euo pipefail
-if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
-    exit 0
-fi
-cd "$(dirname "$0")/.."
 # shellcheck source=SCRIPTDIR/lib/venv.sh
-. scripts/lib/venv.sh
-ensure_venv
+. "$(dirname "$0")/lib/venv.sh"
+enter_project "$0" "${1:-}"
 exec .venv/bin/python -m bench "$@"

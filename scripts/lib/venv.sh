@@ -26,3 +26,18 @@ ensure_venv() {
         touch "$stamp"
     fi
 }
+
+# The start of the scripts that run project code: --help prints the script's header
+# comment; otherwise it moves to the project root and makes sure .venv is ready.
+enter_project() {
+    local script="$1" root
+    case "${2:-}" in
+        -h | --help)
+            sed -n '2,/^[^#]/p' "$script" | sed -e '/^[^#]/d' -e 's/^# \{0,1\}//'
+            exit 0
+            ;;
+    esac
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+    cd "$root" || exit 2
+    ensure_venv
+}
