@@ -23,8 +23,9 @@ MIN_REFETCH_INTERVAL_S = 30.0
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 
 
-class Unauthorized(Exception):
-    """The push request's token is missing or invalid; `status` is 401 or 403."""
+class PushRefused(Exception):
+    """The push request is not let in: 401/403 for its token, 503 when the certificates
+    cannot be fetched (Pub/Sub then pushes again later)."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -51,18 +52,18 @@ class PushAuth:
         self._lock = asyncio.Lock()
 
     async def verify(self, authorization: str | None) -> dict[str, Any]:
-        """The token's claims; Unauthorized unless every check passes."""
+        """The token's claims; PushRefused unless every check passes."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise Unauthorized(401, "missing bearer token")
+            raise PushRefused(401, "missing bearer token")
         claims = await self._decode(token.strip())
         if claims.get("iss") not in GOOGLE_ISSUERS:
-            raise Unauthorized(401, "token not issued by Google")
+            raise PushRefused(401, "token not issued by Google")
         if self._service_account is not None:
             if claims.get("email") != self._service_account:
-                raise Unauthorized(403, "token of another service account")
+                raise PushRefused(403, "token of another service account")
             if claims.get("email_verified") is not True:
-                raise Unauthorized(403, "token email not verified")
+                raise PushRefused(403, "token email not verified")
         return claims
 
     async def _decode(self, token: str) -> dict[str, Any]:
@@ -79,8 +80,8 @@ class PushAuth:
             except ValueError as exc:  # google-auth reports every failure as ValueError
                 if "not found" in str(exc) and not fresh:
                     continue  # an unknown key id: Google may have rotated its keys
-                raise Unauthorized(401, f"invalid token: {_first_line(exc)}") from None
-        raise Unauthorized(401, "invalid token: unknown signing key")
+                raise PushRefused(401, f"invalid token: {_first_line(exc)}") from None
+        raise PushRefused(401, "invalid token: unknown signing key")
 
     async def _certificates(self, refresh: bool) -> dict[str, str]:
         async with self._lock:
@@ -88,9 +89,14 @@ class PushAuth:
             stale = now >= self._expires
             may_refetch = now - self._fetched >= MIN_REFETCH_INTERVAL_S
             if stale or (refresh and may_refetch):
-                response = await self._client.get(self._certs_url, timeout=10)
-                response.raise_for_status()
-                self._certs = response.json()
+                try:
+                    response = await self._client.get(self._certs_url, timeout=10)
+                    response.raise_for_status()
+                    self._certs = response.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    if not self._certs:
+                        raise PushRefused(503, f"cannot fetch {self._certs_url}: {exc}") from None
+                    return self._certs  # keep verifying with the last certificates
                 self._fetched = now
                 max_age = _MAX_AGE.search(response.headers.get("cache-control", ""))
                 self._expires = now + (int(max_age.group(1)) if max_age else 300)

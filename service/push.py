@@ -29,7 +29,7 @@ import structlog
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
-from service.auth import Unauthorized
+from service.auth import PushRefused
 from service.delivery import ResultDelivery
 from service.deps import components_of
 from service.errors import (
@@ -280,7 +280,7 @@ async def push(request: Request) -> Response:
     if parts.push_auth is not None:
         try:
             await parts.push_auth.verify(request.headers.get("authorization"))
-        except Unauthorized as exc:
+        except PushRefused as exc:
             log.warning("push refused", reason=str(exc), status_code=exc.status)
             return Response(status_code=exc.status)
     try:

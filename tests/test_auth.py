@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.auth import PushAuth, Unauthorized
+from service.auth import PushAuth, PushRefused
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import SERVICE_ACCOUNT, Identity, certs_server
@@ -74,7 +74,7 @@ async def test_every_forged_token_is_refused(auth: PushAuth, identity: Identity)
         try:
             await auth.verify(header)
             accepted.append(case)
-        except Unauthorized as exc:
+        except PushRefused as exc:
             assert exc.status == status, case
     print(f"\nforged or unfit push tokens accepted: {len(accepted)}/{len(cases)}")
     assert accepted == []
@@ -97,7 +97,7 @@ async def test_unknown_keys_do_not_make_every_request_fetch_certificates(
     before = certs[1]["certs"]
     stranger = Identity("rotated-key").token(AUDIENCE)
     for _ in range(5):
-        with pytest.raises(Unauthorized):
+        with pytest.raises(PushRefused):
             await auth.verify(f"Bearer {stranger}")
     assert certs[1]["certs"] - before == 0
 
@@ -119,3 +119,12 @@ def test_the_push_endpoint_requires_a_token_when_configured(
         assert transport.published == []
         valid = {"authorization": f"Bearer {identity.token(AUDIENCE)}"}
         assert client.post("/pubsub/push", json=envelope, headers=valid).status_code == 204
+
+
+async def test_unreachable_certificates_are_a_retryable_503() -> None:
+    async with httpx.AsyncClient() as client:
+        auth = PushAuth(client, AUDIENCE, SERVICE_ACCOUNT, certs_url="http://127.0.0.1:9/certs")
+        with pytest.raises(PushRefused) as caught:
+            await auth.verify(f"Bearer {Identity().token(AUDIENCE)}")
+    assert caught.value.status == 503
+    assert "cannot fetch http://127.0.0.1:9/certs" in str(caught.value)
