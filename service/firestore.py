@@ -1,65 +1,135 @@
-"""The execution store shared by every instance: one Firestore document per execution.
+"""The execution store shared by every instance, on Firestore.
 
-A claim is a transaction: it creates the document, or takes over one whose lease
-has expired, or reports it running or finished. Step outcomes are written field by
-field (`document.steps.NAME`), so parallel steps never overwrite each other.
-`expire_at` lets a Firestore TTL policy delete old executions (see infra/).
-FIRESTORE_EMULATOR_HOST points the client at the emulator.
+One head document per execution, always far under Firestore's 1 MiB:
+
+    executions/{id}
+        flow, status, requested_at, started_at,     the summary: what `list` queries
+        finished_at, duration_ms, error             and reads (a projection)
+        input, steps.NAME                           "slots": JSON text of the input and
+                                                    of each step's outcome, inline up to
+                                                    INLINE_BYTES, else a pointer {parts, digest}
+        owner, lease_until, delivered, updated_at, expire_at
+    executions/{id}/parts/{slot}.{digest}.{n}       a larger slot in chunks of PART_BYTES,
+                                                    named by its content, written before
+                                                    the pointer to them (so never torn)
+
+Slots are JSON text, not Firestore maps: a map costs an index entry per leaf (a
+400-item answer passes Firestore's 40,000 per document), nests at most 20 deep, and
+counts against the 1 MiB with every parallel step's answer. Measured by
+bench/storage.py: a 3 MB answer could not be stored before; now it is 4 part
+documents and one pointer, written in one commit.
+
+A claim is a transaction: it creates the head, or replaces a `queued` one, or
+takes over one whose lease has expired, or reports it running or finished. Step
+outcomes are written field by field (`steps.NAME`), so parallel steps never
+overwrite each other. `expire_at` lets a Firestore TTL policy delete old executions
+and their parts (infra/setup.sh). FIRESTORE_EMULATOR_HOST points the client at
+the emulator. Errors: InvalidArgument is StoreRefused (no retry can fix it);
+anything else is StoreUnavailable.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.api_core import exceptions as google_exceptions
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from service.errors import StoreUnavailable
-from service.messages import Execution, StepResult
-from service.store import Claim, ClaimState, claimed
+from service.errors import StoreRefused, StoreUnavailable
+from service.messages import Execution, ExecutionStatus, ExecutionSummary, StepResult
+from service.store import Claim, ClaimState, ExecutionQuery, Page, claimed, page_key, page_token
 
 CLAIM_ATTEMPTS = 10
+# Each slot inline up to this; with at most MAX_FLOW_STEPS (50) steps a head stays < 1 MiB.
+INLINE_BYTES = 16 * 1024
+PART_BYTES = 900_000  # a part document's data, under the 1 MiB document limit
+COMMIT_BYTES = 8_000_000  # parts per commit, under the 10 MiB request limit
+PARTS_TTL_MARGIN = timedelta(hours=1)  # parts outlive the head's last write
+REMEMBERED_PARTS = 1000
+SUMMARY_FIELDS = (
+    "flow",
+    "status",
+    "requested_at",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "error",
+)
+Parts = dict[str, bytes]
 
 
 class FirestoreStore:
     """Executions in a Firestore collection, leased by the instance that runs them."""
 
-    def __init__(self, project: str, collection: str, ttl: timedelta) -> None:
+    def __init__(
+        self, project: str, collection: str, ttl: timedelta, inline_bytes: int = INLINE_BYTES
+    ) -> None:
         self._client = firestore.AsyncClient(project=project)
         self._collection = self._client.collection(collection)
         self._ttl = ttl
+        self._inline_bytes = inline_bytes
+        # Parts this instance wrote: a document saved again does not write them again.
+        self._written: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    async def enqueue(self, execution: Execution) -> None:
+        fields, parts = self._document(execution)
+        await self._write_parts(execution.execution_id, parts)
+        try:
+            await self._call(self._collection.document(execution.execution_id).create(fields))
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, google_exceptions.Conflict):
+                raise  # AlreadyExists (a Conflict) means a copy is stored: keep it
 
     async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
         reference = self._collection.document(execution.execution_id)
+        fresh, parts = self._document(execution)
+        await self._write_parts(execution.execution_id, parts)
 
         @firestore.async_transactional
-        async def claim_in(transaction: Any) -> Claim:
+        async def claim_in(transaction: Any) -> tuple[ClaimState, dict[str, Any] | None]:
             snapshot = await reference.get(transaction=transaction)
             now = datetime.now(UTC)
             lease = {"owner": owner, "lease_until": now + timedelta(seconds=lease_s)}
             if not snapshot.exists:
-                transaction.create(reference, {**self._fields(execution, delivered=False), **lease})
-                return Claim(ClaimState.CLAIMED, execution)
+                transaction.create(reference, {**fresh, **lease})
+                return ClaimState.CLAIMED, None
             data = snapshot.to_dict() or {}
-            stored = Execution.model_validate(data["document"])
+            if data.get("status") == ExecutionStatus.QUEUED:
+                transaction.set(reference, {**fresh, **lease})
+                return ClaimState.CLAIMED, None
             if data.get("delivered"):
-                return Claim(ClaimState.FINISHED, stored, delivered=True)
+                return ClaimState.FINISHED, data
             lease_until = data.get("lease_until")
             if lease_until is not None and lease_until > now:
-                return Claim(ClaimState.RUNNING)
+                return ClaimState.RUNNING, None
             transaction.update(reference, lease)
-            return claimed(stored)
+            return ClaimState.CLAIMED, data
 
         try:
-            claim: Claim = await claim_in(self._client.transaction(max_attempts=CLAIM_ATTEMPTS))
+            transaction = self._client.transaction(max_attempts=CLAIM_ATTEMPTS)
+            state, data = await claim_in(transaction)
         except ValueError:
             # Firestore gave up on the transaction: other deliveries are claiming it now.
             return Claim(ClaimState.RUNNING)
+        except google_exceptions.InvalidArgument as exc:
+            raise StoreRefused(f"execution store: {exc}") from exc
         except google_exceptions.GoogleAPIError as exc:
             raise StoreUnavailable(f"execution store: {exc}") from exc
-        return claim
+        if state == ClaimState.RUNNING:
+            return Claim(state)
+        if data is None:
+            return Claim(ClaimState.CLAIMED, execution)
+        stored = await self._execution(execution.execution_id, data)
+        if state == ClaimState.FINISHED:
+            return Claim(ClaimState.FINISHED, stored, delivered=True)
+        return claimed(stored)
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         reference = self._collection.document(execution_id)
@@ -76,15 +146,20 @@ class FirestoreStore:
         return await self._call(renew_in(self._client.transaction()))  # type: ignore[no-any-return]
 
     async def save_step(self, execution_id: str, name: str, result: StepResult) -> None:
-        path = FieldPath("document", "steps", name).to_api_repr()
-        reference = self._collection.document(execution_id)
-        await self._call(reference.update({path: result.model_dump(mode="json")}))
+        value, parts = self._slot(f"step.{name}", result.model_dump_json())
+        path = FieldPath("steps", name).to_api_repr()
+        fields = {path: value, "updated_at": datetime.now(UTC)}
+        await self._write_parts(execution_id, parts)
+        await self._call(self._collection.document(execution_id).update(fields))
 
     async def save(self, execution: Execution, delivered: bool = False) -> None:
-        fields = self._fields(execution, delivered)
+        fields, parts = self._document(execution)
+        fields["delivered"] = delivered
         if delivered:
             fields |= {"owner": None, "lease_until": None}
-        await self._call(self._collection.document(execution.execution_id).set(fields, merge=True))
+        await self._write_parts(execution.execution_id, parts)
+        reference = self._collection.document(execution.execution_id)
+        await self._call(reference.set(fields, merge=True))
 
     async def release(self, execution_id: str, owner: str) -> None:
         reference = self._collection.document(execution_id)
@@ -101,24 +176,146 @@ class FirestoreStore:
         snapshot = await self._call(self._collection.document(execution_id).get())
         if not snapshot.exists:
             return None
-        return Execution.model_validate(snapshot.get("document"))
+        return await self._execution(execution_id, snapshot.to_dict())
+
+    async def list(self, query: ExecutionQuery) -> Page:
+        found = self._collection.select(SUMMARY_FIELDS)
+        if query.statuses:
+            values = sorted(status.value for status in query.statuses)
+            found = found.where(filter=FieldFilter("status", "in", values))
+        if query.flow is not None:
+            found = found.where(filter=FieldFilter("flow", "==", query.flow))
+        if query.since is not None:
+            found = found.where(filter=FieldFilter("requested_at", ">=", query.since))
+        if query.until is not None:
+            found = found.where(filter=FieldFilter("requested_at", "<", query.until))
+        found = found.order_by("requested_at", direction="DESCENDING").order_by(
+            FieldPath.document_id(), direction="DESCENDING"
+        )
+        if query.page_token:
+            moment, execution_id = page_key(query.page_token)
+            last = self._collection.document(execution_id)
+            found = found.start_after({"requested_at": moment, FieldPath.document_id(): last})
+        snapshots = await self._call(found.limit(query.limit + 1).get())
+        page = [
+            ExecutionSummary.model_validate({"execution_id": s.id, **s.to_dict()})
+            for s in snapshots[: query.limit]
+        ]
+        more = len(snapshots) > query.limit
+        return Page(page, page_token(page[-1]) if more else None)
 
     async def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
 
-    def _fields(self, execution: Execution, delivered: bool) -> dict[str, Any]:
+    def _document(self, execution: Execution) -> tuple[dict[str, Any], Parts]:
+        """The head's fields for the whole execution, and the parts its slots need."""
         now = datetime.now(UTC)
-        return {
-            "document": execution.model_dump(mode="json"),
-            "status": execution.status.value,
-            "delivered": delivered,
+        fields: dict[str, Any] = {
+            **execution.summary().model_dump(exclude={"execution_id"}),
             "updated_at": now,
             "expire_at": now + self._ttl,
         }
+        fields["input"], parts = self._slot("input", _json(execution.input))
+        fields["steps"] = {}
+        for name, result in execution.steps.items():
+            fields["steps"][name], more = self._slot(f"step.{name}", result.model_dump_json())
+            parts |= more
+        return fields, parts
+
+    def _slot(self, name: str, text: str) -> tuple[Any, Parts]:
+        """A slot's value in the head (its text, or a pointer) and the parts to write first."""
+        data = text.encode()
+        if len(data) <= self._inline_bytes:
+            return text, {}
+        digest = hashlib.blake2b(data, digest_size=12).hexdigest()
+        chunks = range(0, len(data), PART_BYTES)
+        parts = {f"{name}.{digest}.{n}": data[at : at + PART_BYTES] for n, at in enumerate(chunks)}
+        return {"parts": len(parts), "digest": digest}, parts
+
+    async def _write_parts(self, execution_id: str, parts: Parts) -> None:
+        todo = {k: data for k, data in parts.items() if (execution_id, k) not in self._written}
+        if not todo:
+            return
+        folder = self._collection.document(execution_id).collection("parts")
+        expire_at = datetime.now(UTC) + self._ttl + PARTS_TTL_MARGIN
+        for batch_keys in _batches(todo):
+            batch = self._client.batch()
+            for key in batch_keys:
+                batch.set(folder.document(key), {"data": todo[key], "expire_at": expire_at})
+            await self._call(batch.commit())
+        for key in todo:
+            self._written[(execution_id, key)] = None
+            if len(self._written) > REMEMBERED_PARTS:
+                self._written.popitem(last=False)
+
+    async def _execution(self, execution_id: str, data: dict[str, Any]) -> Execution:
+        """The execution a head stands for, its spilled slots read back from their parts."""
+        slots: dict[str, Any] = {"input": data["input"]}
+        slots |= {f"step.{name}": value for name, value in data.get("steps", {}).items()}
+        pointers = {name: value for name, value in slots.items() if isinstance(value, dict)}
+        if pointers:
+            folder = self._collection.document(execution_id).collection("parts")
+            keys = [
+                f"{name}.{pointer['digest']}.{n}"
+                for name, pointer in pointers.items()
+                for n in range(pointer["parts"])
+            ]
+            read = await self._call(_read_all(self._client, [folder.document(k) for k in keys]))
+            missing = [key for key in keys if key not in read]
+            if missing:
+                raise StoreUnavailable(f"execution store: part {missing[0]} is missing")
+            for name, pointer in pointers.items():
+                chunks = (read[f"{name}.{pointer['digest']}.{n}"] for n in range(pointer["parts"]))
+                slots[name] = b"".join(chunks).decode()
+        steps = {
+            name.removeprefix("step."): StepResult.model_validate_json(text)
+            for name, text in slots.items()
+            if name.startswith("step.")
+        }
+        summary = {name: data.get(name) for name in SUMMARY_FIELDS}
+        return Execution.model_validate(
+            {
+                **summary,
+                "execution_id": execution_id,
+                "input": _parse(slots["input"]),
+                "steps": steps,
+            }
+        )
 
     @staticmethod
-    async def _call(awaitable: Any) -> Any:
+    async def _call(awaitable: Awaitable[Any]) -> Any:
         try:
             return await awaitable
+        except google_exceptions.InvalidArgument as exc:
+            raise StoreRefused(f"execution store: {exc}") from exc
         except (google_exceptions.GoogleAPIError, ValueError) as exc:  # ValueError: contention
             raise StoreUnavailable(f"execution store: {exc}") from exc
+
+
+async def _read_all(client: Any, references: list[Any]) -> dict[str, bytes]:
+    return {
+        snapshot.id: snapshot.get("data")
+        async for snapshot in client.get_all(references)
+        if snapshot.exists
+    }
+
+
+def _batches(parts: Parts) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for key, data in parts.items():
+        if batch and size + len(data) > COMMIT_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(key)
+        size += len(data)
+    if batch:
+        yield batch
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _parse(text: str) -> Any:
+    return json.loads(text)

@@ -27,6 +27,8 @@ from service.retry import RetryPolicy
 FLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 MAX_FLOW_FILE_BYTES = 256 * 1024
+# Bounds the execution document: each step's outcome takes at most 16 KiB of it inline.
+MAX_FLOW_STEPS = 50
 
 _FIELD_TYPES: dict[str, Any] = {
     "string": str,
@@ -75,7 +77,7 @@ class FlowSpec(BaseModel):
 
     description: str | None = None
     input: dict[str, InputField] = Field(default_factory=dict)
-    steps: dict[str, StepSpec] = Field(min_length=1)
+    steps: dict[str, StepSpec] = Field(min_length=1, max_length=MAX_FLOW_STEPS)
 
 
 @dataclass(frozen=True, slots=True)

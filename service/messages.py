@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 EXECUTION_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+MAX_ERROR_CHARS = 2000
 
 
 # The original guide's test payload (its test_payload.json): the API's example.
@@ -26,6 +28,7 @@ def now() -> datetime:
 
 
 class ExecutionStatus(StrEnum):
+    QUEUED = "queued"  # accepted by the front door, not started yet
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -51,15 +54,53 @@ class StepStatus(StrEnum):
 
 
 class RequestMessage(BaseModel):
-    """Data of the orchestration topic; any producer may publish it directly."""
+    """Data of the orchestration topic; any producer may publish it directly.
+
+    Only `flow` and `input` are required: `execution_id` defaults to the Pub/Sub
+    message id (the same on every redelivery), `requested_at` to its publish time.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    execution_id: str = Field(pattern=EXECUTION_ID)
+    execution_id: str | None = Field(
+        None, pattern=EXECUTION_ID, description="default: the Pub/Sub message id"
+    )
     flow: str = Field(min_length=1, max_length=63)
     input: dict[str, Any]
     webhook_url: str | None = Field(None, max_length=2048)
+    requested_at: AwareDatetime | None = Field(None, description="default: the publish time")
+
+    def resolve(self, message_id: str | None, publish_time: str | None) -> ExecutionRequest:
+        """The request with its defaults: the message's id and publish time."""
+        execution_id = self.execution_id or message_id
+        if execution_id is None:
+            raise ValueError("execution_id: required when the message has no messageId")
+        return ExecutionRequest(
+            execution_id=execution_id,
+            flow=self.flow,
+            input=self.input,
+            webhook_url=self.webhook_url,
+            requested_at=self.requested_at or _timestamp(publish_time),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRequest:
+    """A request message with its defaults filled in: what the push handler runs."""
+
+    execution_id: str
+    flow: str
+    input: dict[str, Any]
+    webhook_url: str | None
     requested_at: datetime
+
+
+def _timestamp(text: str | None) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text) if text else now()
+    except ValueError:
+        return now()
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class StepResult(BaseModel):
@@ -72,24 +113,44 @@ class StepResult(BaseModel):
     error: str | None = None
 
 
-class Execution(BaseModel):
-    """The execution document: webhook body, result-topic data, status endpoint."""
+class ExecutionSummary(BaseModel):
+    """An execution without its input and steps: what listings show."""
 
     execution_id: str
     flow: str
     status: ExecutionStatus
-    input: dict[str, Any]
-    steps: dict[str, StepResult] = Field(default_factory=dict)
-    started_at: datetime = Field(default_factory=now)
+    requested_at: datetime = Field(default_factory=now)
+    started_at: datetime | None = Field(default_factory=now)
     finished_at: datetime | None = None
     duration_ms: int | None = None
     error: str | None = None
 
+
+class Execution(ExecutionSummary):
+    """The execution document: webhook body, result-topic data, status endpoint."""
+
+    input: dict[str, Any]
+    steps: dict[str, StepResult] = Field(default_factory=dict)
+
     def finish(self, status: ExecutionStatus, error: str | None = None) -> None:
         self.status = status
-        self.error = error
+        # Bounded: an error ends up in store documents, logs and message attributes' neighbours.
+        self.error = error if error is None else error[:MAX_ERROR_CHARS]
         self.finished_at = now()
-        self.duration_ms = round((self.finished_at - self.started_at).total_seconds() * 1000)
+        if self.started_at is not None:
+            self.duration_ms = round((self.finished_at - self.started_at).total_seconds() * 1000)
+
+    def fail_running(self, error: str) -> None:
+        """Mark the steps still running as failed with `error` (the execution is ending)."""
+        for result in self.steps.values():
+            if result.status == StepStatus.RUNNING:
+                result.status = StepStatus.FAILED
+                result.error = error
+
+    def summary(self) -> ExecutionSummary:
+        return ExecutionSummary.model_validate(
+            {name: getattr(self, name) for name in ExecutionSummary.model_fields}
+        )
 
 
 class PushMessage(BaseModel):

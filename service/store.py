@@ -7,6 +7,11 @@ execution runs, so a crashed instance's execution is claimed again by the
 next delivery within about one lease. Each step's outcome is stored as it
 completes (`save_step`), so a resumed execution does not call it again.
 
+The front door records each accepted execution as `queued` (`enqueue`), which
+never overwrites a copy that already started; the first claim replaces it.
+`list` answers summaries newest first (by `requested_at`, then id) a page at a
+time; a page token is the last key of its page, so inserts never shift pages.
+
 `MemoryStore` serves one instance; `FirestoreStore` (service/firestore.py)
 shares executions across instances.
 """
@@ -14,13 +19,23 @@ shares executions across instances.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from service.messages import TERMINAL, Execution, StepResult
+from service.messages import (
+    TERMINAL,
+    Execution,
+    ExecutionStatus,
+    ExecutionSummary,
+    StepResult,
+)
 
 DEFAULT_CAPACITY = 10_000
 
@@ -45,8 +60,62 @@ def claimed(execution: Execution) -> Claim:
     return Claim(ClaimState.CLAIMED, execution)
 
 
+@dataclass(frozen=True, slots=True)
+class ExecutionQuery:
+    """Which executions to list: every filter is optional."""
+
+    statuses: Collection[ExecutionStatus] = ()
+    flow: str | None = None
+    since: datetime | None = None  # requested at or after
+    until: datetime | None = None  # requested before
+    limit: int = 100
+    page_token: str | None = None
+
+    def matches(self, execution: ExecutionSummary) -> bool:
+        return (
+            (not self.statuses or execution.status in self.statuses)
+            and (self.flow is None or execution.flow == self.flow)
+            and (self.since is None or execution.requested_at >= self.since)
+            and (self.until is None or execution.requested_at < self.until)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    executions: list[ExecutionSummary]
+    next_page_token: str | None
+
+
+class PageTokenInvalid(ValueError):
+    """A page token that no listing gave out."""
+
+
+def page_token(execution: ExecutionSummary) -> str:
+    """The cursor after `execution`: its sort key, opaque to clients."""
+    key = f"{execution.requested_at.isoformat()}|{execution.execution_id}"
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def page_key(token: str) -> tuple[datetime, str]:
+    """The sort key a page token stands for; PageTokenInvalid if it is not one of ours."""
+    try:
+        key = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        moment, execution_id = key.split("|", 1)
+        return datetime.fromisoformat(moment), execution_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise PageTokenInvalid("not a page token of this listing") from None
+
+
+def sort_key(execution: ExecutionSummary) -> tuple[datetime, str]:
+    """Listings are newest first by this key."""
+    return execution.requested_at, execution.execution_id
+
+
 class ExecutionStore(Protocol):
     """Execution documents by id, with leases so one delivery runs each execution."""
+
+    async def enqueue(self, execution: Execution) -> None:
+        """Record an accepted execution as queued, unless a copy of it is already stored."""
 
     async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
         """Take the lease on `execution` unless another holds it or its result was delivered."""
@@ -64,6 +133,9 @@ class ExecutionStore(Protocol):
         """End `owner`'s lease early, keeping stored steps, so a redelivery resumes at once."""
 
     async def get(self, execution_id: str) -> Execution | None: ...
+
+    async def list(self, query: ExecutionQuery) -> Page:
+        """Summaries matching `query`, newest first; PageTokenInvalid for a bad token."""
 
     async def close(self) -> None: ...
 
@@ -89,6 +161,11 @@ class MemoryStore:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = asyncio.Lock()
 
+    async def enqueue(self, execution: Execution) -> None:
+        async with self._lock:
+            if execution.execution_id not in self._entries:
+                self._put(execution.execution_id, _Entry(execution))
+
     async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
         now = time.monotonic()
         async with self._lock:
@@ -96,6 +173,8 @@ class MemoryStore:
             if entry is None:
                 entry = _Entry(execution)
                 self._put(execution.execution_id, entry)
+            elif entry.execution.status == ExecutionStatus.QUEUED:
+                entry.execution = execution
             elif entry.delivered:
                 return Claim(ClaimState.FINISHED, entry.execution, True)
             elif entry.lease_until > now:
@@ -136,14 +215,29 @@ class MemoryStore:
         entry = self._entries.get(execution_id)
         return entry.execution.model_copy(deep=True) if entry else None
 
+    async def list(self, query: ExecutionQuery) -> Page:
+        after = page_key(query.page_token) if query.page_token else None
+        found = [
+            entry.execution
+            for entry in self._entries.values()
+            if query.matches(entry.execution)
+            and (after is None or sort_key(entry.execution) < after)
+        ]
+        found.sort(key=sort_key, reverse=True)
+        page = [execution.summary() for execution in found[: query.limit]]
+        more = len(found) > query.limit
+        return Page(page, page_token(page[-1]) if more else None)
+
     async def close(self) -> None:
         return None
 
     def _put(self, execution_id: str, entry: _Entry) -> None:
         self._entries[execution_id] = entry
         self._entries.move_to_end(execution_id)
-        while len(self._entries) > self._capacity:
-            oldest_id, oldest = next(iter(self._entries.items()))
-            if oldest.execution.status not in TERMINAL:
-                break  # never forget an unfinished execution
-            del self._entries[oldest_id]
+        if len(self._entries) <= self._capacity:
+            return
+        # Forget the oldest ended execution; never an unfinished one.
+        for oldest_id, oldest in self._entries.items():
+            if oldest.execution.status in TERMINAL:
+                del self._entries[oldest_id]
+                return

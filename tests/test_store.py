@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from service.errors import StoreRefused
 from service.messages import Execution, ExecutionStatus, StepResult, StepStatus
-from service.store import ClaimState, ExecutionStore, MemoryStore
+from service.store import (
+    ClaimState,
+    ExecutionQuery,
+    ExecutionStore,
+    MemoryStore,
+    PageTokenInvalid,
+    sort_key,
+)
 
 LEASE_S = 30.0
 
@@ -121,4 +131,188 @@ async def test_firestore_documents_carry_a_ttl_field(firestore_emulator: object)
     snapshot = await store._collection.document(execution.execution_id).get()
     expire_at = snapshot.get("expire_at")
     assert timedelta(days=6) < expire_at - datetime.now(UTC) <= timedelta(days=7)
+    await store.close()
+
+
+def step_with(output: object) -> StepResult:
+    return StepResult(status=StepStatus.SUCCEEDED, attempts=1, duration_ms=5, output=output)
+
+
+async def test_outputs_of_any_allowed_size_are_stored_and_resumed_whole(
+    store: ExecutionStore,
+) -> None:
+    """A 3 MB answer, a 400-item answer and a 1 MB input come back byte for byte."""
+    execution = Execution(
+        execution_id=str(uuid.uuid4()),
+        flow="f",
+        status=ExecutionStatus.RUNNING,
+        input={"user_id": "u", "notes": "é" * 500_000},  # 1 MB of UTF-8
+    )
+    large = step_with({"blob": "x" * 3_000_000})
+    wide = step_with([{"vacancy_id": f"v{n}", "analysis": "y" * 4000} for n in range(400)])
+    small = step_with({"ok": True})
+    await store.claim(execution, "crashed", lease_s=0.5)
+    await asyncio.gather(
+        store.save_step(execution.execution_id, "large", large),
+        store.save_step(execution.execution_id, "wide", wide),
+        store.save_step(execution.execution_id, "small", small),
+    )
+    await asyncio.sleep(0.7)
+    resumed = await store.claim(execution, "next", LEASE_S)
+    assert resumed.state == ClaimState.CLAIMED and resumed.execution is not None
+    assert resumed.execution.input == execution.input
+    assert resumed.execution.steps == {"large": large, "wide": wide, "small": small}
+    execution.steps = resumed.execution.steps
+    execution.finish(ExecutionStatus.SUCCEEDED)
+    await store.save(execution, delivered=True)
+    assert await store.get(execution.execution_id) == execution
+
+
+async def test_a_queued_execution_is_readable_and_replaced_by_its_first_claim(
+    store: ExecutionStore,
+) -> None:
+    execution = new_execution()
+    queued = execution.model_copy(update={"status": ExecutionStatus.QUEUED, "started_at": None})
+    await store.enqueue(queued)
+    assert await store.get(execution.execution_id) == queued
+    claim = await store.claim(execution, "a", LEASE_S)
+    assert claim.state == ClaimState.CLAIMED
+    assert claim.execution is not None and claim.execution.status == ExecutionStatus.RUNNING
+    assert (await store.claim(execution, "b", LEASE_S)).state == ClaimState.RUNNING
+
+
+async def test_a_late_queued_record_never_overwrites_a_started_copy(store: ExecutionStore) -> None:
+    execution = new_execution()
+    await store.claim(execution, "a", LEASE_S)
+    await store.enqueue(execution.model_copy(update={"status": ExecutionStatus.QUEUED}))
+    stored = await store.get(execution.execution_id)
+    assert stored is not None and stored.status == ExecutionStatus.RUNNING
+    assert (await store.claim(execution, "b", LEASE_S)).state == ClaimState.RUNNING
+
+
+async def listed(store: ExecutionStore, query: ExecutionQuery) -> list[str]:
+    """Every id the listing gives, page after page."""
+    ids: list[str] = []
+    token = None
+    while True:
+        page = await store.list(replace(query, page_token=token))
+        assert len(page.executions) <= query.limit
+        ids += [summary.execution_id for summary in page.executions]
+        token = page.next_page_token
+        if token is None:
+            return ids
+
+
+async def test_listing_filters_by_status_flow_and_time_newest_first(
+    store: ExecutionStore,
+) -> None:
+    flow = f"flow-{uuid.uuid4().hex[:6]}"
+    start = datetime(2026, 11, 26, 10, tzinfo=UTC)
+    made = []
+    for n in range(12):
+        execution = Execution(
+            execution_id=f"{flow}-{n:02}",
+            flow=flow if n % 4 else "other",
+            status=[ExecutionStatus.FAILED, ExecutionStatus.SUCCEEDED, ExecutionStatus.PARTIAL][
+                n % 3
+            ],
+            input={"n": n},
+            requested_at=start + timedelta(minutes=n),
+        )
+        execution.steps["s"] = step_with({"big": "z" * 100})
+        made.append(execution)
+    await asyncio.gather(*(store.save(execution, delivered=True) for execution in made))
+
+    page = await store.list(ExecutionQuery(flow=flow, limit=3))
+    assert [s.execution_id for s in page.executions] == [f"{flow}-11", f"{flow}-10", f"{flow}-09"]
+    assert page.executions[0].model_dump() == made[11].summary().model_dump()
+    failed_or_partial = await listed(
+        store,
+        ExecutionQuery(
+            statuses={ExecutionStatus.FAILED, ExecutionStatus.PARTIAL},
+            flow=flow,
+            since=start + timedelta(minutes=2),
+            until=start + timedelta(minutes=11),
+            limit=2,
+        ),
+    )
+    expected = [
+        e.execution_id
+        for e in reversed(made)
+        if e.flow == flow
+        and e.status != ExecutionStatus.SUCCEEDED
+        and start + timedelta(minutes=2) <= e.requested_at < start + timedelta(minutes=11)
+    ]
+    assert failed_or_partial == expected == [f"{flow}-{n:02}" for n in (9, 6, 5, 3, 2)]
+
+
+async def test_pages_neither_overlap_nor_skip_under_concurrent_inserts(
+    store: ExecutionStore,
+) -> None:
+    flow = f"flow-{uuid.uuid4().hex[:6]}"
+    start = datetime(2026, 11, 26, 10, tzinfo=UTC)
+
+    def made(n: int) -> Execution:
+        return Execution(
+            execution_id=f"{flow}-{n:03}",
+            flow=flow,
+            status=ExecutionStatus.FAILED,
+            input={},
+            # Pairs share a time: the id breaks the tie.
+            requested_at=start + timedelta(seconds=n // 2),
+        )
+
+    before = [made(n) for n in range(30)]
+    await asyncio.gather(*(store.save(e, delivered=True) for e in before))
+    ids: list[str] = []
+    token = None
+    n = 30
+    while True:
+        page = await store.list(ExecutionQuery(flow=flow, limit=4, page_token=token))
+        ids += [summary.execution_id for summary in page.executions]
+        # Newer executions arrive between pages: they belong before the first page.
+        await asyncio.gather(*(store.save(made(n + k), delivered=True) for k in range(3)))
+        n += 3
+        token = page.next_page_token
+        if token is None:
+            break
+    assert len(ids) == len(set(ids))
+    assert ids == [e.execution_id for e in sorted(before, key=sort_key, reverse=True)]
+
+
+async def test_a_forged_page_token_is_refused(store: ExecutionStore) -> None:
+    with pytest.raises(PageTokenInvalid):
+        await store.list(ExecutionQuery(page_token="not-a-token"))
+
+
+@pytest.mark.emulator
+async def test_a_write_firestore_refuses_fails_with_store_refused(
+    firestore_emulator: object,
+) -> None:
+    """Real refusal from the emulator: the 1 MiB document limit, with nothing spilled."""
+    from service.firestore import FirestoreStore
+
+    store = FirestoreStore(
+        f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7), inline_bytes=10**8
+    )
+    execution = new_execution()
+    await store.claim(execution, "a", LEASE_S)
+    with pytest.raises(StoreRefused, match="execution store"):
+        await store.save_step(execution.execution_id, "big", step_with("x" * 1_100_000))
+    await store.close()
+
+
+@pytest.mark.emulator
+async def test_firestore_heads_stay_small_whatever_the_outputs(firestore_emulator: object) -> None:
+    from service.firestore import FirestoreStore
+
+    store = FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
+    execution = new_execution()
+    await store.claim(execution, "a", LEASE_S)
+    for n in range(10):
+        await store.save_step(execution.execution_id, f"s{n}", step_with("x" * 900_000))
+    snapshot = await store._collection.document(execution.execution_id).get()
+    head = len(json.dumps(snapshot.to_dict(), default=str))
+    print(f"\nhead document with 10 outputs of 900 KB: {head} bytes")
+    assert head < 16_384
     await store.close()

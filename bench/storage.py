@@ -1,0 +1,206 @@
+"""`python -m bench.storage`: what one execution costs the Firestore store, on the real emulator.
+
+Runs executions of the default flow (with 3 vacancies, and with 400 whose analyses
+are 4 KB each) and of a one-step flow whose answer is --large-mb, through the push
+handler with EXECUTION_STORE=firestore, counting
+every Firestore RPC the store makes: documents written and the bytes of those
+commits, documents read. Prints one line per case:
+
+    case                    writes/exec  commit KB/exec  reads/exec  ms/exec  outcome
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from google.cloud.firestore_v1 import types
+
+from service.app import build, make_http_client
+from service.dev.demo import FUNCTIONS
+from service.dev.emulator import Emulator, find_firestore_emulator, free_port
+from service.firestore import FirestoreStore
+from service.flow import load_flows
+from service.logs import configure_logging
+from service.messages import SEED_PAYLOAD, PushEnvelope, PushMessage
+from service.settings import Settings
+from service.transport import InProcessTransport
+
+ROOT = Path(__file__).resolve().parent.parent
+FULL = {**SEED_PAYLOAD, "create_user_embedding": True}
+WIDE = {**FULL, "user_id": "wide"}  # match_candidato answers 400 vacancies, 4 KB analyses
+LARGE_FLOW = """
+steps:
+  large:
+    call: ${env.LARGE_URL}
+    body: {n: "${input.n}"}
+"""
+
+
+@dataclass
+class Counts:
+    """Firestore RPCs seen through the client: documents written and read, commit bytes."""
+
+    rpcs: Counter[str]
+
+    def wrap(self, api: Any) -> None:
+        def counted(name: str, measure: Callable[[Any], tuple[int, int]]) -> None:
+            original = getattr(api, name)
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                documents, size = measure(kwargs.get("request"))
+                self.rpcs[f"{name}_docs"] += documents
+                self.rpcs[f"{name}_bytes"] += size
+                return await original(*args, **kwargs)
+
+            setattr(api, name, call)
+
+        def commit(request: Any) -> tuple[int, int]:
+            commit = types.CommitRequest(request)
+            return len(commit.writes), types.CommitRequest.pb(commit).ByteSize()
+
+        def batch_get(request: Any) -> tuple[int, int]:
+            return len(types.BatchGetDocumentsRequest(request).documents), 0
+
+        def query(request: Any) -> tuple[int, int]:
+            return 1, 0
+
+        counted("commit", commit)
+        counted("batch_get_documents", batch_get)
+        counted("run_query", query)
+
+
+async def stand_ins(large_bytes: int) -> tuple[web.AppRunner, str]:
+    big = json.dumps({"blob": "x" * large_bytes}).encode()
+    analysis = json.dumps({"fit": 0.8, "analysis": "y" * 4000}).encode()
+
+    def vacancies(count: int) -> bytes:
+        return json.dumps({"vacancies": [{"vacancy_id": f"v{n}"} for n in range(count)]}).encode()
+
+    async def function(request: web.Request) -> web.Response:
+        body = await request.json()
+        wide = body.get("user_id") == "wide"
+        if request.path == "/large":
+            answer = big
+        elif request.path == "/match-candidato":
+            answer = vacancies(400 if wide else 3)
+        elif request.path == "/match-analysis-user-vacancy" and wide:
+            answer = analysis
+        else:
+            answer = b'{"ok": true}'
+        return web.Response(body=answer, content_type="application/json")
+
+    app = web.Application(client_max_size=2**20)
+    app.router.add_post("/{name}", function)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def envelope(flow: str, flow_input: dict[str, Any]) -> PushEnvelope:
+    message = {
+        "execution_id": str(uuid.uuid4()),
+        "flow": flow,
+        "input": flow_input,
+        "webhook_url": None,
+        "requested_at": "2026-11-26T10:00:00Z",
+    }
+    data = base64.b64encode(json.dumps(message).encode()).decode()
+    return PushEnvelope(message=PushMessage(data=data, message_id=str(uuid.uuid4())))
+
+
+async def run_case(
+    name: str,
+    handle: Callable[[PushEnvelope], Awaitable[int]],
+    counts: Counts,
+    flow: str,
+    flow_input: dict[str, Any],
+    runs: int,
+) -> None:
+    counts.rpcs.clear()
+    statuses: Counter[str] = Counter()
+    started = time.perf_counter()
+    for _ in range(runs):
+        try:
+            statuses[str(await handle(envelope(flow, flow_input)))] += 1
+        except Exception as exc:  # what the push endpoint would have answered with a 500
+            statuses[f"raised {type(exc).__name__}"] += 1
+    ms = (time.perf_counter() - started) * 1000 / runs
+    per = {key: value / runs for key, value in counts.rpcs.items()}
+    print(
+        f"{name:<26}{per.get('commit_docs', 0):>12.1f}{per.get('commit_bytes', 0) / 1024:>16.1f}"
+        f"{per.get('batch_get_documents_docs', 0) + per.get('run_query_docs', 0):>12.1f}"
+        f"{ms:>9.1f}  push answers {dict(statuses)}"
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    runner, base = await stand_ins(int(args.large_mb * 1_000_000))
+    project = f"bench-{uuid.uuid4().hex[:8]}"
+    flows_dir = Path(tempfile.mkdtemp())
+    (flows_dir / "ml-orchestration.yaml").write_text(
+        (ROOT / "flows" / "ml-orchestration.yaml").read_text()
+    )
+    (flows_dir / "large.yaml").write_text(LARGE_FLOW)
+    env = {name: base + path for name, path in FUNCTIONS.items()} | {"LARGE_URL": f"{base}/large"}
+    flows = load_flows(flows_dir, env)
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        google_cloud_project=project,
+        ml_auth="none",
+        execution_store="firestore",
+        log_format="console",
+    )
+    store = FirestoreStore(project, "executions", timedelta(days=7))
+    counts = Counts(Counter())
+    counts.wrap(store._client._firestore_api)
+    configure_logging("console", level=logging.WARNING)
+    async with make_http_client() as http:
+        parts = build(settings, flows, InProcessTransport(), store, http)
+        header = ("case", "writes/exec", "commit KB/exec", "reads/exec", "ms/exec")
+        print("{:<26}{:>12}{:>16}{:>12}{:>9}".format(*header))
+        cases = [
+            ("default flow (seed)", "ml-orchestration", FULL, args.runs),
+            ("default flow, 400 vacancies", "ml-orchestration", WIDE, 2),
+            (f"one {args.large_mb:g} MB output", "large", {"n": 1}, 3),
+        ]
+        for name, flow, flow_input, runs in cases:
+            await run_case(name, parts.push.handle, counts, flow, flow_input, runs)
+    await store.close()
+    await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--large-mb", type=float, default=3.0)
+    args = parser.parse_args()
+    jar = find_firestore_emulator()
+    if jar is None:
+        raise SystemExit("the Firestore emulator is not installed (see README, Prerequisites)")
+    emulator = Emulator.start_firestore(jar, log=Path(tempfile.mkdtemp()) / "firestore.log")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+    try:
+        asyncio.run(main_async(args))
+    finally:
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    main()
