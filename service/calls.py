@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,7 @@ import httpx
 import structlog
 
 from service.flow import Step
+from service.limits import JSONRefused, parse_json
 from service.retry import Attempt, RetryBudget, parse_retry_after, with_retries
 from service.tokens import TokenProvider
 
@@ -131,9 +131,10 @@ async def _read_bounded(response: httpx.Response) -> bytes:
 
 
 def _output(content: bytes) -> Any:
+    """The answer's JSON; an answer that is not strict JSON is kept as its text."""
     if not content:
         return None
     try:
-        return json.loads(content)
-    except ValueError:
+        return parse_json(content)
+    except JSONRefused:
         return content.decode(errors="replace")

@@ -159,3 +159,41 @@ def test_health_ready_and_docs(client: httpx.Client, transport: RecordingTranspo
 
 def test_an_unknown_execution_is_404(client: httpx.Client) -> None:
     assert_problem(client.get("/executions/does-not-exist"), 404, "does-not-exist")
+
+
+CHOKING = {
+    "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "NaN": b'{"user_id": NaN, "session_id": "s"}',
+    "1e999": b'{"user_id": "u", "session_id": "s", "x": 1e999}',
+    "5,000 digits": b'{"user_id": "u", "session_id": "s", "x": ' + b"7" * 5000 + b"}",
+    "lone surrogate": b'{"user_id": "\\ud800", "session_id": "s"}',
+}
+
+
+@pytest.mark.parametrize("body", CHOKING.values(), ids=CHOKING.keys())
+def test_a_body_a_parser_chokes_on_is_a_400_naming_the_reason(
+    client: httpx.Client, transport: RecordingTransport, body: bytes
+) -> None:
+    response = client.post(
+        "/orchestrate", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == MEDIA_TYPE
+    [error] = response.json()["errors"]
+    assert error["field"] == "(body)" and error["reason"]
+    assert transport.published == []
+
+
+def test_an_accepted_execution_reads_as_queued_until_a_delivery_claims_it(
+    client: httpx.Client, transport: RecordingTransport
+) -> None:
+    """The message is never pushed here (a recording transport): it stays queued, not 404."""
+    accepted = client.post("/orchestrate", json=SEED).json()
+    status = client.get(accepted["status_url"])
+    assert status.status_code == 200
+    document = status.json()
+    assert document["status"] == "queued"
+    assert document["input"] == SEED
+    assert document["started_at"] is None and document["steps"] == {}
+    [(message, _)] = transport.on(TOPIC)
+    assert document["requested_at"] == message["requested_at"]
