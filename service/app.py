@@ -157,7 +157,13 @@ def build(
             MLCaller(http, tokens, settings.ml_max_concurrency_per_host), settings.flow_timeout_s
         ),
         delivery=ResultDelivery(
-            http, transport, targets, settings.webhook_secret, settings.result_topic
+            http,
+            transport,
+            targets,
+            settings.webhook_secret,
+            settings.result_topic,
+            settings.webhook_max_bytes,
+            settings.service_url,
         ),
         default_webhook_url=settings.default_webhook_url,
         lease_s=settings.execution_lease_s,

@@ -1,8 +1,14 @@
-"""Delivering an execution's result: a signed webhook (Standard Webhooks) and the result topic."""
+"""Delivering an execution's result: a signed webhook (Standard Webhooks) and the result topic.
+
+A document bigger than its channel (Pub/Sub's 10 MB, WEBHOOK_MAX_BYTES) goes out
+without step outputs, with `"outputs": "omitted"` and its `status_url` (and the
+same as attributes on the topic): the whole document stays readable there.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import structlog
@@ -12,7 +18,7 @@ from service.errors import DeliveryFailed, WebhookTargetRefused
 from service.messages import Execution, now
 from service.retry import Attempt, RetryPolicy, parse_retry_after, with_retries
 from service.targets import Target, WebhookTargets
-from service.transport import Transport
+from service.transport import MAX_MESSAGE_BYTES, Transport
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +31,9 @@ WEBHOOK_RETRY = RetryPolicy(
 WEBHOOK_ATTEMPT_TIMEOUT_S = 10.0
 WEBHOOK_BUDGET_S = 45.0
 GONE = 410
+DEFAULT_WEBHOOK_MAX_BYTES = 10_000_000
+# Room for the attributes and the request around a result's data in one publish.
+RESULT_MAX_BYTES = MAX_MESSAGE_BYTES - 16_384
 
 
 class ResultDelivery:
@@ -37,12 +46,16 @@ class ResultDelivery:
         targets: WebhookTargets,
         secret: str | None,
         result_topic: str | None,
+        webhook_max_bytes: int = DEFAULT_WEBHOOK_MAX_BYTES,
+        public_url: str | None = None,
     ) -> None:
         self._client = client
         self._transport = transport
         self._targets = targets
         self._signer = Webhook(secret) if secret else None
         self._result_topic = result_topic
+        self._webhook_max_bytes = webhook_max_bytes
+        self._public_url = (public_url or "").rstrip("/")
 
     async def deliver(self, execution: Execution, webhook_url: str | None) -> None:
         """Deliver everywhere the result is wanted; DeliveryFailed if a retry may still help.
@@ -50,28 +63,49 @@ class ResultDelivery:
         The topic comes first, so that a webhook that never answers cannot keep the
         result from it; a redelivery publishes again (consumers dedupe by execution_id).
         """
-        await self.publish(execution)
+        body = execution.model_dump_json().encode()
+        await self.publish(execution, body=body)
         if webhook_url:
-            await self._send_webhook(
-                webhook_url, execution.execution_id, execution.model_dump_json()
-            )
+            webhook_body, _ = self._fitted(execution, body, self._webhook_max_bytes)
+            await self._send_webhook(webhook_url, execution.execution_id, webhook_body.decode())
 
-    async def publish(self, execution: Execution, webhook_undelivered: bool = False) -> None:
-        """Publish the document to RESULT_TOPIC, if one is set.
+    async def publish(
+        self, execution: Execution, webhook_undelivered: bool = False, body: bytes | None = None
+    ) -> None:
+        """Publish the document (`body`, if already serialized) to RESULT_TOPIC, if one is set.
 
         `webhook_undelivered` marks the copy published when the webhook is given up.
         """
-        if self._result_topic:
-            attributes = {
-                "execution_id": execution.execution_id,
-                "flow": execution.flow,
-                "status": execution.status.value,
-            }
-            if webhook_undelivered:
-                attributes["webhook"] = "undelivered"
-            await self._transport.publish(
-                self._result_topic, execution.model_dump_json().encode(), attributes
-            )
+        if not self._result_topic:
+            return
+        data, omitted = self._fitted(
+            execution, body or execution.model_dump_json().encode(), RESULT_MAX_BYTES
+        )
+        attributes = {
+            "execution_id": execution.execution_id,
+            "flow": execution.flow,
+            "status": execution.status.value,
+        }
+        if webhook_undelivered:
+            attributes["webhook"] = "undelivered"
+        if omitted:
+            attributes |= {"outputs": "omitted", "status_url": self._status_url(execution)}
+        await self._transport.publish(self._result_topic, data, attributes)
+
+    def _fitted(self, execution: Execution, body: bytes, limit: int) -> tuple[bytes, bool]:
+        """`body`, or the document without step outputs when `body` is over `limit` bytes."""
+        if len(body) <= limit:
+            return body, False
+        log.warning("result too big for its channel; outputs omitted", size=len(body), limit=limit)
+        document = execution.model_dump(mode="json")
+        for step in document["steps"].values():
+            step["output"] = None
+        document |= {"outputs": "omitted", "status_url": self._status_url(execution)}
+        return json.dumps(document, separators=(",", ":")).encode(), True
+
+    def _status_url(self, execution: Execution) -> str:
+        """Where the whole document is read: absolute when the service knows its URL."""
+        return f"{self._public_url}/executions/{execution.execution_id}"
 
     async def _send_webhook(self, url: str, message_id: str, body: str) -> None:
         try:

@@ -9,12 +9,16 @@
     ├── ExecutionBusy                 yes: the execution is running elsewhere now
     ├── BrokerUnavailable             yes: the broker cannot take or give a message
     ├── StoreUnavailable              yes: the execution store cannot be read or written
+    ├── StoreRefused                  no: the store refused a write no retry can fix
     ├── DeliveryFailed                yes: the result could not be delivered yet
     └── ShuttingDown                  yes: the instance stops before the execution ends
 
 The push handler maps them to an answer in one place: a retryable error is a
 nack (Pub/Sub redelivers), anything else is acked. Failures of ML calls are not
 errors of this tree: they are step outcomes recorded in the execution document.
+A refused store write fails the step or the execution, whose result is still
+delivered; an error outside this tree nacks, and ends the execution `failed` at
+the subscription's last delivery attempt.
 """
 
 from __future__ import annotations
@@ -75,6 +79,10 @@ class StoreUnavailable(OrchestratorError):
     """Reading or writing the execution store failed."""
 
     retryable = True
+
+
+class StoreRefused(OrchestratorError):
+    """The store refused a write for good (invalid, too large): retrying cannot help."""
 
 
 class DeliveryFailed(OrchestratorError):

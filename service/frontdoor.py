@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import uuid
+from datetime import datetime
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from service.deps import ComponentsDep, components_of
-from service.errors import BrokerUnavailable, WebhookTargetRefused
-from service.limits import MAX_REQUEST_BYTES, read_body
+from service.errors import BrokerUnavailable, OrchestratorError, WebhookTargetRefused
+from service.limits import MAX_REQUEST_BYTES, JSONRefused, parse_json, read_body
 from service.messages import (
     Accepted,
     Execution,
+    ExecutionStatus,
     OrchestrateRequest,
     RequestMessage,
     field_errors,
     now,
 )
 from service.problems import MEDIA_TYPE, Problem, invalid
+from service.store import ExecutionStore
 
+log = structlog.get_logger(__name__)
 router = APIRouter()
 
 # Idempotency keys map to execution ids in their own namespace: uuid5(namespace, flow + key).
@@ -54,7 +58,11 @@ _PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
         ],
     },
     responses={
-        400: {"description": "body is not JSON", **_PROBLEM},
+        400: {
+            "description": "body is not strict JSON (NaN, numbers beyond a double, "
+            "nesting deeper than 64)",
+            **_PROBLEM,
+        },
         404: {"description": "unknown flow", **_PROBLEM},
         413: {"description": "body larger than 1 MB", **_PROBLEM},
         422: {"description": "a field is invalid (named in `errors`)", **_PROBLEM},
@@ -99,12 +107,13 @@ async def orchestrate(request: Request) -> JSONResponse:
         execution_id = str(uuid.uuid4())
     else:
         execution_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{flow.name}\n{idempotency_key}"))
+    requested_at = now()
     message = RequestMessage(
         execution_id=execution_id,
         flow=flow.name,
         input=flow_input,
         webhook_url=webhook_url,
-        requested_at=now(),
+        requested_at=requested_at,
     )
     try:
         await parts.transport.publish(
@@ -119,6 +128,7 @@ async def orchestrate(request: Request) -> JSONResponse:
             f"the request was not accepted: {exc}",
             headers={"Retry-After": BROKER_RETRY_AFTER_S},
         ) from None
+    await _record_queued(parts.store, execution_id, flow.name, flow_input, requested_at)
     status_url = f"{request.base_url}executions/{execution_id}"
     accepted = Accepted(execution_id=execution_id, flow=flow.name, status_url=status_url)
     return JSONResponse(accepted.model_dump(), 202, headers={"Location": status_url})
@@ -137,15 +147,42 @@ async def get_execution(execution_id: str, parts: ComponentsDep) -> Execution:
     return execution
 
 
+async def _record_queued(
+    store: ExecutionStore,
+    execution_id: str,
+    flow: str,
+    flow_input: dict[str, Any],
+    requested_at: datetime,
+) -> None:
+    """Make the accepted execution readable as `queued` until a delivery claims it.
+
+    After the publish, so that nothing unpublished is ever shown; a claim that came
+    first is kept. The broker has the message already: a store failure costs only
+    the early view, so it is logged, not refused.
+    """
+    queued = Execution(
+        execution_id=execution_id,
+        flow=flow,
+        status=ExecutionStatus.QUEUED,
+        input=flow_input,
+        requested_at=requested_at,
+        started_at=None,
+    )
+    try:
+        await store.enqueue(queued)
+    except OrchestratorError as exc:
+        log.warning("accepted execution not recorded as queued", reason=str(exc))
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        payload = parse_json(body)
+    except JSONRefused as exc:
         raise Problem(
             400,
             "Body is not JSON",
-            f"(body): not valid JSON: {exc}",
-            [{"field": "(body)", "reason": "not valid JSON"}],
+            f"(body): {exc}",
+            [{"field": "(body)", "reason": str(exc)}],
         ) from None
     if not isinstance(payload, dict):
         raise invalid([{"field": "(body)", "reason": "must be a JSON object"}])

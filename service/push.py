@@ -6,11 +6,15 @@ This module is the one place that maps outcomes to answers:
 
     204  acked: finished and delivered, already finished, or poison (never succeeds)
     409  nacked: the same execution is running now; Pub/Sub redelivers later
-    503  nacked: a retryable failure (broker, webhook, shutdown); redelivered later
+    503  nacked: any other failure (broker, store, webhook, shutdown, or a bug of
+         ours, logged with its reason); redelivered later
 
-A webhook still undelivered at the subscription's last delivery attempt
-(`deliveryAttempt` >= PUSH_MAX_DELIVERY_ATTEMPTS) is logged and acked: the
-result stays in the store and on the result topic.
+At the subscription's last delivery attempt (`deliveryAttempt` >=
+PUSH_MAX_DELIVERY_ATTEMPTS) nothing is nacked but a running copy (409): a webhook
+still undelivered is given up and announced on the result topic, and any other
+failure ends the execution `failed` with its reason, delivered and acked.
+A store write refused for good (StoreRefused) is never nacked: it fails the step,
+or the execution, whose result is delivered.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
+import contextlib
 import os
 import socket
 import uuid
@@ -33,17 +37,21 @@ from service.auth import PushRefused
 from service.delivery import ResultDelivery
 from service.deps import components_of
 from service.errors import (
+    BrokerUnavailable,
     DeliveryFailed,
     ExecutionBusy,
     OrchestratorError,
     RejectedMessage,
     ShuttingDown,
+    StoreRefused,
     StoreUnavailable,
 )
 from service.flow import Flow
-from service.limits import MAX_PUSH_BYTES, read_body
+from service.limits import MAX_PUSH_BYTES, JSONRefused, parse_json, read_body
 from service.messages import (
+    TERMINAL,
     Execution,
+    ExecutionRequest,
     ExecutionStatus,
     PushEnvelope,
     RequestMessage,
@@ -101,6 +109,7 @@ class PushHandler:
         """Process one delivery; returns the HTTP status that acks (2xx) or nacks it."""
         message_id = envelope.message.message_id
         attributes = envelope.message.attributes or {}
+        last = (envelope.delivery_attempt or 0) >= self._max_delivery_attempts
         with structlog.contextvars.bound_contextvars(
             message_id=message_id,
             execution_id=attributes.get("execution_id"),
@@ -110,13 +119,31 @@ class PushHandler:
             try:
                 if self._stopping.is_set():
                     raise ShuttingDown("the instance is stopping")
-                return await self._handle(envelope)
+                message = decode(envelope)
             except RejectedMessage as exc:
-                await self.reject(exc, message_id, attributes.get("flow"))
+                return await self._rejected(exc, message_id, attributes.get("flow"), last)
+            except ShuttingDown as exc:
+                log.warning("delivery nacked", reason=str(exc), retryable=True)
+                return NACK_RETRY
+            structlog.contextvars.bind_contextvars(
+                execution_id=message.execution_id, flow=message.flow
+            )
+            try:
+                return await self._handle(message, last)
+            except RejectedMessage as exc:
+                return await self._rejected(exc, message_id, message.flow, last)
+            except ExecutionBusy as exc:
+                log.info("delivery nacked", reason=str(exc), retryable=True)
+                return NACK_BUSY
+            except Exception as exc:
+                # Retryable or not, and our bugs too: never a 500, never a silent loss.
+                reason = _describe(exc)
+                if not last:
+                    log.warning("delivery nacked", reason=reason, retryable=_retryable(exc))
+                    return NACK_RETRY
+                log.error("last delivery attempt failed; the execution ends failed", reason=reason)
+                await self._give_up(message, reason)
                 return ACK
-            except OrchestratorError as exc:
-                log.warning("delivery nacked", reason=str(exc), retryable=exc.retryable)
-                return NACK_BUSY if isinstance(exc, ExecutionBusy) else NACK_RETRY
 
     async def reject(
         self, exc: RejectedMessage, message_id: str | None, flow: str | None = None
@@ -131,14 +158,27 @@ class PushHandler:
             input={},
         )
         execution.finish(ExecutionStatus.REJECTED, exc.reason)
-        # A bad copy must not overwrite a real execution that carries the same id.
-        if exc.execution_id and await self._store.get(exc.execution_id) is None:
-            await self._store.save(execution, delivered=True)
+        try:
+            # A bad copy must not overwrite a real execution that carries the same id.
+            if exc.execution_id and await self._store.get(exc.execution_id) is None:
+                await self._store.save(execution, delivered=True)
+        except OrchestratorError as error:
+            log.warning("rejection not stored", reason=str(error))
         await self._delivery.publish(execution)
 
-    async def _handle(self, envelope: PushEnvelope) -> int:
-        message = decode(envelope)
-        structlog.contextvars.bind_contextvars(execution_id=message.execution_id, flow=message.flow)
+    async def _rejected(
+        self, exc: RejectedMessage, message_id: str | None, flow: str | None, last: bool
+    ) -> int:
+        try:
+            await self.reject(exc, message_id, flow)
+        except BrokerUnavailable as error:
+            if not last:
+                log.warning("rejection not reported yet; nacked", reason=str(error))
+                return NACK_RETRY
+            log.error("rejection not reported at the last delivery attempt", reason=str(error))
+        return ACK
+
+    async def _handle(self, message: ExecutionRequest, last: bool) -> int:
         flow = self._flows.get(message.flow)
         if flow is None:
             raise RejectedMessage(f"flow: unknown flow {message.flow!r}", message.execution_id)
@@ -153,22 +193,29 @@ class PushHandler:
             flow=flow.name,
             status=ExecutionStatus.RUNNING,
             input=flow_input,
+            requested_at=message.requested_at,
         )
         # Each delivery owns its lease, so two copies in one instance are told apart too.
         owner = f"{self._instance}-{uuid.uuid4().hex[:12]}"
-        claim = await self._store.claim(fresh, owner, self._lease_s)
+        try:
+            claim = await self._store.claim(fresh, owner, self._lease_s)
+        except StoreRefused as exc:
+            log.error("the execution store refused the execution", reason=str(exc))
+            fresh.finish(ExecutionStatus.FAILED, str(exc))
+            await self._deliver(fresh, message.webhook_url, last)
+            return ACK
         if claim.state == ClaimState.RUNNING:
             raise ExecutionBusy("the execution is running or being delivered by another delivery")
         if claim.state == ClaimState.FINISHED and claim.delivered:
             log.info("duplicate delivery of a finished execution; nothing runs")
             return ACK
         assert claim.execution is not None
-        work = self._run_and_deliver(flow, claim, message.webhook_url, envelope.delivery_attempt)
+        work = self._run_and_deliver(flow, claim, message.webhook_url, last)
         await self._leased(claim.execution.execution_id, owner, work)
         return ACK
 
     async def _run_and_deliver(
-        self, flow: Flow, claim: Claim, webhook_url: str | None, delivery_attempt: int | None
+        self, flow: Flow, claim: Claim, webhook_url: str | None, last: bool
     ) -> None:
         """Run the execution unless it already ended, then deliver its result once."""
         assert claim.execution is not None
@@ -179,17 +226,57 @@ class PushHandler:
                 await self._store.save_step(execution.execution_id, name, result)
 
             await self._runner.run(flow, execution, checkpoint)
-            await self._store.save(execution)
+            await self._save(execution)
+        await self._deliver(execution, webhook_url, last)
+        await self._save(execution, delivered=True)
+
+    async def _deliver(self, execution: Execution, webhook_url: str | None, last: bool) -> None:
         try:
             await self._delivery.deliver(execution, webhook_url or self._default_webhook_url)
         except DeliveryFailed as exc:
-            if (delivery_attempt or 0) < self._max_delivery_attempts:
+            if not last:
                 raise
             # Pub/Sub will not push this message again: the result stays stored, and the
             # result topic hears that its webhook was given up.
             log.error("result undeliverable; giving up the webhook", reason=str(exc))
             await self._delivery.publish(execution, webhook_undelivered=True)
-        await self._store.save(execution, delivered=True)
+
+    async def _save(self, execution: Execution, delivered: bool = False) -> None:
+        """Store the ended execution; if the store refuses it for good, it ends failed."""
+        try:
+            await self._store.save(execution, delivered)
+        except StoreRefused as exc:
+            log.error("the execution store refused the result", reason=str(exc))
+            if delivered:
+                return  # delivered already; a redelivery would only find it unfinished
+            execution.finish(ExecutionStatus.FAILED, f"result not stored: {exc}")
+            with contextlib.suppress(StoreRefused):
+                await self._store.save(execution)
+
+    async def _give_up(self, message: ExecutionRequest, reason: str) -> None:
+        """End the execution `failed` with `reason` and deliver it: nothing is pushed again."""
+        execution: Execution | None = None
+        with contextlib.suppress(OrchestratorError):
+            execution = await self._store.get(message.execution_id)
+        if execution is None or execution.status == ExecutionStatus.QUEUED:
+            execution = Execution(
+                execution_id=message.execution_id,
+                flow=message.flow,
+                status=ExecutionStatus.RUNNING,
+                input=message.input,
+                requested_at=message.requested_at,
+            )
+        if execution.status not in TERMINAL:
+            execution.fail_running("not finished when the execution was given up")
+            execution.finish(ExecutionStatus.FAILED, f"gave up at the last delivery: {reason}")
+        try:
+            await self._deliver(execution, message.webhook_url, last=True)
+        except Exception as exc:
+            log.error("result of a given-up execution not delivered", reason=_describe(exc))
+        try:
+            await self._store.save(execution, delivered=True)
+        except Exception as exc:
+            log.error("given-up execution not stored", reason=_describe(exc))
 
     async def _leased(self, execution_id: str, owner: str, work: Coroutine[Any, Any, None]) -> None:
         """Do `work` under a renewed lease; when the instance stops, within the grace period.
@@ -239,20 +326,37 @@ class PushHandler:
                 return
 
 
-def decode(envelope: PushEnvelope) -> RequestMessage:
-    """The request message inside a push envelope, strictly decoded."""
+def decode(envelope: PushEnvelope) -> ExecutionRequest:
+    """The request message inside a push envelope, strictly decoded, its defaults filled in.
+
+    A direct producer may leave out `execution_id` (the message id, stable across
+    redeliveries, stands for it) and `requested_at` (the publish time).
+    """
     try:
         raw = base64.b64decode(envelope.message.data, validate=True)
     except (binascii.Error, ValueError):
         raise RejectedMessage("message.data: not valid base64") from None
     try:
-        payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise RejectedMessage("message.data: not JSON") from None
+        payload = parse_json(raw)
+    except JSONRefused as exc:
+        raise RejectedMessage(f"message.data: {exc}") from None
     try:
-        return RequestMessage.model_validate(payload)
+        message = RequestMessage.model_validate(payload)
     except ValidationError as exc:
         raise RejectedMessage(describe(field_errors(exc, "message.data"))) from None
+    try:
+        return message.resolve(envelope.message.message_id, envelope.message.publish_time)
+    except ValueError as exc:
+        raise RejectedMessage(f"message.data.{exc}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return text if isinstance(exc, OrchestratorError) else f"{type(exc).__name__}: {text}"
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, OrchestratorError) and exc.retryable
 
 
 router = APIRouter()

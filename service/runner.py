@@ -5,21 +5,31 @@ for the steps after it; a failed step skips the steps that need it, and fails
 the execution (`on_error: fail`) or leaves it `partial` (`on_error: continue`).
 Steps that already have an outcome in the document (a resumed execution) are
 not run again; each new outcome is handed to `checkpoint` as soon as it exists.
+An outcome the store refuses for good (StoreRefused) fails its step, with the
+reason, and the execution goes on; any other error of a step ends the run and is
+raised as itself, not as the TaskGroup's ExceptionGroup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import structlog
 
 from service.calls import CallResult, MLCaller
+from service.errors import StoreRefused
 from service.expressions import render_value
 from service.flow import Flow, Step
-from service.messages import Execution, ExecutionStatus, StepResult, StepStatus
+from service.messages import (
+    MAX_ERROR_CHARS,
+    Execution,
+    ExecutionStatus,
+    StepResult,
+    StepStatus,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -56,21 +66,19 @@ class FlowRunner:
             done[name].set()
         if resumed:
             log.info("execution resumed", completed_steps=resumed)
+        pending = [step for step in flow.steps.values() if step.name not in resumed]
+        runs = (self._run_step(step, execution, done, deadline, checkpoint) for step in pending)
         try:
-            async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as group:
-                for step in flow.steps.values():
-                    if step.name not in resumed:
-                        group.create_task(
-                            self._run_step(step, execution, done, deadline, checkpoint)
-                        )
+            async with asyncio.timeout_at(deadline):
+                await _all(runs)
         except TimeoutError:
-            for result in execution.steps.values():
-                if result.status == StepStatus.RUNNING:
-                    result.status = StepStatus.FAILED
-                    result.error = "execution timed out"
+            execution.fail_running("execution timed out")
             execution.finish(
                 ExecutionStatus.FAILED, f"timed out after {self._timeout_s:g} s (FLOW_TIMEOUT_S)"
             )
+        except StoreRefused as exc:
+            execution.fail_running("not run: the execution store refused a step's outcome")
+            execution.finish(ExecutionStatus.FAILED, str(exc))
         else:
             execution.finish(*_verdict(flow, execution))
         log.info(
@@ -94,7 +102,18 @@ class FlowRunner:
         try:
             result = await self._outcome(step, execution, deadline)
             execution.steps[step.name] = result
-            await checkpoint(step.name, result)
+            try:
+                await checkpoint(step.name, result)
+            except StoreRefused as exc:
+                # Kept small, this outcome is stored; the answer cannot be, so it is lost.
+                result = StepResult(
+                    status=StepStatus.FAILED,
+                    attempts=result.attempts,
+                    duration_ms=result.duration_ms,
+                    error=f"outcome not stored: {exc}"[:MAX_ERROR_CHARS],
+                )
+                execution.steps[step.name] = result
+                await checkpoint(step.name, result)
             log.info(
                 "step finished",
                 step=step.name,
@@ -152,6 +171,21 @@ class FlowRunner:
             error=error,
             attempts=sum(call.attempts for call in calls),
         )
+
+
+async def _all(coroutines: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run concurrently; the first error is raised as itself, the others cancelled."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coroutine in coroutines:
+                group.create_task(coroutine)
+    except BaseExceptionGroup as group:
+        raise _first(group) from None
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error
 
 
 def _scope(execution: Execution) -> dict[str, Any]:

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     default_webhook_url: str | None = None
     webhook_allow_private_networks: bool = False
     webhook_allowed_hosts: str | None = None
+    webhook_max_bytes: int = Field(10_000_000, ge=100_000, le=100_000_000)
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s?#]+$")
     flow_timeout_s: float = Field(540, gt=0, le=600)
     execution_store: StoreKind = StoreKind.MEMORY
     firestore_collection: str = Field(
@@ -88,6 +90,7 @@ class Settings(BaseSettings):
         "webhook_secret",
         "default_webhook_url",
         "webhook_allowed_hosts",
+        "public_url",
         mode="before",
     )
     @classmethod
@@ -113,6 +116,11 @@ class Settings(BaseSettings):
         return frozenset(
             host.strip().lower() for host in self.webhook_allowed_hosts.split(",") if host.strip()
         )
+
+    @property
+    def service_url(self) -> str | None:
+        """The service's own URL: PUBLIC_URL, else the push audience (set to it on Cloud Run)."""
+        return self.public_url or self.push_auth_audience
 
     @property
     def uses_pubsub(self) -> bool:

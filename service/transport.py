@@ -28,6 +28,8 @@ from service.retry import RetryPolicy
 log = structlog.get_logger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
+# Pub/Sub refuses a publish request over 10 MB (data, attributes and all).
+MAX_MESSAGE_BYTES = 10_000_000
 # A 1 ms batch window: the front door awaits every publish, so Pub/Sub's default 10 ms
 # window would cap one connection at ~75 requests/s (measured, see issue #5).
 BATCH_MAX_LATENCY_S = 0.001
@@ -104,6 +106,8 @@ class InProcessTransport:
         )
 
     async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
+        if len(data) > MAX_MESSAGE_BYTES:  # as Pub/Sub's client does
+            raise ValueError(f"a message of {len(data)} bytes: Pub/Sub takes {MAX_MESSAGE_BYTES}")
         message_id = str(next(self._ids))
         deliver = self._subscribers.get(topic)
         if deliver is None:

@@ -63,6 +63,9 @@ class Stack:
         return self.transport.on(RESULTS)
 
 
+WEBHOOK_MAX_BYTES = 200_000
+
+
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     functions = StandIns(delay_s=0.05)
@@ -70,7 +73,12 @@ def stack() -> Iterator[Stack]:
     transport = RecordingTransport()
     with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
         flows = project_flows(functions_url)
-        settings = make_settings(result_topic=RESULTS, webhook_allow_private_networks=True)
+        settings = make_settings(
+            result_topic=RESULTS,
+            webhook_allow_private_networks=True,
+            webhook_max_bytes=WEBHOOK_MAX_BYTES,
+            public_url="https://orchestrator.example",
+        )
         app = create_app(settings, flows, transport)
         with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             yield Stack(client, functions, webhook, f"{webhook_url}/hook", transport)
@@ -137,7 +145,16 @@ POISON = [
     ("not base64", "%%%not-base64%%%", "message.data: not valid base64"),
     ("not JSON", b"\xff\xfe not json", "message.data: not JSON"),
     ("not an object", b"[1, 2, 3]", "message.data"),
-    ("missing fields", {"flow": "ml-orchestration"}, "message.data.execution_id: Field required"),
+    ("missing fields", {"flow": "ml-orchestration"}, "message.data.input: Field required"),
+    ("nested too deep", b"[" * 100_000 + b"]" * 100_000, "message.data: nested deeper than 64"),
+    ("NaN", b'{"flow": "ml-orchestration", "input": {"x": NaN}}', "NaN is not JSON"),
+    ("too large a number", b'{"flow": "f", "input": {"x": 1e999}}', "too large for a double"),
+    ("a 5,000-digit integer", b'{"input": {"x": ' + b"9" * 5000 + b"}}", "integer string"),
+    (
+        "a time without a zone",
+        {"flow": "ml-orchestration", "input": {}, "requested_at": "2026-11-25T10:00:00"},
+        "message.data.requested_at: Input should have timezone info",
+    ),
 ]
 
 
@@ -174,6 +191,27 @@ def test_a_bad_copy_does_not_overwrite_a_finished_execution(stack: Stack) -> Non
     assert stack.push({**message, "input": {"session_id": "s"}}).status_code == 204
     status = stack.client.get(f"/executions/{message['execution_id']}").json()
     assert status["status"] == "succeeded"
+
+
+def test_a_direct_producer_needs_only_flow_and_input(stack: Stack) -> None:
+    """The message id stands for the execution id (so a redelivery runs nothing)."""
+    message = {"flow": "ml-orchestration", "input": stack.request()["input"]}
+    envelope = {
+        "message": {
+            "data": base64.b64encode(json.dumps(message).encode()).decode(),
+            "messageId": "4711",
+            "publishTime": "2026-11-26T09:30:00.123Z",
+        },
+        "subscription": "projects/p/subscriptions/s",
+    }
+    assert stack.client.post("/pubsub/push", json=envelope).status_code == 204
+    calls = len(stack.functions.calls)
+    assert stack.client.post("/pubsub/push", json=envelope).status_code == 204
+    assert len(stack.functions.calls) == calls
+    [(document, attributes)] = stack.results()
+    assert document["execution_id"] == attributes["execution_id"] == "4711"
+    assert document["status"] == "succeeded"
+    assert document["requested_at"] == "2026-11-26T09:30:00.123000Z"
 
 
 def test_a_malformed_envelope_is_acked(stack: Stack) -> None:
@@ -214,3 +252,41 @@ def test_a_failed_step_is_a_result_not_a_redelivery(stack: Stack) -> None:
     assert document["status"] == "failed"
     assert document["steps"]["match_analysis_user_vacancy"]["status"] == "skipped"
     assert document["steps"]["profession_orchestrator"]["status"] == "succeeded"
+
+
+def test_a_result_too_big_for_the_webhook_goes_without_outputs(stack: Stack) -> None:
+    stack.functions.padding["/profession-orchestrator"] = WEBHOOK_MAX_BYTES
+    message = stack.request()
+    assert stack.push(message).status_code == 204
+    [delivery] = stack.webhook.deliveries
+    assert delivery.verified and len(delivery.body) <= WEBHOOK_MAX_BYTES
+    document = json.loads(delivery.body)
+    assert document["status"] == "succeeded"
+    assert document["outputs"] == "omitted"
+    assert document["status_url"] == (
+        f"https://orchestrator.example/executions/{message['execution_id']}"
+    )
+    assert {step["output"] for step in document["steps"].values()} == {None}
+    # The topic takes 10 MB: it carries the whole document, as does the status endpoint.
+    [(published, attributes)] = stack.results()
+    assert "outputs" not in attributes
+    whole = stack.client.get(f"/executions/{message['execution_id']}").json()
+    assert published == whole
+    assert len(whole["steps"]["profession_orchestrator"]["output"]["padding"]) == WEBHOOK_MAX_BYTES
+
+
+def test_a_result_too_big_for_a_pubsub_message_is_published_without_outputs(
+    stack: Stack,
+) -> None:
+    """An answer may be 10 MiB; a Pub/Sub message 10 MB, attributes included."""
+    stack.functions.padding["/match-candidato"] = 10_200_000
+    message = stack.request()
+    assert stack.push(message).status_code == 204
+    [(_, data, attributes)] = [p for p in stack.transport.published if p[0] == RESULTS]
+    assert len(data) < 10_000_000
+    assert attributes["outputs"] == "omitted"
+    assert attributes["status_url"].endswith(f"/executions/{message['execution_id']}")
+    document = json.loads(data)
+    assert document["outputs"] == "omitted" and document["status"] == "succeeded"
+    whole = stack.client.get(f"/executions/{message['execution_id']}").json()
+    assert len(whole["steps"]["match_candidato"]["output"]["padding"]) == 10_200_000

@@ -13,17 +13,18 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from service.app import build
 from service.calls import MLCaller
-from service.errors import StoreUnavailable
+from service.errors import StoreRefused, StoreUnavailable
 from service.messages import Execution, ExecutionStatus, PushEnvelope, StepResult, StepStatus
 from service.push import PushHandler
 from service.retry import RetryPolicy
 from service.store import ClaimState, MemoryStore
 from service.tokens import NoTokens
 from tests.conftest import make_settings, project_flows
-from tests.support.fakes import RecordingTransport
+from tests.support.fakes import FaultyStore, RecordingTransport
 
 FLOWS = project_flows("http://fn")
 WEBHOOK = "http://hooks.example/hook"
@@ -58,8 +59,8 @@ async def world() -> World:
 
 
 @pytest.fixture
-async def store() -> MemoryStore:
-    return MemoryStore()
+async def store() -> FaultyStore:
+    return FaultyStore()
 
 
 @pytest.fixture
@@ -272,3 +273,76 @@ async def test_a_store_hiccup_while_renewing_does_not_let_another_instance_in(
     assert failures == []
     assert len(world.webhooks) == 1
     assert world.calls["/create-user-embeddings"] == 1
+
+
+def refuse_large(name: str, result: StepResult) -> Exception | None:
+    if name == "match_candidato" and result.output is not None:
+        return StoreRefused("execution store: 400 maximum entity size is 1048576 bytes")
+    return None
+
+
+async def test_an_output_the_store_refuses_fails_its_step_and_is_delivered_once(
+    handler: PushHandler, store: FaultyStore, world: World
+) -> None:
+    store.save_step_fault = refuse_large
+    execution_id = str(uuid.uuid4())
+    assert await handler.handle(envelope(execution_id)) == 204
+    [document] = world.webhooks
+    assert document["status"] == "failed"
+    step = document["steps"]["match_candidato"]
+    assert step["status"] == "failed" and step["output"] is None
+    assert step["error"].startswith("outcome not stored: execution store: 400 maximum entity")
+    assert document["steps"]["match_analysis_user_vacancy"]["status"] == "skipped"
+    assert document["steps"]["profession_orchestrator"]["status"] == "succeeded"
+    # Pub/Sub may still push a copy: nothing is called again.
+    assert await handler.handle(envelope(execution_id, attempt=2)) == 204
+    assert world.calls["/match-candidato"] == 1
+    assert len(world.webhooks) == 1
+
+
+async def test_a_store_refusing_every_write_still_ends_in_a_delivered_result(
+    handler: PushHandler, store: FaultyStore, world: World
+) -> None:
+    refused = StoreRefused("execution store: 400 invalid argument")
+    store.save_step_fault = lambda *_: refused
+    store.save_fault = lambda _: refused
+    assert await handler.handle(envelope(str(uuid.uuid4()))) == 204
+    [document] = world.webhooks
+    assert document["status"] == "failed"
+    assert document["error"] == "result not stored: execution store: 400 invalid argument"
+    assert sum(world.calls.values()) == 1  # the first step; nothing ran after the refusal
+
+
+async def test_an_unavailable_store_nacks_and_the_redelivery_resumes(
+    handler: PushHandler, store: FaultyStore, world: World
+) -> None:
+    down = StoreUnavailable("execution store: 503 unavailable")
+    store.save_step_fault = lambda name, _: down if name == "match_candidato" else None
+    execution_id = str(uuid.uuid4())
+    assert await handler.handle(envelope(execution_id, attempt=1)) == 503
+    assert world.webhooks == []
+    store.save_step_fault = lambda *_: None
+    assert await handler.handle(envelope(execution_id, attempt=2)) == 204
+    assert world.webhooks[0]["status"] == "succeeded"
+    assert world.calls["/create-user-embeddings"] == 1  # stored before the outage
+    assert world.calls["/match-candidato"] == 2  # its outcome was never stored
+
+
+async def test_an_unexpected_error_nacks_then_fails_the_execution_at_the_last_attempt(
+    handler: PushHandler, store: FaultyStore, world: World
+) -> None:
+    store.save_step_fault = lambda name, _: KeyError(name) if name == "match_candidato" else None
+    execution_id = str(uuid.uuid4())
+    with capture_logs() as logs:
+        assert await handler.handle(envelope(execution_id, attempt=1)) == 503
+    [nack] = [line for line in logs if line["event"] == "delivery nacked"]
+    assert nack["reason"] == "KeyError: 'match_candidato'"
+    assert world.webhooks == []
+    assert await handler.handle(envelope(execution_id, attempt=5)) == 204
+    [document] = world.webhooks
+    assert document["status"] == "failed"
+    assert document["error"] == "gave up at the last delivery: KeyError: 'match_candidato'"
+    assert document["steps"]["create_user_embeddings"]["status"] == "succeeded"
+    assert world.calls["/create-user-embeddings"] == 1
+    stored = await store.get(execution_id)
+    assert stored is not None and stored.status == ExecutionStatus.FAILED

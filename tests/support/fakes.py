@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from service.errors import BrokerUnavailable
+from service.messages import Execution, StepResult
+from service.store import Claim, MemoryStore
 from service.transport import Deliver
 
 
@@ -34,3 +38,32 @@ class RecordingTransport:
 
     def on(self, topic: str) -> list[tuple[dict[str, Any], dict[str, str]]]:
         return [(json.loads(data), attrs) for name, data, attrs in self.published if name == topic]
+
+
+class FaultyStore(MemoryStore):
+    """A MemoryStore whose writes raise what `save_step_fault` / `save_fault` return.
+
+    Like a real store, and unlike MemoryStore, it hands out copies: a write that
+    failed leaves no trace in what a later claim reads.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.save_step_fault: Callable[[str, StepResult], Exception | None] = lambda *_: None
+        self.save_fault: Callable[[Execution], Exception | None] = lambda _: None
+
+    async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
+        claim = await super().claim(execution.model_copy(deep=True), owner, lease_s)
+        if claim.execution is None:
+            return claim
+        return replace(claim, execution=claim.execution.model_copy(deep=True))
+
+    async def save_step(self, execution_id: str, name: str, result: StepResult) -> None:
+        if (error := self.save_step_fault(name, result)) is not None:
+            raise error
+        await super().save_step(execution_id, name, result.model_copy(deep=True))
+
+    async def save(self, execution: Execution, delivered: bool = False) -> None:
+        if (error := self.save_fault(execution)) is not None:
+            raise error
+        await super().save(execution.model_copy(deep=True), delivered)

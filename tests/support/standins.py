@@ -29,10 +29,12 @@ class StandIns:
 
     `script[path]` holds statuses to answer next (then 200). With an `identity`,
     a call must carry an ID token whose audience is the called URL, else 401.
+    `padding[path]` adds that many bytes to each answer of `path`.
     """
 
     delay_s: float = 0.0
     vacancies: int = 3
+    padding: dict[str, int] = field(default_factory=dict)
     identity: Identity | None = None
     script: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     calls: list[Call] = field(default_factory=list)
@@ -71,11 +73,17 @@ class StandIns:
         return app
 
     def answer(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any]
         if path == "/match-candidato":
-            return {"vacancies": [{"vacancy_id": f"v{n}"} for n in range(1, self.vacancies + 1)]}
-        if path == "/match-analysis-user-vacancy":
-            return {"vacancy_id": body["vacancy_id"], "fit": 0.8}
-        return {"user_id": body["user_id"], "ok": True}
+            vacancies = range(1, self.vacancies + 1)
+            answer = {"vacancies": [{"vacancy_id": f"v{n}"} for n in vacancies]}
+        elif path == "/match-analysis-user-vacancy":
+            answer = {"vacancy_id": body["vacancy_id"], "fit": 0.8}
+        else:
+            answer = {"user_id": body["user_id"], "ok": True}
+        if path in self.padding:
+            answer["padding"] = "p" * self.padding[path]
+        return answer
 
 
 @dataclass
