@@ -1,4 +1,5 @@
-"""Crashes, shutdowns and duplicates on the real emulators (Pub/Sub and Firestore).
+"""Crashes, shutdowns, duplicates and large outputs on the real emulators (Pub/Sub and
+Firestore).
 
 The service runs as its own process with the Firestore store, so a killed
 instance's execution is picked up by the next delivery after its lease.
@@ -82,6 +83,8 @@ def stack(emulator: Emulator, firestore_emulator: Emulator, tmp_path: Path) -> I
     with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
         admin = EmulatorAdmin(emulator.host, project)
         admin.topic("requests")
+        admin.topic("results")
+        admin.pull_subscription("results-pull", "results")
         admin.push_subscription("push", "requests", f"http://127.0.0.1:{port}/pubsub/push")
         env = {
             **functions.env(functions_url),
@@ -89,6 +92,8 @@ def stack(emulator: Emulator, firestore_emulator: Emulator, tmp_path: Path) -> I
             "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
             "GOOGLE_CLOUD_PROJECT": project,
             "ORCHESTRATION_TOPIC": "requests",
+            "RESULT_TOPIC": "results",
+            "DEFAULT_WEBHOOK_URL": f"{webhook_url}/hook",
             "EXECUTION_STORE": "firestore",
             "EXECUTION_LEASE_S": str(LEASE_S),
             "ML_AUTH": "none",
@@ -181,3 +186,115 @@ def test_sigterm_never_answers_2xx_for_unfinished_work(stack: Stack) -> None:
     )
     assert answers and answers[0] == 503
     assert stack.webhooks(message["execution_id"]) == []
+
+
+def test_large_outputs_and_a_400_item_for_each_are_delivered_and_read_back_whole(
+    stack: Stack,
+) -> None:
+    """A 3 MB answer and 400 analyses of 4 KB: ~4.7 MB of outputs on Firestore."""
+    stack.functions.delay_s = 0.01
+    stack.functions.vacancies = 400
+    stack.functions.padding.update(
+        {"/profession-orchestrator": 3_000_000, "/match-analysis-user-vacancy": 4000}
+    )
+    message = stack.message()
+    user = message["input"]["user_id"]
+    response = httpx.post(
+        f"{stack.service.url}/orchestrate",
+        json={**message["input"], "webhook_url": stack.webhook_url},
+    )
+    assert response.status_code == 202
+    execution_id = response.json()["execution_id"]
+    early = httpx.get(response.json()["status_url"]).json()
+    assert early["status"] in {"queued", "running"}
+    stack.wait(lambda: stack.webhooks(execution_id), 120, "no webhook")
+    [document] = stack.webhooks(execution_id)
+    assert document["status"] == "succeeded", document["error"]
+    steps = document["steps"]
+    assert len(steps["profession_orchestrator"]["output"]["padding"]) == 3_000_000
+    analyses = steps["match_analysis_user_vacancy"]["output"]
+    assert [a["vacancy_id"] for a in analyses] == [f"v{n}" for n in range(1, 401)]
+    assert {len(a["padding"]) for a in analyses} == {4000}
+    assert httpx.get(response.json()["status_url"], timeout=30).json() == document
+    assert stack.calls(user) == {
+        "/create-user-embeddings": 1,
+        "/profession-orchestrator": 1,
+        "/match-candidato": 1,
+        "/match-analysis-user-vacancy": 400,
+    }
+    print(f"\nlargest output 3 MB, widest for_each 400 items: {len(json.dumps(document))} bytes")
+
+
+def test_a_killed_instance_resumes_large_outputs_without_calling_finished_steps(
+    stack: Stack,
+) -> None:
+    stack.functions.delay_s = 0.05
+    stack.functions.vacancies = 400
+    stack.functions.padding.update(
+        {"/profession-orchestrator": 3_000_000, "/match-analysis-user-vacancy": 4000}
+    )
+    message = stack.message()
+    user = message["input"]["user_id"]
+    stack.admin.publish("requests", json.dumps(message).encode())
+    stack.wait(lambda: stack.calls(user)["/match-analysis-user-vacancy"] > 50, 60, "no analysis")
+    stack.service.signal(signal.SIGKILL)
+    before = stack.calls(user)
+    stack.service.start()
+    stack.wait(lambda: stack.webhooks(message["execution_id"]), 120, "execution lost")
+    after = stack.calls(user)
+    [document] = stack.webhooks(message["execution_id"])
+    assert document["status"] == "succeeded"
+    assert len(document["steps"]["profession_orchestrator"]["output"]["padding"]) == 3_000_000
+    for path in ("/create-user-embeddings", "/profession-orchestrator", "/match-candidato"):
+        assert after[path] == 1
+    # A for_each step's outcome is stored when it ends: the interrupted one runs again whole.
+    assert after["/match-analysis-user-vacancy"] == before["/match-analysis-user-vacancy"] + 400
+
+
+def test_a_direct_producer_s_message_runs_once_when_pushed_twice(stack: Stack) -> None:
+    """Only flow and input; the webhook fails at first, so the emulator pushes it again."""
+    stack.webhook.script = [503] * 4
+    message = stack.message()
+    user = message["input"]["user_id"]
+    direct = {"flow": "ml-orchestration", "input": message["input"]}
+    message_id = stack.admin.publish("requests", json.dumps(direct).encode())
+
+    def deliveries() -> list[Any]:
+        return [d for d in stack.webhook.deliveries if d.headers["webhook-id"] == message_id]
+
+    stack.wait(lambda: len(deliveries()) >= 5, 60, "no redelivery")
+    time.sleep(2)
+    assert [json.loads(d.body)["status"] for d in deliveries()] == ["succeeded"] * 5
+    assert json.loads(deliveries()[-1].body)["execution_id"] == message_id
+    assert stack.calls(user) == {
+        "/create-user-embeddings": 1,
+        "/profession-orchestrator": 1,
+        "/match-candidato": 1,
+        "/match-analysis-user-vacancy": 3,
+    }
+
+
+@pytest.mark.parametrize(("padding", "omitted"), [(9_970_000, False), (10_200_000, True)])
+def test_a_result_at_pubsub_s_limit_is_published_whole_and_beyond_it_without_outputs(
+    stack: Stack, padding: int, omitted: bool
+) -> None:
+    """Answers of ~10 MB (allowed: 10 MiB) on Firestore, then at the emulator's 10 MB limit."""
+    stack.functions.delay_s = 0.01
+    stack.functions.padding["/match-candidato"] = padding
+    message = stack.message()
+    stack.admin.publish("requests", json.dumps(message).encode())
+    stack.wait(lambda: stack.webhooks(message["execution_id"]), 60, "no webhook")
+    [document] = stack.webhooks(message["execution_id"])
+    assert document["status"] == "succeeded"
+    [result] = stack.admin.pull("results-pull")
+    data = json.loads(base64.b64decode(result["data"]))
+    if omitted:
+        assert document["outputs"] == data["outputs"] == result["attributes"]["outputs"]
+        assert document["outputs"] == "omitted"  # the webhook's cap is 10 MB too
+        status_url = result["attributes"]["status_url"]
+        assert status_url.endswith(f"/executions/{message['execution_id']}")
+    else:
+        assert "outputs" not in result["attributes"] and "outputs" not in document
+        assert len(data["steps"]["match_candidato"]["output"]["padding"]) == padding
+    whole = httpx.get(f"{stack.service.url}/executions/{message['execution_id']}", timeout=30)
+    assert len(whole.json()["steps"]["match_candidato"]["output"]["padding"]) == padding
