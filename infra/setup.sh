@@ -16,7 +16,10 @@
 #   IAM          SERVICE@: publish to Pub/Sub, invoke Cloud Run and Cloud Functions,
 #                use Firestore; the Pub/Sub service agent: mint SERVICE-push@ tokens,
 #                publish dead letters, acknowledge the dead-lettered messages
-#   --firestore  the Firestore database (REGION) and a TTL policy on expire_at
+#   --firestore  the Firestore database (REGION); TTL policies on expire_at for the
+#                executions and their execution-parts (large outputs); the composite
+#                indexes GET /executions needs (status, flow, requested_at); no
+#                indexes on the JSON fields input, steps and data
 #
 # The run.invoker grant for SERVICE-push@ on the service is made by scripts/deploy.sh,
 # once the service exists. Environment: ORCHESTRATION_TOPIC, RESULT_TOPIC, REPOSITORY,
@@ -54,6 +57,17 @@ number="$(gcloud projects describe "$project" --format='value(projectNumber)')" 
 url="https://${service}-${number}.${region}.run.app"
 pubsub_agent="service-${number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 g=(gcloud --project "$project" --quiet)
+
+# A composite index has no name to describe it by: one that exists answers ALREADY_EXISTS.
+create_index() {
+    local output
+    if [ "$DRY_RUN" = true ]; then
+        run "${g[@]}" firestore indexes composite create --async "$@"
+        return
+    fi
+    output=$("${g[@]}" firestore indexes composite create --async "$@" 2>&1) && return
+    grep -q ALREADY_EXISTS <<<"$output" || die "creating a Firestore index: $output"
+}
 
 echo "== APIs" >&2
 apis=(run.googleapis.com pubsub.googleapis.com cloudbuild.googleapis.com
@@ -111,8 +125,26 @@ if [ "$firestore" = true ]; then
     echo "== Firestore" >&2
     exists "${g[@]}" firestore databases describe --database "(default)" \
         || run "${g[@]}" firestore databases create --location "$region"
-    run "${g[@]}" firestore fields ttls update expire_at \
-        --collection-group "$collection" --enable-ttl
+    for group in "$collection" execution-parts; do
+        run "${g[@]}" firestore fields ttls update expire_at \
+            --collection-group "$group" --enable-ttl
+    done
+    # Listing newest first, filtered by status (equality or IN) and/or flow.
+    for fields in status flow status,flow; do
+        configs=()
+        for field in ${fields//,/ }; do
+            configs+=(--field-config "field-path=${field},order=ascending")
+        done
+        create_index --collection-group "$collection" --query-scope collection \
+            "${configs[@]}" --field-config "field-path=requested_at,order=descending"
+    done
+    # JSON text and part data are never queried: indexing them only costs writes.
+    for field in input steps; do
+        run "${g[@]}" firestore indexes fields update "$field" \
+            --collection-group "$collection" --disable-indexes
+    done
+    run "${g[@]}" firestore indexes fields update data \
+        --collection-group execution-parts --disable-indexes
 fi
 
 cat >&2 <<DONE

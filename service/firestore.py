@@ -9,7 +9,8 @@ One head document per execution, always far under Firestore's 1 MiB:
                                                     of each step's outcome, inline up to
                                                     INLINE_BYTES, else a pointer {parts, digest}
         owner, lease_until, delivered, updated_at, expire_at
-    executions/{id}/parts/{slot}.{digest}.{n}       a larger slot in chunks of PART_BYTES,
+    executions/{id}/execution-parts/{slot}.{digest}.{n}
+                                                    a larger slot in chunks of PART_BYTES,
                                                     named by its content, written before
                                                     the pointer to them (so never torn)
 
@@ -54,6 +55,8 @@ PART_BYTES = 900_000  # a part document's data, under the 1 MiB document limit
 # (a larger commit is refused with 429 "gRPC message exceeds maximum size").
 COMMIT_BYTES = 3_000_000
 PARTS_TTL_MARGIN = timedelta(hours=1)  # parts outlive the head's last write
+# A collection group of its own name, for its TTL policy and index exemption (infra/).
+PARTS_COLLECTION = "execution-parts"
 REMEMBERED_PARTS = 1000
 SUMMARY_FIELDS = (
     "flow",
@@ -238,7 +241,7 @@ class FirestoreStore:
         todo = {k: data for k, data in parts.items() if (execution_id, k) not in self._written}
         if not todo:
             return
-        folder = self._collection.document(execution_id).collection("parts")
+        folder = self._collection.document(execution_id).collection(PARTS_COLLECTION)
         expire_at = datetime.now(UTC) + self._ttl + PARTS_TTL_MARGIN
         for batch_keys in _batches(todo):
             batch = self._client.batch()
@@ -256,7 +259,7 @@ class FirestoreStore:
         slots |= {f"step.{name}": value for name, value in data.get("steps", {}).items()}
         pointers = {name: value for name, value in slots.items() if isinstance(value, dict)}
         if pointers:
-            folder = self._collection.document(execution_id).collection("parts")
+            folder = self._collection.document(execution_id).collection(PARTS_COLLECTION)
             keys = [
                 f"{name}.{pointer['digest']}.{n}"
                 for name, pointer in pointers.items()

@@ -111,11 +111,48 @@ def test_setup_creates_the_push_subscription_with_the_flags_that_matter(workdir:
 
 def test_setup_a_second_time_creates_nothing(workdir: Path) -> None:
     first = run(workdir, "infra/setup.sh", "proj", "us-east1", "--firestore")
+    state = sorted(path.name for path in (workdir / "state").iterdir())
     second = run(workdir, "infra/setup.sh", "proj", "us-east1", "--firestore")
-    assert first.code == second.code == 0
+    assert first.code == second.code == 0, second.err
     created = [args for args in first.commands() if "create" in args]
-    assert len(created) == 9  # repository, 2 accounts, 3 topics, 2 subscriptions, database
-    assert [args for args in second.commands() if "create" in args] == []
+    # repository, 2 accounts, 3 topics, 2 subscriptions, database, 3 indexes
+    assert len(created) == 12
+    # Indexes have no name to look up: their second create answers ALREADY_EXISTS.
+    again = [args for args in second.commands() if "create" in args]
+    assert {" ".join(args[3:7]) for args in again} == {"firestore indexes composite create"}
+    assert sorted(path.name for path in (workdir / "state").iterdir()) == state
+
+
+def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -> None:
+    result = run(workdir, "infra/setup.sh", "proj", "us-east1", "--firestore")
+    assert result.code == 0, result.err
+    ttl_groups = {
+        flag(args, "--collection-group")
+        for args in result.commands()
+        if args[3:6] == ["firestore", "fields", "ttls"]
+    }
+    assert ttl_groups == {"ml-orchestrator-executions", "execution-parts"}
+    indexes = [
+        [value for n, value in enumerate(args) if args[n - 1] == "--field-config"]
+        for args in result.commands()
+        if args[3:7] == ["firestore", "indexes", "composite", "create"]
+    ]
+    newest_first = "field-path=requested_at,order=descending"
+    assert sorted(indexes) == [
+        ["field-path=flow,order=ascending", newest_first],
+        ["field-path=status,order=ascending", "field-path=flow,order=ascending", newest_first],
+        ["field-path=status,order=ascending", newest_first],
+    ]
+    exempt = {
+        (args[7], flag(args, "--collection-group"))
+        for args in result.commands()
+        if args[3:7] == ["firestore", "indexes", "fields", "update"]
+    }
+    assert exempt == {
+        ("input", "ml-orchestrator-executions"),
+        ("steps", "ml-orchestrator-executions"),
+        ("data", "execution-parts"),
+    }
 
 
 def test_setup_dry_run_prints_and_changes_nothing(workdir: Path) -> None:
