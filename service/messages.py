@@ -156,7 +156,15 @@ class Execution(ExecutionSummary):
 class PushMessage(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    data: str = ""
+    data: str = Field(
+        "",
+        description="base64 of the request message: JSON with `flow` and `input` required",
+        json_schema_extra={
+            "contentEncoding": "base64",
+            "contentMediaType": "application/json",
+            "contentSchema": RequestMessage.model_json_schema(),
+        },
+    )
     attributes: dict[str, str] | None = None
     message_id: str | None = Field(None, alias="messageId")
     publish_time: str | None = Field(None, alias="publishTime")

@@ -116,15 +116,13 @@ class PushHandler:
             flow=attributes.get("flow"),
             delivery_attempt=envelope.delivery_attempt,
         ):
+            if self._stopping.is_set():
+                log.warning("delivery nacked", reason="the instance is stopping", retryable=True)
+                return NACK_RETRY
             try:
-                if self._stopping.is_set():
-                    raise ShuttingDown("the instance is stopping")
                 message = decode(envelope)
             except RejectedMessage as exc:
                 return await self._rejected(exc, message_id, attributes.get("flow"), last)
-            except ShuttingDown as exc:
-                log.warning("delivery nacked", reason=str(exc), retryable=True)
-                return NACK_RETRY
             structlog.contextvars.bind_contextvars(
                 execution_id=message.execution_id, flow=message.flow
             )

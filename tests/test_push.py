@@ -290,3 +290,13 @@ def test_a_result_too_big_for_a_pubsub_message_is_published_without_outputs(
     assert document["outputs"] == "omitted" and document["status"] == "succeeded"
     whole = stack.client.get(f"/executions/{message['execution_id']}").json()
     assert len(whole["steps"]["match_candidato"]["output"]["padding"]) == 10_200_000
+
+
+def test_the_openapi_document_says_a_direct_producer_needs_only_flow_and_input(
+    stack: Stack,
+) -> None:
+    operation = stack.client.get("/openapi.json").json()["paths"]["/pubsub/push"]["post"]
+    envelope = operation["requestBody"]["content"]["application/json"]["schema"]
+    data = envelope["properties"]["message"]["properties"]["data"]
+    assert data["contentEncoding"] == "base64"
+    assert data["contentSchema"]["required"] == ["flow", "input"]

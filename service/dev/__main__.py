@@ -45,6 +45,7 @@ def configure_environment(emulator_host: str | None) -> str:
         "WEBHOOK_SECRET": secret,
         "DEFAULT_WEBHOOK_URL": f"{demo}/webhook",
         "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+        "PUBLIC_URL": f"http://127.0.0.1:{PORT}",
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console"),
     }
     if emulator_host:
