@@ -255,6 +255,9 @@ class FirestoreStore:
 
     async def _execution(self, execution_id: str, data: dict[str, Any]) -> Execution:
         """The execution a head stands for, its spilled slots read back from their parts."""
+        if "input" not in data and "document" in data:
+            # Written before this layout (one map per execution): read until its TTL ends.
+            return Execution.model_validate(data["document"])
         slots: dict[str, Any] = {"input": data["input"]}
         slots |= {f"step.{name}": value for name, value in data.get("steps", {}).items()}
         pointers = {name: value for name, value in slots.items() if isinstance(value, dict)}

@@ -316,3 +316,29 @@ async def test_firestore_heads_stay_small_whatever_the_outputs(firestore_emulato
     print(f"\nhead document with 10 outputs of 900 KB: {head} bytes")
     assert head < 16_384
     await store.close()
+
+
+@pytest.mark.emulator
+async def test_firestore_reads_and_resumes_documents_of_the_earlier_layout(
+    firestore_emulator: object,
+) -> None:
+    """Executions stored by the previous release (one `document` map) outlive a deploy."""
+    from service.firestore import FirestoreStore
+
+    store = FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
+    execution = new_execution()
+    execution.steps["first"] = step_with({"v": 1})
+    await store._collection.document(execution.execution_id).set(
+        {
+            "document": execution.model_dump(mode="json"),
+            "status": "running",
+            "delivered": False,
+            "owner": "old-release",
+            "lease_until": datetime.now(UTC) - timedelta(seconds=1),
+        }
+    )
+    assert await store.get(execution.execution_id) == execution
+    resumed = await store.claim(execution, "new-release", LEASE_S)
+    assert resumed.state == ClaimState.CLAIMED
+    assert resumed.execution is not None and resumed.execution.steps == execution.steps
+    await store.close()
