@@ -134,7 +134,7 @@ class Execution(ExecutionSummary):
 
     def finish(self, status: ExecutionStatus, error: str | None = None) -> None:
         self.status = status
-        # Bounded: an error ends up in store documents, logs and message attributes' neighbours.
+        # Bounded: an error is stored, logged and shown in every listing.
         self.error = error if error is None else error[:MAX_ERROR_CHARS]
         self.finished_at = now()
         if self.started_at is not None:

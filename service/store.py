@@ -101,9 +101,12 @@ def page_key(token: str) -> tuple[datetime, str]:
     try:
         key = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         moment, execution_id = key.split("|", 1)
-        return datetime.fromisoformat(moment), execution_id
+        after = datetime.fromisoformat(moment)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise PageTokenInvalid("not a page token of this listing") from None
+        after = None
+    if after is None or after.tzinfo is None:
+        raise PageTokenInvalid("not a page token of this listing")
+    return after, execution_id
 
 
 def sort_key(execution: ExecutionSummary) -> tuple[datetime, str]:
