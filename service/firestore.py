@@ -31,6 +31,7 @@ anything else is StoreUnavailable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import OrderedDict
@@ -58,15 +59,7 @@ PARTS_TTL_MARGIN = timedelta(hours=1)  # parts outlive the head's last write
 # A collection group of its own name, for its TTL policy and index exemption (infra/).
 PARTS_COLLECTION = "execution-parts"
 REMEMBERED_PARTS = 1000
-SUMMARY_FIELDS = (
-    "flow",
-    "status",
-    "requested_at",
-    "started_at",
-    "finished_at",
-    "duration_ms",
-    "error",
-)
+SUMMARY_FIELDS = tuple(name for name in ExecutionSummary.model_fields if name != "execution_id")
 Parts = dict[str, bytes]
 
 
@@ -86,11 +79,13 @@ class FirestoreStore:
     async def enqueue(self, execution: Execution) -> None:
         fields, parts = self._document(execution)
         await self._write_parts(execution.execution_id, parts)
-        try:
-            await self._call(self._collection.document(execution.execution_id).create(fields))
-        except StoreUnavailable as exc:
-            if not isinstance(exc.__cause__, google_exceptions.Conflict):
-                raise  # AlreadyExists (a Conflict) means a copy is stored: keep it
+        reference = self._collection.document(execution.execution_id)
+
+        async def create() -> None:
+            with contextlib.suppress(google_exceptions.AlreadyExists):  # a copy is stored
+                await reference.create(fields)
+
+        await self._call(create())
 
     async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
         reference = self._collection.document(execution.execution_id)
