@@ -188,15 +188,20 @@ def test_sigterm_never_answers_2xx_for_unfinished_work(stack: Stack) -> None:
     assert stack.webhooks(message["execution_id"]) == []
 
 
+def large_outputs(functions: StandIns, delay_s: float) -> None:
+    """A 3 MB answer from the profession orchestrator, 400 vacancies analysed in 4 KB each."""
+    functions.delay_s = delay_s
+    functions.vacancies = 400
+    functions.padding.update(
+        {"/profession-orchestrator": 3_000_000, "/match-analysis-user-vacancy": 4000}
+    )
+
+
 def test_large_outputs_and_a_400_item_for_each_are_delivered_and_read_back_whole(
     stack: Stack,
 ) -> None:
     """A 3 MB answer and 400 analyses of 4 KB: ~4.7 MB of outputs on Firestore."""
-    stack.functions.delay_s = 0.01
-    stack.functions.vacancies = 400
-    stack.functions.padding.update(
-        {"/profession-orchestrator": 3_000_000, "/match-analysis-user-vacancy": 4000}
-    )
+    large_outputs(stack.functions, delay_s=0.01)
     message = stack.message()
     user = message["input"]["user_id"]
     response = httpx.post(
@@ -228,11 +233,7 @@ def test_large_outputs_and_a_400_item_for_each_are_delivered_and_read_back_whole
 def test_a_killed_instance_resumes_large_outputs_without_calling_finished_steps(
     stack: Stack,
 ) -> None:
-    stack.functions.delay_s = 0.05
-    stack.functions.vacancies = 400
-    stack.functions.padding.update(
-        {"/profession-orchestrator": 3_000_000, "/match-analysis-user-vacancy": 4000}
-    )
+    large_outputs(stack.functions, delay_s=0.05)
     message = stack.message()
     user = message["input"]["user_id"]
     stack.admin.publish("requests", json.dumps(message).encode())
