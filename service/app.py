@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from httpx_aiohttp import AiohttpTransport
 
-from service import frontdoor, problems, push
-from service.auth import PushAuth
+from service import frontdoor, operations, problems, push
+from service.auth import GoogleCertificates, OperatorAccess, TokenAuth
 from service.calls import MLCaller
 from service.delivery import ResultDelivery
 from service.deps import Components, ComponentsDep
@@ -52,6 +52,7 @@ def create_app(
     settings: Settings | None = None,
     flows: dict[str, Flow] | None = None,
     transport: Transport | None = None,
+    store: ExecutionStore | None = None,
 ) -> FastAPI:
     """The ASGI app. What is not given is made at start-up from the settings."""
 
@@ -61,14 +62,14 @@ def create_app(
         configure_logging(config.log_format)
         loaded = flows if flows is not None else load_checked_flows(config)
         broker = transport or make_transport(config)
-        store = make_store(config)
+        executions = store or make_store(config)
         async with make_http_client() as http:
-            app.state.components = build(config, loaded, broker, store, http)
+            app.state.components = build(config, loaded, broker, executions, http)
             app.state.trace_project = config.google_cloud_project
             log.info(
                 "service started",
                 transport=type(broker).__name__,
-                store=type(store).__name__,
+                store=type(executions).__name__,
                 flows=sorted(loaded),
                 orchestration_topic=config.orchestration_topic,
             )
@@ -76,7 +77,7 @@ def create_app(
                 yield
             finally:
                 await broker.close()
-                await store.close()
+                await executions.close()
 
     app = FastAPI(
         title="ML Orchestrator",
@@ -86,6 +87,7 @@ def create_app(
     )
     problems.install(app)
     app.include_router(frontdoor.router)
+    app.include_router(operations.router)
     app.include_router(push.router)
 
     @app.get("/health", summary="Liveness")
@@ -170,15 +172,18 @@ def build(
         max_delivery_attempts=settings.push_max_delivery_attempts,
     )
     transport.subscribe(settings.orchestration_topic, handler.handle)
-    push_auth = (
-        PushAuth(
-            http,
-            settings.push_auth_audience,
-            settings.push_auth_service_account,
-            settings.push_auth_certs_url,
+    certificates = GoogleCertificates(http, settings.push_auth_certs_url)
+    push_auth = None
+    if settings.push_auth_audience:
+        account = settings.push_auth_service_account
+        push_auth = TokenAuth(
+            certificates, settings.push_auth_audience, frozenset({account}) if account else None
         )
-        if settings.push_auth_audience
-        else None
+    operator_auth = None
+    if settings.operator_emails and settings.service_url:
+        operator_auth = TokenAuth(certificates, settings.service_url, settings.operator_emails)
+    operators = OperatorAccess(
+        operator_auth, closed=operator_auth is None and push_auth is not None
     )
     return Components(
         settings=settings,
@@ -188,4 +193,5 @@ def build(
         targets=targets,
         push=handler,
         push_auth=push_auth,
+        operators=operators,
     )

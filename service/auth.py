@@ -1,9 +1,12 @@
-"""Authentication of Pub/Sub push requests: a Google-signed OIDC token.
+"""Authentication by Google ID token: Pub/Sub's push requests and the operators.
 
-google-auth's `verify_token` checks the signature, `exp`, `iat` and `aud`, but
-neither the issuer's allow-list nor `email` / `email_verified`, and it fetches
-Google's certificates on every call; here the certificates are cached for as
-long as Google's Cache-Control allows and fetched again when a new key appears.
+Both carry `Authorization: Bearer <Google-signed OIDC token>` whose audience is the
+service URL: Pub/Sub's for its push identity (PUSH_AUTH_SERVICE_ACCOUNT), an
+operator's through `gcloud run services proxy` (ADMIN_EMAILS). google-auth's
+`verify_token` checks the signature, `exp`, `iat` and `aud`, but neither the
+issuer's allow-list nor `email` / `email_verified`, and it fetches Google's
+certificates on every call; here the certificates are cached (one cache for both)
+for as long as Google's Cache-Control allows and fetched again when a new key appears.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ MIN_REFETCH_INTERVAL_S = 30.0
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 
 
-class PushRefused(Exception):
-    """The push request is not let in: 401/403 for its token, 503 when the certificates
+class AuthRefused(Exception):
+    """The request is not let in: 401/403 for its token, 503 when the certificates
     cannot be fetched (Pub/Sub then pushes again later)."""
 
     def __init__(self, status: int, reason: str) -> None:
@@ -32,43 +35,67 @@ class PushRefused(Exception):
         self.status = status
 
 
-class PushAuth:
-    """Verifies `Authorization: Bearer <OIDC token>` of push requests."""
+class GoogleCertificates:
+    """Google's token-signing certificates, cached as long as its Cache-Control allows."""
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        audience: str,
-        service_account: str | None,
-        certs_url: str = GOOGLE_CERTS_URL,
-    ) -> None:
+    def __init__(self, client: httpx.AsyncClient, url: str = GOOGLE_CERTS_URL) -> None:
         self._client = client
-        self._audience = audience
-        self._service_account = service_account
-        self._certs_url = certs_url
+        self._url = url
         self._certs: dict[str, str] = {}
         self._expires = 0.0
         self._fetched = 0.0
         self._lock = asyncio.Lock()
 
+    async def get(self, refresh: bool) -> dict[str, str]:
+        """The certificates by key id; `refresh` asks again (at most every 30 s)."""
+        async with self._lock:
+            now = time.monotonic()
+            stale = now >= self._expires
+            may_refetch = now - self._fetched >= MIN_REFETCH_INTERVAL_S
+            if stale or (refresh and may_refetch):
+                try:
+                    response = await self._client.get(self._url, timeout=10)
+                    response.raise_for_status()
+                    self._certs = response.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    if not self._certs:
+                        raise AuthRefused(503, f"cannot fetch {self._url}: {exc}") from None
+                    return self._certs  # keep verifying with the last certificates
+                self._fetched = now
+                max_age = _MAX_AGE.search(response.headers.get("cache-control", ""))
+                self._expires = now + (int(max_age.group(1)) if max_age else 300)
+            return self._certs
+
+
+class TokenAuth:
+    """Verifies `Authorization: Bearer <Google ID token>`: audience, issuer, and the
+    verified `email` among `emails` (any email when `emails` is None)."""
+
+    def __init__(
+        self, certificates: GoogleCertificates, audience: str, emails: frozenset[str] | None
+    ) -> None:
+        self._certificates = certificates
+        self._audience = audience
+        self._emails = emails
+
     async def verify(self, authorization: str | None) -> dict[str, Any]:
-        """The token's claims; PushRefused unless every check passes."""
+        """The token's claims; AuthRefused unless every check passes."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise PushRefused(401, "missing bearer token")
+            raise AuthRefused(401, "missing bearer token")
         claims = await self._decode(token.strip())
         if claims.get("iss") not in GOOGLE_ISSUERS:
-            raise PushRefused(401, "token not issued by Google")
-        if self._service_account is not None:
-            if claims.get("email") != self._service_account:
-                raise PushRefused(403, "token of another service account")
+            raise AuthRefused(401, "token not issued by Google")
+        if self._emails is not None:
+            if claims.get("email") not in self._emails:
+                raise AuthRefused(403, "token of another account")
             if claims.get("email_verified") is not True:
-                raise PushRefused(403, "token email not verified")
+                raise AuthRefused(403, "token email not verified")
         return claims
 
     async def _decode(self, token: str) -> dict[str, Any]:
         for fresh in (False, True):
-            certs = await self._certificates(refresh=fresh)
+            certs = await self._certificates.get(refresh=fresh)
             try:
                 claims: dict[str, Any] = jwt.decode(  # type: ignore[no-untyped-call]
                     token,
@@ -80,28 +107,31 @@ class PushAuth:
             except ValueError as exc:  # google-auth reports every failure as ValueError
                 if "not found" in str(exc) and not fresh:
                     continue  # an unknown key id: Google may have rotated its keys
-                raise PushRefused(401, f"invalid token: {_first_line(exc)}") from None
-        raise PushRefused(401, "invalid token: unknown signing key")
-
-    async def _certificates(self, refresh: bool) -> dict[str, str]:
-        async with self._lock:
-            now = time.monotonic()
-            stale = now >= self._expires
-            may_refetch = now - self._fetched >= MIN_REFETCH_INTERVAL_S
-            if stale or (refresh and may_refetch):
-                try:
-                    response = await self._client.get(self._certs_url, timeout=10)
-                    response.raise_for_status()
-                    self._certs = response.json()
-                except (httpx.HTTPError, ValueError) as exc:
-                    if not self._certs:
-                        raise PushRefused(503, f"cannot fetch {self._certs_url}: {exc}") from None
-                    return self._certs  # keep verifying with the last certificates
-                self._fetched = now
-                max_age = _MAX_AGE.search(response.headers.get("cache-control", ""))
-                self._expires = now + (int(max_age.group(1)) if max_age else 300)
-            return self._certs
+                raise AuthRefused(401, f"invalid token: {_first_line(exc)}") from None
+        raise AuthRefused(401, "invalid token: unknown signing key")
 
 
 def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+class OperatorAccess:
+    """Who may list, cancel and re-drive executions.
+
+    ADMIN_EMAILS set: a Google ID token of one of them. Not set: open where push
+    authentication is off (local development), closed (403 naming the setting)
+    where it is on, i.e. in production.
+    """
+
+    def __init__(self, auth: TokenAuth | None, closed: bool) -> None:
+        self._auth = auth
+        self._closed = closed
+
+    async def check(self, authorization: str | None) -> None:
+        """AuthRefused unless the request may operate."""
+        if self._closed:
+            raise AuthRefused(
+                403, "ADMIN_EMAILS is not set: operations are closed where push auth is on"
+            )
+        if self._auth is not None:
+            await self._auth.verify(authorization)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 if TYPE_CHECKING:
-    from service.auth import PushAuth
+    from service.auth import OperatorAccess, TokenAuth
     from service.flow import Flow
     from service.push import PushHandler
     from service.settings import Settings
@@ -27,7 +27,8 @@ class Components:
     store: ExecutionStore
     targets: WebhookTargets
     push: PushHandler
-    push_auth: PushAuth | None
+    push_auth: TokenAuth | None
+    operators: OperatorAccess
 
 
 def components_of(request: Request) -> Components:

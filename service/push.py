@@ -33,7 +33,7 @@ import structlog
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
-from service.auth import PushRefused
+from service.auth import AuthRefused
 from service.delivery import ResultDelivery
 from service.deps import components_of
 from service.errors import (
@@ -382,7 +382,7 @@ async def push(request: Request) -> Response:
     if parts.push_auth is not None:
         try:
             await parts.push_auth.verify(request.headers.get("authorization"))
-        except PushRefused as exc:
+        except AuthRefused as exc:
             log.warning("push refused", reason=str(exc), status_code=exc.status)
             return Response(status_code=exc.status)
     try:

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     push_auth_audience: str | None = None
     push_auth_service_account: str | None = None
     push_auth_certs_url: str = GOOGLE_CERTS_URL
+    admin_emails: str | None = None
     webhook_secret: str | None = None
     default_webhook_url: str | None = None
     webhook_allow_private_networks: bool = False
@@ -91,6 +92,7 @@ class Settings(BaseSettings):
         "default_webhook_url",
         "webhook_allowed_hosts",
         "public_url",
+        "admin_emails",
         mode="before",
     )
     @classmethod
@@ -106,6 +108,11 @@ class Settings(BaseSettings):
             raise ValueError("GOOGLE_CLOUD_PROJECT: required when EXECUTION_STORE=firestore")
         if self.push_auth_service_account and not self.push_auth_audience:
             raise ValueError("PUSH_AUTH_AUDIENCE: required when PUSH_AUTH_SERVICE_ACCOUNT is set")
+        if self.admin_emails and not self.service_url:
+            raise ValueError(
+                "PUSH_AUTH_AUDIENCE or PUBLIC_URL: required when ADMIN_EMAILS is set "
+                "(the service URL is the audience of operators' tokens)"
+            )
         return self
 
     @property
@@ -115,6 +122,15 @@ class Settings(BaseSettings):
             return None
         return frozenset(
             host.strip().lower() for host in self.webhook_allowed_hosts.split(",") if host.strip()
+        )
+
+    @property
+    def operator_emails(self) -> frozenset[str] | None:
+        """ADMIN_EMAILS as a set of lower-case emails, None when unset."""
+        if not self.admin_emails:
+            return None
+        return frozenset(
+            email.strip().lower() for email in self.admin_emails.split(",") if email.strip()
         )
 
     @property

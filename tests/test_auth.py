@@ -1,4 +1,4 @@
-"""Push authentication with locally signed tokens: every forgery is refused."""
+"""Push and operator authentication with locally signed tokens: every forgery is refused."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.auth import PushAuth, PushRefused
+from service.auth import AuthRefused, GoogleCertificates, TokenAuth
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import SERVICE_ACCOUNT, Identity, certs_server
@@ -29,9 +29,11 @@ def certs(identity: Identity) -> Iterator[tuple[str, Counter[str]]]:
 
 
 @pytest.fixture
-async def auth(certs: tuple[str, Counter[str]]) -> AsyncIterator[PushAuth]:
+async def auth(certs: tuple[str, Counter[str]]) -> AsyncIterator[TokenAuth]:
     async with httpx.AsyncClient() as client:
-        yield PushAuth(client, AUDIENCE, SERVICE_ACCOUNT, certs_url=certs[0])
+        yield TokenAuth(
+            GoogleCertificates(client, certs[0]), AUDIENCE, frozenset({SERVICE_ACCOUNT})
+        )
 
 
 def b64(data: dict[str, object]) -> str:
@@ -62,26 +64,26 @@ def forgeries(identity: Identity) -> dict[str, tuple[str | None, int]]:
     }
 
 
-async def test_a_valid_token_is_accepted(auth: PushAuth, identity: Identity) -> None:
+async def test_a_valid_token_is_accepted(auth: TokenAuth, identity: Identity) -> None:
     claims = await auth.verify(f"Bearer {identity.token(AUDIENCE)}")
     assert claims["email"] == SERVICE_ACCOUNT
 
 
-async def test_every_forged_token_is_refused(auth: PushAuth, identity: Identity) -> None:
+async def test_every_forged_token_is_refused(auth: TokenAuth, identity: Identity) -> None:
     accepted = []
     cases = forgeries(identity)
     for case, (header, status) in cases.items():
         try:
             await auth.verify(header)
             accepted.append(case)
-        except PushRefused as exc:
+        except AuthRefused as exc:
             assert exc.status == status, case
     print(f"\nforged or unfit push tokens accepted: {len(accepted)}/{len(cases)}")
     assert accepted == []
 
 
 async def test_certificates_are_fetched_once_for_many_tokens(
-    auth: PushAuth, identity: Identity, certs: tuple[str, Counter[str]]
+    auth: TokenAuth, identity: Identity, certs: tuple[str, Counter[str]]
 ) -> None:
     before = certs[1]["certs"]
     for _ in range(20):
@@ -90,14 +92,14 @@ async def test_certificates_are_fetched_once_for_many_tokens(
 
 
 async def test_unknown_keys_do_not_make_every_request_fetch_certificates(
-    auth: PushAuth, identity: Identity, certs: tuple[str, Counter[str]]
+    auth: TokenAuth, identity: Identity, certs: tuple[str, Counter[str]]
 ) -> None:
     """A key id not in the cache refetches, but at most once per MIN_REFETCH_INTERVAL_S."""
     await auth.verify(f"Bearer {identity.token(AUDIENCE)}")
     before = certs[1]["certs"]
     stranger = Identity("rotated-key").token(AUDIENCE)
     for _ in range(5):
-        with pytest.raises(PushRefused):
+        with pytest.raises(AuthRefused):
             await auth.verify(f"Bearer {stranger}")
     assert certs[1]["certs"] - before == 0
 
@@ -123,8 +125,9 @@ def test_the_push_endpoint_requires_a_token_when_configured(
 
 async def test_unreachable_certificates_are_a_retryable_503() -> None:
     async with httpx.AsyncClient() as client:
-        auth = PushAuth(client, AUDIENCE, SERVICE_ACCOUNT, certs_url="http://127.0.0.1:9/certs")
-        with pytest.raises(PushRefused) as caught:
+        certificates = GoogleCertificates(client, "http://127.0.0.1:9/certs")
+        auth = TokenAuth(certificates, AUDIENCE, frozenset({SERVICE_ACCOUNT}))
+        with pytest.raises(AuthRefused) as caught:
             await auth.verify(f"Bearer {Identity().token(AUDIENCE)}")
     assert caught.value.status == 503
     assert "cannot fetch http://127.0.0.1:9/certs" in str(caught.value)

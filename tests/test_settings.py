@@ -122,3 +122,17 @@ def test_start_up_stops_for_an_unknown_default_flow(tmp_path: Path) -> None:
     result = run_service({**URLS, "DEFAULT_FLOW": "nope"}, tmp_path)
     assert result.returncode == 2
     assert "DEFAULT_FLOW: no flow named 'nope'" in result.stderr
+
+
+def test_every_setting_is_in_the_readme_and_the_templates() -> None:
+    """A newcomer finds each setting documented; the templates leave out only local ones."""
+    root = Path(__file__).resolve().parent.parent
+    names = {name.upper() for name in Settings.model_fields}
+    only_local = {"PUBSUB_EMULATOR_HOST", "FLOWS_DIR", "PUSH_AUTH_CERTS_URL"}
+    for file, expected in (
+        ("README.md", names),
+        (".env.example", names - {"PUSH_AUTH_CERTS_URL"}),
+        ("env-vars-template.yaml", names - only_local),
+    ):
+        text = (root / file).read_text()
+        assert sorted(name for name in expected if name not in text) == [], file
