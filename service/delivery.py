@@ -67,7 +67,7 @@ class ResultDelivery:
         await self.publish(execution, body=body)
         if webhook_url:
             webhook_body, _ = self._fitted(execution, body, self._webhook_max_bytes)
-            await self._send_webhook(webhook_url, execution.execution_id, webhook_body.decode())
+            await self._send_webhook(webhook_url, execution.webhook_id, webhook_body.decode())
 
     async def publish(
         self, execution: Execution, webhook_undelivered: bool = False, body: bytes | None = None

@@ -8,7 +8,9 @@ One head document per execution, always far under Firestore's 1 MiB:
         input, steps.NAME                           "slots": JSON text of the input and
                                                     of each step's outcome, inline up to
                                                     INLINE_BYTES, else a pointer {parts, digest}
-        owner, lease_until, delivered, updated_at, expire_at
+        webhook_url                                 kept for re-drives
+        owner, lease_until, delivered,              the lease, and whether the result
+        cancel_requested, updated_at, expire_at     went out; an operator's cancel
     executions/{id}/execution-parts/{slot}.{digest}.{n}
                                                     a larger slot in chunks of PART_BYTES,
                                                     named by its content, written before
@@ -20,8 +22,10 @@ counts against the 1 MiB with every parallel step's answer. Measured by
 bench/storage.py: a 3 MB answer could not be stored before; now it is 4 part
 documents and one pointer.
 
-A claim is a transaction: it creates the head, or replaces a `queued` one, or
-takes over one whose lease has expired, or reports it running or finished. Step
+A claim is a transaction: it creates the head, or starts a `queued` one, or
+takes over one whose lease has expired, or reports it running or finished.
+Cancels and re-drives are transactions too; running executions with a cancel
+asked are found by one query (`cancel_requests`), not one read per execution. Step
 outcomes are written field by field (`steps.NAME`), so parallel steps never
 overwrite each other. `expire_at` lets a Firestore TTL policy delete old executions
 and their parts (infra/setup.sh). FIRESTORE_EMULATOR_HOST points the client at
@@ -46,7 +50,17 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from service.errors import StoreRefused, StoreUnavailable
 from service.messages import Execution, ExecutionStatus, ExecutionSummary, StepResult
-from service.store import Claim, ClaimState, ExecutionQuery, Page, claimed, page_key, page_token
+from service.store import (
+    Claim,
+    ClaimState,
+    ExecutionQuery,
+    Page,
+    cancelled,
+    claimed,
+    page_key,
+    page_token,
+    redriven,
+)
 
 CLAIM_ATTEMPTS = 10
 # Each slot inline up to this; with at most MAX_FLOW_STEPS (50) steps a head stays < 1 MiB.
@@ -102,8 +116,9 @@ class FirestoreStore:
                 return ClaimState.CLAIMED, None
             data = snapshot.to_dict() or {}
             if data.get("status") == ExecutionStatus.QUEUED:
-                transaction.set(reference, {**fresh, **lease})
-                return ClaimState.CLAIMED, None
+                started = {"status": ExecutionStatus.RUNNING.value, "started_at": now}
+                transaction.update(reference, {**lease, **started})
+                return ClaimState.CLAIMED, data
             if data.get("delivered"):
                 return ClaimState.FINISHED, data
             lease_until = data.get("lease_until")
@@ -129,7 +144,7 @@ class FirestoreStore:
         stored = await self._execution(execution.execution_id, data)
         if state == ClaimState.FINISHED:
             return Claim(ClaimState.FINISHED, stored, delivered=True)
-        return claimed(stored)
+        return claimed(stored, bool(data.get("cancel_requested")))
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         reference = self._collection.document(execution_id)
@@ -204,14 +219,64 @@ class FirestoreStore:
         more = len(snapshots) > query.limit
         return Page(page, page_token(page[-1]) if more else None)
 
+    async def cancel(self, execution_id: str) -> ExecutionStatus | None:
+        reference = self._collection.document(execution_id)
+
+        @firestore.async_transactional
+        async def cancel_in(transaction: Any) -> ExecutionStatus | None:
+            snapshot = await reference.get(transaction=transaction)
+            if not snapshot.exists:
+                return None
+            execution = await self._execution(execution_id, snapshot.to_dict() or {})
+            status = cancelled(execution)
+            if status == ExecutionStatus.RUNNING:
+                transaction.update(reference, {"cancel_requested": True})
+            else:
+                summary = execution.summary().model_dump(exclude={"execution_id"})
+                transaction.update(reference, summary)
+            return status
+
+        return await self._transact(cancel_in)  # type: ignore[no-any-return]
+
+    async def cancel_requests(self) -> set[str]:
+        asked = (
+            self._collection.where(filter=FieldFilter("cancel_requested", "==", True))
+            .where(filter=FieldFilter("status", "==", ExecutionStatus.RUNNING.value))
+            .select(["status"])
+        )
+        return {snapshot.id for snapshot in await self._call(asked.get())}
+
+    async def redrive(self, execution_id: str) -> tuple[Execution, Execution] | None:
+        reference = self._collection.document(execution_id)
+
+        @firestore.async_transactional
+        async def redrive_in(transaction: Any) -> tuple[Execution, Execution] | None:
+            snapshot = await reference.get(transaction=transaction)
+            if not snapshot.exists:
+                return None
+            data = snapshot.to_dict() or {}
+            before = await self._execution(execution_id, data)
+            after = redriven(before, bool(data.get("delivered")))
+            fields, parts = self._document(after)
+            await self._write_parts(execution_id, parts)  # kept outputs: already written
+            transaction.set(reference, {**fields, "delivered": False})
+            return before, after
+
+        return await self._transact(redrive_in)  # type: ignore[no-any-return]
+
     async def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
+
+    async def _transact(self, function: Any) -> Any:
+        """Run a transactional function; Conflict passes through, contention is unavailable."""
+        return await self._call(function(self._client.transaction()))
 
     def _document(self, execution: Execution) -> tuple[dict[str, Any], Parts]:
         """The head's fields for the whole execution, and the parts its slots need."""
         now = datetime.now(UTC)
         fields: dict[str, Any] = {
             **execution.summary().model_dump(exclude={"execution_id"}),
+            "webhook_url": execution.webhook_url,
             "updated_at": now,
             "expire_at": now + self._ttl,
         }
@@ -276,7 +341,7 @@ class FirestoreStore:
             if name.startswith("step.")
         }
         summary = {name: data.get(name) for name in SUMMARY_FIELDS}
-        return Execution.model_validate(
+        execution = Execution.model_validate(
             {
                 **summary,
                 "execution_id": execution_id,
@@ -284,6 +349,8 @@ class FirestoreStore:
                 "steps": steps,
             }
         )
+        execution.webhook_url = data.get("webhook_url")
+        return execution
 
     @staticmethod
     async def _call(awaitable: Awaitable[Any]) -> Any:

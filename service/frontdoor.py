@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -107,13 +106,12 @@ async def orchestrate(request: Request) -> JSONResponse:
         execution_id = str(uuid.uuid4())
     else:
         execution_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{flow.name}\n{idempotency_key}"))
-    requested_at = now()
     message = RequestMessage(
         execution_id=execution_id,
         flow=flow.name,
         input=flow_input,
         webhook_url=webhook_url,
-        requested_at=requested_at,
+        requested_at=now(),
     )
     try:
         await parts.transport.publish(
@@ -128,7 +126,7 @@ async def orchestrate(request: Request) -> JSONResponse:
             f"the request was not accepted: {exc}",
             headers={"Retry-After": BROKER_RETRY_AFTER_S},
         ) from None
-    await _record_queued(parts.store, execution_id, flow.name, flow_input, requested_at)
+    await _record_queued(parts.store, message)
     status_url = f"{request.base_url}executions/{execution_id}"
     accepted = Accepted(execution_id=execution_id, flow=flow.name, status_url=status_url)
     return JSONResponse(accepted.model_dump(), 202, headers={"Location": status_url})
@@ -147,26 +145,22 @@ async def get_execution(execution_id: str, parts: ComponentsDep) -> Execution:
     return execution
 
 
-async def _record_queued(
-    store: ExecutionStore,
-    execution_id: str,
-    flow: str,
-    flow_input: dict[str, Any],
-    requested_at: datetime,
-) -> None:
+async def _record_queued(store: ExecutionStore, message: RequestMessage) -> None:
     """Make the accepted execution readable as `queued` until a delivery claims it.
 
     After the publish, so that nothing unpublished is ever shown; a claim that came
     first is kept. The broker has the message already: a store failure costs only
     the early view, so it is logged, not refused.
     """
+    assert message.execution_id is not None
     queued = Execution(
-        execution_id=execution_id,
-        flow=flow,
+        execution_id=message.execution_id,
+        flow=message.flow,
         status=ExecutionStatus.QUEUED,
-        input=flow_input,
-        requested_at=requested_at,
+        input=message.input,
+        requested_at=message.requested_at or now(),
         started_at=None,
+        webhook_url=message.webhook_url,
     )
     try:
         await store.enqueue(queued)

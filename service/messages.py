@@ -28,11 +28,12 @@ def now() -> datetime:
 
 
 class ExecutionStatus(StrEnum):
-    QUEUED = "queued"  # accepted by the front door, not started yet
+    QUEUED = "queued"  # accepted (or re-driven), not started yet
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     PARTIAL = "partial"
+    CANCELLED = "cancelled"
     REJECTED = "rejected"
 
 
@@ -41,9 +42,14 @@ TERMINAL = frozenset(
         ExecutionStatus.SUCCEEDED,
         ExecutionStatus.FAILED,
         ExecutionStatus.PARTIAL,
+        ExecutionStatus.CANCELLED,
         ExecutionStatus.REJECTED,
     }
 )
+# What an operator may run again: its succeeded steps (and for_each items) are kept.
+REDRIVABLE = frozenset({ExecutionStatus.FAILED, ExecutionStatus.PARTIAL, ExecutionStatus.CANCELLED})
+CANCELLABLE = frozenset({ExecutionStatus.QUEUED, ExecutionStatus.RUNNING})
+CANCELLED_BY_OPERATOR = "cancelled by an operator"
 
 
 class StepStatus(StrEnum):
@@ -51,6 +57,7 @@ class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"
 
 
 class RequestMessage(BaseModel):
@@ -103,14 +110,27 @@ def _timestamp(text: str | None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+class ItemResult(BaseModel):
+    """One item of a `for_each` step (its output is the step's output at the same index)."""
+
+    status: StepStatus
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
 class StepResult(BaseModel):
     """One step's outcome in the execution document."""
 
     status: StepStatus
     attempts: int = 0
     duration_ms: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     output: Any = None
     error: str | None = None
+    items: list[ItemResult] | None = None  # for_each steps only
 
 
 class ExecutionSummary(BaseModel):
@@ -119,6 +139,7 @@ class ExecutionSummary(BaseModel):
     execution_id: str
     flow: str
     status: ExecutionStatus
+    run: int = Field(1, ge=1, description="1, then 2, ... for each re-drive")
     requested_at: datetime = Field(default_factory=now)
     started_at: datetime | None = Field(default_factory=now)
     finished_at: datetime | None = None
@@ -131,6 +152,37 @@ class Execution(ExecutionSummary):
 
     input: dict[str, Any]
     steps: dict[str, StepResult] = Field(default_factory=dict)
+    # Kept for re-drives, never shown: a webhook URL may carry a receiver's token.
+    webhook_url: str | None = Field(None, exclude=True)
+
+    @property
+    def webhook_id(self) -> str:
+        """Standard Webhooks' message id: the same across one run's retries, new per run."""
+        return self.execution_id if self.run == 1 else f"{self.execution_id}~run{self.run}"
+
+    def redriven(self) -> Execution:
+        """The next run: queued, keeping succeeded steps and a for_each's succeeded items.
+
+        Anything else runs again: failed, cancelled and never-run steps, and the
+        steps skipped because of them (skips by `when` are decided again).
+        """
+        steps = {}
+        for name, result in self.steps.items():
+            if result.status == StepStatus.SUCCEEDED:
+                steps[name] = result
+            elif result.items and any(i.status == StepStatus.SUCCEEDED for i in result.items):
+                steps[name] = result.model_copy(update={"status": StepStatus.RUNNING})
+        return self.model_copy(
+            update={
+                "status": ExecutionStatus.QUEUED,
+                "run": self.run + 1,
+                "steps": steps,
+                "started_at": None,
+                "finished_at": None,
+                "duration_ms": None,
+                "error": None,
+            }
+        )
 
     def finish(self, status: ExecutionStatus, error: str | None = None) -> None:
         self.status = status
@@ -140,12 +192,16 @@ class Execution(ExecutionSummary):
         if self.started_at is not None:
             self.duration_ms = round((self.finished_at - self.started_at).total_seconds() * 1000)
 
-    def fail_running(self, error: str) -> None:
-        """Mark the steps still running as failed with `error` (the execution is ending)."""
+    def end_running(self, error: str, status: StepStatus = StepStatus.FAILED) -> None:
+        """End the steps (and for_each items) still running with `status` and `error`."""
+        ended = now()
         for result in self.steps.values():
-            if result.status == StepStatus.RUNNING:
-                result.status = StepStatus.FAILED
-                result.error = error
+            if result.status != StepStatus.RUNNING:
+                continue
+            result.status, result.error, result.finished_at = status, error, ended
+            for item in result.items or ():
+                if item.status == StepStatus.RUNNING:
+                    item.status, item.error = status, error
 
     def summary(self) -> ExecutionSummary:
         return ExecutionSummary.model_validate(

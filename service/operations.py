@@ -1,4 +1,4 @@
-"""The operators' API: find executions (and, next, cancel and re-drive them).
+"""The operators' API: find executions, cancel them, re-drive them (one or in bulk).
 
 Every route here depends on `operator`: open in local development, a Google ID
 token of ADMIN_EMAILS in production, closed (403 naming the setting) otherwise.
@@ -6,16 +6,26 @@ token of ADMIN_EMAILS in production, closed (403 naming the setting) otherwise.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from service.auth import AuthRefused
-from service.deps import ComponentsDep, components_of
-from service.messages import ExecutionStatus, ExecutionSummary
+from service.deps import Components, ComponentsDep, components_of
+from service.errors import BrokerUnavailable
+from service.messages import (
+    REDRIVABLE,
+    Execution,
+    ExecutionStatus,
+    ExecutionSummary,
+    RequestMessage,
+)
 from service.problems import MEDIA_TYPE, Problem, invalid
-from service.store import ExecutionQuery, PageTokenInvalid
+from service.store import Conflict, ExecutionQuery, PageTokenInvalid
+
+log = structlog.get_logger(__name__)
 
 MAX_LIST_LIMIT = 1000
 
@@ -72,3 +82,155 @@ async def list_executions(
     except PageTokenInvalid as exc:
         raise invalid([{"field": "page_token", "reason": str(exc)}]) from None
     return ExecutionList(executions=page.executions, next_page_token=page.next_page_token)
+
+
+class Cancelling(BaseModel):
+    """A cancel taken: `cancelled` at once if it was queued, `cancelling` if it runs."""
+
+    execution_id: str
+    status: Literal["cancelled", "cancelling"]
+
+
+class Redriven(BaseModel):
+    """A re-drive taken: the next run is queued through the broker."""
+
+    execution_id: str
+    run: int
+    status: Literal["queued"] = "queued"
+    status_url: str
+
+
+class BulkRedrive(BaseModel):
+    """Which ended executions to run again (after an outage, say)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: list[ExecutionStatus] = Field(
+        default_factory=lambda: [ExecutionStatus.FAILED], min_length=1
+    )
+    flow: str | None = Field(None, max_length=63)
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    limit: int = Field(100, ge=1, le=MAX_LIST_LIMIT)
+
+    @field_validator("status")
+    @classmethod
+    def _redrivable(cls, value: list[ExecutionStatus]) -> list[ExecutionStatus]:
+        refused = [status.value for status in value if status not in REDRIVABLE]
+        if refused:
+            raise ValueError(f"only failed, partial and cancelled are re-driven, not {refused}")
+        return value
+
+
+class BulkRedriven(BaseModel):
+    count: int
+    execution_ids: list[str]
+
+
+_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"description": "its status does not allow it (named in `detail`)", **_PROBLEM}
+}
+_UNKNOWN: dict[int | str, dict[str, Any]] = {404: {"description": "unknown execution", **_PROBLEM}}
+
+
+@router.post(
+    "/executions/{execution_id}/cancel",
+    status_code=202,
+    response_model=Cancelling,
+    summary="Cancel a queued or running execution; its result is delivered as `cancelled`",
+    responses={**_UNKNOWN, **_CONFLICT},
+)
+async def cancel(execution_id: str, parts: ComponentsDep) -> Cancelling:
+    try:
+        before = await parts.store.cancel(execution_id[:128])
+    except Conflict as exc:
+        raise _conflict(exc) from None
+    if before is None:
+        raise _unknown(execution_id)
+    log.info("cancel asked by an operator", execution_id=execution_id, was=before)
+    done = before == ExecutionStatus.QUEUED
+    return Cancelling(execution_id=execution_id, status="cancelled" if done else "cancelling")
+
+
+@router.post(
+    "/executions/{execution_id}/redrive",
+    status_code=202,
+    response_model=Redriven,
+    summary="Run an ended failed, partial or cancelled execution again (what succeeded is kept)",
+    responses={**_UNKNOWN, **_CONFLICT, 503: {"description": "broker unreachable", **_PROBLEM}},
+)
+async def redrive(execution_id: str, request: Request, parts: ComponentsDep) -> Redriven:
+    try:
+        execution = await _redrive(parts, execution_id[:128])
+    except Conflict as exc:
+        raise _conflict(exc) from None
+    if execution is None:
+        raise _unknown(execution_id)
+    status_url = f"{request.base_url}executions/{execution.execution_id}"
+    return Redriven(execution_id=execution.execution_id, run=execution.run, status_url=status_url)
+
+
+@router.post(
+    "/executions/redrive",
+    status_code=202,
+    response_model=BulkRedriven,
+    summary="Run again every ended execution that matches (newest first, at most `limit`)",
+    responses={
+        422: {"description": "a field is invalid (named in `errors`)", **_PROBLEM},
+        503: {"description": "broker unreachable", **_PROBLEM},
+    },
+)
+async def redrive_many(selection: BulkRedrive, parts: ComponentsDep) -> BulkRedriven:
+    query = ExecutionQuery(
+        statuses=frozenset(selection.status),
+        flow=selection.flow,
+        since=selection.since,
+        until=selection.until,
+        limit=selection.limit,
+    )
+    page = await parts.store.list(query)
+    redriven: list[str] = []
+    for summary in page.executions:
+        try:
+            if await _redrive(parts, summary.execution_id) is not None:
+                redriven.append(summary.execution_id)
+        except Conflict:
+            continue  # it changed since it was listed (re-driven by another call, say)
+    log.info("bulk re-drive", count=len(redriven), listed=len(page.executions))
+    return BulkRedriven(count=len(redriven), execution_ids=redriven)
+
+
+async def _redrive(parts: Components, execution_id: str) -> Execution | None:
+    """Queue the next run in the store, then publish it; undone if the broker refuses."""
+    changed = await parts.store.redrive(execution_id)
+    if changed is None:
+        return None
+    before, after = changed
+    message = RequestMessage(
+        execution_id=after.execution_id,
+        flow=after.flow,
+        input=after.input,
+        webhook_url=after.webhook_url,
+        requested_at=after.requested_at,
+    )
+    try:
+        await parts.transport.publish(
+            parts.settings.orchestration_topic,
+            message.model_dump_json().encode(),
+            {"execution_id": after.execution_id, "flow": after.flow, "run": str(after.run)},
+        )
+    except BrokerUnavailable as exc:
+        await parts.store.save(before, delivered=True)
+        raise Problem(
+            503, "Broker unavailable", f"not re-driven: {exc}", headers={"Retry-After": "5"}
+        ) from None
+    log.info("re-driven", execution_id=after.execution_id, run=after.run)
+    return after
+
+
+def _conflict(exc: Conflict) -> Problem:
+    return Problem(409, "Conflict", f"status: {exc}", [{"field": "status", "reason": str(exc)}])
+
+
+def _unknown(execution_id: str) -> Problem:
+    return Problem(404, "Unknown execution", f"no execution {execution_id[:128]!r}")

@@ -8,6 +8,11 @@ not run again; each new outcome is handed to `checkpoint` as soon as it exists.
 An outcome the store refuses for good (StoreRefused) fails its step, with the
 reason, and the execution goes on; any other error of a step ends the run and is
 raised as itself, not as the TaskGroup's ExceptionGroup.
+
+Each step records when it started and finished; a `for_each` step records each
+item (status, attempts, times) as it ends, and reuses the items that succeeded in
+an earlier run of a re-driven execution. When `cancel` is set the calls in
+flight are abandoned, no new call starts, and the execution ends `cancelled`.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from service.errors import StoreRefused
 from service.expressions import render_value
 from service.flow import Flow, Step
 from service.messages import (
+    CANCELLED_BY_OPERATOR,
     MAX_ERROR_CHARS,
     Execution,
     ExecutionStatus,
+    ItemResult,
     StepResult,
     StepStatus,
+    now,
 )
 
 log = structlog.get_logger(__name__)
@@ -51,7 +59,11 @@ class FlowRunner:
         self._timeout_s = timeout_s
 
     async def run(
-        self, flow: Flow, execution: Execution, checkpoint: Checkpoint = _no_checkpoint
+        self,
+        flow: Flow,
+        execution: Execution,
+        checkpoint: Checkpoint = _no_checkpoint,
+        cancel: asyncio.Event | None = None,
     ) -> Execution:
         """Run the steps of `flow` that have no outcome yet and finish `execution` (in place)."""
         loop = asyncio.get_running_loop()
@@ -70,15 +82,18 @@ class FlowRunner:
         runs = (self._run_step(step, execution, done, deadline, checkpoint) for step in pending)
         try:
             async with asyncio.timeout_at(deadline):
-                await _all(runs)
+                await _unless(cancel, _all(runs))
         except TimeoutError:
-            execution.fail_running("execution timed out")
+            execution.end_running("execution timed out")
             execution.finish(
                 ExecutionStatus.FAILED, f"timed out after {self._timeout_s:g} s (FLOW_TIMEOUT_S)"
             )
         except StoreRefused as exc:
-            execution.fail_running("not run: the execution store refused a step's outcome")
+            execution.end_running("not run: the execution store refused a step's outcome")
             execution.finish(ExecutionStatus.FAILED, str(exc))
+        except Cancelled:
+            execution.end_running(CANCELLED_BY_OPERATOR, StepStatus.CANCELLED)
+            execution.finish(ExecutionStatus.CANCELLED, CANCELLED_BY_OPERATOR)
         else:
             execution.finish(*_verdict(flow, execution))
         log.info(
@@ -128,18 +143,21 @@ class FlowRunner:
     async def _outcome(self, step: Step, execution: Execution, deadline: float) -> StepResult:
         failed = [name for name in step.after if execution.steps[name].status == StepStatus.FAILED]
         if failed:
-            return StepResult(status=StepStatus.SKIPPED, error=f"needs failed step {failed[0]}")
+            return _skipped(f"needs failed step {failed[0]}")
         scope = _scope(execution)
         if step.when is not None and not step.when.render(scope):
-            return StepResult(status=StepStatus.SKIPPED)
+            return _skipped(None)
 
-        result = StepResult(status=StepStatus.RUNNING)
+        previous = execution.steps.get(step.name)
+        result = StepResult(status=StepStatus.RUNNING, started_at=now())
         execution.steps[step.name] = result
         started = time.perf_counter()
         if step.for_each is None:
             call = await self._caller.call(step, render_value(step.body, scope), deadline)
         else:
-            call = await self._fan_out(step, scope, step.for_each.render(scope), deadline)
+            items = step.for_each.render(scope)
+            call = await self._fan_out(step, scope, items, deadline, result, previous)
+        result.finished_at = now()
         result.duration_ms = round((time.perf_counter() - started) * 1000)
         result.attempts = call.attempts
         result.output = call.output
@@ -148,29 +166,82 @@ class FlowRunner:
         return result
 
     async def _fan_out(
-        self, step: Step, scope: dict[str, Any], items: Any, deadline: float
+        self,
+        step: Step,
+        scope: dict[str, Any],
+        items: Any,
+        deadline: float,
+        result: StepResult,
+        previous: StepResult | None,
     ) -> CallResult:
+        """One call per item; `result` shows each item's outcome as it ends."""
         if not isinstance(items, list):
             return CallResult(None, f"for_each: expected a list, got {_kind(items)}", 0)
         if len(items) > MAX_FOR_EACH_ITEMS:
             return CallResult(
                 None, f"for_each: {len(items)} items, at most {MAX_FOR_EACH_ITEMS}", 0
             )
+        kept = _succeeded_items(previous, len(items))
+        outputs: list[Any] = [None] * len(items)
+        records = [ItemResult(status=StepStatus.RUNNING) for _ in items]
+        if previous is not None and kept:
+            for i in kept:
+                outputs[i], records[i] = previous.output[i], previous.items[i]  # type: ignore[index]
+        result.output, result.items = outputs, records
         limit = asyncio.Semaphore(step.max_concurrency)
 
-        async def one(item: Any) -> CallResult:
+        async def one(index: int, item: Any) -> None:
             async with limit:
+                record = records[index]
+                record.started_at = now()
                 body = render_value(step.body, {**scope, "item": item})
-                return await self._caller.call(step, body, deadline)
+                call = await self._caller.call(step, body, deadline)
+                outputs[index] = call.output
+                record.attempts, record.error = call.attempts, call.error
+                record.status = StepStatus.FAILED if call.error else StepStatus.SUCCEEDED
+                record.finished_at = now()
 
-        calls = await asyncio.gather(*(one(item) for item in items))
-        errors = [f"[{index}] {call.error}" for index, call in enumerate(calls) if call.error]
-        error = f"{len(errors)} of {len(calls)} items failed: {errors[0]}" if errors else None
-        return CallResult(
-            output=[call.output for call in calls],
-            error=error,
-            attempts=sum(call.attempts for call in calls),
-        )
+        await asyncio.gather(*(one(i, item) for i, item in enumerate(items) if i not in kept))
+        errors = [f"[{i}] {record.error}" for i, record in enumerate(records) if record.error]
+        error = f"{len(errors)} of {len(records)} items failed: {errors[0]}" if errors else None
+        attempts = sum(records[i].attempts for i in range(len(items)) if i not in kept)
+        return CallResult(output=outputs, error=error, attempts=attempts)
+
+
+class Cancelled(Exception):
+    """An operator cancelled the execution."""
+
+
+async def _unless(cancel: asyncio.Event | None, work: Coroutine[Any, Any, None]) -> None:
+    """Await `work`, or abandon it (Cancelled) as soon as `cancel` is set."""
+    if cancel is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(cancel.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if cancel.is_set():
+                raise Cancelled
+    return task.result()
+
+
+def _succeeded_items(previous: StepResult | None, count: int) -> set[int]:
+    """Indexes of the items an earlier run of the step called with success."""
+    if previous is None or previous.items is None or len(previous.items) != count:
+        return set()
+    if not isinstance(previous.output, list) or len(previous.output) != count:
+        return set()
+    return {i for i, item in enumerate(previous.items) if item.status == StepStatus.SUCCEEDED}
+
+
+def _skipped(error: str | None) -> StepResult:
+    moment = now()
+    return StepResult(status=StepStatus.SKIPPED, error=error, started_at=moment, finished_at=moment)
 
 
 async def _all(coroutines: Iterable[Coroutine[Any, Any, None]]) -> None:

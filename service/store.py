@@ -12,6 +12,11 @@ never overwrites a copy that already started; the first claim replaces it.
 `list` answers summaries newest first (by `requested_at`, then id) a page at a
 time; a page token is the last key of its page, so inserts never shift pages.
 
+Operators: `cancel` ends a queued execution at once (its result is delivered when
+its message arrives) or flags a running one, which the instance running it finds
+through `cancel_requests` (one query, whatever the number in flight); `redrive`
+queues the next run of an ended execution, keeping what succeeded.
+
 `MemoryStore` serves one instance; `FirestoreStore` (service/firestore.py)
 shares executions across instances.
 """
@@ -30,11 +35,15 @@ from enum import StrEnum
 from typing import Protocol
 
 from service.messages import (
+    CANCELLABLE,
+    CANCELLED_BY_OPERATOR,
+    REDRIVABLE,
     TERMINAL,
     Execution,
     ExecutionStatus,
     ExecutionSummary,
     StepResult,
+    now,
 )
 
 DEFAULT_CAPACITY = 10_000
@@ -51,13 +60,49 @@ class Claim:
     state: ClaimState
     execution: Execution | None = None  # what to run (with stored steps) or what finished
     delivered: bool = False
+    cancel_requested: bool = False
 
 
-def claimed(execution: Execution) -> Claim:
-    """The lease is taken: to run the execution, or only to deliver its ended result."""
+def claimed(execution: Execution, cancel_requested: bool = False) -> Claim:
+    """The lease is taken: to run the execution, or only to deliver its ended result.
+
+    A queued execution (new, or re-driven with its succeeded steps) starts now.
+    """
     if execution.status in TERMINAL:
         return Claim(ClaimState.FINISHED, execution, delivered=False)
-    return Claim(ClaimState.CLAIMED, execution)
+    if execution.status == ExecutionStatus.QUEUED:
+        execution.status, execution.started_at = ExecutionStatus.RUNNING, now()
+    return Claim(ClaimState.CLAIMED, execution, cancel_requested=cancel_requested)
+
+
+class Conflict(Exception):
+    """The execution's status does not allow what was asked."""
+
+    def __init__(self, status: ExecutionStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def cancelled(execution: Execution) -> ExecutionStatus:
+    """Cancel `execution` in place if it is queued; the status it had.
+
+    Conflict unless it is queued or running (a running one is flagged by the store).
+    """
+    status = execution.status
+    if status not in CANCELLABLE:
+        raise Conflict(status, f"the execution has ended ({status.value})")
+    if status == ExecutionStatus.QUEUED:
+        execution.finish(ExecutionStatus.CANCELLED, CANCELLED_BY_OPERATOR)
+    return status
+
+
+def redriven(execution: Execution, delivered: bool) -> Execution:
+    """The next run of `execution`; Conflict unless it ended failed, partial or cancelled."""
+    if execution.status not in REDRIVABLE:
+        raise Conflict(execution.status, f"a {execution.status.value} execution is not re-driven")
+    if not delivered:
+        raise Conflict(execution.status, "its result is still being delivered")
+    return execution.redriven()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +185,15 @@ class ExecutionStore(Protocol):
     async def list(self, query: ExecutionQuery) -> Page:
         """Summaries matching `query`, newest first; PageTokenInvalid for a bad token."""
 
+    async def cancel(self, execution_id: str) -> ExecutionStatus | None:
+        """Cancel it (see `cancelled`); the status it had, None if unknown; or Conflict."""
+
+    async def cancel_requests(self) -> set[str]:
+        """Ids of running executions whose cancellation was asked."""
+
+    async def redrive(self, execution_id: str) -> tuple[Execution, Execution] | None:
+        """Store the next run (see `redriven`) as queued: (before, after); None if unknown."""
+
     async def close(self) -> None: ...
 
 
@@ -149,6 +203,7 @@ class _Entry:
     delivered: bool = False
     owner: str | None = None
     lease_until: float = 0.0
+    cancel_requested: bool = False
 
 
 class MemoryStore:
@@ -176,14 +231,12 @@ class MemoryStore:
             if entry is None:
                 entry = _Entry(execution)
                 self._put(execution.execution_id, entry)
-            elif entry.execution.status == ExecutionStatus.QUEUED:
-                entry.execution = execution
             elif entry.delivered:
                 return Claim(ClaimState.FINISHED, entry.execution, True)
             elif entry.lease_until > now:
                 return Claim(ClaimState.RUNNING)
             entry.owner, entry.lease_until = owner, now + lease_s
-            return claimed(entry.execution)
+            return claimed(entry.execution, entry.cancel_requested)
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         async with self._lock:
@@ -230,6 +283,32 @@ class MemoryStore:
         page = [execution.summary() for execution in found[: query.limit]]
         more = len(found) > query.limit
         return Page(page, page_token(page[-1]) if more else None)
+
+    async def cancel(self, execution_id: str) -> ExecutionStatus | None:
+        async with self._lock:
+            entry = self._entries.get(execution_id)
+            if entry is None:
+                return None
+            status = cancelled(entry.execution)
+            entry.cancel_requested = status == ExecutionStatus.RUNNING
+            return status
+
+    async def cancel_requests(self) -> set[str]:
+        return {
+            execution_id
+            for execution_id, entry in self._entries.items()
+            if entry.cancel_requested and entry.execution.status == ExecutionStatus.RUNNING
+        }
+
+    async def redrive(self, execution_id: str) -> tuple[Execution, Execution] | None:
+        async with self._lock:
+            entry = self._entries.get(execution_id)
+            if entry is None:
+                return None
+            before = entry.execution
+            after = redriven(before, entry.delivered)
+            self._entries[execution_id] = _Entry(after)
+            return before, after
 
     async def close(self) -> None:
         return None

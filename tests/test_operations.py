@@ -64,6 +64,7 @@ def test_executions_are_listed_newest_first_as_summaries(client: httpx.Client) -
         "execution_id",
         "flow",
         "status",
+        "run",
         "requested_at",
         "started_at",
         "finished_at",
