@@ -1,9 +1,16 @@
-"""The operators' API through the real app on loopback: listing, and who may operate."""
+"""The operators' API through the real app on loopback: list, cancel, re-drive, and who
+may operate. The stand-in functions and the webhook receiver are real HTTP servers."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,10 +21,11 @@ from pydantic import ValidationError
 from service.app import create_app
 from service.messages import Execution, ExecutionStatus
 from service.store import MemoryStore
-from tests.conftest import make_settings, project_flows
+from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import Identity, certs_server
 from tests.support.servers import serve
+from tests.support.standins import StandIns, WebhookReceiver
 
 FLOWS = project_flows()
 SERVICE_URL = "https://orchestrator.example"
@@ -169,3 +177,192 @@ def test_operations_are_open_where_push_auth_is_off(client: httpx.Client) -> Non
 def test_admin_emails_need_the_service_url_as_the_tokens_audience() -> None:
     with pytest.raises(ValidationError, match="PUSH_AUTH_AUDIENCE or PUBLIC_URL"):
         make_settings(admin_emails="ops@example.com")
+
+
+@dataclass
+class Live:
+    """The service with the in-process transport, stand-in functions and a webhook."""
+
+    client: httpx.Client
+    functions: StandIns
+    webhook: WebhookReceiver
+    webhook_url: str
+
+    def start(self, **overrides: Any) -> str:
+        body = {
+            "user_id": f"u-{uuid.uuid4().hex[:6]}",
+            "session_id": "s",
+            "create_user_embedding": True,
+            "process_profession_orchestrator": True,
+            "process_vacancy_orchestrator": True,
+            "webhook_url": self.webhook_url,
+            **overrides,
+        }
+        response = self.client.post("/orchestrate", json=body)
+        assert response.status_code == 202, response.text
+        execution_id: str = response.json()["execution_id"]
+        return execution_id
+
+    def results(self, execution_id: str, count: int = 1, timeout: float = 20) -> list[Any]:
+        """The documents delivered for `execution_id`, once there are `count` of them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [
+                json.loads(d.body)
+                for d in self.webhook.deliveries
+                if json.loads(d.body)["execution_id"] == execution_id
+            ]
+            if len(found) >= count:
+                return found
+            assert time.monotonic() < deadline, f"{len(found)} results for {execution_id}"
+            time.sleep(0.02)
+
+    def calls(self, user_id: str) -> Counter[str]:
+        return Counter(c.path for c in self.functions.calls if c.body["user_id"] == user_id)
+
+    def get(self, execution_id: str) -> dict[str, Any]:
+        document: dict[str, Any] = self.client.get(f"/executions/{execution_id}").json()
+        return document
+
+
+@pytest.fixture
+def live() -> Iterator[Live]:
+    functions = StandIns(delay_s=0.02)
+    webhook = WebhookReceiver(WEBHOOK_SECRET)
+    with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
+        settings = make_settings(webhook_allow_private_networks=True)
+        app = create_app(settings, project_flows(functions_url))
+        with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            yield Live(client, functions, webhook, f"{webhook_url}/hook")
+
+
+def test_a_running_execution_is_cancelled_within_two_seconds(live: Live) -> None:
+    live.functions.delay_s = 10
+    execution_id = live.start()
+    user = live.get(execution_id)["input"]["user_id"]
+    deadline = time.monotonic() + 10
+    while not live.calls(user):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    asked = time.monotonic()
+    response = live.client.post(f"/executions/{execution_id}/cancel")
+    assert response.status_code == 202
+    assert response.json() == {"execution_id": execution_id, "status": "cancelling"}
+    [document] = live.results(execution_id, timeout=5)
+    took = time.monotonic() - asked
+    print(f"\ncancel of a running execution: result delivered {took:.2f} s after the request")
+    assert took < 2
+    assert document["status"] == "cancelled"
+    assert document["error"] == "cancelled by an operator"
+    assert document["steps"]["create_user_embeddings"]["status"] == "cancelled"
+    time.sleep(0.5)
+    assert live.calls(user) == {"/create-user-embeddings": 1}  # no new call started
+    assert len(live.results(execution_id)) == 1
+    again = live.client.post(f"/executions/{execution_id}/cancel")
+    assert again.status_code == 409
+    assert again.json()["errors"] == [
+        {"field": "status", "reason": "the execution has ended (cancelled)"}
+    ]
+
+
+def test_a_queued_execution_is_cancelled_at_once_and_delivered_when_its_message_arrives() -> None:
+    """A recording transport holds the message back; it is pushed by hand afterwards."""
+    functions = StandIns()
+    webhook = WebhookReceiver(WEBHOOK_SECRET)
+    transport = RecordingTransport()
+    with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
+        settings = make_settings(webhook_allow_private_networks=True)
+        app = create_app(settings, project_flows(functions_url), transport)
+        with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            body = {"user_id": "u", "session_id": "s", "webhook_url": f"{webhook_url}/hook"}
+            execution_id = client.post("/orchestrate", json=body).json()["execution_id"]
+            response = client.post(f"/executions/{execution_id}/cancel")
+            assert response.json() == {"execution_id": execution_id, "status": "cancelled"}
+            assert client.get(f"/executions/{execution_id}").json()["status"] == "cancelled"
+            [(_, data, _)] = transport.published
+            envelope = {"message": {"data": base64.b64encode(data).decode(), "messageId": "1"}}
+            assert client.post("/pubsub/push", json=envelope).status_code == 204
+    assert functions.calls == []
+    [delivery] = webhook.deliveries
+    assert json.loads(delivery.body)["status"] == "cancelled"
+
+
+def test_a_re_drive_after_a_permanent_4xx_calls_only_the_failed_work(live: Live) -> None:
+    live.functions.script["/match-candidato"] = [400]
+    execution_id = live.start()
+    [first] = live.results(execution_id)
+    assert first["status"] == "failed"
+    user = first["input"]["user_id"]
+    response = live.client.post(f"/executions/{execution_id}/redrive")
+    assert response.status_code == 202
+    assert response.json()["run"] == 2
+    second = live.results(execution_id, count=2)[1]
+    assert second["status"] == "succeeded" and second["run"] == 2
+    assert live.calls(user) == {
+        "/create-user-embeddings": 1,
+        "/profession-orchestrator": 1,
+        "/match-candidato": 2,
+        "/match-analysis-user-vacancy": 3,
+    }
+    assert second["steps"]["profession_orchestrator"] == first["steps"]["profession_orchestrator"]
+    ids = [d.headers["webhook-id"] for d in live.webhook.deliveries]
+    assert ids == [execution_id, f"{execution_id}~run2"]
+
+
+def test_a_re_driven_for_each_calls_only_its_failed_items(live: Live) -> None:
+    live.functions.script["/match-analysis-user-vacancy"] = [200, 400]  # one of three fails
+    execution_id = live.start()
+    [first] = live.results(execution_id)
+    assert first["status"] == "partial"
+    items = first["steps"]["match_analysis_user_vacancy"]["items"]
+    assert sorted(item["status"] for item in items) == ["failed", "succeeded", "succeeded"]
+    assert all(item["started_at"] and item["finished_at"] for item in items)
+    user = first["input"]["user_id"]
+    assert live.client.post(f"/executions/{execution_id}/redrive").status_code == 202
+    second = live.results(execution_id, count=2)[1]
+    assert second["status"] == "succeeded"
+    assert live.calls(user)["/match-analysis-user-vacancy"] == 4  # 3, then the failed one
+    outputs = second["steps"]["match_analysis_user_vacancy"]["output"]
+    assert [output["vacancy_id"] for output in outputs] == ["v1", "v2", "v3"]
+
+
+def test_steps_record_when_they_started_and_finished(live: Live) -> None:
+    [document] = live.results(live.start())
+    steps = document["steps"]
+    for step in steps.values():
+        assert step["started_at"] <= step["finished_at"]
+    assert steps["create_user_embeddings"]["finished_at"] <= steps["match_candidato"]["started_at"]
+
+
+def test_re_drive_and_cancel_answer_409_or_404_by_status(live: Live) -> None:
+    succeeded = live.start()
+    live.results(succeeded)
+    unknown = "no-such-execution"
+    assert live.client.post(f"/executions/{succeeded}/redrive").status_code == 409
+    assert live.client.post(f"/executions/{succeeded}/cancel").status_code == 409
+    assert live.client.post(f"/executions/{unknown}/redrive").status_code == 404
+    assert live.client.post(f"/executions/{unknown}/cancel").status_code == 404
+    live.functions.delay_s = 2
+    running = live.start()
+    time.sleep(0.3)
+    conflict = live.client.post(f"/executions/{running}/redrive")
+    assert conflict.status_code == 409
+    assert conflict.json()["detail"] == "status: a running execution is not re-driven"
+
+
+def test_bulk_re_drive_after_an_outage_runs_every_failure_once(live: Live) -> None:
+    live.functions.script["/match-candidato"] = [503] * 15  # 5 executions x 3 attempts
+    failed = [live.start() for _ in range(5)]
+    for execution_id in failed:
+        assert live.results(execution_id)[0]["status"] == "failed"
+    response = live.client.post("/executions/redrive", json={"status": ["failed"], "limit": 100})
+    assert response.status_code == 202
+    assert response.json()["count"] == 5
+    assert sorted(response.json()["execution_ids"]) == sorted(failed)
+    again = live.client.post("/executions/redrive", json={"status": ["failed"]})
+    assert again.json() == {"count": 0, "execution_ids": []}  # nothing is queued twice
+    for execution_id in failed:
+        assert live.results(execution_id, count=2)[1]["status"] == "succeeded"
+    refused = live.client.post("/executions/redrive", json={"status": ["succeeded"]})
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "body.status"

@@ -15,6 +15,7 @@ from service.errors import StoreRefused
 from service.messages import Execution, ExecutionStatus, StepResult, StepStatus
 from service.store import (
     ClaimState,
+    Conflict,
     ExecutionQuery,
     ExecutionStore,
     MemoryStore,
@@ -344,3 +345,68 @@ async def test_firestore_reads_and_resumes_documents_of_the_earlier_layout(
     assert resumed.state == ClaimState.CLAIMED
     assert resumed.execution is not None and resumed.execution.steps == execution.steps
     await store.close()
+
+
+async def test_cancel_ends_a_queued_execution_and_flags_a_running_one(
+    store: ExecutionStore,
+) -> None:
+    queued = new_execution().model_copy(
+        update={"status": ExecutionStatus.QUEUED, "started_at": None}
+    )
+    await store.enqueue(queued)
+    assert await store.cancel(queued.execution_id) == ExecutionStatus.QUEUED
+    ended = await store.get(queued.execution_id)
+    assert ended is not None and ended.status == ExecutionStatus.CANCELLED
+    # Its message arrives later: the claim hands over the result to deliver.
+    claim = await store.claim(queued, "a", LEASE_S)
+    assert (claim.state, claim.delivered) == (ClaimState.FINISHED, False)
+
+    running = new_execution()
+    await store.claim(running, "a", LEASE_S)
+    assert running.execution_id not in await store.cancel_requests()
+    assert await store.cancel(running.execution_id) == ExecutionStatus.RUNNING
+    assert running.execution_id in await store.cancel_requests()
+    with pytest.raises(Conflict):
+        await store.cancel(queued.execution_id)
+    assert await store.cancel("never-seen") is None
+
+
+async def test_a_crashed_run_with_a_cancel_asked_is_claimed_with_the_cancel(
+    store: ExecutionStore,
+) -> None:
+    execution = new_execution()
+    await store.claim(execution, "crashed", lease_s=0.3)
+    await store.cancel(execution.execution_id)
+    await asyncio.sleep(0.5)
+    claim = await store.claim(execution, "next", LEASE_S)
+    assert claim.state == ClaimState.CLAIMED and claim.cancel_requested
+
+
+async def test_redrive_queues_the_next_run_keeping_what_succeeded(store: ExecutionStore) -> None:
+    execution = new_execution()
+    await store.claim(execution, "a", LEASE_S)
+    execution.steps = {
+        "kept": step_with({"big": "k" * 50_000}),
+        "failed": StepResult(status=StepStatus.FAILED, error="HTTP 400"),
+        "skipped": StepResult(status=StepStatus.SKIPPED, error="needs failed step failed"),
+    }
+    execution.webhook_url = "https://hooks.example/h"
+    execution.finish(ExecutionStatus.FAILED, "step failed failed: HTTP 400")
+    await store.save(execution)
+    with pytest.raises(Conflict, match="still being delivered"):
+        await store.redrive(execution.execution_id)
+    await store.save(execution, delivered=True)
+    changed = await store.redrive(execution.execution_id)
+    assert changed is not None
+    before, after = changed
+    assert before == execution
+    assert (after.status, after.run, list(after.steps)) == (ExecutionStatus.QUEUED, 2, ["kept"])
+    stored = await store.get(execution.execution_id)
+    assert stored == after and stored.webhook_url == "https://hooks.example/h"
+    with pytest.raises(Conflict):
+        await store.redrive(execution.execution_id)
+    claim = await store.claim(execution, "b", LEASE_S)
+    assert claim.state == ClaimState.CLAIMED and claim.execution is not None
+    assert claim.execution.run == 2 and claim.execution.status == ExecutionStatus.RUNNING
+    assert claim.execution.steps == {"kept": execution.steps["kept"]}
+    assert await store.redrive("never-seen") is None
