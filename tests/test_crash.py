@@ -61,11 +61,9 @@ class Stack:
         return Counter(c.path for c in self.functions.calls if c.body["user_id"] == user_id)
 
     def webhooks(self, execution_id: str) -> list[dict[str, Any]]:
-        return [
-            json.loads(d.body)
-            for d in self.webhook.deliveries
-            if d.headers["webhook-id"] == execution_id
-        ]
+        """The documents delivered for `execution_id`, every run's."""
+        documents = (json.loads(d.body) for d in self.webhook.deliveries)
+        return [document for document in documents if document["execution_id"] == execution_id]
 
     def wait(self, condition: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -299,3 +297,37 @@ def test_a_result_at_pubsub_s_limit_is_published_whole_and_beyond_it_without_out
         assert len(data["steps"]["match_candidato"]["output"]["padding"]) == padding
     whole = httpx.get(f"{stack.service.url}/executions/{message['execution_id']}", timeout=30)
     assert len(whole.json()["steps"]["match_candidato"]["output"]["padding"]) == padding
+
+
+def test_a_cancel_and_a_re_drive_through_another_instance(stack: Stack, tmp_path: Path) -> None:
+    """Instance B takes the operator's calls; instance A runs the execution (Firestore)."""
+    other = ServiceProcess(stack.service.env, free_port(), tmp_path / "b.log")
+    other.start()
+    try:
+        stack.functions.delay_s = 10
+        message = stack.message()
+        user = message["input"]["user_id"]
+        stack.admin.publish("requests", json.dumps(message).encode())
+        stack.wait(lambda: stack.calls(user), 30, "no call started")
+        asked = time.monotonic()
+        response = httpx.post(f"{other.url}/executions/{message['execution_id']}/cancel")
+        assert response.json()["status"] == "cancelling"
+        stack.wait(lambda: stack.webhooks(message["execution_id"]), 10, "not cancelled")
+        took = time.monotonic() - asked
+        print(f"\ncancel through another instance: delivered after {took:.2f} s")
+        assert took < 2
+        [cancelled] = stack.webhooks(message["execution_id"])
+        assert cancelled["status"] == "cancelled"
+
+        stack.functions.delay_s = 0.01
+        redrive = httpx.post(f"{other.url}/executions/{message['execution_id']}/redrive")
+        assert redrive.status_code == 202 and redrive.json()["run"] == 2
+        stack.wait(lambda: len(stack.webhooks(message["execution_id"])) == 2, 30, "no run 2")
+        second = stack.webhooks(message["execution_id"])[1]
+        assert (second["status"], second["run"]) == ("succeeded", 2)
+        webhook_ids = [d.headers["webhook-id"] for d in stack.webhook.deliveries]
+        assert webhook_ids == [message["execution_id"], f"{message['execution_id']}~run2"]
+        listed = httpx.get(f"{other.url}/executions", params={"status": "succeeded"}).json()
+        assert message["execution_id"] in [e["execution_id"] for e in listed["executions"]]
+    finally:
+        other.stop()
