@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: ruff (lint and format), mypy, and the whole test suite,
-# which starts the Pub/Sub and Firestore emulators itself and runs shellcheck and
-# Mermaid's parser on the scripts and flows. Extra arguments go to pytest.
+# which starts the Pub/Sub and Firestore emulators itself, runs shellcheck and
+# Mermaid's parser on the scripts and flows, and drives the dashboard in Debian's
+# chromium (installed here with apt when missing). Extra arguments go to pytest.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib/venv.sh
 . "$(dirname "$0")/lib/venv.sh"
@@ -13,6 +14,16 @@ if [ ! -d tests/support/mermaid/node_modules ]; then
         npm ci --prefix tests/support/mermaid --silent --no-audit --no-fund
     else
         echo "!!! npm not found: the Mermaid check in tests/test_cli.py will fail; install Node.js !!!" >&2
+    fi
+fi
+# The dashboard's browser tests (tests/test_ui.py) drive Debian's chromium with Playwright.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "Installing Debian's chromium (apt) for the dashboard's browser tests ..." >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "!!! chromium not found: tests/test_ui.py will fail; apt-get install chromium !!!" >&2
     fi
 fi
 .venv/bin/ruff check service tests bench

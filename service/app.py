@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from httpx_aiohttp import AiohttpTransport
 
-from service import frontdoor, operations, problems, push
+from service import frontdoor, operations, problems, push, ui
 from service.auth import GoogleCertificates, OperatorAccess, TokenAuth
 from service.calls import MLCaller
 from service.delivery import ResultDelivery
@@ -88,6 +88,9 @@ def create_app(
     problems.install(app)
     app.include_router(frontdoor.router)
     app.include_router(operations.router)
+    app.include_router(ui.router)
+    app.include_router(ui.ui_root)
+    app.mount("/ui/static", ui.static, name="ui-static")
     app.include_router(push.router)
 
     @app.get("/health", summary="Liveness")

@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from service.auth import AuthRefused
 from service.deps import Components, ComponentsDep, components_of
 from service.errors import BrokerUnavailable
+from service.graph import described
 from service.messages import (
     REDRIVABLE,
     Execution,
@@ -45,6 +46,9 @@ async def operator(request: Request) -> None:
 
 
 router = APIRouter(dependencies=[Depends(operator)], responses=_REFUSED)
+
+
+_UNKNOWN_FLOW: dict[int | str, dict[str, Any]] = {404: {"description": "unknown flow", **_PROBLEM}}
 
 
 class ExecutionList(BaseModel):
@@ -82,6 +86,18 @@ async def list_executions(
     except PageTokenInvalid as exc:
         raise invalid([{"field": "page_token", "reason": str(exc)}]) from None
     return ExecutionList(executions=page.executions, next_page_token=page.next_page_token)
+
+
+@router.get(
+    "/flows/{name}",
+    summary="A flow's steps and dependencies (the dashboard draws its DAG from it)",
+    responses=_UNKNOWN_FLOW,
+)
+async def get_flow(name: str, parts: ComponentsDep) -> dict[str, Any]:
+    flow = parts.flows.get(name)
+    if flow is None:
+        raise Problem(404, "Unknown flow", f"no flow {name[:63]!r}")
+    return described(flow)
 
 
 class Cancelling(BaseModel):

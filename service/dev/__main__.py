@@ -106,7 +106,8 @@ def announce(emulator: Emulator | None, delay: float) -> None:
     print(
         f"\nML Orchestrator on http://127.0.0.1:{PORT} ({transport}); demo ML functions "
         f"({delay:g} ms each) and webhook receiver on http://127.0.0.1:{DEMO_PORT}.\n"
-        f"API docs: http://127.0.0.1:{PORT}/docs. Start a flow:\n\n{CURL}\n",
+        f"Dashboard: http://127.0.0.1:{PORT}/ui/  API docs: http://127.0.0.1:{PORT}/docs.\n"
+        f"Start a flow:\n\n{CURL}\n",
         file=sys.stderr,
         flush=True,
     )

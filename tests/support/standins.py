@@ -29,12 +29,13 @@ class StandIns:
 
     `script[path]` holds statuses to answer next (then 200). With an `identity`,
     a call must carry an ID token whose audience is the called URL, else 401.
-    `padding[path]` adds that many bytes to each answer of `path`.
+    `padding[path]` adds that many bytes to each answer of `path`, `extra[path]` fields.
     """
 
     delay_s: float = 0.0
     vacancies: int = 3
     padding: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     identity: Identity | None = None
     script: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     calls: list[Call] = field(default_factory=list)
@@ -83,7 +84,7 @@ class StandIns:
             answer = {"user_id": body["user_id"], "ok": True}
         if path in self.padding:
             answer["padding"] = "p" * self.padding[path]
-        return answer
+        return answer | self.extra.get(path, {})
 
 
 @dataclass

@@ -1,0 +1,150 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright.
+
+The service runs with the in-process transport, stand-in functions and a webhook
+receiver on loopback; the pages are used as an operator would: list, filter, open
+an execution, read its timeline, press re-drive and confirm.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from service.app import create_app
+from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
+from tests.support.servers import serve
+from tests.support.standins import StandIns, WebhookReceiver
+
+HOSTILE = '<script>window.pwned = true</script><img src=x onerror="window.pwned = true">'
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is not installed: scripts/test.sh installs it (apt)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield launched
+        launched.close()
+
+
+@dataclass
+class Dashboard:
+    url: str
+    functions: StandIns
+    webhook_url: str
+
+    def run(self, **overrides: Any) -> str:
+        body = {
+            "user_id": "u1",
+            "session_id": "s1",
+            "create_user_embedding": True,
+            "process_profession_orchestrator": True,
+            "process_vacancy_orchestrator": True,
+            "webhook_url": self.webhook_url,
+            **overrides,
+        }
+        execution_id: str = httpx.post(f"{self.url}/orchestrate", json=body).json()["execution_id"]
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{self.url}/executions/{execution_id}").json()["status"] in {
+            "queued",
+            "running",
+        }:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        return execution_id
+
+
+@pytest.fixture
+def dashboard() -> Iterator[Dashboard]:
+    functions = StandIns(delay_s=0.05, vacancies=4)
+    webhook = WebhookReceiver(WEBHOOK_SECRET)
+    with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
+        app = create_app(
+            make_settings(webhook_allow_private_networks=True), project_flows(functions_url)
+        )
+        with serve(app) as url:
+            yield Dashboard(url, functions, f"{webhook_url}/hook")
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    yield opened
+    context.close()
+    assert errors == [], "the page logged errors"
+
+
+def test_an_operator_finds_a_failure_reads_its_timeline_and_re_drives_it(
+    dashboard: Dashboard, page: Page, tmp_path: Path
+) -> None:
+    succeeded = dashboard.run()
+    dashboard.functions.script["/match-candidato"] = [400]
+    failed = dashboard.run()
+
+    page.goto(f"{dashboard.url}/ui/")
+    expect(page.locator("#executions tbody tr")).to_have_count(2)
+    page.get_by_label("failed").check()
+    expect(page.locator("#executions tbody tr")).to_have_count(1)
+    expect(page.locator(f'tr[data-id="{succeeded}"]')).to_have_count(0)
+    assert "status=failed" in page.url  # the filter is in the address, to share it
+
+    started = time.perf_counter()
+    page.get_by_role("link", name=failed).click()
+    expect(page.locator("#timeline .row")).to_have_count(4)
+    loaded_ms = (time.perf_counter() - started) * 1000
+    print(f"\nexecution page: timeline drawn {loaded_ms:.0f} ms after the click")
+    expect(page.locator("#facts")).to_contain_text("failed")
+    expect(page.locator(".dag .node")).to_have_count(4)
+    expect(page.locator('.dag .node.critical[data-step="match_candidato"]')).to_have_count(1)
+    expect(page.locator("#timeline .bar.critical")).not_to_have_count(0)
+    expect(page.locator('details.step[data-step="match_candidato"]')).to_contain_text("HTTP 400")
+
+    page.get_by_role("button", name="Re-drive").click()
+    expect(page.locator("#question")).to_contain_text("Re-drive this execution?")
+    page.get_by_role("button", name="Yes").click()
+    expect(page.locator("#notice")).to_have_text("run 2 queued")
+    expect(page.locator("#facts")).to_contain_text("succeeded", timeout=15_000)
+    expect(page.locator("#timeline .row.item")).to_have_count(4)
+    page.screenshot(path=tmp_path / "execution.png", full_page=True)
+    document = httpx.get(f"{dashboard.url}/executions/{failed}").json()
+    assert (document["status"], document["run"]) == ("succeeded", 2)
+
+
+def test_untrusted_outputs_render_as_text(dashboard: Dashboard, page: Page) -> None:
+    dashboard.functions.extra["/profession-orchestrator"] = {"note": HOSTILE}
+    execution_id = dashboard.run(user_id=HOSTILE[:40])
+    page.goto(f"{dashboard.url}/ui/executions/{execution_id}")
+    step = page.locator('details.step[data-step="profession_orchestrator"]')
+    step.locator("summary").click()
+    expect(step.locator("pre.output")).to_contain_text("<script>window.pwned = true</script>")
+    expect(page.locator("#input")).to_contain_text("<script>")
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("main script, main img").count() == 0
+
+
+def test_the_pages_go_out_under_a_strict_content_security_policy(dashboard: Dashboard) -> None:
+    for path in ("/ui/", "/ui/executions/x"):
+        response = httpx.get(f"{dashboard.url}{path}")
+        assert response.status_code == 200
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "script-src 'self'" in policy
+        assert "http" not in policy  # nothing from another origin, no CDN
+    assert httpx.get(f"{dashboard.url}/ui", follow_redirects=True).url.path == "/ui/"
