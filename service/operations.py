@@ -6,6 +6,7 @@ token of ADMIN_EMAILS in production, closed (403 naming the setting) otherwise.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -29,6 +30,8 @@ from service.store import Conflict, ExecutionQuery, PageTokenInvalid
 log = structlog.get_logger(__name__)
 
 MAX_LIST_LIMIT = 1000
+# Re-drives of one bulk call in flight at once (each a store transaction and a publish).
+BULK_CONCURRENCY = 10
 
 _PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
 _REFUSED: dict[int | str, dict[str, Any]] = {
@@ -205,13 +208,18 @@ async def redrive_many(selection: BulkRedrive, parts: ComponentsDep) -> BulkRedr
         limit=selection.limit,
     )
     page = await parts.store.list(query)
-    redriven: list[str] = []
-    for summary in page.executions:
-        try:
-            if await _redrive(parts, summary.execution_id) is not None:
-                redriven.append(summary.execution_id)
-        except Conflict:
-            continue  # it changed since it was listed (re-driven by another call, say)
+    at_once = asyncio.Semaphore(BULK_CONCURRENCY)
+
+    async def one(execution_id: str) -> bool:
+        async with at_once:
+            try:
+                return await _redrive(parts, execution_id) is not None
+            except Conflict:
+                return False  # it changed since it was listed (re-driven by another call, say)
+
+    ids = [summary.execution_id for summary in page.executions]
+    done = await asyncio.gather(*(one(execution_id) for execution_id in ids))
+    redriven = [execution_id for execution_id, ok in zip(ids, done, strict=True) if ok]
     log.info("bulk re-drive", count=len(redriven), listed=len(page.executions))
     return BulkRedriven(count=len(redriven), execution_ids=redriven)
 

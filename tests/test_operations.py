@@ -366,3 +366,49 @@ def test_bulk_re_drive_after_an_outage_runs_every_failure_once(live: Live) -> No
     refused = live.client.post("/executions/redrive", json={"status": ["succeeded"]})
     assert refused.status_code == 422
     assert refused.json()["errors"][0]["field"] == "body.status"
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("firestore", marks=pytest.mark.emulator)])
+def test_bulk_re_drive_is_bounded_by_its_limit(kind: str, request: pytest.FixtureRequest) -> None:
+    """200 failures, a limit of 150: the newest 150 are queued and published, once."""
+    memory = MemoryStore()
+
+    def make_store() -> Any:
+        """The store under test; a Firestore client belongs to the event loop that uses it."""
+        if kind == "memory":
+            return memory
+        request.getfixturevalue("firestore_emulator")
+        from service.firestore import FirestoreStore
+
+        return FirestoreStore(project, "executions", timedelta(days=1))
+
+    project = f"bulk-{uuid.uuid4().hex[:8]}"
+    failures = []
+    for n in range(200):
+        execution = Execution(
+            execution_id=f"f-{n:03}",
+            flow="ml-orchestration",
+            status=ExecutionStatus.RUNNING,
+            input={"user_id": "u", "session_id": "s"},
+            requested_at=START + timedelta(seconds=n),
+        )
+        execution.finish(ExecutionStatus.FAILED, "HTTP 503")
+        failures.append(execution)
+
+    async def fill() -> None:
+        store = make_store()
+        await asyncio.gather(*(store.save(e, delivered=True) for e in failures))
+        await store.close()
+
+    asyncio.run(fill())
+    transport = RecordingTransport()
+    with serve(create_app(make_settings(), FLOWS, transport, make_store())) as url:
+        started = time.perf_counter()
+        response = httpx.post(f"{url}/executions/redrive", json={"limit": 150}, timeout=120)
+        took = time.perf_counter() - started
+    print(f"\nbulk re-drive on {kind}: 150 executions in {took:.2f} s ({150 / took:.0f}/s)")
+    assert response.status_code == 202
+    assert response.json()["count"] == 150
+    assert response.json()["execution_ids"] == [f"f-{n:03}" for n in range(199, 49, -1)]
+    published = [json.loads(data)["execution_id"] for _, data, _ in transport.published]
+    assert sorted(published) == sorted(response.json()["execution_ids"])
