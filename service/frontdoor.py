@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service.deps import ComponentsDep, components_of
+from service.deps import Components, ComponentsDep, components_of
 from service.errors import BrokerUnavailable, OrchestratorError, WebhookTargetRefused
 from service.limits import MAX_REQUEST_BYTES, JSONRefused, parse_json, read_body
 from service.messages import (
@@ -113,19 +113,7 @@ async def orchestrate(request: Request) -> JSONResponse:
         webhook_url=webhook_url,
         requested_at=now(),
     )
-    try:
-        await parts.transport.publish(
-            parts.settings.orchestration_topic,
-            message.model_dump_json().encode(),
-            {"execution_id": execution_id, "flow": flow.name},
-        )
-    except BrokerUnavailable as exc:
-        raise Problem(
-            503,
-            "Broker unavailable",
-            f"the request was not accepted: {exc}",
-            headers={"Retry-After": BROKER_RETRY_AFTER_S},
-        ) from None
+    await publish(parts, message, "the request was not accepted")
     await _record_queued(parts.store, message)
     status_url = f"{request.base_url}executions/{execution_id}"
     accepted = Accepted(execution_id=execution_id, flow=flow.name, status_url=status_url)
@@ -143,6 +131,25 @@ async def get_execution(execution_id: str, parts: ComponentsDep) -> Execution:
     if execution is None:
         raise Problem(404, "Unknown execution", f"no execution {execution_id[:128]!r}")
     return execution
+
+
+async def publish(parts: Components, message: RequestMessage, refusal: str, run: int = 1) -> None:
+    """Hand a request message to the broker; 503 with Retry-After when it cannot take it."""
+    assert message.execution_id is not None
+    attributes = {"execution_id": message.execution_id, "flow": message.flow}
+    if run > 1:
+        attributes["run"] = str(run)
+    try:
+        await parts.transport.publish(
+            parts.settings.orchestration_topic, message.model_dump_json().encode(), attributes
+        )
+    except BrokerUnavailable as exc:
+        raise Problem(
+            503,
+            "Broker unavailable",
+            f"{refusal}: {exc}",
+            headers={"Retry-After": BROKER_RETRY_AFTER_S},
+        ) from None
 
 
 async def _record_queued(store: ExecutionStore, message: RequestMessage) -> None:

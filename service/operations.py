@@ -15,7 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from service.auth import AuthRefused
 from service.deps import Components, ComponentsDep, components_of
-from service.errors import BrokerUnavailable
+from service.frontdoor import publish
 from service.graph import described
 from service.messages import (
     REDRIVABLE,
@@ -34,7 +34,11 @@ MAX_LIST_LIMIT = 1000
 BULK_CONCURRENCY = 10
 
 _PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
-_REFUSED: dict[int | str, dict[str, Any]] = {
+_Responses = dict[int | str, dict[str, Any]]
+_CONFLICT: _Responses = {409: {"description": "its status does not allow it", **_PROBLEM}}
+_UNKNOWN: _Responses = {404: {"description": "unknown execution", **_PROBLEM}}
+_UNKNOWN_FLOW: _Responses = {404: {"description": "unknown flow", **_PROBLEM}}
+_REFUSED: _Responses = {
     401: {"description": "missing or invalid Google ID token", **_PROBLEM},
     403: {"description": "not an operator (ADMIN_EMAILS), or operations closed", **_PROBLEM},
 }
@@ -49,9 +53,6 @@ async def operator(request: Request) -> None:
 
 
 router = APIRouter(dependencies=[Depends(operator)], responses=_REFUSED)
-
-
-_UNKNOWN_FLOW: dict[int | str, dict[str, Any]] = {404: {"description": "unknown flow", **_PROBLEM}}
 
 
 class ExecutionList(BaseModel):
@@ -146,12 +147,6 @@ class BulkRedriven(BaseModel):
     execution_ids: list[str]
 
 
-_CONFLICT: dict[int | str, dict[str, Any]] = {
-    409: {"description": "its status does not allow it (named in `detail`)", **_PROBLEM}
-}
-_UNKNOWN: dict[int | str, dict[str, Any]] = {404: {"description": "unknown execution", **_PROBLEM}}
-
-
 @router.post(
     "/executions/{execution_id}/cancel",
     status_code=202,
@@ -238,16 +233,10 @@ async def _redrive(parts: Components, execution_id: str) -> Execution | None:
         requested_at=after.requested_at,
     )
     try:
-        await parts.transport.publish(
-            parts.settings.orchestration_topic,
-            message.model_dump_json().encode(),
-            {"execution_id": after.execution_id, "flow": after.flow, "run": str(after.run)},
-        )
-    except BrokerUnavailable as exc:
-        await parts.store.save(before, delivered=True)
-        raise Problem(
-            503, "Broker unavailable", f"not re-driven: {exc}", headers={"Retry-After": "5"}
-        ) from None
+        await publish(parts, message, "not re-driven", after.run)
+    except Problem:
+        await parts.store.save(before, delivered=True)  # as it was: it can be re-driven again
+        raise
     log.info("re-driven", execution_id=after.execution_id, run=after.run)
     return after
 

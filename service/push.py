@@ -232,7 +232,8 @@ class PushHandler:
             try:
                 await self._runner.run(flow, execution, checkpoint, cancel)
             finally:
-                del self._running[execution.execution_id]
+                if self._running.get(execution.execution_id) is cancel:
+                    del self._running[execution.execution_id]
             await self._save(execution)
         await self._deliver(execution, webhook_url, last)
         await self._save(execution, delivered=True)

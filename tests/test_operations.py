@@ -412,3 +412,22 @@ def test_bulk_re_drive_is_bounded_by_its_limit(kind: str, request: pytest.Fixtur
     assert response.json()["execution_ids"] == [f"f-{n:03}" for n in range(199, 49, -1)]
     published = [json.loads(data)["execution_id"] for _, data, _ in transport.published]
     assert sorted(published) == sorted(response.json()["execution_ids"])
+
+
+def test_a_re_drive_the_broker_cannot_take_is_undone() -> None:
+    """503 with Retry-After, and the execution stays as it was: it can be re-driven later."""
+    store = MemoryStore()
+    [failed] = executions()[:1]
+    asyncio.run(store.save(failed, delivered=True))
+    transport = RecordingTransport()
+    transport.down = True
+    with serve(create_app(make_settings(), FLOWS, transport, store)) as url:
+        refused = httpx.post(f"{url}/executions/{failed.execution_id}/redrive")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        document = httpx.get(f"{url}/executions/{failed.execution_id}").json()
+        assert (document["status"], document["run"]) == ("failed", 1)
+        transport.down = False
+        accepted = httpx.post(f"{url}/executions/{failed.execution_id}/redrive")
+        assert accepted.status_code == 202 and accepted.json()["run"] == 2
+    [(_, _, attributes)] = transport.published
+    assert attributes == {"execution_id": failed.execution_id, "flow": failed.flow, "run": "2"}
