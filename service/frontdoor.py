@@ -159,16 +159,7 @@ async def _record_queued(store: ExecutionStore, message: RequestMessage) -> None
     first is kept. The broker has the message already: a store failure costs only
     the early view, so it is logged, not refused.
     """
-    assert message.execution_id is not None
-    queued = Execution(
-        execution_id=message.execution_id,
-        flow=message.flow,
-        status=ExecutionStatus.QUEUED,
-        input=message.input,
-        requested_at=message.requested_at or now(),
-        started_at=None,
-        webhook_url=message.webhook_url,
-    )
+    queued = message.resolve(None, None).execution(ExecutionStatus.QUEUED)
     try:
         await store.enqueue(queued)
     except OrchestratorError as exc:

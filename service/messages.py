@@ -101,6 +101,20 @@ class ExecutionRequest:
     webhook_url: str | None
     requested_at: datetime
 
+    def execution(
+        self, status: ExecutionStatus, flow_input: dict[str, Any] | None = None
+    ) -> Execution:
+        """The execution it asks for, `queued` (not started) or `running` (from now)."""
+        return Execution(
+            execution_id=self.execution_id,
+            flow=self.flow,
+            status=status,
+            input=self.input if flow_input is None else flow_input,
+            requested_at=self.requested_at,
+            started_at=None if status == ExecutionStatus.QUEUED else now(),
+            webhook_url=self.webhook_url,
+        )
+
 
 def _timestamp(text: str | None) -> datetime:
     try:
@@ -159,6 +173,16 @@ class Execution(ExecutionSummary):
     def webhook_id(self) -> str:
         """Standard Webhooks' message id: the same across one run's retries, new per run."""
         return self.execution_id if self.run == 1 else f"{self.execution_id}~run{self.run}"
+
+    def request(self) -> RequestMessage:
+        """The request message that runs this execution (again)."""
+        return RequestMessage(
+            execution_id=self.execution_id,
+            flow=self.flow,
+            input=self.input,
+            webhook_url=self.webhook_url,
+            requested_at=self.requested_at,
+        )
 
     def redriven(self) -> Execution:
         """The next run: queued, keeping succeeded steps and a for_each's succeeded items.

@@ -22,7 +22,6 @@ from service.messages import (
     Execution,
     ExecutionStatus,
     ExecutionSummary,
-    RequestMessage,
 )
 from service.problems import MEDIA_TYPE, Problem, invalid
 from service.store import Conflict, ExecutionQuery, PageTokenInvalid
@@ -225,15 +224,8 @@ async def _redrive(parts: Components, execution_id: str) -> Execution | None:
     if changed is None:
         return None
     before, after = changed
-    message = RequestMessage(
-        execution_id=after.execution_id,
-        flow=after.flow,
-        input=after.input,
-        webhook_url=after.webhook_url,
-        requested_at=after.requested_at,
-    )
     try:
-        await publish(parts, message, "not re-driven", after.run)
+        await publish(parts, after.request(), "not re-driven", after.run)
     except Problem:
         await parts.store.save(before, delivered=True)  # as it was: it can be re-driven again
         raise

@@ -190,13 +190,7 @@ class PushHandler:
             reason = describe(field_errors(exc, "input"))
             raise RejectedMessage(reason, message.execution_id) from None
 
-        fresh = Execution(
-            execution_id=message.execution_id,
-            flow=flow.name,
-            status=ExecutionStatus.RUNNING,
-            input=flow_input,
-            requested_at=message.requested_at,
-        )
+        fresh = message.execution(ExecutionStatus.RUNNING, flow_input)
         # Each delivery owns its lease, so two copies in one instance are told apart too.
         owner = f"{self._instance}-{uuid.uuid4().hex[:12]}"
         try:
@@ -291,13 +285,7 @@ class PushHandler:
         with contextlib.suppress(OrchestratorError):
             execution = await self._store.get(message.execution_id)
         if execution is None or execution.status == ExecutionStatus.QUEUED:
-            execution = Execution(
-                execution_id=message.execution_id,
-                flow=message.flow,
-                status=ExecutionStatus.RUNNING,
-                input=message.input,
-                requested_at=message.requested_at,
-            )
+            execution = message.execution(ExecutionStatus.RUNNING)
         if execution.status not in TERMINAL:
             execution.end_running("not finished when the execution was given up")
             execution.finish(ExecutionStatus.FAILED, f"gave up at the last delivery: {reason}")
