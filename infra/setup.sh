@@ -14,7 +14,7 @@
 #                deadline 600 s, retry backoff 10 s..600 s, dead-letter topic after
 #                PUSH_MAX_DELIVERY_ATTEMPTS (5) deliveries
 #   IAM          SERVICE@: publish to Pub/Sub, invoke Cloud Run and Cloud Functions,
-#                use Firestore; the Pub/Sub service agent: mint SERVICE-push@ tokens,
+#                use Firestore, write traces to Cloud Trace; the Pub/Sub service agent: mint SERVICE-push@ tokens,
 #                publish dead letters, acknowledge the dead-lettered messages
 #   --firestore  the Firestore database (REGION); TTL policies on expire_at for the
 #                executions and their execution-parts (large outputs); the composite
@@ -110,7 +110,8 @@ exists "${g[@]}" pubsub subscriptions describe "${service}-push" \
         --max-delivery-attempts "$attempts"
 
 echo "== IAM" >&2
-for role in roles/pubsub.publisher roles/run.invoker roles/cloudfunctions.invoker roles/datastore.user; do
+for role in roles/pubsub.publisher roles/run.invoker roles/cloudfunctions.invoker roles/datastore.user \
+    roles/cloudtrace.agent; do
     run "${g[@]}" projects add-iam-policy-binding "$project" \
         --member "serviceAccount:${runtime_account}" --role "$role" --condition None
 done

@@ -20,13 +20,14 @@ from service.delivery import ResultDelivery
 from service.deps import Components, ComponentsDep
 from service.errors import BrokerUnavailable, ConfigError
 from service.flow import Flow, load_flows
-from service.logs import TraceContext, configure_logging
+from service.logs import configure_logging
 from service.problems import Problem
 from service.push import PushHandler
 from service.runner import FlowRunner
 from service.settings import MLAuth, Settings, StoreKind
 from service.store import ExecutionStore, MemoryStore
 from service.targets import WebhookTargets
+from service.telemetry import TraceContext, Tracing, tracing_from_environment
 from service.tokens import GoogleIdTokens, NoTokens, TokenProvider
 from service.transport import InProcessTransport, PubSubTransport, Transport
 
@@ -53,19 +54,20 @@ def create_app(
     flows: dict[str, Flow] | None = None,
     transport: Transport | None = None,
     store: ExecutionStore | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The ASGI app. What is not given is made at start-up from the settings."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = settings or Settings.load()
-        configure_logging(config.log_format)
+        configure_logging(config.log_format, project=config.google_cloud_project)
         loaded = flows if flows is not None else load_checked_flows(config)
         broker = transport or make_transport(config)
         executions = store or make_store(config)
+        traces = tracing or tracing_from_environment()
         async with make_http_client() as http:
-            app.state.components = build(config, loaded, broker, executions, http)
-            app.state.trace_project = config.google_cloud_project
+            app.state.components = build(config, loaded, broker, executions, http, traces)
             log.info(
                 "service started",
                 transport=type(broker).__name__,
@@ -78,6 +80,7 @@ def create_app(
             finally:
                 await broker.close()
                 await executions.close()
+                traces.shutdown()
 
     app = FastAPI(
         title="ML Orchestrator",
@@ -149,8 +152,10 @@ def build(
     transport: Transport,
     store: ExecutionStore,
     http: httpx.AsyncClient,
+    tracing: Tracing | None = None,
 ) -> Components:
     """Wire the parts together."""
+    tracing = tracing or Tracing()
     tokens = make_tokens(settings)
     targets = WebhookTargets(
         settings.webhook_allow_private_networks, settings.allowed_webhook_hosts
@@ -159,7 +164,9 @@ def build(
         flows=flows,
         store=store,
         runner=FlowRunner(
-            MLCaller(http, tokens, settings.ml_max_concurrency_per_host), settings.flow_timeout_s
+            MLCaller(http, tokens, settings.ml_max_concurrency_per_host, tracing),
+            settings.flow_timeout_s,
+            tracing,
         ),
         delivery=ResultDelivery(
             http,
@@ -169,10 +176,12 @@ def build(
             settings.result_topic,
             settings.webhook_max_bytes,
             settings.service_url,
+            tracing,
         ),
         default_webhook_url=settings.default_webhook_url,
         lease_s=settings.execution_lease_s,
         max_delivery_attempts=settings.push_max_delivery_attempts,
+        tracing=tracing,
     )
     transport.subscribe(settings.orchestration_topic, handler.handle)
     certificates = GoogleCertificates(http, settings.push_auth_certs_url)
@@ -197,4 +206,5 @@ def build(
         push=handler,
         push_auth=push_auth,
         operators=operators,
+        tracing=tracing,
     )

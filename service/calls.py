@@ -8,10 +8,13 @@ from typing import Any
 
 import httpx
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from service.flow import Step
 from service.limits import JSONRefused, parse_json
 from service.retry import Attempt, RetryBudget, parse_retry_after, with_retries
+from service.telemetry import Tracing, outgoing_headers
 from service.tokens import TokenProvider
 
 log = structlog.get_logger(__name__)
@@ -44,8 +47,10 @@ class MLCaller:
         client: httpx.AsyncClient,
         tokens: TokenProvider,
         per_host_limit: int = DEFAULT_PER_HOST_LIMIT,
+        tracing: Tracing | None = None,
     ) -> None:
         self._client = client
+        self._tracing = tracing or Tracing()
         self._tokens = tokens
         self._per_host_limit = per_host_limit
         self._limits: dict[str, asyncio.Semaphore] = {}
@@ -63,7 +68,11 @@ class MLCaller:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return Attempt(error="execution deadline passed before the call")
-                outcome = await self._attempt(step, body, min(step.timeout_s, remaining))
+                attributes = {"step": step.name, "attempt": number, "server.address": host}
+                with self._tracing.span(f"call {step.name}", SpanKind.CLIENT, attributes) as span:
+                    outcome = await self._attempt(step, body, min(step.timeout_s, remaining))
+                    if span is not None:
+                        _record(span, outcome)
             if not outcome.ok:
                 log.warning(
                     "call attempt failed",
@@ -82,6 +91,7 @@ class MLCaller:
             headers = await self._tokens.headers(step.audience)
         except Exception as exc:  # google-auth raises several unrelated types
             return Attempt(error=f"no ID token for {step.audience}: {exc}", retryable=True)
+        headers = {**headers, **outgoing_headers()}
         url = self._urls.get(step.url) or self._urls.setdefault(step.url, httpx.URL(step.url))
         request = self._client.build_request(
             step.method,
@@ -104,6 +114,7 @@ class MLCaller:
             return Attempt(error=f"cannot connect: {exc}", retryable=True)
         except httpx.HTTPError as exc:
             return Attempt(error=f"{type(exc).__name__}: {exc}")
+        trace.get_current_span().set_attribute("http.response.status_code", response.status_code)
         if response.is_success:
             return Attempt(value=_output(content))
         text = content[:ERROR_BODY_CHARS].decode(errors="replace")
@@ -112,6 +123,12 @@ class MLCaller:
             retryable=response.status_code in step.retry.retry_on,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
+
+
+def _record(span: Span, outcome: Attempt[Any]) -> None:
+    if not outcome.ok:
+        span.set_status(StatusCode.ERROR, outcome.error)
+        span.set_attribute("retryable", outcome.retryable)
 
 
 class AnswerTooLarge(Exception):

@@ -12,12 +12,14 @@ import json
 
 import httpx
 import structlog
+from opentelemetry.trace import SpanKind, StatusCode
 from standardwebhooks.webhooks import Webhook
 
 from service.errors import DeliveryFailed, WebhookTargetRefused
 from service.messages import Execution, now
 from service.retry import Attempt, RetryPolicy, parse_retry_after, with_retries
 from service.targets import Target, WebhookTargets
+from service.telemetry import Tracing, outgoing_headers
 from service.transport import MAX_MESSAGE_BYTES, Transport
 
 log = structlog.get_logger(__name__)
@@ -48,8 +50,10 @@ class ResultDelivery:
         result_topic: str | None,
         webhook_max_bytes: int = DEFAULT_WEBHOOK_MAX_BYTES,
         public_url: str | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._client = client
+        self._tracing = tracing or Tracing()
         self._transport = transport
         self._targets = targets
         self._signer = Webhook(secret) if secret else None
@@ -116,7 +120,13 @@ class ResultDelivery:
         deadline = asyncio.get_running_loop().time() + WEBHOOK_BUDGET_S
 
         async def attempt(number: int) -> Attempt[int]:
-            outcome = await self._post(target, message_id, body)
+            with self._tracing.span("webhook", SpanKind.CLIENT, {"attempt": number}) as span:
+                outcome = await self._post(target, message_id, body)
+                if span is not None:
+                    if outcome.value is not None:
+                        span.set_attribute("http.response.status_code", outcome.value)
+                    if not outcome.ok:
+                        span.set_status(StatusCode.ERROR, outcome.error)
             if not outcome.ok:
                 log.warning("webhook attempt failed", attempt=number, error=outcome.error)
             return outcome
@@ -136,6 +146,7 @@ class ResultDelivery:
     async def _post(self, target: Target, message_id: str, body: str) -> Attempt[int]:
         timestamp = now()
         headers = {
+            **outgoing_headers(),
             **target.headers,
             "content-type": "application/json",
             "webhook-id": message_id,

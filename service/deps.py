@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from service.settings import Settings
     from service.store import ExecutionStore
     from service.targets import WebhookTargets
+    from service.telemetry import Tracing
     from service.transport import Transport
 
 
@@ -29,6 +30,7 @@ class Components:
     push: PushHandler
     push_auth: TokenAuth | None
     operators: OperatorAccess
+    tracing: Tracing
 
 
 def components_of(request: Request) -> Components:

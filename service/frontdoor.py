@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from service.deps import Components, ComponentsDep, components_of
@@ -24,6 +25,7 @@ from service.messages import (
 )
 from service.problems import MEDIA_TYPE, Problem, invalid
 from service.store import ExecutionStore
+from service.telemetry import message_attributes
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
@@ -139,10 +141,11 @@ async def publish(parts: Components, message: RequestMessage, refusal: str, run:
     attributes = {"execution_id": message.execution_id, "flow": message.flow}
     if run > 1:
         attributes["run"] = str(run)
+    topic = parts.settings.orchestration_topic
     try:
-        await parts.transport.publish(
-            parts.settings.orchestration_topic, message.model_dump_json().encode(), attributes
-        )
+        with parts.tracing.span(f"{topic} publish", SpanKind.PRODUCER, attributes):
+            attributes |= message_attributes()  # the producer's trace, for the push
+            await parts.transport.publish(topic, message.model_dump_json().encode(), attributes)
     except BrokerUnavailable as exc:
         raise Problem(
             503,

@@ -1,25 +1,25 @@
 """Logs: one JSON object per line in Cloud Logging's shape, or a console rendering.
 
-Context (execution_id, flow, step, trace) is bound with contextvars, so every
-line of an execution carries it. The trace comes from the incoming
-X-Cloud-Trace-Context or traceparent header, which links logs to Cloud Trace.
+Context (execution_id, flow, step) is bound with contextvars, so every line of an
+execution carries it. Each line also carries its trace and span (service/telemetry.py:
+the producer's trace, from the request or the message), which links it to Cloud Trace.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
-from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.telemetry import current_ids
 
 TRACE_KEY = "logging.googleapis.com/trace"
-_CLOUD_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/|;|$)")
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+SPAN_KEY = "logging.googleapis.com/spanId"
+SAMPLED_KEY = "logging.googleapis.com/trace_sampled"
 
 
 def _cloud_logging_shape(_: Any, method: str, event: MutableMapping[str, Any]) -> Any:
@@ -34,12 +34,29 @@ def _drop_unset(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
 
 
 def configure_logging(
-    log_format: str, level: int = logging.INFO, stream: TextIO | None = None
+    log_format: str,
+    level: int = logging.INFO,
+    stream: TextIO | None = None,
+    project: str | None = None,
 ) -> None:
-    """Set up structlog and route the standard library's loggers through it (to stdout)."""
+    """Set up structlog and route the standard library's loggers through it (to stdout).
+
+    `project` makes trace ids Cloud Logging's `projects/PROJECT/traces/ID`.
+    """
     stream = stream or sys.stdout
+
+    def add_trace(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
+        ids = current_ids()
+        if ids is not None:
+            trace, span, sampled = ids
+            event[TRACE_KEY] = f"projects/{project}/traces/{trace}" if project else trace
+            event[SPAN_KEY] = span
+            event[SAMPLED_KEY] = sampled
+        return event
+
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace,
         structlog.processors.add_log_level,
         _drop_unset,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
@@ -77,38 +94,3 @@ def _remove_meta(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
 
 def _dumps(value: Any, **_: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
-
-
-def trace_id(headers: dict[bytes, bytes]) -> str | None:
-    """The trace id of an incoming request, from Cloud's or W3C's header."""
-    cloud = headers.get(b"x-cloud-trace-context")
-    if cloud:
-        match = _CLOUD_TRACE.match(cloud.decode("latin-1"))
-        if match:
-            return match.group(1).lower()
-    parent = headers.get(b"traceparent")
-    if parent:
-        match = _TRACEPARENT.match(parent.decode("latin-1").strip())
-        if match:
-            return match.group(1)
-    return None
-
-
-class TraceContext:
-    """ASGI middleware binding each request's trace to every log line it causes."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        trace = trace_id(dict(scope["headers"]))
-        if trace is None:
-            await self.app(scope, receive, send)
-            return
-        project = getattr(scope["app"].state, "trace_project", None)
-        value = f"projects/{project}/traces/{trace}" if project else trace
-        with structlog.contextvars.bound_contextvars(**{TRACE_KEY: value}):
-            await self.app(scope, receive, send)

@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request, Response
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from service.auth import AuthRefused
@@ -63,6 +64,7 @@ from service.messages import (
 from service.problems import Problem
 from service.runner import FlowRunner
 from service.store import Claim, ClaimState, ExecutionStore
+from service.telemetry import Tracing, within
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +93,7 @@ class PushHandler:
         lease_s: float = DEFAULT_LEASE_S,
         max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS,
         drain_grace_s: float = DRAIN_GRACE_S,
+        tracing: Tracing | None = None,
     ) -> None:
         self._flows = flows
         self._store = store
@@ -100,6 +103,7 @@ class PushHandler:
         self._lease_s = lease_s
         self._max_delivery_attempts = max_delivery_attempts
         self._drain_grace_s = drain_grace_s
+        self._tracing = tracing or Tracing()
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = asyncio.Event()
         self._running: dict[str, asyncio.Event] = {}  # execution id -> its cancel
@@ -110,7 +114,19 @@ class PushHandler:
         self._stopping.set()
 
     async def handle(self, envelope: PushEnvelope) -> int:
-        """Process one delivery; returns the HTTP status that acks (2xx) or nacks it."""
+        """Process one delivery (in the producer's trace); the HTTP status that acks or nacks it."""
+        attributes = envelope.message.attributes or {}
+        span_attributes = {"messaging.message.id": envelope.message.message_id or ""}
+        with (
+            within(self._tracing.from_message(attributes)),
+            self._tracing.span("push", SpanKind.CONSUMER, span_attributes) as span,
+        ):
+            status = await self._handle_delivery(envelope)
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+            return status
+
+    async def _handle_delivery(self, envelope: PushEnvelope) -> int:
         message_id = envelope.message.message_id
         attributes = envelope.message.attributes or {}
         last = (envelope.delivery_attempt or 0) >= self._max_delivery_attempts
@@ -207,8 +223,12 @@ class PushHandler:
             return ACK
         assert claim.execution is not None
         claim.execution.webhook_url = claim.execution.webhook_url or message.webhook_url
-        work = self._run_and_deliver(flow, claim, message.webhook_url, last)
-        await self._leased(claim.execution.execution_id, owner, work)
+        attributes = {"execution_id": message.execution_id, "run": claim.execution.run}
+        with self._tracing.span(f"execution {flow.name}", attributes=attributes) as span:
+            work = self._run_and_deliver(flow, claim, message.webhook_url, last)
+            await self._leased(claim.execution.execution_id, owner, work)
+            if span is not None:
+                span.set_attribute("status", claim.execution.status.value)
         return ACK
 
     async def _run_and_deliver(

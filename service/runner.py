@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import structlog
+from opentelemetry.trace import StatusCode
 
 from service.calls import CallResult, MLCaller
 from service.errors import StoreRefused
@@ -38,6 +39,7 @@ from service.messages import (
     StepStatus,
     now,
 )
+from service.telemetry import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -54,9 +56,10 @@ async def _no_checkpoint(name: str, result: StepResult) -> None:
 class FlowRunner:
     """Executes flows with one caller, inside a hard time limit per execution."""
 
-    def __init__(self, caller: MLCaller, timeout_s: float) -> None:
+    def __init__(self, caller: MLCaller, timeout_s: float, tracing: Tracing | None = None) -> None:
         self._caller = caller
         self._timeout_s = timeout_s
+        self._tracing = tracing or Tracing()
 
     async def run(
         self,
@@ -115,20 +118,12 @@ class FlowRunner:
         for dependency in step.after:
             await done[dependency].wait()
         try:
-            result = await self._outcome(step, execution, deadline)
-            execution.steps[step.name] = result
-            try:
-                await checkpoint(step.name, result)
-            except StoreRefused as exc:
-                # Kept small, this outcome is stored; the answer cannot be, so it is lost.
-                result = StepResult(
-                    status=StepStatus.FAILED,
-                    attempts=result.attempts,
-                    duration_ms=result.duration_ms,
-                    error=f"outcome not stored: {exc}"[:MAX_ERROR_CHARS],
-                )
-                execution.steps[step.name] = result
-                await checkpoint(step.name, result)
+            with self._tracing.span(f"step {step.name}", attributes={"step": step.name}) as span:
+                result = await self._stored_outcome(step, execution, deadline, checkpoint)
+                if span is not None:
+                    span.set_attribute("status", result.status.value)
+                    if result.status == StepStatus.FAILED:
+                        span.set_status(StatusCode.ERROR, result.error)
             log.info(
                 "step finished",
                 step=step.name,
@@ -139,6 +134,26 @@ class FlowRunner:
             )
         finally:
             done[step.name].set()
+
+    async def _stored_outcome(
+        self, step: Step, execution: Execution, deadline: float, checkpoint: Checkpoint
+    ) -> StepResult:
+        """The step's outcome, handed to `checkpoint`; refused for good, it fails the step."""
+        result = await self._outcome(step, execution, deadline)
+        execution.steps[step.name] = result
+        try:
+            await checkpoint(step.name, result)
+        except StoreRefused as exc:
+            # Kept small, this outcome is stored; the answer cannot be, so it is lost.
+            result = StepResult(
+                status=StepStatus.FAILED,
+                attempts=result.attempts,
+                duration_ms=result.duration_ms,
+                error=f"outcome not stored: {exc}"[:MAX_ERROR_CHARS],
+            )
+            execution.steps[step.name] = result
+            await checkpoint(step.name, result)
+        return result
 
     async def _outcome(self, step: Step, execution: Execution, deadline: float) -> StepResult:
         failed = [name for name in step.after if execution.steps[name].status == StepStatus.FAILED]

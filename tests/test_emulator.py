@@ -194,3 +194,23 @@ def test_no_token_or_secret_reaches_the_logs(deployment: Deployment) -> None:
     assert '"message": "execution finished"' in text
     assert "eyJ" not in text  # a JWT's header
     assert WEBHOOK_SECRET.removeprefix("whsec_") not in text
+
+
+def test_the_producer_s_trace_crosses_pub_sub_to_every_call_and_the_webhook(
+    deployment: Deployment,
+) -> None:
+    """No exporter configured: the trace still travels, in the message's attributes."""
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    seed = deployment.seed()
+    response = httpx.post(
+        f"{deployment.url}/orchestrate",
+        json=seed,
+        headers={"traceparent": f"00-{trace}-b7ad6b7169203331-01"},
+    )
+    execution_id = response.json()["execution_id"]
+    deployment.wait_for_webhook(execution_id)
+    calls = [c for c in deployment.functions.calls if c.body["user_id"] == seed["user_id"]]
+    assert len(calls) == 6
+    assert {(c.traceparent or "").split("-")[1] for c in calls} == {trace}
+    [delivery] = deployment.deliveries_for(execution_id)
+    assert delivery.headers["traceparent"].split("-")[1] == trace

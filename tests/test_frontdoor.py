@@ -47,7 +47,9 @@ def test_the_seed_payload_is_accepted_and_published(
     assert message["input"] == SEED
     assert message["webhook_url"] is None
     assert message["requested_at"]
+    trace = attributes.pop("googclient_traceparent")  # the producer's trace (a new one)
     assert attributes == {"execution_id": body["execution_id"], "flow": "ml-orchestration"}
+    assert len(trace.split("-")[1]) == 32
 
 
 def test_an_idempotency_key_fixes_the_execution_id(client: httpx.Client) -> None:

@@ -15,13 +15,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from service.logs import TRACE_KEY, TraceContext, configure_logging
+from service.logs import SPAN_KEY, TRACE_KEY, configure_logging
+from service.telemetry import TraceContext
 
 
 @pytest.fixture
 def lines() -> Iterator[io.StringIO]:
     stream = io.StringIO()
-    configure_logging("json", stream=stream)
+    configure_logging("json", stream=stream, project="my-project")
     yield stream
     configure_logging("json")
 
@@ -54,7 +55,7 @@ def test_standard_library_loggers_come_out_the_same_way(lines: io.StringIO) -> N
         ("traceparent", "00-105445aa7843bc8bf206b12000100000-00f067aa0ba902b7-01"),
     ],
 )
-async def test_the_incoming_trace_is_on_every_line_of_the_request(
+async def test_the_incoming_trace_is_on_every_line_of_the_request_or_a_new_one(
     lines: io.StringIO, header: str, value: str
 ) -> None:
     async def endpoint(request: Request) -> PlainTextResponse:
@@ -62,7 +63,6 @@ async def test_the_incoming_trace_is_on_every_line_of_the_request(
         return PlainTextResponse("ok")
 
     app = Starlette(routes=[Route("/", endpoint)])
-    app.state.trace_project = "my-project"
     app.add_middleware(TraceContext)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -70,7 +70,10 @@ async def test_the_incoming_trace_is_on_every_line_of_the_request(
         await client.get("/")
     with_trace, without = records(lines)
     assert with_trace[TRACE_KEY] == "projects/my-project/traces/105445aa7843bc8bf206b12000100000"
-    assert TRACE_KEY not in without
+    assert len(str(with_trace[SPAN_KEY])) == 16
+    # A request without a trace starts one: its lines are still grouped.
+    assert str(without[TRACE_KEY]).startswith("projects/my-project/traces/")
+    assert without[TRACE_KEY] != with_trace[TRACE_KEY]
 
 
 def test_console_format_renders_for_people(lines: io.StringIO) -> None:

@@ -21,6 +21,7 @@ class Call:
     path: str
     body: Any
     audience: str | None
+    traceparent: str | None = None
 
 
 @dataclass
@@ -64,7 +65,7 @@ class StandIns:
                 except ValueError as exc:
                     return Response(f"bad token: {exc}", status_code=401)
             with self._lock:
-                self.calls.append(Call(path, body, audience))
+                self.calls.append(Call(path, body, audience, request.headers.get("traceparent")))
                 status = self.script[path].pop(0) if self.script[path] else 200
             await asyncio.sleep(self.delay_s)
             if status != 200:
