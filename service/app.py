@@ -21,6 +21,7 @@ from service.deps import Components, ComponentsDep
 from service.errors import BrokerUnavailable, ConfigError
 from service.flow import Flow, load_flows
 from service.logs import configure_logging
+from service.metrics import Metrics
 from service.problems import Problem
 from service.push import PushHandler
 from service.runner import FlowRunner
@@ -66,8 +67,9 @@ def create_app(
         broker = transport or make_transport(config)
         executions = store or make_store(config)
         traces = tracing or tracing_from_environment()
+        metrics = Metrics()
         async with make_http_client() as http:
-            app.state.components = build(config, loaded, broker, executions, http, traces)
+            app.state.components = build(config, loaded, broker, executions, http, traces, metrics)
             log.info(
                 "service started",
                 transport=type(broker).__name__,
@@ -81,6 +83,7 @@ def create_app(
                 await broker.close()
                 await executions.close()
                 traces.shutdown()
+                metrics.shutdown()
 
     app = FastAPI(
         title="ML Orchestrator",
@@ -153,9 +156,11 @@ def build(
     store: ExecutionStore,
     http: httpx.AsyncClient,
     tracing: Tracing | None = None,
+    metrics: Metrics | None = None,
 ) -> Components:
     """Wire the parts together."""
     tracing = tracing or Tracing()
+    metrics = metrics or Metrics()
     tokens = make_tokens(settings)
     targets = WebhookTargets(
         settings.webhook_allow_private_networks, settings.allowed_webhook_hosts
@@ -164,9 +169,10 @@ def build(
         flows=flows,
         store=store,
         runner=FlowRunner(
-            MLCaller(http, tokens, settings.ml_max_concurrency_per_host, tracing),
+            MLCaller(http, tokens, settings.ml_max_concurrency_per_host, tracing, metrics),
             settings.flow_timeout_s,
             tracing,
+            metrics,
         ),
         delivery=ResultDelivery(
             http,
@@ -177,11 +183,13 @@ def build(
             settings.webhook_max_bytes,
             settings.service_url,
             tracing,
+            metrics,
         ),
         default_webhook_url=settings.default_webhook_url,
         lease_s=settings.execution_lease_s,
         max_delivery_attempts=settings.push_max_delivery_attempts,
         tracing=tracing,
+        metrics=metrics,
     )
     transport.subscribe(settings.orchestration_topic, handler.handle)
     certificates = GoogleCertificates(http, settings.push_auth_certs_url)
@@ -207,4 +215,5 @@ def build(
         push_auth=push_auth,
         operators=operators,
         tracing=tracing,
+        metrics=metrics,
     )

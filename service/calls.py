@@ -13,6 +13,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from service.flow import Step
 from service.limits import JSONRefused, parse_json
+from service.metrics import Metrics
 from service.retry import Attempt, RetryBudget, parse_retry_after, with_retries
 from service.telemetry import Tracing, outgoing_headers
 from service.tokens import TokenProvider
@@ -48,9 +49,11 @@ class MLCaller:
         tokens: TokenProvider,
         per_host_limit: int = DEFAULT_PER_HOST_LIMIT,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
         self._tracing = tracing or Tracing()
+        self._metrics = metrics or Metrics()
         self._tokens = tokens
         self._per_host_limit = per_host_limit
         self._limits: dict[str, asyncio.Semaphore] = {}
@@ -73,6 +76,7 @@ class MLCaller:
                     outcome = await self._attempt(step, body, min(step.timeout_s, remaining))
                     if span is not None:
                         _record(span, outcome)
+            self._metrics.ml_calls.add(1, {"host": host, "outcome": _outcome(outcome)})
             if not outcome.ok:
                 log.warning(
                     "call attempt failed",
@@ -84,6 +88,8 @@ class MLCaller:
             return outcome
 
         outcome, attempts = await with_retries(step.retry, deadline, attempt, budget)
+        if outcome.budget_refused:
+            self._metrics.ml_calls.add(1, {"host": host, "outcome": "budget_refused"})
         return CallResult(output=outcome.value, error=outcome.error, attempts=attempts)
 
     async def _attempt(self, step: Step, body: Any, seconds: float) -> Attempt[Any]:
@@ -123,6 +129,12 @@ class MLCaller:
             retryable=response.status_code in step.retry.retry_on,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
+
+
+def _outcome(attempt: Attempt[Any]) -> str:
+    if attempt.ok:
+        return "success"
+    return "retryable" if attempt.retryable else "final"
 
 
 def _record(span: Span, outcome: Attempt[Any]) -> None:

@@ -17,6 +17,7 @@ from standardwebhooks.webhooks import Webhook
 
 from service.errors import DeliveryFailed, WebhookTargetRefused
 from service.messages import Execution, now
+from service.metrics import Metrics
 from service.retry import Attempt, RetryPolicy, parse_retry_after, with_retries
 from service.targets import Target, WebhookTargets
 from service.telemetry import Tracing, outgoing_headers
@@ -51,9 +52,11 @@ class ResultDelivery:
         webhook_max_bytes: int = DEFAULT_WEBHOOK_MAX_BYTES,
         public_url: str | None = None,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
         self._tracing = tracing or Tracing()
+        self._metrics = metrics or Metrics()
         self._transport = transport
         self._targets = targets
         self._signer = Webhook(secret) if secret else None
@@ -127,6 +130,7 @@ class ResultDelivery:
                         span.set_attribute("http.response.status_code", outcome.value)
                     if not outcome.ok:
                         span.set_status(StatusCode.ERROR, outcome.error)
+            self._metrics.webhook_deliveries.add(1, {"outcome": _webhook_outcome(outcome)})
             if not outcome.ok:
                 log.warning("webhook attempt failed", attempt=number, error=outcome.error)
             return outcome
@@ -179,3 +183,11 @@ class ResultDelivery:
             retryable=status in WEBHOOK_RETRY.retry_on or response.is_redirect,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
+
+
+def _webhook_outcome(attempt: Attempt[int]) -> str:
+    if attempt.value == GONE:
+        return "gone"
+    if attempt.ok:
+        return "delivered"
+    return "failed" if attempt.retryable else "refused"

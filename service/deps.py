@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 if TYPE_CHECKING:
     from service.auth import OperatorAccess, TokenAuth
     from service.flow import Flow
+    from service.metrics import Metrics
     from service.push import PushHandler
     from service.settings import Settings
     from service.store import ExecutionStore
@@ -31,6 +32,7 @@ class Components:
     push_auth: TokenAuth | None
     operators: OperatorAccess
     tracing: Tracing
+    metrics: Metrics
 
 
 def components_of(request: Request) -> Components:

@@ -1,4 +1,5 @@
-"""The operators' API: find executions, cancel them, re-drive them (one or in bulk).
+"""The operators' API: find executions, cancel them, re-drive them (one or in bulk), and
+read the metrics.
 
 Every route here depends on `operator`: open in local development, a Google ID
 token of ADMIN_EMAILS in production, closed (403 naming the setting) otherwise.
@@ -10,7 +11,7 @@ import asyncio
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from service.auth import AuthRefused
@@ -23,6 +24,7 @@ from service.messages import (
     ExecutionStatus,
     ExecutionSummary,
 )
+from service.metrics import CONTENT_TYPE
 from service.problems import MEDIA_TYPE, Problem, invalid
 from service.store import Conflict, ExecutionQuery, PageTokenInvalid
 
@@ -101,6 +103,16 @@ async def get_flow(name: str, parts: ComponentsDep) -> dict[str, Any]:
     if flow is None:
         raise Problem(404, "Unknown flow", f"no flow {name[:63]!r}")
     return described(flow)
+
+
+@router.get(
+    "/metrics",
+    summary="The orchestrator's metrics, in Prometheus' text format",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {}}}},
+)
+async def metrics(parts: ComponentsDep) -> Response:
+    return Response(parts.metrics.text(), media_type=CONTENT_TYPE)
 
 
 class Cancelling(BaseModel):

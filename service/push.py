@@ -61,6 +61,7 @@ from service.messages import (
     field_errors,
     inline_schema,
 )
+from service.metrics import Metrics
 from service.problems import Problem
 from service.runner import FlowRunner
 from service.store import Claim, ClaimState, ExecutionStore
@@ -94,6 +95,7 @@ class PushHandler:
         max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS,
         drain_grace_s: float = DRAIN_GRACE_S,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._flows = flows
         self._store = store
@@ -104,6 +106,7 @@ class PushHandler:
         self._max_delivery_attempts = max_delivery_attempts
         self._drain_grace_s = drain_grace_s
         self._tracing = tracing or Tracing()
+        self._metrics = metrics or Metrics()
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = asyncio.Event()
         self._running: dict[str, asyncio.Event] = {}  # execution id -> its cancel
@@ -176,6 +179,9 @@ class PushHandler:
             input={},
         )
         execution.finish(ExecutionStatus.REJECTED, exc.reason)
+        # The flow of a poison message is anybody's string: not a label unless it is ours.
+        known = execution.flow if execution.flow in self._flows else "unknown"
+        self._metrics.executions.add(1, {"flow": known, "status": "rejected"})
         try:
             # A bad copy must not overwrite a real execution that carries the same id.
             if exc.execution_id and await self._store.get(exc.execution_id) is None:

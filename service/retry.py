@@ -62,6 +62,7 @@ class Attempt(Generic[T]):
     error: str | None = None
     retryable: bool = False
     retry_after: float | None = None
+    budget_refused: bool = False  # a retry could have helped; the target's budget said no
 
     @property
     def ok(self) -> bool:
@@ -116,6 +117,6 @@ async def with_retries(
             return outcome, number
         if budget is not None and not budget.try_retry():
             error = f"{outcome.error} (not retried: retry budget of the target spent)"
-            return Attempt(value=outcome.value, error=error), number
+            return Attempt(value=outcome.value, error=error, budget_refused=True), number
         await asyncio.sleep(delay)
         number += 1

@@ -39,6 +39,7 @@ from service.messages import (
     StepStatus,
     now,
 )
+from service.metrics import Metrics
 from service.telemetry import Tracing
 
 log = structlog.get_logger(__name__)
@@ -56,10 +57,17 @@ async def _no_checkpoint(name: str, result: StepResult) -> None:
 class FlowRunner:
     """Executes flows with one caller, inside a hard time limit per execution."""
 
-    def __init__(self, caller: MLCaller, timeout_s: float, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self,
+        caller: MLCaller,
+        timeout_s: float,
+        tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._caller = caller
         self._timeout_s = timeout_s
         self._tracing = tracing or Tracing()
+        self._metrics = metrics or Metrics()
 
     async def run(
         self,
@@ -83,6 +91,7 @@ class FlowRunner:
             log.info("execution resumed", completed_steps=resumed)
         pending = [step for step in flow.steps.values() if step.name not in resumed]
         runs = (self._run_step(step, execution, done, deadline, checkpoint) for step in pending)
+        self._metrics.in_flight.add(1)
         try:
             async with asyncio.timeout_at(deadline):
                 await _unless(cancel, _all(runs))
@@ -99,6 +108,11 @@ class FlowRunner:
             execution.finish(ExecutionStatus.CANCELLED, CANCELLED_BY_OPERATOR)
         else:
             execution.finish(*_verdict(flow, execution))
+        finally:
+            self._metrics.in_flight.add(-1)
+        labels = {"flow": execution.flow, "status": execution.status.value}
+        self._metrics.executions.add(1, labels)
+        self._metrics.execution_duration.record((execution.duration_ms or 0) / 1000, labels)
         log.info(
             "execution finished",
             status=execution.status,
@@ -124,6 +138,10 @@ class FlowRunner:
                     span.set_attribute("status", result.status.value)
                     if result.status == StepStatus.FAILED:
                         span.set_status(StatusCode.ERROR, result.error)
+            self._metrics.step_duration.record(
+                result.duration_ms / 1000,
+                {"flow": execution.flow, "step": step.name, "status": result.status.value},
+            )
             log.info(
                 "step finished",
                 step=step.name,

@@ -1,0 +1,71 @@
+"""Metrics (OpenTelemetry), served at GET /metrics in Prometheus' text format.
+
+    orchestrator_executions_total{flow,status}                  executions that ended
+    orchestrator_execution_duration_seconds{flow,status}        their duration
+    orchestrator_step_duration_seconds{flow,step,status}        each step's duration
+    orchestrator_ml_calls_total{host,outcome}                   call attempts: success,
+                                                                retryable, final, budget_refused
+    orchestrator_webhook_deliveries_total{outcome}              webhook attempts: delivered,
+                                                                gone, failed, refused
+    orchestrator_executions_in_flight                           running on this instance
+    orchestrator_frontdoor_requests_total{status}               POST /orchestrate answers
+
+Labels are low-cardinality on purpose: never an execution id. Each app has its own
+registry, so several apps in one process (tests) never mix their figures.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+# Seconds: from a fast step to the longest execution Cloud Run allows (600 s).
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The instruments, and their current values as Prometheus text."""
+
+    def __init__(self) -> None:
+        self._registry = CollectorRegistry(auto_describe=True)
+        reader = PrometheusMetricReader(
+            disable_target_info=True, scope_info_enabled=False, registry=self._registry
+        )
+        self._provider = MeterProvider(metric_readers=[reader])
+        meter = self._provider.get_meter("service")
+        self.executions = meter.create_counter(
+            "orchestrator_executions", description="Executions that ended, by flow and status"
+        )
+        self.execution_duration = meter.create_histogram(
+            "orchestrator_execution_duration",
+            unit="s",
+            description="Duration of ended executions",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.step_duration = meter.create_histogram(
+            "orchestrator_step_duration",
+            unit="s",
+            description="Duration of steps, by flow, step and status",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.ml_calls = meter.create_counter(
+            "orchestrator_ml_calls", description="ML call attempts, by host and outcome"
+        )
+        self.webhook_deliveries = meter.create_counter(
+            "orchestrator_webhook_deliveries", description="Webhook attempts, by outcome"
+        )
+        self.in_flight = meter.create_up_down_counter(
+            "orchestrator_executions_in_flight", description="Executions running here now"
+        )
+        self.frontdoor_requests = meter.create_counter(
+            "orchestrator_frontdoor_requests", description="POST /orchestrate answers, by status"
+        )
+
+    def text(self) -> bytes:
+        """Every metric in Prometheus' text exposition format."""
+        return generate_latest(self._registry)
+
+    def shutdown(self) -> None:
+        self._provider.shutdown()
