@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: infra/setup.sh PROJECT REGION [SERVICE] [--firestore] [--dry-run]
+# Usage: infra/setup.sh PROJECT REGION [SERVICE] [--firestore] [--monitoring] [--dry-run]
 #
 # Creates what the orchestrator needs around its Cloud Run service, and only what
 # is missing: running it again changes nothing. Run it before the first deploy.
@@ -14,12 +14,15 @@
 #                deadline 600 s, retry backoff 10 s..600 s, dead-letter topic after
 #                PUSH_MAX_DELIVERY_ATTEMPTS (5) deliveries
 #   IAM          SERVICE@: publish to Pub/Sub, invoke Cloud Run and Cloud Functions,
-#                use Firestore, write traces to Cloud Trace; the Pub/Sub service agent: mint SERVICE-push@ tokens,
+#                use Firestore, write traces and metrics (Cloud Trace, Monitoring); the Pub/Sub service agent: mint SERVICE-push@ tokens,
 #                publish dead letters, acknowledge the dead-lettered messages
 #   --firestore  the Firestore database (REGION); TTL policies on expire_at for the
 #                executions and their execution-parts (large outputs); the composite
 #                indexes GET /executions needs (status, flow, requested_at); no
 #                indexes on the JSON fields input, steps and data
+#   --monitoring the Cloud Monitoring dashboard infra/dashboard.json (rates, failures,
+#                step latency p50/p99, in flight, webhooks; needs the service to run
+#                with OTEL_METRICS_EXPORTER=gcp_monitoring)
 #
 # The run.invoker grant for SERVICE-push@ on the service is made by scripts/deploy.sh,
 # once the service exists. Environment: ORCHESTRATION_TOPIC, RESULT_TOPIC, REPOSITORY,
@@ -30,12 +33,14 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/../scripts/lib/common.sh"
 
 firestore=false
+monitoring=false
 positional=()
 for argument in "$@"; do
     case "$argument" in
         -h | --help) print_help "$0"; exit 0 ;;
         --dry-run) DRY_RUN=true ;;
         --firestore) firestore=true ;;
+        --monitoring) monitoring=true ;;
         -*) die "unknown option $argument (see --help)" ;;
         *) positional+=("$argument") ;;
     esac
@@ -111,7 +116,7 @@ exists "${g[@]}" pubsub subscriptions describe "${service}-push" \
 
 echo "== IAM" >&2
 for role in roles/pubsub.publisher roles/run.invoker roles/cloudfunctions.invoker roles/datastore.user \
-    roles/cloudtrace.agent; do
+    roles/cloudtrace.agent roles/monitoring.metricWriter; do
     run "${g[@]}" projects add-iam-policy-binding "$project" \
         --member "serviceAccount:${runtime_account}" --role "$role" --condition None
 done
@@ -146,6 +151,15 @@ if [ "$firestore" = true ]; then
     done
     run "${g[@]}" firestore indexes fields update data \
         --collection-group execution-parts --disable-indexes
+fi
+
+if [ "$monitoring" = true ]; then
+    echo "== Monitoring" >&2
+    # Dashboards have no name to describe them by: look for the display name.
+    title="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["displayName"])' "$here/dashboard.json")"
+    existing="$("${g[@]}" monitoring dashboards list --filter "displayName=\"${title}\"" --format 'value(name)')"
+    [ -n "$existing" ] \
+        || run "${g[@]}" monitoring dashboards create --config-from-file "$here/dashboard.json"
 fi
 
 cat >&2 <<DONE

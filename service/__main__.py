@@ -33,6 +33,7 @@ from service.flow import Flow
 from service.graph import mermaid
 from service.logs import configure_logging
 from service.messages import Execution, ExecutionStatus, describe, field_errors
+from service.metrics import metric_exporter_names
 from service.push import DRAIN_GRACE_S
 from service.runner import FlowRunner
 from service.settings import Settings
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.load()
         flows = load_checked_flows(settings)
+        metric_exporter_names()
     except ConfigError as exc:
         print(f"ml-orchestrator: cannot start: {exc}", file=sys.stderr)
         return 2

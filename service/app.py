@@ -21,7 +21,7 @@ from service.deps import Components, ComponentsDep
 from service.errors import BrokerUnavailable, ConfigError
 from service.flow import Flow, load_flows
 from service.logs import configure_logging
-from service.metrics import Metrics
+from service.metrics import Metrics, metric_exporters_from_environment
 from service.problems import Problem
 from service.push import PushHandler
 from service.runner import FlowRunner
@@ -67,7 +67,7 @@ def create_app(
         broker = transport or make_transport(config)
         executions = store or make_store(config)
         traces = tracing or tracing_from_environment()
-        metrics = Metrics()
+        metrics = Metrics(metric_exporters_from_environment())
         async with make_http_client() as http:
             app.state.components = build(config, loaded, broker, executions, http, traces, metrics)
             log.info(

@@ -12,28 +12,46 @@
 
 Labels are low-cardinality on purpose: never an execution id. Each app has its own
 registry, so several apps in one process (tests) never mix their figures.
+
+OTEL_METRICS_EXPORTER also sends them out, every EXPORT_INTERVAL_S: `otlp` (to
+OTEL_EXPORTER_OTLP_ENDPOINT), `gcp_monitoring` (Cloud Monitoring, as
+workload.googleapis.com/NAME, one series per instance), or both, comma-separated.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from service.errors import ConfigError
 
 # Seconds: from a fast step to the longest execution Cloud Run allows (600 s).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+EXPORT_INTERVAL_S = 60.0  # Cloud Monitoring takes a point per series every 5 s at most
+EXPORTERS = ("otlp", "gcp_monitoring")
 
 
 class Metrics:
     """The instruments, and their current values as Prometheus text."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, exporters: Sequence[MetricExporter] = (), export_interval_s: float = EXPORT_INTERVAL_S
+    ) -> None:
         self._registry = CollectorRegistry(auto_describe=True)
         reader = PrometheusMetricReader(
             disable_target_info=True, scope_info_enabled=False, registry=self._registry
         )
-        self._provider = MeterProvider(metric_readers=[reader])
+        exporting = [
+            PeriodicExportingMetricReader(exporter, export_interval_millis=export_interval_s * 1000)
+            for exporter in exporters
+        ]
+        self._provider = MeterProvider(metric_readers=[reader, *exporting])
         meter = self._provider.get_meter("service")
         self.executions = meter.create_counter(
             "orchestrator_executions", description="Executions that ended, by flow and status"
@@ -69,3 +87,34 @@ class Metrics:
 
     def shutdown(self) -> None:
         self._provider.shutdown()
+
+
+def metric_exporter_names() -> list[str]:
+    """The exporters OTEL_METRICS_EXPORTER names; ConfigError for a name we do not know."""
+    names = [
+        name.strip().lower()
+        for name in os.environ.get("OTEL_METRICS_EXPORTER", "").split(",")
+        if name.strip() and name.strip().lower() not in {"none", "prometheus"}
+    ]
+    unknown = [name for name in names if name not in EXPORTERS]
+    if unknown:
+        raise ConfigError(
+            f"OTEL_METRICS_EXPORTER: unknown exporter {unknown[0]!r} (use {', '.join(EXPORTERS)})"
+        )
+    return names
+
+
+def metric_exporters_from_environment() -> list[MetricExporter]:
+    """The exporters OTEL_METRICS_EXPORTER names (see the module's docstring)."""
+    names = metric_exporter_names()
+    exporters: list[MetricExporter] = []
+    if "otlp" in names:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        exporters.append(OTLPMetricExporter())
+    if "gcp_monitoring" in names:
+        from opentelemetry.exporter.cloud_monitoring import CloudMonitoringMetricsExporter
+
+        # One series per instance: instances writing one series would collide.
+        exporters.append(CloudMonitoringMetricsExporter(add_unique_identifier=True))
+    return exporters

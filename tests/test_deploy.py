@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -355,3 +356,35 @@ def test_scripts_are_shellcheck_clean() -> None:
         [shellcheck, "-x", *map(str, files)], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout
+
+
+def test_setup_installs_the_monitoring_dashboard_once(workdir: Path) -> None:
+    first = run(workdir, "infra/setup.sh", "proj", "us-east1", "--monitoring")
+    second = run(workdir, "infra/setup.sh", "proj", "us-east1", "--monitoring")
+    assert first.code == second.code == 0, second.err
+    [created] = [
+        args for args in first.commands() if args[3:6] == ["monitoring", "dashboards", "create"]
+    ]
+    assert flag(created, "--config-from-file").endswith("infra/dashboard.json")
+    assert [a for a in second.commands() if a[3:6] == ["monitoring", "dashboards", "create"]] == []
+
+
+def test_the_dashboard_and_alerts_chart_the_service_s_metrics() -> None:
+    """Every metric a chart or an alert reads is one the service exports."""
+    from service.metrics import Metrics
+
+    m = Metrics()
+    instruments = (
+        m.executions,
+        m.execution_duration,
+        m.step_duration,
+        m.ml_calls,
+        m.webhook_deliveries,
+        m.in_flight,
+        m.frontdoor_requests,
+    )
+    exported = {instrument.name for instrument in instruments}
+    for file in ("dashboard.json", "alert-executions-failing.json", "alert-webhooks-failing.json"):
+        text = (ROOT / "infra" / file).read_text()
+        read = set(re.findall(r"workload.googleapis.com/(\w+)", text))
+        assert read and read <= exported, file

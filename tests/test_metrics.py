@@ -9,9 +9,15 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request, Response
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
+from service.errors import ConfigError
+from service.metrics import Metrics, metric_exporter_names, metric_exporters_from_environment
 from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.servers import serve
 from tests.support.standins import StandIns, WebhookReceiver
@@ -102,3 +108,46 @@ def test_metrics_need_an_operator_in_production() -> None:
     with serve(create_app(settings, project_flows())) as url:
         response = httpx.get(f"{url}/metrics")
     assert response.status_code == 403 and "ADMIN_EMAILS" in response.json()["detail"]
+
+
+def test_metrics_reach_an_otlp_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_METRICS_EXPORTER=otlp: the same instruments go out as OTLP protobuf."""
+    received: list[ExportMetricsServiceRequest] = []
+    receiver = FastAPI()
+
+    @receiver.post("/v1/metrics")
+    async def export(request: Request) -> Response:
+        received.append(ExportMetricsServiceRequest.FromString(await request.body()))
+        return Response(status_code=200)
+
+    with serve(receiver) as receiver_url:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver_url)
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp")
+        metrics = Metrics(metric_exporters_from_environment(), export_interval_s=0.1)
+        metrics.executions.add(2, {"flow": "f", "status": "succeeded"})
+        deadline = time.monotonic() + 10
+        while not received:
+            assert time.monotonic() < deadline, "nothing exported"
+            time.sleep(0.05)
+        metrics.shutdown()
+    names = {
+        metric.name: metric
+        for request in received
+        for resource in request.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    [point] = names["orchestrator_executions"].sum.data_points
+    assert point.as_int == 2
+    assert {a.key: a.value.string_value for a in point.attributes} == {
+        "flow": "f",
+        "status": "succeeded",
+    }
+
+
+def test_an_unknown_metrics_exporter_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp,statsd")
+    with pytest.raises(ConfigError, match="OTEL_METRICS_EXPORTER: unknown exporter 'statsd'"):
+        metric_exporter_names()
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "gcp_monitoring, otlp")
+    assert metric_exporter_names() == ["gcp_monitoring", "otlp"]
