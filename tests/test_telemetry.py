@@ -4,6 +4,7 @@ ML call and webhook, spans as documented, an OTLP receiver on loopback."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from service.app import create_app
+from service.dev.emulator import Emulator, EmulatorAdmin, free_port
 from service.telemetry import Tracing, tracing_from_environment
 from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.servers import serve
@@ -194,3 +196,40 @@ def test_no_exporter_means_no_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("K_SERVICE", "ml-orchestrator")
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
     assert not tracing_from_environment().on
+
+
+@pytest.mark.emulator
+def test_one_trace_crosses_the_emulator_with_the_sdk_recording(
+    emulator: Emulator, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real SDK in the service, the real Pub/Sub emulator between its two halves."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)  # read by Pub/Sub's client
+    project = f"trace-{uuid.uuid4().hex[:8]}"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    functions = StandIns(delay_s=0.01)
+    webhook = WebhookReceiver(WEBHOOK_SECRET)
+    port = free_port()
+    admin = EmulatorAdmin(emulator.host, project)
+    admin.topic("requests")
+    admin.push_subscription("push", "requests", f"http://127.0.0.1:{port}/pubsub/push")
+    with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
+        settings = make_settings(
+            google_cloud_project=project,
+            pubsub_emulator_host=emulator.host,
+            orchestration_topic="requests",
+            webhook_allow_private_networks=True,
+        )
+        tracing = Tracing(provider.get_tracer("test"), provider)
+        app = create_app(settings, project_flows(functions_url), tracing=tracing)
+        with serve(app, port=port) as url:
+            service = Traced(url, functions, webhook, f"{webhook_url}/hook")
+            service.run({"traceparent": PRODUCER})
+    spans = exporter.get_finished_spans()
+    named = by_name(spans)
+    assert {format(span.context.trace_id, "032x") for span in spans} == {TRACE}
+    [publish] = named["requests publish"]
+    [push] = named["push"]
+    assert parent_of(push) == publish.context.span_id  # across the emulator
+    assert len([n for n in named if n.startswith("call ")]) == 4
+    assert {(c.traceparent or "").split("-")[1] for c in functions.calls} == {TRACE}
