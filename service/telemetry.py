@@ -55,7 +55,9 @@ Context = otel_context.Context
 class Tracing:
     """Spans when an exporter is set (`tracer`), else nothing but propagation."""
 
-    def __init__(self, tracer: trace.Tracer | None = None, provider: Any = None) -> None:
+    def __init__(
+        self, tracer: trace.Tracer | None = None, provider: TracerProvider | None = None
+    ) -> None:
         self._tracer = tracer
         self._provider = provider
 
