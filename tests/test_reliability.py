@@ -13,12 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from service.app import build
 from service.calls import MLCaller
 from service.errors import StoreRefused, StoreUnavailable
 from service.messages import Execution, ExecutionStatus, PushEnvelope, StepResult, StepStatus
+from service.metrics import Metrics
 from service.push import PushHandler
 from service.retry import RetryPolicy
 from service.store import ClaimState, MemoryStore
@@ -215,7 +217,8 @@ async def test_retries_add_at_most_about_a_fifth_to_a_failing_targets_load() -> 
         }
     )
     async with httpx.AsyncClient(transport=httpx.MockTransport(failing)) as client:
-        caller = MLCaller(client, NoTokens())
+        metrics = Metrics()
+        caller = MLCaller(client, NoTokens(), metrics=metrics)
         deadline = asyncio.get_running_loop().time() + 30
         calls = 500
         results = await asyncio.gather(*(caller.call(step, {}, deadline) for _ in range(calls)))
@@ -226,6 +229,17 @@ async def test_retries_add_at_most_about_a_fifth_to_a_failing_targets_load() -> 
     )
     assert all(result.error for result in results)
     assert ratio <= 1.25
+    # The metrics count every attempt, and each retry the budget refused.
+    counted = {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(metrics.text().decode())
+        for sample in family.samples
+        if sample.name == "orchestrator_ml_calls_total"
+    }
+    assert counted["retryable"] == attempts
+    assert counted["budget_refused"] > 0
+    refused = sum("retry budget" in (result.error or "") for result in results)
+    assert counted["budget_refused"] == refused
 
 
 async def test_calls_to_one_host_are_limited_in_flight() -> None:
