@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request, Response
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -19,6 +18,7 @@ from service.app import create_app
 from service.errors import ConfigError
 from service.metrics import Metrics, metric_exporter_names, metric_exporters_from_environment
 from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
+from tests.support.otlp import otlp_receiver
 from tests.support.servers import serve
 from tests.support.standins import StandIns, WebhookReceiver
 
@@ -112,15 +112,7 @@ def test_metrics_need_an_operator_in_production() -> None:
 
 def test_metrics_reach_an_otlp_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
     """OTEL_METRICS_EXPORTER=otlp: the same instruments go out as OTLP protobuf."""
-    received: list[ExportMetricsServiceRequest] = []
-    receiver = FastAPI()
-
-    @receiver.post("/v1/metrics")
-    async def export(request: Request) -> Response:
-        received.append(ExportMetricsServiceRequest.FromString(await request.body()))
-        return Response(status_code=200)
-
-    with serve(receiver) as receiver_url:
+    with otlp_receiver("/v1/metrics", ExportMetricsServiceRequest) as (receiver_url, received):
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver_url)
         monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp")
         metrics = Metrics(metric_exporters_from_environment(), export_interval_s=0.1)

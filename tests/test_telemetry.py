@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request, Response
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -21,6 +20,7 @@ from service.app import create_app
 from service.dev.emulator import Emulator, EmulatorAdmin, free_port
 from service.telemetry import Tracing, tracing_from_environment
 from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
+from tests.support.otlp import otlp_receiver
 from tests.support.servers import serve
 from tests.support.standins import StandIns, WebhookReceiver
 
@@ -154,15 +154,7 @@ def test_a_request_without_a_trace_starts_one(untraced: Traced) -> None:
 
 def test_spans_reach_an_otlp_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
     """OTEL_EXPORTER_OTLP_ENDPOINT set: spans go out as OTLP protobuf over HTTP."""
-    received: list[ExportTraceServiceRequest] = []
-    receiver = FastAPI()
-
-    @receiver.post("/v1/traces")
-    async def traces(request: Request) -> Response:
-        received.append(ExportTraceServiceRequest.FromString(await request.body()))
-        return Response(status_code=200)
-
-    with serve(receiver) as receiver_url:
+    with otlp_receiver("/v1/traces", ExportTraceServiceRequest) as (receiver_url, received):
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver_url)
         tracing = tracing_from_environment()
         assert tracing.on
