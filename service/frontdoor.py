@@ -23,7 +23,7 @@ from service.messages import (
     field_errors,
     now,
 )
-from service.problems import MEDIA_TYPE, Problem, invalid
+from service.problems import Problem, documented, invalid, unknown_execution
 from service.store import ExecutionStore
 from service.telemetry import message_attributes
 
@@ -34,8 +34,6 @@ router = APIRouter()
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1a52-3b8e-4a3c-9a51-2d1b6e0f7c11")
 BROKER_RETRY_AFTER_S = "5"
 MAX_IDEMPOTENCY_KEY = 255
-
-_PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
 
 
 @router.post(
@@ -59,15 +57,13 @@ _PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
         ],
     },
     responses={
-        400: {
-            "description": "body is not strict JSON (NaN, numbers beyond a double, "
-            "nesting deeper than 64)",
-            **_PROBLEM,
-        },
-        404: {"description": "unknown flow", **_PROBLEM},
-        413: {"description": "body larger than 1 MB", **_PROBLEM},
-        422: {"description": "a field is invalid (named in `errors`)", **_PROBLEM},
-        503: {"description": "the broker is unreachable; retry after Retry-After", **_PROBLEM},
+        400: documented(
+            "body is not strict JSON (NaN, numbers beyond a double, nesting deeper than 64)"
+        ),
+        404: documented("unknown flow"),
+        413: documented("body larger than 1 MB"),
+        422: documented("a field is invalid (named in `errors`)"),
+        503: documented("the broker is unreachable; retry after Retry-After"),
     },
 )
 async def orchestrate(request: Request) -> JSONResponse:
@@ -139,12 +135,12 @@ async def _accept(request: Request, parts: Components) -> JSONResponse:
     "/executions/{execution_id}",
     response_model=Execution,
     summary="The execution document",
-    responses={404: {"description": "unknown execution", **_PROBLEM}},
+    responses={404: documented("unknown execution")},
 )
 async def get_execution(execution_id: str, parts: ComponentsDep) -> Execution:
     execution = await parts.store.get(execution_id[:128])
     if execution is None:
-        raise Problem(404, "Unknown execution", f"no execution {execution_id[:128]!r}")
+        raise unknown_execution(execution_id)
     return execution
 
 

@@ -25,7 +25,7 @@ from service.messages import (
     ExecutionSummary,
 )
 from service.metrics import CONTENT_TYPE
-from service.problems import MEDIA_TYPE, Problem, invalid
+from service.problems import Problem, documented, invalid, unknown_execution
 from service.store import Conflict, ExecutionQuery, PageTokenInvalid
 
 log = structlog.get_logger(__name__)
@@ -34,14 +34,13 @@ MAX_LIST_LIMIT = 1000
 # Re-drives of one bulk call in flight at once (each a store transaction and a publish).
 BULK_CONCURRENCY = 10
 
-_PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
 _Responses = dict[int | str, dict[str, Any]]
-_CONFLICT: _Responses = {409: {"description": "its status does not allow it", **_PROBLEM}}
-_UNKNOWN: _Responses = {404: {"description": "unknown execution", **_PROBLEM}}
-_UNKNOWN_FLOW: _Responses = {404: {"description": "unknown flow", **_PROBLEM}}
+_CONFLICT: _Responses = {409: documented("its status does not allow it")}
+_UNKNOWN: _Responses = {404: documented("unknown execution")}
+_UNKNOWN_FLOW: _Responses = {404: documented("unknown flow")}
 _REFUSED: _Responses = {
-    401: {"description": "missing or invalid Google ID token", **_PROBLEM},
-    403: {"description": "not an operator (ADMIN_EMAILS), or operations closed", **_PROBLEM},
+    401: documented("missing or invalid Google ID token"),
+    403: documented("not an operator (ADMIN_EMAILS), or operations closed"),
 }
 
 
@@ -67,7 +66,7 @@ class ExecutionList(BaseModel):
     "/executions",
     response_model=ExecutionList,
     summary="Executions, newest first, filtered and paged",
-    responses={422: {"description": "a parameter is invalid (named in `errors`)", **_PROBLEM}},
+    responses={422: documented("a parameter is invalid (named in `errors`)")},
 )
 async def list_executions(
     parts: ComponentsDep,
@@ -171,7 +170,7 @@ async def cancel(execution_id: str, parts: ComponentsDep) -> Cancelling:
     except Conflict as exc:
         raise _conflict(exc) from None
     if before is None:
-        raise _unknown(execution_id)
+        raise unknown_execution(execution_id)
     log.info("cancel asked by an operator", execution_id=execution_id, was=before)
     done = before == ExecutionStatus.QUEUED
     return Cancelling(execution_id=execution_id, status="cancelled" if done else "cancelling")
@@ -182,7 +181,7 @@ async def cancel(execution_id: str, parts: ComponentsDep) -> Cancelling:
     status_code=202,
     response_model=Redriven,
     summary="Run an ended failed, partial or cancelled execution again (what succeeded is kept)",
-    responses={**_UNKNOWN, **_CONFLICT, 503: {"description": "broker unreachable", **_PROBLEM}},
+    responses={**_UNKNOWN, **_CONFLICT, 503: documented("broker unreachable")},
 )
 async def redrive(execution_id: str, request: Request, parts: ComponentsDep) -> Redriven:
     try:
@@ -190,7 +189,7 @@ async def redrive(execution_id: str, request: Request, parts: ComponentsDep) -> 
     except Conflict as exc:
         raise _conflict(exc) from None
     if execution is None:
-        raise _unknown(execution_id)
+        raise unknown_execution(execution_id)
     status_url = f"{request.base_url}executions/{execution.execution_id}"
     return Redriven(execution_id=execution.execution_id, run=execution.run, status_url=status_url)
 
@@ -201,8 +200,8 @@ async def redrive(execution_id: str, request: Request, parts: ComponentsDep) -> 
     response_model=BulkRedriven,
     summary="Run again every ended execution that matches (newest first, at most `limit`)",
     responses={
-        422: {"description": "a field is invalid (named in `errors`)", **_PROBLEM},
-        503: {"description": "broker unreachable", **_PROBLEM},
+        422: documented("a field is invalid (named in `errors`)"),
+        503: documented("broker unreachable"),
     },
 )
 async def redrive_many(selection: BulkRedrive, parts: ComponentsDep) -> BulkRedriven:
@@ -247,7 +246,3 @@ async def _redrive(parts: Components, execution_id: str) -> Execution | None:
 
 def _conflict(exc: Conflict) -> Problem:
     return Problem(409, "Conflict", f"status: {exc}", [{"field": "status", "reason": str(exc)}])
-
-
-def _unknown(execution_id: str) -> Problem:
-    return Problem(404, "Unknown execution", f"no execution {execution_id[:128]!r}")

@@ -43,6 +43,15 @@ class Problem(Exception):
         return JSONResponse(body, self.status, headers=self.headers, media_type=MEDIA_TYPE)
 
 
+def documented(description: str) -> dict[str, Any]:
+    """An OpenAPI response whose body is a problem document."""
+    return {"description": description, "content": {MEDIA_TYPE: {}}}
+
+
+def unknown_execution(execution_id: str) -> Problem:
+    return Problem(404, "Unknown execution", f"no execution {execution_id[:128]!r}")
+
+
 def invalid(errors: list[dict[str, str]]) -> Problem:
     """422 naming every field that failed validation."""
     return Problem(422, "Request validation failed", describe(errors), errors)
