@@ -36,6 +36,7 @@ from service.dev.emulator import (  # noqa: E402
     find_firestore_emulator,
 )
 from service.flow import Flow, load_flows  # noqa: E402
+from service.messages import SEED_PAYLOAD  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.support.identity import Identity, metadata_server  # noqa: E402
 from tests.support.servers import serve  # noqa: E402
@@ -136,6 +137,11 @@ def project_flows(base_url: str = "https://fn.example") -> dict[str, Flow]:
     return load_flows(
         PROJECT_FLOWS_DIR, {name: base_url + path for name, path in FUNCTIONS.items()}
     )
+
+
+def full_seed(**overrides: Any) -> dict[str, Any]:
+    """The original guide's test payload with every step switched on (the whole flow runs)."""
+    return {**SEED_PAYLOAD, "create_user_embedding": True, **overrides}
 
 
 def make_settings(**overrides: Any) -> Settings:

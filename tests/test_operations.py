@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from service.app import create_app
 from service.messages import Execution, ExecutionStatus
 from service.store import MemoryStore
-from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
+from tests.conftest import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import Identity, certs_server
 from tests.support.servers import serve
@@ -32,21 +32,23 @@ SERVICE_URL = "https://orchestrator.example"
 START = datetime(2026, 11, 26, 9, tzinfo=UTC)
 
 
+def ended(execution_id: str, status: ExecutionStatus, requested_at: datetime) -> Execution:
+    """An execution of the default flow that ended with `status` (an error unless it succeeded)."""
+    execution = Execution(
+        execution_id=execution_id,
+        flow="ml-orchestration",
+        status=ExecutionStatus.RUNNING,
+        input={"user_id": "u", "session_id": "s", "secret_input": "not in listings"},
+        requested_at=requested_at,
+    )
+    execution.finish(status, None if status == ExecutionStatus.SUCCEEDED else "HTTP 503")
+    return execution
+
+
 def executions() -> list[Execution]:
     """Twelve ended executions, a minute apart: failed, succeeded, partial, failed, ..."""
-    made = []
-    for n in range(12):
-        execution = Execution(
-            execution_id=f"e-{n:02}",
-            flow="ml-orchestration",
-            status=ExecutionStatus.RUNNING,
-            input={"user_id": f"u{n}", "secret_input": "not in listings"},
-            requested_at=START + timedelta(minutes=n),
-        )
-        status = [ExecutionStatus.FAILED, ExecutionStatus.SUCCEEDED, ExecutionStatus.PARTIAL][n % 3]
-        execution.finish(status, None if status == ExecutionStatus.SUCCEEDED else f"error {n}")
-        made.append(execution)
-    return made
+    statuses = [ExecutionStatus.FAILED, ExecutionStatus.SUCCEEDED, ExecutionStatus.PARTIAL]
+    return [ended(f"e-{n:02}", statuses[n % 3], START + timedelta(minutes=n)) for n in range(12)]
 
 
 @pytest.fixture
@@ -189,15 +191,9 @@ class Live:
     webhook_url: str
 
     def start(self, **overrides: Any) -> str:
-        body = {
-            "user_id": f"u-{uuid.uuid4().hex[:6]}",
-            "session_id": "s",
-            "create_user_embedding": True,
-            "process_profession_orchestrator": True,
-            "process_vacancy_orchestrator": True,
-            "webhook_url": self.webhook_url,
-            **overrides,
-        }
+        body = full_seed(
+            user_id=f"u-{uuid.uuid4().hex[:6]}", webhook_url=self.webhook_url, **overrides
+        )
         response = self.client.post("/orchestrate", json=body)
         assert response.status_code == 202, response.text
         execution_id: str = response.json()["execution_id"]
@@ -383,17 +379,9 @@ def test_bulk_re_drive_is_bounded_by_its_limit(kind: str, request: pytest.Fixtur
         return FirestoreStore(project, "executions", timedelta(days=1))
 
     project = f"bulk-{uuid.uuid4().hex[:8]}"
-    failures = []
-    for n in range(200):
-        execution = Execution(
-            execution_id=f"f-{n:03}",
-            flow="ml-orchestration",
-            status=ExecutionStatus.RUNNING,
-            input={"user_id": "u", "session_id": "s"},
-            requested_at=START + timedelta(seconds=n),
-        )
-        execution.finish(ExecutionStatus.FAILED, "HTTP 503")
-        failures.append(execution)
+    failures = [
+        ended(f"f-{n:03}", ExecutionStatus.FAILED, START + timedelta(seconds=n)) for n in range(200)
+    ]
 
     async def fill() -> None:
         store = make_store()

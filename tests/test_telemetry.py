@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from service.app import create_app
 from service.dev.emulator import Emulator, EmulatorAdmin, free_port
 from service.telemetry import Tracing, tracing_from_environment
-from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
+from tests.conftest import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 from tests.support.otlp import otlp_receiver
 from tests.support.servers import serve
 from tests.support.standins import StandIns, WebhookReceiver
@@ -36,14 +36,7 @@ class Traced:
     webhook_url: str
 
     def run(self, headers: dict[str, str] | None = None) -> str:
-        body = {
-            "user_id": "u1",
-            "session_id": "s1",
-            "create_user_embedding": True,
-            "process_profession_orchestrator": True,
-            "process_vacancy_orchestrator": True,
-            "webhook_url": self.webhook_url,
-        }
+        body = full_seed(webhook_url=self.webhook_url)
         response = httpx.post(f"{self.url}/orchestrate", json=body, headers=headers or {})
         execution_id: str = response.json()["execution_id"]
         deadline = time.monotonic() + 20

@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from service.app import create_app
-from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
+from tests.conftest import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 from tests.support.servers import serve
 from tests.support.standins import StandIns, WebhookReceiver
 
@@ -46,15 +46,7 @@ class Dashboard:
     webhook_url: str
 
     def run(self, **overrides: Any) -> str:
-        body = {
-            "user_id": "u1",
-            "session_id": "s1",
-            "create_user_embedding": True,
-            "process_profession_orchestrator": True,
-            "process_vacancy_orchestrator": True,
-            "webhook_url": self.webhook_url,
-            **overrides,
-        }
+        body = full_seed(webhook_url=self.webhook_url, **overrides)
         execution_id: str = httpx.post(f"{self.url}/orchestrate", json=body).json()["execution_id"]
         deadline = time.monotonic() + 20
         while httpx.get(f"{self.url}/executions/{execution_id}").json()["status"] in {
