@@ -76,7 +76,8 @@ class TokenAuth:
     ) -> None:
         self._certificates = certificates
         self._audience = audience
-        self._emails = emails
+        # Email addresses compare without case (Google may keep an account's capitals).
+        self._emails = None if emails is None else frozenset(e.lower() for e in emails)
 
     async def verify(self, authorization: str | None) -> dict[str, Any]:
         """The token's claims; AuthRefused unless every check passes."""
@@ -87,7 +88,7 @@ class TokenAuth:
         if claims.get("iss") not in GOOGLE_ISSUERS:
             raise AuthRefused(401, "token not issued by Google")
         if self._emails is not None:
-            if claims.get("email") not in self._emails:
+            if str(claims.get("email", "")).lower() not in self._emails:
                 raise AuthRefused(403, "token of another account")
             if claims.get("email_verified") is not True:
                 raise AuthRefused(403, "token email not verified")

@@ -118,20 +118,12 @@ class Settings(BaseSettings):
     @property
     def allowed_webhook_hosts(self) -> frozenset[str] | None:
         """WEBHOOK_ALLOWED_HOSTS as a set of lower-case host names, None when unset."""
-        if not self.webhook_allowed_hosts:
-            return None
-        return frozenset(
-            host.strip().lower() for host in self.webhook_allowed_hosts.split(",") if host.strip()
-        )
+        return _lower_case_set(self.webhook_allowed_hosts)
 
     @property
     def operator_emails(self) -> frozenset[str] | None:
         """ADMIN_EMAILS as a set of lower-case emails, None when unset."""
-        if not self.admin_emails:
-            return None
-        return frozenset(
-            email.strip().lower() for email in self.admin_emails.split(",") if email.strip()
-        )
+        return _lower_case_set(self.admin_emails)
 
     @property
     def service_url(self) -> str | None:
@@ -155,6 +147,13 @@ class Settings(BaseSettings):
             return cls()
         except ValidationError as exc:
             raise ConfigError(describe_settings_errors(exc)) from None
+
+
+def _lower_case_set(value: str | None) -> frozenset[str] | None:
+    """A comma-separated setting as a set of lower-case items; None when unset."""
+    if not value:
+        return None
+    return frozenset(item.strip().lower() for item in value.split(",") if item.strip())
 
 
 def describe_settings_errors(exc: ValidationError) -> str:

@@ -162,6 +162,7 @@ def test_admin_emails_let_in_exactly_their_verified_google_identities(
         ),
         "an operator": (identity.token(SERVICE_URL, email="ops@example.com"), 200),
         "another operator": (identity.token(SERVICE_URL, email="oncall@example.com"), 200),
+        "an operator's capitals": (identity.token(SERVICE_URL, email="OPS@example.com"), 200),
     }
     answers = {}
     with serve(create_app(settings, FLOWS, RecordingTransport())) as url:
