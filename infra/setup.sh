@@ -145,7 +145,7 @@ if [ "$firestore" = true ]; then
             "${configs[@]}" --field-config "field-path=requested_at,order=descending"
     done
     # JSON text and part data are never queried: indexing them only costs writes.
-    for field in input steps; do
+    for field in input steps result; do
         run "${g[@]}" firestore indexes fields update "$field" \
             --collection-group "$collection" --disable-indexes
     done

@@ -184,6 +184,7 @@ def build(
             settings.service_url,
             tracing,
             metrics,
+            frozenset(name for name, flow in flows.items() if flow.result is not None),
         ),
         default_webhook_url=settings.default_webhook_url,
         lease_s=settings.execution_lease_s,

@@ -1,7 +1,9 @@
 """Delivering an execution's result: a signed webhook (Standard Webhooks) and the result topic.
 
-A document bigger than its channel (Pub/Sub's 10 MB, WEBHOOK_MAX_BYTES) goes out
-without step outputs, with `"outputs": "omitted"` and its `status_url` (and the
+What goes out is the execution document, or, for a flow with `result:`, the
+summary with that result and the `status_url` of the whole document. One bigger
+than its channel (Pub/Sub's 10 MB, WEBHOOK_MAX_BYTES) goes out without step
+outputs and result, with `"outputs": "omitted"` and its `status_url` (and the
 same as attributes on the topic): the whole document stays readable there.
 """
 
@@ -16,7 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from standardwebhooks.webhooks import Webhook
 
 from service.errors import DeliveryFailed, WebhookTargetRefused
-from service.messages import Execution, now
+from service.messages import Execution, ExecutionResult, now
 from service.metrics import Metrics
 from service.retry import Attempt, RetryPolicy, parse_retry_after, with_retries
 from service.targets import Target, WebhookTargets
@@ -53,6 +55,7 @@ class ResultDelivery:
         public_url: str | None = None,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
+        shaped_flows: frozenset[str] = frozenset(),
     ) -> None:
         self._client = client
         self._tracing = tracing or Tracing()
@@ -63,6 +66,7 @@ class ResultDelivery:
         self._result_topic = result_topic
         self._webhook_max_bytes = webhook_max_bytes
         self._public_url = (public_url or "").rstrip("/")
+        self._shaped_flows = shaped_flows  # the flows with `result:`
 
     async def deliver(self, execution: Execution, webhook_url: str | None) -> None:
         """Deliver everywhere the result is wanted; DeliveryFailed if a retry may still help.
@@ -70,7 +74,7 @@ class ResultDelivery:
         The topic comes first, so that a webhook that never answers cannot keep the
         result from it; a redelivery publishes again (consumers dedupe by execution_id).
         """
-        body = execution.model_dump_json().encode()
+        body = self._body(execution)
         await self.publish(execution, body=body)
         if webhook_url:
             webhook_body, _ = self._fitted(execution, body, self._webhook_max_bytes)
@@ -85,9 +89,7 @@ class ResultDelivery:
         """
         if not self._result_topic:
             return
-        data, omitted = self._fitted(
-            execution, body or execution.model_dump_json().encode(), RESULT_MAX_BYTES
-        )
+        data, omitted = self._fitted(execution, body or self._body(execution), RESULT_MAX_BYTES)
         attributes = {
             "execution_id": execution.execution_id,
             "flow": execution.flow,
@@ -99,15 +101,30 @@ class ResultDelivery:
             attributes |= {"outputs": "omitted", "status_url": self._status_url(execution)}
         await self._transport.publish(self._result_topic, data, attributes)
 
+    def _body(self, execution: Execution) -> bytes:
+        """The document delivered: the execution's, or its summary and `result`."""
+        if execution.flow not in self._shaped_flows:
+            return execution.model_dump_json().encode()
+        shaped = ExecutionResult(
+            **execution.summary().model_dump(),
+            result=execution.result,
+            status_url=self._status_url(execution),
+        )
+        return shaped.model_dump_json().encode()
+
     def _fitted(self, execution: Execution, body: bytes, limit: int) -> tuple[bytes, bool]:
-        """`body`, or the document without step outputs when `body` is over `limit` bytes."""
+        """`body`, or it without outputs and result when `body` is over `limit` bytes."""
         if len(body) <= limit:
             return body, False
         log.warning("result too big for its channel; outputs omitted", size=len(body), limit=limit)
-        document = execution.model_dump(mode="json")
-        for step in document["steps"].values():
+        document = json.loads(body)
+        for step in document.get("steps", {}).values():
             step["output"] = None
-        document |= {"outputs": "omitted", "status_url": self._status_url(execution)}
+        document |= {
+            "result": None,
+            "outputs": "omitted",
+            "status_url": self._status_url(execution),
+        }
         return json.dumps(document, separators=(",", ":")).encode(), True
 
     def _status_url(self, execution: Execution) -> str:

@@ -5,9 +5,10 @@ One head document per execution, always far under Firestore's 1 MiB:
     executions/{id}
         flow, status, requested_at, started_at,     the summary: what `list` queries
         finished_at, duration_ms, error             and reads (a projection)
-        input, steps.NAME                           "slots": JSON text of the input and
-                                                    of each step's outcome, inline up to
-                                                    INLINE_BYTES, else a pointer {parts, digest}
+        input, steps.NAME, result                   "slots": JSON text of the input, of
+                                                    each step's outcome and of the flow's
+                                                    result, inline up to INLINE_BYTES,
+                                                    else a pointer {parts, digest}
         webhook_url                                 kept for re-drives
         owner, lease_until, delivered,              the lease, and whether the result
         cancel_requested, updated_at, expire_at     went out; an operator's cancel
@@ -285,7 +286,8 @@ class FirestoreStore:
         for name, result in execution.steps.items():
             fields["steps"][name], more = self._slot(f"step.{name}", result.model_dump_json())
             parts |= more
-        return fields, parts
+        fields["result"], more = self._slot("result", _json(execution.result))
+        return fields, parts | more
 
     def _slot(self, name: str, text: str) -> tuple[Any, Parts]:
         """A slot's value in the head (its text, or a pointer) and the parts to write first."""
@@ -318,7 +320,7 @@ class FirestoreStore:
         if "input" not in data and "document" in data:
             # Written before this layout (one map per execution): read until its TTL ends.
             return Execution.model_validate(data["document"])
-        slots: dict[str, Any] = {"input": data["input"]}
+        slots: dict[str, Any] = {"input": data["input"], "result": data.get("result", "null")}
         slots |= {f"step.{name}": value for name, value in data.get("steps", {}).items()}
         pointers = {name: value for name, value in slots.items() if isinstance(value, dict)}
         if pointers:
@@ -347,6 +349,7 @@ class FirestoreStore:
                 "execution_id": execution_id,
                 "input": _parse(slots["input"]),
                 "steps": steps,
+                "result": _parse(slots["result"]),
             }
         )
         execution.webhook_url = data.get("webhook_url")

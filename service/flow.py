@@ -1,8 +1,10 @@
 """Flow definitions: YAML files validated into frozen models when the service starts.
 
 Every mistake a flow can hold is found here, not during an execution: unknown
-fields, unknown or cyclic `after` references, bad expressions, expressions that
-read a step which has not run yet, and `call` URLs whose environment is missing.
+fields, unknown or cyclic `after` references, CEL expressions that do not compile
+or read what is not known where they are written (a step which has not run yet,
+`item` outside a for_each), results of the wrong type where CEL knows the type,
+and `call` URLs whose environment is missing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from service.errors import FlowError
-from service.expressions import ExpressionError, Template, compile_value, paths_in
+from service.expressions import ExpressionError, Names, Template, compile_value
 from service.retry import RetryPolicy
 
 FLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -68,6 +70,7 @@ class StepSpec(BaseModel):
     retry: RetryPolicy = RetryPolicy()
     on_error: Literal["fail", "continue"] = "fail"
     audience: str | None = None
+    output: Any = None
 
 
 class FlowSpec(BaseModel):
@@ -78,6 +81,7 @@ class FlowSpec(BaseModel):
     description: str | None = None
     input: dict[str, InputField] = Field(default_factory=dict)
     steps: dict[str, StepSpec] = Field(min_length=1, max_length=MAX_FLOW_STEPS)
+    result: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,7 @@ class Step:
     retry: RetryPolicy
     on_error: Literal["fail", "continue"]
     audience: str
+    output: Any  # compiled; None keeps the whole answer
 
     @property
     def host(self) -> str:
@@ -111,6 +116,7 @@ class Flow:
     description: str | None
     steps: Mapping[str, Step]
     input_model: type[BaseModel]
+    result: Any = None  # compiled; None delivers the whole execution document
 
     def validate_input(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """The input with defaults applied; raises pydantic's ValidationError naming fields."""
@@ -152,11 +158,19 @@ def load_flow(path: Path, env: Mapping[str, str]) -> Flow:
         field = ".".join(str(part) for part in location)
         raise FlowError(file, f"{field}: {error['msg']}", step) from None
     steps = _compile_steps(file, spec, env)
+    result = None
+    if spec.result is not None:
+        names = Names("result", frozenset({"input"}), frozenset(steps), frozenset(steps))
+        try:
+            result = compile_value(spec.result, names, env)
+        except ExpressionError as exc:
+            raise FlowError(file, str(exc)) from None
     return Flow(
         name=name,
         description=spec.description,
         steps=MappingProxyType(steps),
         input_model=_input_model(name, spec.input),
+        result=result,
     )
 
 
@@ -179,37 +193,38 @@ def _compile_steps(file: str, spec: FlowSpec, env: Mapping[str, str]) -> dict[st
         after = spec.steps[name].after
         ancestors[name] = set(after).union(*(ancestors[dependency] for dependency in after))
 
+    every = frozenset(spec.steps)
     compiled = {}
     for name in order:
+        names = Names("", frozenset({"input"}), frozenset(ancestors[name]), every)
         try:
-            compiled[name] = _compile_step(name, spec.steps[name], ancestors[name], env)
+            compiled[name] = _compile_step(name, spec.steps[name], names, env)
         except ExpressionError as exc:
             raise FlowError(file, str(exc), name) from None
     return compiled
 
 
-def _compile_step(name: str, spec: StepSpec, ancestors: set[str], env: Mapping[str, str]) -> Step:
-    call = Template.parse(spec.call, env)
-    if call.paths:
-        raise ExpressionError(f"call: only ${{env.NAME}} may be used in a URL, not {spec.call!r}")
-    url = call.render({})
+def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str]) -> Step:
+    url = _literal("call", spec.call, env)
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ExpressionError(f"call: {url!r} is not an http(s) URL")
-    when = Template.parse(spec.when, env) if spec.when is not None else None
-    for_each = Template.parse(spec.for_each, env) if spec.for_each is not None else None
-    body = compile_value(spec.body, env)
-
-    for where, value in (("when", when), ("for_each", for_each), ("body", body)):
-        for path in paths_in(value):
-            if path.root == "item" and (where != "body" or for_each is None):
-                raise ExpressionError(f"{where}: ${{{path.text}}} is only known in a for_each body")
-            step = path.step
-            if step is not None and step not in ancestors:
-                raise ExpressionError(
-                    f"{where}: ${{{path.text}}} reads step {step!r}, which is not in 'after'"
-                )
-    audience = Template.parse(spec.audience, env).render({}) if spec.audience else url
+    when = for_each = None
+    if spec.when is not None:
+        when = _typed(Template.parse(spec.when, names.at("when"), env), "when", ("BOOL", "NULL"))
+    if spec.for_each is not None:
+        template = Template.parse(spec.for_each, names.at("for_each"), env)
+        for_each = _typed(template, "for_each", ("LIST",))
+    # `item` is each element of a for_each; `response` is the step's answer.
+    each = frozenset({"item"} if for_each is not None else ())
+    body = compile_value(
+        spec.body, Names("body", names.roots | each, names.steps, names.flow_steps), env
+    )
+    output = None
+    if spec.output is not None:
+        scope = Names("output", names.roots | each | {"response"}, names.steps, names.flow_steps)
+        output = compile_value(spec.output, scope, env)
+    audience = _literal("audience", spec.audience, env) if spec.audience else url
     return Step(
         name=name,
         url=url,
@@ -223,7 +238,31 @@ def _compile_step(name: str, spec: StepSpec, ancestors: set[str], env: Mapping[s
         retry=spec.retry,
         on_error=spec.on_error,
         audience=audience,
+        output=output,
     )
+
+
+def _literal(field: str, text: str, env: Mapping[str, str]) -> str:
+    """A value fixed when the flow loads: it may use ${env.NAME}, nothing else."""
+    nothing = Names(field, frozenset(), frozenset())
+    try:
+        template = Template.parse(text, nothing, env)
+    except ExpressionError as exc:
+        if "environment variable" in str(exc):
+            raise
+        raise ExpressionError(f"{field}: only ${{env.NAME}} may be used, not {text!r}") from None
+    return str(template.render({}))
+
+
+def _typed(template: Template, where: str, accepted: tuple[str, ...]) -> Template:
+    """`template`, if CEL's checker says its result can be one of `accepted` (or is DYN:
+    only known at run time). Text around an expression in `when` is a string, which is
+    true, as it was before CEL."""
+    kind = template.result_type
+    if kind == "DYN" or kind.startswith(accepted) or (where == "when" and not template.whole):
+        return template
+    expected = accepted[0].lower()
+    raise ExpressionError(f"{where}: {template.source!r} gives a {kind.lower()}, not a {expected}")
 
 
 def _input_model(flow: str, fields: Mapping[str, InputField]) -> type[BaseModel]:

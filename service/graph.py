@@ -3,19 +3,29 @@ or the same as JSON for the dashboard."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from service.expressions import Template
+from service.expressions import Template, source_of, templates_in
 from service.flow import Flow, Step
 
 
 def mermaid(flow: Flow) -> str:
-    """The flow's steps left to right, each labelled with its condition and fan-out."""
+    """The flow's steps left to right, each labelled with its condition, fan-out (and
+    filter) and output; the flow's result last, with a dotted edge from each step it reads."""
     lines = ["flowchart LR"]
     for step in flow.steps.values():
         lines.append(f'    {step.name}["{_label(step)}"]')
+    result = "result"
+    while result in flow.steps:
+        result += "_"
+    if flow.result is not None:
+        lines.append(f'    {result}(["{_escape("result " + _shape(flow.result))}"])')
     for step in flow.steps.values():
         lines.extend(f"    {dependency} --> {step.name}" for dependency in step.after)
+    if flow.result is not None:
+        read = {name for t in templates_in(flow.result) for e in t.expressions for name in e.steps}
+        lines.extend(f"    {name} -.-> {result}" for name in flow.steps if name in read)
     return "\n".join(lines) + "\n"
 
 
@@ -28,30 +38,43 @@ def described(flow: Flow) -> dict[str, Any]:
             {
                 "name": step.name,
                 "after": list(step.after),
-                "when": source(step.when) if step.when is not None else None,
-                "for_each": source(step.for_each) if step.for_each is not None else None,
+                "when": source_of(step.when),
+                "for_each": source_of(step.for_each),
                 "max_concurrency": step.max_concurrency,
                 "on_error": step.on_error,
+                "output": source_of(step.output),
             }
             for step in flow.steps.values()
         ],
+        "result": source_of(flow.result),
     }
 
 
 def _label(step: Step) -> str:
     parts = [step.name]
     if step.when is not None:
-        parts.append(f"when {source(step.when)}")
+        parts.append(f"when {_one_line(step.when.source)}")
     if step.for_each is not None:
-        parts.append(f"for each of {source(step.for_each)}, {step.max_concurrency} at a time")
+        each = _one_line(step.for_each.source)
+        parts.append(f"for each of {each}, {step.max_concurrency} at a time")
+    if step.output is not None:
+        parts.append(f"output {_shape(step.output)}")
     if step.on_error == "continue":
         parts.append("on error: continue")
     return "<br/>".join(_escape(part) for part in parts)
 
 
-def source(template: Template) -> str:
-    """The expression as written in the flow."""
-    return "".join(part if isinstance(part, str) else part.text for part in template.parts)
+def _shape(value: Any) -> str:
+    """A shaped value in a few words: its keys, or its expression."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(value) + "}"
+    if isinstance(value, list):
+        return f"[{len(value)} values]"
+    return _one_line(source_of(value) if isinstance(value, Template) else json.dumps(value))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _escape(text: str) -> str:

@@ -166,6 +166,7 @@ class Execution(ExecutionSummary):
 
     input: dict[str, Any]
     steps: dict[str, StepResult] = Field(default_factory=dict)
+    result: Any = Field(None, description="what the flow's `result:` made of it, if it has one")
     # Kept for re-drives, never shown: a webhook URL may carry a receiver's token.
     webhook_url: str | None = Field(None, exclude=True)
 
@@ -205,6 +206,7 @@ class Execution(ExecutionSummary):
                 "finished_at": None,
                 "duration_ms": None,
                 "error": None,
+                "result": None,
             }
         )
 
@@ -231,6 +233,13 @@ class Execution(ExecutionSummary):
         return ExecutionSummary.model_validate(
             {name: getattr(self, name) for name in ExecutionSummary.model_fields}
         )
+
+
+class ExecutionResult(ExecutionSummary):
+    """What a flow with `result:` delivers: the summary and the result, not input and steps."""
+
+    result: Any = None
+    status_url: str = Field(description="where the whole execution document is read")
 
 
 class PushMessage(BaseModel):

@@ -27,7 +27,7 @@ from opentelemetry.trace import StatusCode
 
 from service.calls import CallResult, MLCaller
 from service.errors import StoreRefused
-from service.expressions import render_value
+from service.expressions import EvaluationError, render_value
 from service.flow import Flow, Step
 from service.messages import (
     CANCELLED_BY_OPERATOR,
@@ -107,7 +107,7 @@ class FlowRunner:
             execution.end_running(CANCELLED_BY_OPERATOR, StepStatus.CANCELLED)
             execution.finish(ExecutionStatus.CANCELLED, CANCELLED_BY_OPERATOR)
         else:
-            execution.finish(*_verdict(flow, execution))
+            execution.finish(*_result(flow, execution))
         finally:
             self._metrics.in_flight.add(-1)
         labels = {"flow": execution.flow, "status": execution.status.value}
@@ -178,17 +178,20 @@ class FlowRunner:
         if failed:
             return _skipped(f"needs failed step {failed[0]}")
         scope = _scope(execution)
-        if step.when is not None and not step.when.render(scope):
-            return _skipped(None)
+        try:
+            if step.when is not None and not step.when.render(scope):
+                return _skipped(None)
+            items = step.for_each.render(scope) if step.for_each is not None else None
+        except EvaluationError as exc:
+            return _ended(StepStatus.FAILED, str(exc))
 
         previous = execution.steps.get(step.name)
         result = StepResult(status=StepStatus.RUNNING, started_at=now())
         execution.steps[step.name] = result
         started = time.perf_counter()
         if step.for_each is None:
-            call = await self._caller.call(step, render_value(step.body, scope), deadline)
+            call = await self._call(step, scope, deadline)
         else:
-            items = step.for_each.render(scope)
             call = await self._fan_out(step, scope, items, deadline, result, previous)
         result.finished_at = now()
         result.duration_ms = round((time.perf_counter() - started) * 1000)
@@ -227,8 +230,7 @@ class FlowRunner:
             async with limit:
                 record = records[index]
                 record.started_at = now()
-                body = render_value(step.body, {**scope, "item": item})
-                call = await self._caller.call(step, body, deadline)
+                call = await self._call(step, {**scope, "item": item}, deadline)
                 outputs[index] = call.output
                 record.attempts, record.error = call.attempts, call.error
                 record.status = StepStatus.FAILED if call.error else StepStatus.SUCCEEDED
@@ -239,6 +241,21 @@ class FlowRunner:
         error = f"{len(errors)} of {len(records)} items failed: {errors[0]}" if errors else None
         attempts = sum(records[i].attempts for i in range(len(items)) if i not in kept)
         return CallResult(output=outputs, error=error, attempts=attempts)
+
+    async def _call(self, step: Step, scope: dict[str, Any], deadline: float) -> CallResult:
+        """One call with its body made from `scope`; its answer shaped by the step's `output`."""
+        try:
+            body = render_value(step.body, scope)
+        except EvaluationError as exc:
+            return CallResult(None, str(exc), 0)
+        call = await self._caller.call(step, body, deadline)
+        if call.error is not None or step.output is None:
+            return call
+        try:
+            output = render_value(step.output, {**scope, "response": call.output})
+        except EvaluationError as exc:
+            return CallResult(None, str(exc), call.attempts)
+        return CallResult(output, None, call.attempts)
 
 
 class Cancelled(Exception):
@@ -273,8 +290,13 @@ def _succeeded_items(previous: StepResult | None, count: int) -> set[int]:
 
 
 def _skipped(error: str | None) -> StepResult:
+    return _ended(StepStatus.SKIPPED, error)
+
+
+def _ended(status: StepStatus, error: str | None) -> StepResult:
+    """An outcome decided without a call: skipped, or failed by its own expressions."""
     moment = now()
-    return StepResult(status=StepStatus.SKIPPED, error=error, started_at=moment, finished_at=moment)
+    return StepResult(status=status, error=error, started_at=moment, finished_at=moment)
 
 
 async def _all(coroutines: Iterable[Coroutine[Any, Any, None]]) -> None:
@@ -293,11 +315,25 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 def _scope(execution: Execution) -> dict[str, Any]:
-    steps = {
-        name: {"status": result.status.value, "output": result.output}
+    """What expressions read: `input`, and each step as its own variable `steps.NAME`."""
+    scope: dict[str, Any] = {
+        f"steps.{name}": {"status": result.status.value, "output": result.output}
         for name, result in execution.steps.items()
     }
-    return {"input": execution.input, "steps": steps}
+    scope["input"] = execution.input
+    return scope
+
+
+def _result(flow: Flow, execution: Execution) -> tuple[ExecutionStatus, str | None]:
+    """The verdict; with it, where the flow has one and the run did not fail, its `result`."""
+    status, error = _verdict(flow, execution)
+    if flow.result is None or status == ExecutionStatus.FAILED:
+        return status, error
+    try:
+        execution.result = render_value(flow.result, _scope(execution))
+    except EvaluationError as exc:
+        return ExecutionStatus.FAILED, str(exc)
+    return status, error
 
 
 def _verdict(flow: Flow, execution: Execution) -> tuple[ExecutionStatus, str | None]:

@@ -71,14 +71,78 @@ def test_extra_input_fields_are_kept() -> None:
             "dependency cycle",
         ),
         ("steps:\n  a: {call: '${env.NOT_SET_ANYWHERE}'}\n", "a", "NOT_SET_ANYWHERE is not set"),
-        ("steps:\n  a: {call: 'https://x', body: {u: '${usr.id}'}}\n", "a", "must start with"),
+        (
+            "steps:\n  a: {call: 'https://x', body: {u: '${usr.id}'}}\n",
+            "a",
+            "body.u: ${usr.id}: unknown name 'usr': read one of input",
+        ),
         (
             "steps:\n  a: {call: 'https://x'}\n"
             "  b: {call: 'https://x', body: {o: '${steps.a.output}'}}\n",
             "b",
             "not in 'after'",
         ),
-        ("steps:\n  a: {call: 'https://x', body: {v: '${item.id}'}}\n", "a", "for_each body"),
+        (
+            "steps:\n  a: {call: 'https://x'}\n"
+            "  b: {call: 'https://x', when: '${size(steps.a.output) > 0}'}\n",
+            "b",
+            "when: ${size(steps.a.output) > 0}: reads step 'a', which is not in 'after'",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x', body: {v: '${item.id}'}}\n",
+            "a",
+            "body.v: ${item.id}: item is only known in a for_each step's body and output",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x', body: {v: '${response.id}'}}\n",
+            "a",
+            "body.v: ${response.id}: response (the step's answer) is only known in output",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x', when: '${input.n >}'}\n",
+            "a",
+            "when: ${input.n >}: 1:10: Syntax error",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x', when: '${size(input.list)}'}\n",
+            "a",
+            "when: '${size(input.list)}' gives a int, not a bool",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x', for_each: '${input.user_id + \"s\"}'}\n",
+            "a",
+            "for_each: '${input.user_id + \"s\"}' gives a string, not a list",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x', for_each: 'ids: ${input.ids}'}\n",
+            "a",
+            "for_each: 'ids: ${input.ids}' gives a string, not a list",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x', body: {v: '${input.flag ? 1 : \"one\"}'}}\n",
+            "a",
+            "found no matching overload for '_?_:_' applied to '(dyn, int, string)'",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x', body: {v: '${env.HOME + \"/x\"}'}}\n",
+            "a",
+            "env is read when the flow loads: write ${env.NAME} on its own",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x', output: '${response.items.filter(i, i.ok'}\n",
+            "a",
+            "unclosed '${'",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x'}\nresult: {first: '${steps.b.output}'}\n",
+            None,
+            "result.first: ${steps.b.output}: unknown step 'b'",
+        ),
+        (
+            "steps:\n  a: {call: 'https://x'}\nresult: '${item}'\n",
+            None,
+            "result: ${item}: item is only known in a for_each step's body and output",
+        ),
         ("steps:\n  a: {call: 'ftp://x'}\n", "a", "not an http(s) URL"),
         ("steps:\n  a: {call: 'https://${input.host}/x'}\n", "a", "only ${env.NAME}"),
         ("steps:\n  a: {call: 'https://x', retries: 3}\n", "a", "Extra inputs"),

@@ -78,7 +78,12 @@ class StandIns:
         answer: dict[str, Any]
         if path == "/match-candidato":
             vacancies = range(1, self.vacancies + 1)
-            answer = {"vacancies": [{"vacancy_id": f"v{n}"} for n in vacancies]}
+            # Ranked, as the real one: v1 scores 0.9, v2 0.8, ...
+            answer = {
+                "vacancies": [
+                    {"vacancy_id": f"v{n}", "score": round(1 - n / 10, 2)} for n in vacancies
+                ]
+            }
         elif path == "/match-analysis-user-vacancy":
             answer = {"vacancy_id": body["vacancy_id"], "fit": 0.8}
         else:
