@@ -1,9 +1,10 @@
 """`${...}` expressions in flow definitions: CEL, checked when a flow loads, evaluated per use.
 
 Expressions are CEL, Google's Common Expression Language, run by cel-expr-python
-(the CEL team's C++ implementation). A value that is exactly one expression keeps
-the type of its result (`${steps.match_candidato.output.vacancies}` is a list);
-text around expressions makes a string, non-strings written as JSON.
+(the CEL team's C++ implementation), with CEL's strings, math and bindings
+extensions. A value that is exactly one expression keeps the type of its result
+(`${steps.match_candidato.output.vacancies}` is a list); text around expressions
+makes a string, non-strings written as JSON.
 
 What an expression may read depends on where it is written (`Names`): `input`,
 `steps.NAME` (the steps in its `after` chain; each `{"status", "output"}`),
@@ -29,6 +30,7 @@ from functools import lru_cache
 from typing import Any
 
 from cel_expr_python import cel
+from cel_expr_python.ext import ext_bindings, ext_math, ext_strings
 
 # An ML answer may be 10 MB; nothing an expression makes may be bigger.
 MAX_VALUE_BYTES = 10_000_000
@@ -189,7 +191,12 @@ def compile_expression(text: str, names: Names) -> Expression:
     except RuntimeError as exc:
         message = str(exc)
         undeclared = _UNDECLARED.search(message)
-        reason = names.explain(undeclared.group(1)) if undeclared else _reason(message)
+        if undeclared is None:
+            reason = _reason(message)
+        elif re.search(rf"\b{re.escape(undeclared.group(1))}\s*\(", source):
+            reason = f"unknown function {undeclared.group(1)!r}"
+        else:
+            reason = names.explain(undeclared.group(1))
         raise ExpressionError(f"{names.where}: ${{{source}}}: {reason}") from None
     variables = tuple(sorted(name for name in names.variables() if _mentions(source, name)))
     result_type = program.return_type().name()
@@ -310,7 +317,10 @@ def _environment(variables: frozenset[str]) -> Any:
     declared = {
         name: _MAP if name == "input" or name.startswith("steps.") else _DYN for name in variables
     }
-    return cel.NewEnv(variables=declared)
+    # CEL's standard extensions: strings (lowerAscii, split, join, format, …), math
+    # (math.greatest, math.round, …) and cel.bind.
+    extensions = [ext_strings.ExtStrings(), ext_math.ExtMath(), ext_bindings.ExtBindings()]
+    return cel.NewEnv(variables=declared, extensions=extensions)
 
 
 def _spans(text: str, where: str) -> list[tuple[int, int]]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from service.expressions import ITERATION_BUDGET, MAX_VALUE_BYTES
+import pytest
+import yaml
+
+from service.expressions import ITERATION_BUDGET, MAX_VALUE_BYTES, Names, Template
 from service.messages import ExecutionStatus, StepStatus
 from tests.support.functions import Functions, flow_from, run
 
@@ -92,7 +96,10 @@ async def test_operators_macros_and_string_building_make_each_body(tmp_path: Pat
 
 async def test_output_keeps_only_its_shape_of_each_answer(tmp_path: Path) -> None:
     execution = await run(flow_from(tmp_path, MATCHING), matching(), {"min_score": 0.8})
-    assert execution.steps["analyse"].output == [{"id": "v1", "fit": 90.0}, {"id": "v4", "fit": 100.0}]
+    assert execution.steps["analyse"].output == [
+        {"id": "v1", "fit": 90.0},
+        {"id": "v4", "fit": 100.0},
+    ]
 
 
 async def test_result_is_made_from_the_ended_steps(tmp_path: Path) -> None:
@@ -268,3 +275,44 @@ steps:
     ]
     assert execution.steps["b"].error == "body.nan: ${0.0 / 0.0}: nan is not a JSON number"
     assert execution.steps["c"].error == 'body.raw: ${b"bytes"}: a bytes value is not JSON'
+
+
+def readme_examples() -> list[str]:
+    """The `write` column of the README's table of expression examples, one value each."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("| you want | write |")[1].split("\n\n")[0]
+    cells = [row.split(" | ")[1] for row in table.strip().splitlines()[2:]]
+    snippets = [s for cell in cells for s in re.findall(r"`([^`]+)`", cell)]
+    return [s.split(": ", 1)[1] if re.match(r"^\w+: ", s) else s for s in snippets]
+
+
+@pytest.mark.parametrize("example", readme_examples())
+def test_the_readmes_expression_examples_compile_and_run(example: str) -> None:
+    value = yaml.safe_load(f"v: {example}")["v"]
+    names = Names(
+        "example",
+        frozenset({"input", "item"}),
+        frozenset({"m", "match_candidato"}),
+        frozenset({"m", "match_candidato"}),
+    )
+    template = Template.parse(value, names, {})
+    vacancies = {"output": {"vacancies": VACANCIES}, "status": "succeeded"}
+    scope = {
+        "input": {
+            "process_vacancy_orchestrator": True,
+            "user_id": "u1",
+            "ids": ["a", "b"],
+            "n": 4,
+            "name": "Ana",
+            "since": "2026-11-26T10:00:00Z",
+        },
+        "steps.m": vacancies,
+        "steps.match_candidato": vacancies,
+        "item": {**VACANCIES[0], "title": "Senior analyst"},
+    }
+    assert template.expressions, example
+    template.render(scope)  # raises EvaluationError if the example fails on this data
+
+
+def test_the_readme_shows_every_kind_of_example() -> None:
+    assert len(readme_examples()) >= 12

@@ -76,7 +76,10 @@ def test_env_is_substituted_when_parsed() -> None:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ("${user.id}", "body: ${user.id}: unknown name 'user': read one of input, item, steps.NAME"),
+        (
+            "${user.id}",
+            "body: ${user.id}: unknown name 'user': read one of input, item, steps.NAME",
+        ),
         ("${input.a b}", "body: ${input.a b}: 1:9: Syntax error"),
         ("${input.a", "body: '${input.a': unclosed '${'"),
         ("${env.MISSING_VAR}", "environment variable MISSING_VAR is not set"),
@@ -85,6 +88,7 @@ def test_env_is_substituted_when_parsed() -> None:
         ("${steps.nope.output.a > 1}", "unknown step 'nope'"),
         ("${steps}", "name a step after 'steps'"),
         ("${response}", "response (the step's answer) is only known in output"),
+        ("${input.name.shout()}", "body: ${input.name.shout()}: unknown function 'shout'"),
         ("${" + "1 + " * 1100 + "1}", "body: expression longer than 4096"),
     ],
 )

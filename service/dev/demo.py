@@ -76,10 +76,12 @@ def create_demo_app(
                 raise HTTPException(401, f"bad signature: {exc}") from None
             verified = "signature verified"
         document = json.loads(raw)
-        steps = ", ".join(f"{name}={step['status']}" for name, step in document["steps"].items())
+        # A flow with `result:` delivers it instead of the steps (those are at status_url).
+        steps = document.get("steps", {})
+        shown = ", ".join(f"{name}={step['status']}" for name, step in steps.items()) or "result"
         print(
             f"\n>>> webhook ({verified}): execution {document['execution_id']} "
-            f"{document['status']} in {document['duration_ms']} ms [{steps}]\n"
+            f"{document['status']} in {document['duration_ms']} ms [{shown}]\n"
             f"{json.dumps(document, indent=2)}\n",
             file=sys.stderr,
             flush=True,
