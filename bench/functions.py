@@ -13,8 +13,10 @@ import os
 from aiohttp import web
 
 DELAY_S = float(os.environ.get("DELAY_MS", "50")) / 1000
+COUNT = int(os.environ.get("VACANCIES", "3"))
+# Ranked, as the real matching answers: scores from 1 down.
 VACANCIES = [
-    {"vacancy_id": f"vac-{n}"} for n in range(1, int(os.environ.get("VACANCIES", "3")) + 1)
+    {"vacancy_id": f"vac-{n}", "score": round(1 - n / (COUNT + 1), 3)} for n in range(1, COUNT + 1)
 ]
 ANSWERS = {
     "/match-candidato": json.dumps({"vacancies": VACANCIES}).encode(),

@@ -11,31 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import logging
 import tempfile
-import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bench.processes import ROOT, Process
-from service.app import build, make_http_client
-from service.dev.demo import FUNCTIONS
-from service.flow import load_flows
+from bench.engine import cpu_per_execution
+from bench.processes import Process
 from service.logs import configure_logging
-from service.messages import SEED_PAYLOAD, PushEnvelope, PushMessage
-from service.settings import Settings
-from service.store import MemoryStore
 from service.telemetry import Tracing
-from service.transport import InProcessTransport
-
-FULL = {**SEED_PAYLOAD, "create_user_embedding": True}
-PRODUCER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 class Dropped(SpanExporter):
@@ -47,36 +34,6 @@ class Dropped(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.spans += len(spans)
         return SpanExportResult.SUCCESS
-
-
-def envelope() -> PushEnvelope:
-    message = {"execution_id": str(uuid.uuid4()), "flow": "ml-orchestration", "input": FULL}
-    data = base64.b64encode(json.dumps(message).encode()).decode()
-    attributes = {"googclient_traceparent": PRODUCER}
-    return PushEnvelope(
-        message=PushMessage(data=data, attributes=attributes, message_id=str(uuid.uuid4()))
-    )
-
-
-async def cpu_per_execution(functions_url: str, tracing: Tracing, runs: int, at_once: int) -> float:
-    flows = load_flows(
-        ROOT / "flows", {name: functions_url + path for name, path in FUNCTIONS.items()}
-    )
-    settings = Settings(_env_file=None, ml_auth="none", log_format="json")  # type: ignore[call-arg]
-    async with make_http_client() as http:
-        handler = build(settings, flows, InProcessTransport(), MemoryStore(), http, tracing).push
-        for _ in range(20):  # warm up
-            await handler.handle(envelope())
-        limit = asyncio.Semaphore(at_once)
-
-        async def one() -> None:
-            async with limit:
-                assert await handler.handle(envelope()) == 204
-
-        cpu = time.process_time()
-        await asyncio.gather(*(one() for _ in range(runs)))
-        tracing.shutdown()
-        return (time.process_time() - cpu) * 1000 / runs
 
 
 def main() -> None:
@@ -91,12 +48,14 @@ def main() -> None:
         "functions", ["bench/functions.py"], {"DELAY_MS": str(args.delay_ms)}, "/health", log
     )
     try:
-        off = asyncio.run(cpu_per_execution(functions.url, Tracing(), args.runs, args.concurrency))
+        off = asyncio.run(cpu_per_execution(functions.url, args.runs, args.concurrency))
         provider = TracerProvider()
         dropped = Dropped()
         provider.add_span_processor(BatchSpanProcessor(dropped))
         on = Tracing(provider.get_tracer("bench"), provider)
-        sampled = asyncio.run(cpu_per_execution(functions.url, on, args.runs, args.concurrency))
+        sampled = asyncio.run(
+            cpu_per_execution(functions.url, args.runs, args.concurrency, tracing=on)
+        )
     finally:
         functions.stop()
     spans = dropped.spans / (args.runs + 20)

@@ -52,6 +52,10 @@ class ExpressionError(ValueError):
     """An expression that cannot be compiled where it is written (found when a flow loads)."""
 
 
+class UnsetEnvironment(ExpressionError):
+    """`${env.NAME}` of a variable that is not set."""
+
+
 class EvaluationError(Exception):
     """An expression that failed on an execution's data: the step using it fails."""
 
@@ -364,7 +368,7 @@ def _env_value(where: str, path: Path, env: Mapping[str, str]) -> str:
     name = path.keys[0]
     value = env.get(name)
     if not value:
-        raise ExpressionError(f"{where}: ${{{path.text}}}: environment variable {name} is not set")
+        raise UnsetEnvironment(f"{where}: ${{{path.text}}}: environment variable {name} is not set")
     return value
 
 

@@ -23,7 +23,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from service.errors import FlowError
-from service.expressions import ExpressionError, Names, Template, compile_value
+from service.expressions import (
+    ExpressionError,
+    Names,
+    Template,
+    UnsetEnvironment,
+    compile_value,
+)
 from service.retry import RetryPolicy
 
 FLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -121,6 +127,16 @@ class Flow:
     def validate_input(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """The input with defaults applied; raises pydantic's ValidationError naming fields."""
         return self.input_model.model_validate(data).model_dump()
+
+    def with_defaults(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """`data` with each optional field it lacks at its default: the input of an execution
+        stored before the field was declared (resumed, re-driven) reads like a new one."""
+        defaults = {
+            name: field.default
+            for name, field in self.input_model.model_fields.items()
+            if not field.is_required()
+        }
+        return {**defaults, **data}
 
 
 def load_flows(directory: Path, env: Mapping[str, str] | None = None) -> dict[str, Flow]:
@@ -247,9 +263,9 @@ def _literal(field: str, text: str, env: Mapping[str, str]) -> str:
     nothing = Names(field, frozenset(), frozenset())
     try:
         template = Template.parse(text, nothing, env)
-    except ExpressionError as exc:
-        if "environment variable" in str(exc):
-            raise
+    except UnsetEnvironment:
+        raise
+    except ExpressionError:
         raise ExpressionError(f"{field}: only ${{env.NAME}} may be used, not {text!r}") from None
     return str(template.render({}))
 

@@ -79,6 +79,7 @@ class FlowRunner:
         """Run the steps of `flow` that have no outcome yet and finish `execution` (in place)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
+        execution.input = flow.with_defaults(execution.input)
         done = {name: asyncio.Event() for name in flow.steps}
         resumed = [
             name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 
 def _free_port() -> int:
@@ -28,6 +29,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from service.dev.demo import FUNCTIONS  # noqa: E402
 from service.dev.emulator import (  # noqa: E402
@@ -35,7 +37,7 @@ from service.dev.emulator import (  # noqa: E402
     find_emulator,
     find_firestore_emulator,
 )
-from service.flow import Flow, load_flows  # noqa: E402
+from service.flow import Flow, load_flow, load_flows  # noqa: E402
 from service.messages import SEED_PAYLOAD  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.support.identity import Identity, metadata_server  # noqa: E402
@@ -132,11 +134,20 @@ def metadata(identity: Identity) -> Iterator[Counter[str]]:
 PROJECT_FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
 
 
-def project_flows(base_url: str = "https://fn.example") -> dict[str, Flow]:
-    """The project's flows, their ML function URLs under `base_url`."""
-    return load_flows(
-        PROJECT_FLOWS_DIR, {name: base_url + path for name, path in FUNCTIONS.items()}
-    )
+def project_flows(
+    base_url: str = "https://fn.example", whole_document: bool = False
+) -> dict[str, Flow]:
+    """The project's flows, their ML function URLs under `base_url`; with `whole_document`,
+    also the default flow without its `result:`, which delivers the whole document."""
+    env = {name: base_url + path for name, path in FUNCTIONS.items()}
+    flows = load_flows(PROJECT_FLOWS_DIR, env)
+    if not whole_document:
+        return flows
+    default = yaml.safe_load((PROJECT_FLOWS_DIR / "ml-orchestration.yaml").read_text())
+    del default["result"]
+    path = Path(tempfile.mkdtemp()) / "whole-document.yaml"
+    path.write_text(yaml.safe_dump(default))
+    return flows | {"whole-document": load_flow(path, env)}
 
 
 def full_seed(**overrides: Any) -> dict[str, Any]:

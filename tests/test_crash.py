@@ -65,6 +65,13 @@ class Stack:
         documents = (json.loads(d.body) for d in self.webhook.deliveries)
         return [document for document in documents if document["execution_id"] == execution_id]
 
+    def document(self, execution_id: str) -> dict[str, Any]:
+        """The whole execution document, as GET /executions/{id} reads it from Firestore."""
+        response = httpx.get(f"{self.service.url}/executions/{execution_id}", timeout=30)
+        response.raise_for_status()
+        document: dict[str, Any] = response.json()
+        return document
+
     def wait(self, condition: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
@@ -213,12 +220,15 @@ def test_large_outputs_and_a_400_item_for_each_are_delivered_and_read_back_whole
     stack.wait(lambda: stack.webhooks(execution_id), 120, "no webhook")
     [document] = stack.webhooks(execution_id)
     assert document["status"] == "succeeded", document["error"]
-    steps = document["steps"]
-    assert len(steps["profession_orchestrator"]["output"]["padding"]) == 3_000_000
-    analyses = steps["match_analysis_user_vacancy"]["output"]
+    result = document["result"]  # the default flow's result: ~4.7 MB of it
+    assert len(result["professions"]["padding"]) == 3_000_000
+    analyses = result["vacancies"]
     assert [a["vacancy_id"] for a in analyses] == [f"v{n}" for n in range(1, 401)]
-    assert {len(a["padding"]) for a in analyses} == {4000}
-    assert httpx.get(response.json()["status_url"], timeout=30).json() == document
+    assert {len(a["analysis"]["padding"]) for a in analyses} == {4000}
+    whole = stack.document(execution_id)
+    assert whole["result"] == result
+    assert whole["steps"]["match_analysis_user_vacancy"]["output"] == analyses
+    assert len(whole["steps"]["profession_orchestrator"]["output"]["padding"]) == 3_000_000
     assert stack.calls(user) == {
         "/create-user-embeddings": 1,
         "/profession-orchestrator": 1,
@@ -243,7 +253,7 @@ def test_a_killed_instance_resumes_large_outputs_without_calling_finished_steps(
     after = stack.calls(user)
     [document] = stack.webhooks(message["execution_id"])
     assert document["status"] == "succeeded"
-    assert len(document["steps"]["profession_orchestrator"]["output"]["padding"]) == 3_000_000
+    assert len(document["result"]["professions"]["padding"]) == 3_000_000
     for path in ("/create-user-embeddings", "/profession-orchestrator", "/match-candidato"):
         assert after[path] == 1
     # A for_each step's outcome is stored when it ends: the interrupted one runs again whole.
@@ -279,7 +289,7 @@ def test_a_result_at_pubsub_s_limit_is_published_whole_and_beyond_it_without_out
 ) -> None:
     """Answers of ~10 MB (allowed: 10 MiB) on Firestore, then at the emulator's 10 MB limit."""
     stack.functions.delay_s = 0.01
-    stack.functions.padding["/match-candidato"] = padding
+    stack.functions.padding["/profession-orchestrator"] = padding  # in the flow's result
     message = stack.message()
     stack.admin.publish("requests", json.dumps(message).encode())
     stack.wait(lambda: stack.webhooks(message["execution_id"]), 60, "no webhook")
@@ -294,9 +304,9 @@ def test_a_result_at_pubsub_s_limit_is_published_whole_and_beyond_it_without_out
         assert status_url.endswith(f"/executions/{message['execution_id']}")
     else:
         assert "outputs" not in result["attributes"] and "outputs" not in document
-        assert len(data["steps"]["match_candidato"]["output"]["padding"]) == padding
-    whole = httpx.get(f"{stack.service.url}/executions/{message['execution_id']}", timeout=30)
-    assert len(whole.json()["steps"]["match_candidato"]["output"]["padding"]) == padding
+        assert len(data["result"]["professions"]["padding"]) == padding
+    whole = stack.document(message["execution_id"])
+    assert len(whole["steps"]["profession_orchestrator"]["output"]["padding"]) == padding
 
 
 def test_a_cancel_and_a_re_drive_through_another_instance(stack: Stack, tmp_path: Path) -> None:
@@ -331,3 +341,43 @@ def test_a_cancel_and_a_re_drive_through_another_instance(stack: Stack, tmp_path
         assert message["execution_id"] in [e["execution_id"] for e in listed["executions"]]
     finally:
         other.stop()
+
+
+@pytest.mark.parametrize("min_score", [None, 0.75])
+def test_the_default_flow_delivers_its_result_with_and_without_min_score(
+    stack: Stack, min_score: float | None
+) -> None:
+    """Stand-in vacancies score 0.9, 0.8, 0.7, 0.6: min_score 0.75 analyses the first two."""
+    stack.functions.delay_s = 0.01
+    stack.functions.vacancies = 4
+    message = stack.message(min_score=min_score)
+    execution_id = message["execution_id"]
+    stack.admin.publish("requests", json.dumps(message).encode())
+    stack.wait(lambda: stack.webhooks(execution_id), 60, "no webhook")
+    [webhook] = stack.webhooks(execution_id)
+    [published] = stack.admin.pull("results-pull")
+    topic = json.loads(base64.b64decode(published["data"]))
+    expected = ["v1", "v2"] if min_score else ["v1", "v2", "v3", "v4"]
+    for delivered in (webhook, topic):
+        assert delivered["status"] == "succeeded"
+        assert "steps" not in delivered and "input" not in delivered
+        assert delivered["status_url"].endswith(f"/executions/{execution_id}")
+        result = delivered["result"]
+        assert result["user_id"] == message["input"]["user_id"]
+        assert result["professions"]["ok"] is True
+        assert [v["vacancy_id"] for v in result["vacancies"]] == expected
+        assert [v["analysis"]["vacancy_id"] for v in result["vacancies"]] == expected
+        assert result["vacancies"][0]["score"] == 0.9
+    analysed = sorted(
+        c.body["vacancy_id"]
+        for c in stack.functions.called("/match-analysis-user-vacancy")
+        if c.body["user_id"] == message["input"]["user_id"]
+    )
+    assert analysed == expected
+
+    whole = stack.document(execution_id)
+    assert whole["result"] == webhook["result"]
+    assert whole["input"]["min_score"] == min_score
+    # `output:` kept the shaped analyses, not the raw answers; other steps keep theirs.
+    assert whole["steps"]["match_analysis_user_vacancy"]["output"] == webhook["result"]["vacancies"]
+    assert len(whole["steps"]["match_candidato"]["output"]["vacancies"]) == 4

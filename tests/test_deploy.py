@@ -152,6 +152,7 @@ def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -
     assert exempt == {
         ("input", "ml-orchestrator-executions"),
         ("steps", "ml-orchestrator-executions"),
+        ("result", "ml-orchestrator-executions"),
         ("data", "execution-parts"),
     }
 

@@ -145,8 +145,11 @@ def test_the_seed_request_runs_end_to_end(deployment: Deployment) -> None:
         "status": "succeeded",
     }
     assert json.loads(base64.b64decode(result["data"])) == document
+    # The webhook carries the flow's result; the status endpoint, the whole document.
+    assert [v["vacancy_id"] for v in document["result"]["vacancies"]] == ["v1", "v2", "v3"]
     status = httpx.get(accepted["status_url"]).json()
-    assert status == document
+    assert status["result"] == document["result"]
+    assert status["steps"]["match_candidato"]["output"]["vacancies"][0]["vacancy_id"] == "v1"
 
 
 def test_duplicate_publishes_of_one_execution_run_once(deployment: Deployment) -> None:

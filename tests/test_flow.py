@@ -48,7 +48,9 @@ def test_default_flow_input_takes_the_seed_payload() -> None:
         "process_profession_orchestrator": True,
         "process_vacancy_orchestrator": True,
     }
-    assert flow.validate_input(seed) == seed
+    # Declared fields the payload leaves out are there, with their defaults (null).
+    assert flow.validate_input(seed) == {**seed, "min_score": None}
+    assert flow.validate_input({**seed, "min_score": 0.7})["min_score"] == 0.7
     with pytest.raises(ValidationError) as caught:
         flow.validate_input({"session_id": "s"})
     assert caught.value.errors()[0]["loc"] == ("user_id",)

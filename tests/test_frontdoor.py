@@ -44,7 +44,7 @@ def test_the_seed_payload_is_accepted_and_published(
     [(message, attributes)] = transport.on(TOPIC)
     assert message["execution_id"] == body["execution_id"]
     assert message["flow"] == "ml-orchestration"
-    assert message["input"] == SEED
+    assert message["input"] == {**SEED, "min_score": None}  # the schema's defaults applied
     assert message["webhook_url"] is None
     assert message["requested_at"]
     trace = attributes.pop("googclient_traceparent")  # the producer's trace (a new one)
@@ -195,7 +195,7 @@ def test_an_accepted_execution_reads_as_queued_until_a_delivery_claims_it(
     assert status.status_code == 200
     document = status.json()
     assert document["status"] == "queued"
-    assert document["input"] == SEED
+    assert document["input"] == {**SEED, "min_score": None}
     assert document["started_at"] is None and document["steps"] == {}
     [(message, _)] = transport.on(TOPIC)
     assert document["requested_at"] == message["requested_at"]

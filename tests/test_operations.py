@@ -184,7 +184,11 @@ def test_admin_emails_need_the_service_url_as_the_tokens_audience() -> None:
 
 @dataclass
 class Live:
-    """The service with the in-process transport, stand-in functions and a webhook."""
+    """The service with the in-process transport, stand-in functions and a webhook.
+
+    Executions run `whole-document` (the default flow without `result:`), so that each
+    run's delivered document shows its steps.
+    """
 
     client: httpx.Client
     functions: StandIns
@@ -193,7 +197,10 @@ class Live:
 
     def start(self, **overrides: Any) -> str:
         body = full_seed(
-            user_id=f"u-{uuid.uuid4().hex[:6]}", webhook_url=self.webhook_url, **overrides
+            user_id=f"u-{uuid.uuid4().hex[:6]}",
+            webhook_url=self.webhook_url,
+            flow="whole-document",
+            **overrides,
         )
         response = self.client.post("/orchestrate", json=body)
         assert response.status_code == 202, response.text
@@ -228,7 +235,7 @@ def live() -> Iterator[Live]:
     webhook = WebhookReceiver(WEBHOOK_SECRET)
     with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
         settings = make_settings(webhook_allow_private_networks=True)
-        app = create_app(settings, project_flows(functions_url))
+        app = create_app(settings, project_flows(functions_url, whole_document=True))
         with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             yield Live(client, functions, webhook, f"{webhook_url}/hook")
 

@@ -62,6 +62,11 @@ class Stack:
     def results(self) -> list[tuple[dict[str, Any], dict[str, str]]]:
         return self.transport.on(RESULTS)
 
+    def document(self, execution_id: str) -> dict[str, Any]:
+        """The whole execution document (the default flow delivers its `result` only)."""
+        document: dict[str, Any] = self.client.get(f"/executions/{execution_id}").json()
+        return document
+
 
 WEBHOOK_MAX_BYTES = 200_000
 
@@ -72,7 +77,7 @@ def stack() -> Iterator[Stack]:
     webhook = WebhookReceiver(WEBHOOK_SECRET)
     transport = RecordingTransport()
     with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
-        flows = project_flows(functions_url)
+        flows = project_flows(functions_url, whole_document=True)
         settings = make_settings(
             result_topic=RESULTS,
             webhook_allow_private_networks=True,
@@ -103,10 +108,10 @@ def test_an_execution_runs_inside_the_push_and_is_acked_when_delivered(stack: St
     assert delivery.headers["webhook-id"] == message["execution_id"]
     document = json.loads(delivery.body)
     assert document["status"] == "succeeded"
-    assert document["steps"]["create_user_embeddings"]["status"] == "skipped"
-    assert [
-        o["vacancy_id"] for o in document["steps"]["match_analysis_user_vacancy"]["output"]
-    ] == ["v1", "v2", "v3"]
+    assert [v["vacancy_id"] for v in document["result"]["vacancies"]] == ["v1", "v2", "v3"]
+    assert document["status_url"] == (
+        f"https://orchestrator.example/executions/{message['execution_id']}"
+    )
     [(published, attributes)] = stack.results()
     assert published == document
     assert attributes == {
@@ -114,8 +119,10 @@ def test_an_execution_runs_inside_the_push_and_is_acked_when_delivered(stack: St
         "flow": "ml-orchestration",
         "status": "succeeded",
     }
-    status = stack.client.get(f"/executions/{message['execution_id']}").json()
-    assert status == document
+    whole = stack.document(message["execution_id"])
+    assert whole["steps"]["create_user_embeddings"]["status"] == "skipped"
+    summary = {key: value for key, value in document.items() if key != "status_url"}
+    assert {key: whole[key] for key in summary} == summary
 
 
 def test_a_duplicate_of_a_finished_execution_runs_nothing(stack: Stack) -> None:
@@ -249,9 +256,11 @@ def test_a_failed_step_is_a_result_not_a_redelivery(stack: Stack) -> None:
     message = stack.request()
     assert stack.push(message).status_code == 204
     [document] = stack.webhook.documents()
-    assert document["status"] == "failed"
-    assert document["steps"]["match_analysis_user_vacancy"]["status"] == "skipped"
-    assert document["steps"]["profession_orchestrator"]["status"] == "succeeded"
+    assert document["status"] == "failed" and document["result"] is None
+    assert document["error"].startswith("step match_candidato failed: HTTP 400")
+    steps = stack.document(message["execution_id"])["steps"]
+    assert steps["match_analysis_user_vacancy"]["status"] == "skipped"
+    assert steps["profession_orchestrator"]["status"] == "succeeded"
 
 
 def test_a_result_too_big_for_the_webhook_goes_without_outputs(stack: Stack) -> None:
@@ -266,12 +275,13 @@ def test_a_result_too_big_for_the_webhook_goes_without_outputs(stack: Stack) -> 
     assert document["status_url"] == (
         f"https://orchestrator.example/executions/{message['execution_id']}"
     )
-    assert {step["output"] for step in document["steps"].values()} == {None}
-    # The topic takes 10 MB: it carries the whole document, as does the status endpoint.
+    assert document["result"] is None
+    # The topic takes 10 MB: it carries the whole result; the status endpoint has it all.
     [(published, attributes)] = stack.results()
     assert "outputs" not in attributes
-    whole = stack.client.get(f"/executions/{message['execution_id']}").json()
-    assert published == whole
+    whole = stack.document(message["execution_id"])
+    assert published["result"] == whole["result"]
+    assert len(whole["result"]["professions"]["padding"]) == WEBHOOK_MAX_BYTES
     assert len(whole["steps"]["profession_orchestrator"]["output"]["padding"]) == WEBHOOK_MAX_BYTES
 
 
@@ -279,7 +289,7 @@ def test_a_result_too_big_for_a_pubsub_message_is_published_without_outputs(
     stack: Stack,
 ) -> None:
     """An answer may be 10 MiB; a Pub/Sub message 10 MB, attributes included."""
-    stack.functions.padding["/match-candidato"] = 10_200_000
+    stack.functions.padding["/profession-orchestrator"] = 10_200_000  # in the flow's result
     message = stack.request()
     assert stack.push(message).status_code == 204
     [(_, data, attributes)] = [p for p in stack.transport.published if p[0] == RESULTS]
@@ -288,7 +298,26 @@ def test_a_result_too_big_for_a_pubsub_message_is_published_without_outputs(
     assert attributes["status_url"].endswith(f"/executions/{message['execution_id']}")
     document = json.loads(data)
     assert document["outputs"] == "omitted" and document["status"] == "succeeded"
-    whole = stack.client.get(f"/executions/{message['execution_id']}").json()
+    assert document["result"] is None
+    whole = stack.document(message["execution_id"])
+    assert len(whole["result"]["professions"]["padding"]) == 10_200_000
+
+
+def test_a_whole_document_too_big_for_its_channels_goes_without_step_outputs(
+    stack: Stack,
+) -> None:
+    """A flow without `result:` delivers the whole document: outputs are what is dropped."""
+    stack.functions.padding["/match-candidato"] = 10_200_000
+    message = stack.request(flow="whole-document")
+    assert stack.push(message).status_code == 204
+    [(published, attributes)] = stack.results()
+    [document] = stack.webhook.documents()
+    for delivered in (published, document):
+        assert delivered["outputs"] == "omitted" and delivered["status"] == "succeeded"
+        assert {step["output"] for step in delivered["steps"].values()} == {None}
+        assert delivered["input"]["user_id"] == "u1"
+    assert attributes["outputs"] == "omitted"
+    whole = stack.document(message["execution_id"])
     assert len(whole["steps"]["match_candidato"]["output"]["padding"]) == 10_200_000
 
 

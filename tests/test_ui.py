@@ -108,6 +108,9 @@ def test_an_operator_finds_a_failure_reads_its_timeline_and_re_drives_it(
     expect(page.locator('.dag .node.critical[data-step="match_candidato"]')).to_have_count(1)
     expect(page.locator("#timeline .bar.critical")).not_to_have_count(0)
     expect(page.locator('details.step[data-step="match_candidato"]')).to_contain_text("HTTP 400")
+    expect(page.locator("#result")).to_have_text(
+        "none: made when the execution succeeds or is partial"
+    )
 
     page.get_by_role("button", name="Re-drive").click()
     expect(page.locator("#question")).to_contain_text("Re-drive this execution?")
@@ -115,6 +118,7 @@ def test_an_operator_finds_a_failure_reads_its_timeline_and_re_drives_it(
     expect(page.locator("#notice")).to_have_text("run 2 queued")
     expect(page.locator("#facts")).to_contain_text("succeeded", timeout=15_000)
     expect(page.locator("#timeline .row.item")).to_have_count(4)
+    expect(page.locator("#result")).to_contain_text('"vacancy_id": "v4"')  # the flow's result
     page.screenshot(path=tmp_path / "execution.png", full_page=True)
     document = httpx.get(f"{dashboard.url}/executions/{failed}").json()
     assert (document["status"], document["run"]) == ("succeeded", 2)
@@ -128,6 +132,7 @@ def test_untrusted_outputs_render_as_text(dashboard: Dashboard, page: Page) -> N
     step.locator("summary").click()
     expect(step.locator("pre.output")).to_contain_text("<script>window.pwned = true</script>")
     expect(page.locator("#input")).to_contain_text("<script>")
+    expect(page.locator("#result")).to_contain_text("<script>window.pwned = true</script>")
     assert page.evaluate("window.pwned") is None
     assert page.locator("main script, main img").count() == 0
 

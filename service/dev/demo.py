@@ -77,8 +77,12 @@ def create_demo_app(
             verified = "signature verified"
         document = json.loads(raw)
         # A flow with `result:` delivers it instead of the steps (those are at status_url).
-        steps = document.get("steps", {})
-        shown = ", ".join(f"{name}={step['status']}" for name, step in steps.items()) or "result"
+        if "steps" in document:
+            shown = ", ".join(
+                f"{name}={step['status']}" for name, step in document["steps"].items()
+            )
+        else:
+            shown = "result: " + ", ".join(document.get("result") or {})
         print(
             f"\n>>> webhook ({verified}): execution {document['execution_id']} "
             f"{document['status']} in {document['duration_ms']} ms [{shown}]\n"

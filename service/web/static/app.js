@@ -345,10 +345,21 @@ function drawTimeline(execution, flow, critical) {
   }
 }
 
+function shownJson(value) {
+  const text = value === null || value === undefined ? "" : JSON.stringify(value, null, 2);
+  return text.length > MAX_OUTPUT_CHARS ? `${text.slice(0, MAX_OUTPUT_CHARS)}\n… (${text.length} characters)` : text;
+}
+
+// A flow with `result:` shows what it made (and delivered); the steps stay below it.
+function drawResult(flow, execution) {
+  document.getElementById("result-section").hidden = flow.result === null;
+  document.getElementById("result").textContent =
+    execution.result === null ? "none: made when the execution succeeds or is partial" : shownJson(execution.result);
+}
+
 function drawSteps(execution) {
   const blocks = Object.entries(execution.steps).map(([name, step]) => {
-    const output = step.output === null || step.output === undefined ? "" : JSON.stringify(step.output, null, 2);
-    const shown = output.length > MAX_OUTPUT_CHARS ? `${output.slice(0, MAX_OUTPUT_CHARS)}\n… (${output.length} characters)` : output;
+    const shown = shownJson(step.output);
     const facts = el(
       "p",
       { class: "muted" },
@@ -360,7 +371,7 @@ function drawSteps(execution) {
       el("summary", {}, name, " ", badge(step.status)),
       facts,
       step.error ? el("p", { class: "error" }, step.error) : null,
-      output ? el("pre", { class: "json output" }, shown) : null,
+      shown ? el("pre", { class: "json output" }, shown) : null,
     );
   });
   document.getElementById("steps").replaceChildren(...blocks);
@@ -394,6 +405,7 @@ function executionPage() {
       const critical = criticalPath(flow, execution.steps);
       drawDag(flow, execution.steps, critical);
       drawTimeline(execution, flow, critical);
+      drawResult(flow, execution);
       drawSteps(execution);
       document.getElementById("input").textContent = JSON.stringify(execution.input, null, 2);
       cancel.hidden = !CANCELLABLE.includes(execution.status);
