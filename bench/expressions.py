@@ -77,9 +77,9 @@ def per_step(flow: Flow, count: int, min_score: float | None) -> dict[str, float
     return costs
 
 
-def part_one() -> None:
+def part_one(sizes: list[int]) -> None:
     before, now = load_flow(BEFORE, ENV), load_flow(NOW, ENV)
-    for count in (3, 100, 1000):
+    for count in sizes:
         for min_score in (None, 0.5):
             old = per_step(before, count, None)
             new = per_step(now, count, min_score)
@@ -134,9 +134,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--delay-ms", type=float, default=20)
     parser.add_argument("--vacancies", type=int, default=10)
+    parser.add_argument("--sizes", default="3,100,1000", help="vacancies in part 1")
     args = parser.parse_args()
     configure_logging("json", level=logging.WARNING)
-    part_one()
+    part_one([int(size) for size in args.sizes.split(",")])
     part_two(args.runs, args.concurrency, args.delay_ms, args.vacancies)
 
 

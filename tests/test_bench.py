@@ -34,3 +34,24 @@ def test_the_benchmark_runs_every_case_at_a_tiny_size(tmp_path: Path) -> None:
         assert case in table
     assert "not measured" not in table
     assert (tmp_path / "performance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "printed"),
+    [
+        ("bench.expressions", ["--runs", "5", "--sizes", "3"], "now, min_score 0.5"),
+        ("bench.tracing", ["--runs", "5"], "tracing on, sampled 1.0"),
+    ],
+)
+def test_the_engine_benchmarks_run_at_a_tiny_size(
+    module: str, args: list[str], printed: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert printed in done.stdout
