@@ -24,7 +24,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -294,21 +294,20 @@ class Bench:
 
     # -- run ---------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, cases: list[str]) -> None:
         functions = self.functions(self.args.delay_ms)
+        steps: dict[str, Callable[[], Awaitable[None]]] = {
+            "front-door": lambda: self.front_door(functions),
+            "engine": lambda: self.engine(functions),
+            "fan-out": lambda: self.fan_out(functions),
+            "memory": self.memory,
+            "original": lambda: self.original(functions),
+            "emulator": lambda: self.through_emulator(functions),
+        }
         try:
-            print("front door ...", flush=True)
-            await self.front_door(functions)
-            print("engine overhead ...", flush=True)
-            await self.engine(functions)
-            print("fan-out ...", flush=True)
-            await self.fan_out(functions)
-            print("memory ...", flush=True)
-            await self.memory()
-            print("against the original ...", flush=True)
-            await self.original(functions)
-            print("through the emulator ...", flush=True)
-            await self.through_emulator(functions)
+            for case in cases:
+                print(f"{case} ...", flush=True)
+                await steps[case]()
         finally:
             functions.stop()
 
@@ -494,23 +493,38 @@ def plot(data: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+CASES = ("front-door", "engine", "fan-out", "memory", "original", "emulator")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="every case, small (for CI)")
     parser.add_argument("--delay-ms", type=float, default=50.0, help="stand-in latency")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance")
+    parser.add_argument(
+        "--cases",
+        default=",".join(CASES),
+        help=f"some of {','.join(CASES)}; a partial run prints its rows and writes nothing",
+    )
     args = parser.parse_args()
+    cases = args.cases.split(",")
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as workdir:
         bench = Bench(args, Path(workdir))
         binary = find_emulator()
         if binary:
             bench.emulator = Emulator.start(binary, log=Path(workdir) / "emulator.log")
         try:
-            asyncio.run(bench.run())
+            asyncio.run(bench.run(cases))
         finally:
             if bench.emulator:
                 bench.emulator.stop()
-        write_outputs(bench.report, args.out, args)
+        if cases == list(CASES):
+            write_outputs(bench.report, args.out, args)
+        else:
+            print("\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in bench.report.rows))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from service.flow import Flow, load_flows
 from service.logs import configure_logging
 from service.metrics import Metrics, metric_exporters_from_environment
 from service.problems import Problem
+from service.pubsub import PubSubTransport
 from service.push import PushHandler
 from service.runner import FlowRunner
 from service.settings import MLAuth, Settings, StoreKind
@@ -30,7 +31,7 @@ from service.store import ExecutionStore, MemoryStore
 from service.targets import WebhookTargets
 from service.telemetry import TraceContext, Tracing, tracing_from_environment
 from service.tokens import GoogleIdTokens, NoTokens, TokenProvider
-from service.transport import InProcessTransport, PubSubTransport, Transport
+from service.transport import InProcessTransport, Transport
 
 log = structlog.get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """Transports: where messages are published, and how requests reach the push handler.
 
-`PubSubTransport` publishes to Google Pub/Sub (or its emulator, through
-PUBSUB_EMULATOR_HOST); Pub/Sub then pushes requests to POST /pubsub/push.
+`PubSubTransport` (service/pubsub.py) publishes to Google Pub/Sub (or its
+emulator, through PUBSUB_EMULATOR_HOST); Pub/Sub then pushes requests to POST /pubsub/push.
 `InProcessTransport` needs no cloud: a request published to the orchestration
 topic is handed to the same push handler, with the same ack/nack rules (a
 non-2xx answer is redelivered with backoff, up to MAX_DELIVERY_ATTEMPTS).
@@ -17,22 +17,14 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
-from google.api_core import exceptions as google_exceptions
-from google.cloud.pubsub_v1 import PublisherClient
-from google.cloud.pubsub_v1.types import BatchSettings
 
-from service.errors import BrokerUnavailable
 from service.messages import PushEnvelope, PushMessage, now
 from service.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
-PUBLISH_TIMEOUT_S = 10.0
 # Pub/Sub refuses a publish request over 10 MB (data, attributes and all).
 MAX_MESSAGE_BYTES = 10_000_000
-# A 1 ms batch window: the front door awaits every publish, so Pub/Sub's default 10 ms
-# window would cap one connection at ~75 requests/s (measured, see issue #5).
-BATCH_MAX_LATENCY_S = 0.001
 
 Deliver = Callable[[PushEnvelope], Awaitable[int]]
 
@@ -50,37 +42,6 @@ class Transport(Protocol):
         """Hand messages of `topic` to `deliver` (only where the transport pushes itself)."""
 
     async def close(self) -> None: ...
-
-
-class PubSubTransport:
-    """Google Cloud Pub/Sub; subscriptions are push subscriptions set up outside."""
-
-    def __init__(self, project: str) -> None:
-        self._project = project
-        self._publisher = PublisherClient(
-            batch_settings=BatchSettings(max_latency=BATCH_MAX_LATENCY_S)
-        )
-
-    async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
-        path = self._publisher.topic_path(self._project, topic)
-        try:
-            future = self._publisher.publish(path, data, timeout=PUBLISH_TIMEOUT_S, **attributes)
-            return str(await asyncio.wrap_future(future))
-        except google_exceptions.GoogleAPIError as exc:
-            raise BrokerUnavailable(f"cannot publish to {topic}: {exc}") from exc
-
-    async def check(self, topic: str) -> None:
-        path = self._publisher.topic_path(self._project, topic)
-        try:
-            await asyncio.to_thread(self._publisher.get_topic, topic=path, timeout=5)
-        except google_exceptions.GoogleAPIError as exc:
-            raise BrokerUnavailable(f"topic {topic}: {exc}") from exc
-
-    def subscribe(self, topic: str, deliver: Deliver) -> None:
-        """Pub/Sub pushes to /pubsub/push itself: nothing to do in-process."""
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._publisher.stop)
 
 
 class InProcessTransport:
