@@ -8,11 +8,10 @@ import time
 import uuid
 
 import pytest
-from google.pubsub_v1.types import PubsubMessage
 
 from service.dev.emulator import Emulator, EmulatorAdmin, free_port
 from service.errors import BrokerUnavailable
-from service.pubsub import MAX_BATCH_MESSAGES, PubSubTransport, batches
+from service.pubsub import MAX_BATCH_MESSAGES, Batch, PubSubTransport, message_size
 from service.transport import MAX_MESSAGE_BYTES
 
 
@@ -91,20 +90,28 @@ async def test_an_unreachable_broker_is_broker_unavailable_within_the_timeout(
     assert took < 3
 
 
-def test_publish_requests_keep_within_pubsub_s_limits() -> None:
-    """At most 1,000 messages and 10 MB in one Publish request."""
+@pytest.mark.emulator
+async def test_more_than_one_request_s_worth_goes_out_in_several(admin: EmulatorAdmin) -> None:
+    """2,500 messages (1,000 a request) and three of 4 MB (10 MB a request) in one turn."""
+    transport = PubSubTransport(admin.project)
+    try:
+        small = [transport.publish("requests", b"s", {}) for _ in range(2500)]
+        large = [transport.publish("requests", b"L" * 4_000_000, {}) for _ in range(3)]
+        ids = await asyncio.gather(*small, *large)
+    finally:
+        await transport.close()
+    assert len(set(ids)) == 2503
+
+
+def test_a_batch_takes_at_most_1000_messages_and_10_mb() -> None:
+    batch = Batch("projects/p/topics/t")
+    assert batch.fits(MAX_MESSAGE_BYTES) and not batch.fits(MAX_MESSAGE_BYTES + 1)
     loop = asyncio.new_event_loop()
     try:
-
-        def pending(count: int, size: int) -> list[tuple[PubsubMessage, asyncio.Future[str]]]:
-            return [(PubsubMessage(data=b"x" * size), loop.create_future()) for _ in range(count)]
-
-        assert [len(r) for r in batches(pending(2500, 10))] == [
-            MAX_BATCH_MESSAGES,
-            MAX_BATCH_MESSAGES,
-            500,
-        ]
-        assert [len(r) for r in batches(pending(5, 4_000_000))] == [2, 2, 1]
-        assert [len(r) for r in batches(pending(1, MAX_MESSAGE_BYTES))] == [1]
+        for _ in range(MAX_BATCH_MESSAGES):
+            batch.add(b"x", {"k": "v"}, loop.create_future())
     finally:
         loop.close()
+    assert batch.size == 3 * MAX_BATCH_MESSAGES == message_size(b"x", {"k": "v"}) * 1000
+    assert not batch.fits(1)
+    assert len(batch.raw.messages) == MAX_BATCH_MESSAGES
