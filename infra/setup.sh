@@ -144,13 +144,19 @@ if [ "$firestore" = true ]; then
         create_index --collection-group "$collection" --query-scope collection \
             "${configs[@]}" --field-config "field-path=requested_at,order=descending"
     done
-    # JSON text and part data are never queried: indexing them only costs writes.
-    for field in input steps result; do
+    # Only status, flow, requested_at and cancel_requested are queried. Indexing the
+    # rest only costs writes, and timestamps rewritten on every save (updated_at,
+    # lease_until, expire_at) are the monotonically increasing values Firestore
+    # advises not to index past ~500 writes/s (PERFORMANCE.md, capacity).
+    for field in input steps result started_at finished_at duration_ms error run \
+        webhook_url owner lease_until delivered updated_at expire_at; do
         run "${g[@]}" firestore indexes fields update "$field" \
             --collection-group "$collection" --disable-indexes
     done
-    run "${g[@]}" firestore indexes fields update data \
-        --collection-group execution-parts --disable-indexes
+    for field in data expire_at; do
+        run "${g[@]}" firestore indexes fields update "$field" \
+            --collection-group execution-parts --disable-indexes
+    done
 fi
 
 if [ "$monitoring" = true ]; then

@@ -75,6 +75,12 @@ PARTS_TTL_MARGIN = timedelta(hours=1)  # parts outlive the head's last write
 PARTS_COLLECTION = "execution-parts"
 REMEMBERED_PARTS = 1000
 SUMMARY_FIELDS = tuple(name for name in ExecutionSummary.model_fields if name != "execution_id")
+# Everything else a head holds; infra/setup.sh exempts from indexing all but what is queried.
+HEAD_FIELDS = (
+    *SUMMARY_FIELDS,
+    *("input", "steps", "result", "webhook_url", "owner", "lease_until", "delivered"),
+    *("cancel_requested", "updated_at", "expire_at"),
+)
 Parts = dict[str, bytes]
 
 

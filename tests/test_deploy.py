@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.firestore import HEAD_FIELDS
+
 ROOT = Path(__file__).resolve().parent.parent
 FAKEBIN = ROOT / "tests" / "support" / "fakebin"
 SCRIPTS = sorted([*ROOT.glob("scripts/*.sh"), ROOT / "infra" / "setup.sh"])
@@ -149,11 +151,11 @@ def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -
         for args in result.commands()
         if args[3:7] == ["firestore", "indexes", "fields", "update"]
     }
-    assert exempt == {
-        ("input", "ml-orchestrator-executions"),
-        ("steps", "ml-orchestrator-executions"),
-        ("result", "ml-orchestrator-executions"),
+    queried = {"status", "flow", "requested_at", "cancel_requested"}
+    head = set(HEAD_FIELDS) - queried
+    assert exempt == {(field, "ml-orchestrator-executions") for field in head} | {
         ("data", "execution-parts"),
+        ("expire_at", "execution-parts"),
     }
 
 

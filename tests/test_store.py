@@ -135,6 +135,28 @@ async def test_firestore_documents_carry_a_ttl_field(firestore_emulator: object)
     await store.close()
 
 
+@pytest.mark.emulator
+async def test_a_firestore_head_holds_only_the_fields_setup_knows(
+    firestore_emulator: object,
+) -> None:
+    """infra/setup.sh exempts HEAD_FIELDS from indexing: a new field must be decided there."""
+    from service.firestore import HEAD_FIELDS, FirestoreStore
+
+    store = FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
+    execution = new_execution()
+    await store.claim(execution, "a", LEASE_S)
+    await store.save_step(execution.execution_id, "a", step_with({"x": 1}))
+    await store.cancel(execution.execution_id)
+    execution.finish(ExecutionStatus.CANCELLED)
+    await store.save(execution, delivered=True)
+    snapshot = await store._collection.document(execution.execution_id).get()
+    assert set(snapshot.to_dict() or {}) <= set(HEAD_FIELDS)
+    assert {"cancel_requested", "updated_at", "expire_at", "result"} <= set(
+        snapshot.to_dict() or {}
+    )
+    await store.close()
+
+
 def step_with(output: object) -> StepResult:
     return StepResult(status=StepStatus.SUCCEEDED, attempts=1, duration_ms=5, output=output)
 
