@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.engine import FULL, cpu_per_execution
+from bench.handler import FULL, cpu_per_execution
 from bench.processes import ROOT, Process
 from service.dev.demo import FUNCTIONS
 from service.expressions import render_value

@@ -19,7 +19,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bench.engine import cpu_per_execution
+from bench.handler import cpu_per_execution
 from bench.processes import Process
 from service.logs import configure_logging
 from service.telemetry import Tracing

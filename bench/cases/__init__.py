@@ -1,0 +1,1 @@
+"""The cases of `python -m bench`, one module each: `async def run(bench, functions)`."""
