@@ -29,12 +29,13 @@ class Sizes:
     fan_out: list[int]
     memory: int
     end_to_end: int
+    cpu_runs: int
 
     @classmethod
     def pick(cls, tiny: bool) -> Sizes:
         if tiny:
-            return cls(1.0, [20], [1, 10], [10, 50], 50, 6)
-        return cls(5.0, [250, 500, 1000], [1, 100, 1000], [10, 100, 1000], 1000, 40)
+            return cls(1.0, [20], [1, 10], [10, 50], 50, 6, 20)
+        return cls(5.0, [250, 500, 1000], [1, 100, 1000], [10, 100, 1000], 1000, 40, 500)
 
 
 @dataclass
@@ -87,6 +88,12 @@ class Bench:
 
     def bare(self) -> Process:
         return Process.start("bare", ["bench/bare.py"], {}, "/health", self.log("bare"))
+
+    def handwritten(self, functions: Process) -> Process:
+        """The engine's ceiling: bench/handwritten.py calling the same functions."""
+        urls = {name: functions.url + path for name, path in FUNCTIONS.items()}
+        log = self.log("handwritten")
+        return Process.start("handwritten", ["bench/handwritten.py"], urls, "/health", log)
 
     def log(self, name: str) -> Path:
         return self.workdir / f"{name}.log"

@@ -359,8 +359,14 @@ class PushHandler:
     ) -> None:
         while not run.done():
             await asyncio.sleep(self._lease_s / 3)
+            if run.done():
+                return
             try:
                 renewed = await self._store.renew(execution_id, owner, self._lease_s)
+                # The run's last step, the delivered save, ends the lease itself: a busy
+                # loop can wake this keeper between that save and the run's end.
+                if not renewed and await self._ended(execution_id):
+                    return
             except StoreUnavailable as exc:
                 # Two more tries before the lease runs out; the run goes on meanwhile.
                 log.warning("lease not renewed this time", reason=str(exc))
@@ -370,6 +376,10 @@ class PushHandler:
                 lost.set()
                 run.cancel()
                 return
+
+    async def _ended(self, execution_id: str) -> bool:
+        stored = await self._store.get(execution_id)
+        return stored is not None and stored.status in TERMINAL
 
 
 def decode(envelope: PushEnvelope) -> ExecutionRequest:

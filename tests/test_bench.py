@@ -26,6 +26,8 @@ def test_the_benchmark_runs_every_case_at_a_tiny_size(tmp_path: Path) -> None:
         "front door, max rate",
         "front door at 20 req/s",
         "engine overhead, 1 in flight",
+        "engine vs hand-written, 1 in flight",
+        "engine CPU per execution (6 calls, 20 in flight)",
         "fan-out, 10 calls at once",
         "memory, 50 executions in flight",
         "vs the original",

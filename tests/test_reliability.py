@@ -365,3 +365,34 @@ async def test_an_unexpected_error_nacks_then_fails_the_execution_at_the_last_at
     stored = await store.get(execution_id)
     assert stored is not None and stored.status == ExecutionStatus.FAILED
     assert stored.steps["create_user_embeddings"].status == StepStatus.SUCCEEDED
+
+
+class SlowDeliveredSave(MemoryStore):
+    """The final save (delivered) ends the lease, then takes a while to return: the lease
+    keeper wakes in between, as it can when the loop is busy (seen at 1,000 in flight)."""
+
+    def __init__(self, pause_s: float) -> None:
+        super().__init__()
+        self.pause_s = pause_s
+
+    async def save(self, execution: Execution, delivered: bool = False) -> None:
+        await super().save(execution, delivered)
+        if delivered:
+            await asyncio.sleep(self.pause_s)
+
+
+async def test_a_delivered_execution_is_acked_though_its_lease_ended_before_the_run_did(
+    world: World, results: RecordingTransport
+) -> None:
+    store = SlowDeliveredSave(pause_s=0.1)
+    settings = make_settings(webhook_allow_private_networks=True, result_topic="results")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
+        parts = build(settings, FLOWS, results, store, http)
+        parts.push._lease_s = 0.09  # renewed every 30 ms: it wakes inside the pause
+        with capture_logs() as logs:
+            status = await parts.push.handle(envelope(str(uuid.uuid4())))
+    assert status == 204
+    assert len(world.webhooks) == 1 and world.webhooks[0]["status"] == "succeeded"
+    assert [
+        line for line in logs if line["event"] == "lease lost; stopping this run of the execution"
+    ] == []

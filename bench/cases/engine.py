@@ -1,5 +1,7 @@
 """Engine: the default flow pushed straight to /pubsub/push at 1/100/1000 in flight:
-execution time minus its critical path called by a bare client."""
+execution time minus its critical path called by a bare client; then latency and CPU per
+execution against a hand-written aiohttp push endpoint making the same calls
+(bench/handwritten.py)."""
 
 from __future__ import annotations
 
@@ -41,8 +43,37 @@ async def run(bench: Bench, functions: Process) -> None:
                 f"p50 {p50 / critical:.1%} of it, {result.rate:,.0f} executions/s",
             )
         bench.report.data["engine"] = curve
+        await against_handwritten(bench, functions, service)
     finally:
         service.stop()
+
+
+async def against_handwritten(bench: Bench, functions: Process, service: Process) -> None:
+    """One in flight: p50 latency; 20 in flight: CPU per execution, ours and the ceiling's."""
+    ceiling = bench.handwritten(functions)
+    try:
+        latency, cpu = {}, {}
+        for name, process in (("ours", service), ("handwritten", ceiling)):
+            await in_flight(pusher(process.url, FULL), 1, 3)  # warm up
+            latency[name] = (await in_flight(pusher(process.url, FULL), 1, 20)).percentile(50)
+            used = process.cpu_seconds()
+            runs = bench.sizes.cpu_runs
+            await in_flight(pusher(process.url, FULL), 20, runs)
+            cpu[name] = (process.cpu_seconds() - used) / runs * 1000
+    finally:
+        ceiling.stop()
+    bench.report.add(
+        "engine vs hand-written, 1 in flight",
+        f"p50 {latency['ours']:.1f} ms",
+        f"hand-written aiohttp endpoint {latency['handwritten']:.1f} ms",
+        f"+{latency['ours'] - latency['handwritten']:.1f} ms",
+    )
+    bench.report.add(
+        "engine CPU per execution (6 calls, 20 in flight)",
+        f"{cpu['ours']:.2f} ms",
+        f"hand-written aiohttp endpoint {cpu['handwritten']:.2f} ms",
+        f"{cpu['ours'] / cpu['handwritten']:.2f}x",
+    )
 
 
 def pusher(url: str, flow_input: dict[str, Any], flow: str = "ml-orchestration") -> Any:
