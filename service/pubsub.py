@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import structlog
 from google.api_core import exceptions as google_exceptions
 from google.pubsub_v1 import PublisherAsyncClient
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
@@ -27,8 +26,6 @@ from google.pubsub_v1.types import PublishRequest
 
 from service.errors import BrokerUnavailable
 from service.transport import MAX_MESSAGE_BYTES, Deliver
-
-log = structlog.get_logger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
 CHECK_TIMEOUT_S = 5.0
@@ -41,13 +38,13 @@ _RawPublishRequest: Any = PublishRequest.pb()
 class Batch:
     """One Publish request being filled: raw protobuf (proto-plus costs ~30 µs a message)."""
 
-    topic: str
+    path: str  # projects/P/topics/T
     raw: Any = None
     futures: list[asyncio.Future[str]] = field(default_factory=list)
     size: int = 0
 
     def __post_init__(self) -> None:
-        self.raw = _RawPublishRequest(topic=self.topic)
+        self.raw = _RawPublishRequest(topic=self.path)
 
     def fits(self, size: int) -> bool:
         return len(self.futures) < MAX_BATCH_MESSAGES and self.size + size <= MAX_MESSAGE_BYTES
@@ -56,6 +53,11 @@ class Batch:
         self.raw.messages.add(data=data, attributes=attributes)
         self.futures.append(future)
         self.size += message_size(data, attributes)
+
+    def fail(self, error: Exception) -> None:
+        for future in self.futures:
+            if not future.done():  # its caller may have gone (a cancelled request)
+                future.set_exception(error)
 
 
 class PubSubTransport:
@@ -125,15 +127,17 @@ class PubSubTransport:
             async with asyncio.timeout(self._timeout_s):
                 response = await self._publisher().publish(request=PublishRequest.wrap(batch.raw))
         except Exception as exc:  # every caller must hear of it, whatever it is
-            error: Exception = exc
             if isinstance(exc, (google_exceptions.GoogleAPIError, TimeoutError)):
-                error = BrokerUnavailable(f"cannot publish to {topic}: {_describe(exc)}")
-            for future in batch.futures:
-                if not future.done():
-                    future.set_exception(error)
+                exc = BrokerUnavailable(f"cannot publish to {topic}: {_describe(exc)}")
+            batch.fail(exc)
             return
-        for future, message_id in zip(batch.futures, response.message_ids, strict=True):
-            if not future.done():  # its caller may have gone (a cancelled request)
+        ids = list(response.message_ids)
+        if len(ids) != len(batch.futures):
+            count = f"{len(ids)} ids for {len(batch.futures)} messages"
+            batch.fail(BrokerUnavailable(f"cannot publish to {topic}: the broker answered {count}"))
+            return
+        for future, message_id in zip(batch.futures, ids, strict=True):
+            if not future.done():
                 future.set_result(message_id)
 
 
