@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from service.errors import StoreRefused
+from service.firestore import HEAD_FIELDS, FirestoreStore
 from service.messages import Execution, ExecutionStatus, StepResult, StepStatus
 from service.store import (
     ClaimState,
@@ -32,13 +33,14 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[ExecutionStore]
         yield MemoryStore()
         return
     request.getfixturevalue("firestore_emulator")
-    from service.firestore import FirestoreStore
-
-    firestore_store = FirestoreStore(
-        f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7)
-    )
+    firestore_store = fresh_firestore_store()
     yield firestore_store
     await firestore_store.close()
+
+
+def fresh_firestore_store() -> FirestoreStore:
+    """A store on the emulator in a project of its own (FIRESTORE_EMULATOR_HOST is set)."""
+    return FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
 
 
 def new_execution() -> Execution:
@@ -124,9 +126,7 @@ async def test_parallel_step_outcomes_are_all_kept(store: ExecutionStore) -> Non
 
 @pytest.mark.emulator
 async def test_firestore_documents_carry_a_ttl_field(firestore_emulator: object) -> None:
-    from service.firestore import FirestoreStore
-
-    store = FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
+    store = fresh_firestore_store()
     execution = new_execution()
     await store.claim(execution, "a", LEASE_S)
     snapshot = await store._collection.document(execution.execution_id).get()
@@ -140,9 +140,7 @@ async def test_a_firestore_head_holds_only_the_fields_setup_knows(
     firestore_emulator: object,
 ) -> None:
     """infra/setup.sh exempts HEAD_FIELDS from indexing: a new field must be decided there."""
-    from service.firestore import HEAD_FIELDS, FirestoreStore
-
-    store = FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
+    store = fresh_firestore_store()
     execution = new_execution()
     await store.claim(execution, "a", LEASE_S)
     await store.save_step(execution.execution_id, "a", step_with({"x": 1}))
@@ -315,8 +313,6 @@ async def test_a_write_firestore_refuses_fails_with_store_refused(
     firestore_emulator: object,
 ) -> None:
     """Real refusal from the emulator: the 1 MiB document limit, with nothing spilled."""
-    from service.firestore import FirestoreStore
-
     store = FirestoreStore(
         f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7), inline_bytes=10**8
     )
@@ -329,9 +325,7 @@ async def test_a_write_firestore_refuses_fails_with_store_refused(
 
 @pytest.mark.emulator
 async def test_firestore_heads_stay_small_whatever_the_outputs(firestore_emulator: object) -> None:
-    from service.firestore import FirestoreStore
-
-    store = FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
+    store = fresh_firestore_store()
     execution = new_execution()
     await store.claim(execution, "a", LEASE_S)
     for n in range(10):
@@ -348,9 +342,7 @@ async def test_firestore_reads_and_resumes_documents_of_the_earlier_layout(
     firestore_emulator: object,
 ) -> None:
     """Executions stored by the previous release (one `document` map) outlive a deploy."""
-    from service.firestore import FirestoreStore
-
-    store = FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
+    store = fresh_firestore_store()
     execution = new_execution()
     execution.steps["first"] = step_with({"v": 1})
     await store._collection.document(execution.execution_id).set(
