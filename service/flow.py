@@ -278,7 +278,7 @@ def _typed(template: Template, where: str, accepted: tuple[str, ...]) -> Templat
     if kind == "DYN" or kind.startswith(accepted) or (where == "when" and not template.whole):
         return template
     expected = accepted[0].lower()
-    raise ExpressionError(f"{where}: {template.source!r} gives a {kind.lower()}, not a {expected}")
+    raise ExpressionError(f"{where}: {template.source!r} gives {kind.lower()}, not {expected}")
 
 
 def _input_model(flow: str, fields: Mapping[str, InputField]) -> type[BaseModel]:

@@ -108,17 +108,17 @@ def test_extra_input_fields_are_kept() -> None:
         (
             "steps:\n  a: {call: 'https://x', when: '${size(input.list)}'}\n",
             "a",
-            "when: '${size(input.list)}' gives a int, not a bool",
+            "when: '${size(input.list)}' gives int, not bool",
         ),
         (
             "steps:\n  a: {call: 'https://x', for_each: '${input.user_id + \"s\"}'}\n",
             "a",
-            "for_each: '${input.user_id + \"s\"}' gives a string, not a list",
+            "for_each: '${input.user_id + \"s\"}' gives string, not list",
         ),
         (
             "steps:\n  a: {call: 'https://x', for_each: 'ids: ${input.ids}'}\n",
             "a",
-            "for_each: 'ids: ${input.ids}' gives a string, not a list",
+            "for_each: 'ids: ${input.ids}' gives string, not list",
         ),
         (
             "steps:\n  a: {call: 'https://x', body: {v: '${input.flag ? 1 : \"one\"}'}}\n",
