@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.processes import ROOT
-from service.app import build, make_http_client
+from service.app import build
 from service.dev.demo import FUNCTIONS
 from service.flow import load_flows
 from service.messages import SEED_PAYLOAD, PushEnvelope, PushMessage
+from service.outbound import http_clients
 from service.settings import Settings
 from service.store import MemoryStore
 from service.telemetry import Tracing
@@ -47,8 +48,10 @@ async def cpu_per_execution(
     env = {name: functions_url + path for name, path in FUNCTIONS.items()}
     flows = load_flows(flows_dir, env)
     settings = Settings(_env_file=None, ml_auth="none", log_format="json")  # type: ignore[call-arg]
-    async with make_http_client() as http:
-        handler = build(settings, flows, InProcessTransport(), MemoryStore(), http, tracing).push
+    async with http_clients() as (http, sender):
+        handler = build(
+            settings, flows, InProcessTransport(), MemoryStore(), http, sender, tracing
+        ).push
         for _ in range(20):  # warm up
             await handler.handle(envelope(flow, flow_input))
         limit = asyncio.Semaphore(at_once)

@@ -32,13 +32,14 @@ from typing import Any
 from aiohttp import web
 from google.cloud.firestore_v1 import types
 
-from service.app import build, make_http_client
+from service.app import build
 from service.dev.demo import FUNCTIONS
 from service.dev.emulator import Emulator, find_firestore_emulator, free_port
 from service.firestore import FirestoreStore
 from service.flow import load_flows
 from service.logs import configure_logging
 from service.messages import SEED_PAYLOAD, Execution, ExecutionStatus, PushEnvelope, PushMessage
+from service.outbound import http_clients
 from service.settings import Settings
 from service.store import ExecutionStore, MemoryStore
 from service.transport import InProcessTransport
@@ -194,8 +195,8 @@ async def main_async(args: argparse.Namespace) -> None:
     counts = Counts(Counter())
     counts.wrap(store._client._firestore_api)
     configure_logging("console", level=logging.WARNING)
-    async with make_http_client() as http:
-        parts = build(settings, flows, InProcessTransport(), store, http)
+    async with http_clients() as (http, sender):
+        parts = build(settings, flows, InProcessTransport(), store, http, sender)
         header = ("per execution", "writes", "commit KB", "reads", "wall ms", "CPU ms")
         print("{:<28}{:>7}{:>11}{:>7}{:>9}{:>9}".format(*header))
         cases = [

@@ -25,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from service.app import create_app, load_checked_flows, make_http_client, make_tokens
+from service.app import create_app, load_checked_flows, make_tokens
 from service.calls import MLCaller
 from service.deps import Components
 from service.errors import ConfigError
@@ -34,6 +34,7 @@ from service.graph import mermaid
 from service.logs import configure_logging
 from service.messages import Execution, ExecutionStatus, describe, field_errors
 from service.metrics import metric_exporter_names
+from service.outbound import http_clients
 from service.push import DRAIN_GRACE_S
 from service.runner import FlowRunner
 from service.settings import Settings
@@ -108,8 +109,8 @@ def run(settings: Settings, flows: dict[str, Flow], name: str, raw_input: str) -
     )
 
     async def execute() -> Execution:
-        async with make_http_client() as http:
-            caller = MLCaller(http, make_tokens(settings), settings.ml_max_concurrency_per_host)
+        async with http_clients() as (_, sender):
+            caller = MLCaller(sender, make_tokens(settings), settings.ml_max_concurrency_per_host)
             return await FlowRunner(caller, settings.flow_timeout_s).run(flow, execution)
 
     finished = asyncio.run(execute())

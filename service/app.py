@@ -6,12 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-import aiohttp
 import httpx
 import structlog
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from httpx_aiohttp import AiohttpTransport
 
 from service import frontdoor, operations, problems, push, ui
 from service.auth import GoogleCertificates, OperatorAccess, TokenAuth
@@ -22,6 +20,7 @@ from service.errors import BrokerUnavailable, ConfigError
 from service.flow import Flow, load_flows
 from service.logs import configure_logging
 from service.metrics import Metrics, metric_exporters_from_environment
+from service.outbound import Sender, http_clients
 from service.problems import Problem
 from service.pubsub import PubSubTransport
 from service.push import PushHandler
@@ -34,21 +33,6 @@ from service.tokens import GoogleIdTokens, NoTokens, TokenProvider
 from service.transport import InProcessTransport, Transport
 
 log = structlog.get_logger(__name__)
-
-
-def make_http_client() -> httpx.AsyncClient:
-    """The one HTTP client for ML calls, webhooks and certificates: httpx over aiohttp.
-
-    httpx's own pool re-checks every connection on each request (encode/httpx#3215):
-    measured by bench/ at 1.3 ms CPU per call for 10 concurrent calls and 11 ms for
-    1,000; over aiohttp it is 0.4-0.7 ms, with the same httpx API. The connector is
-    unbounded: MLCaller limits calls per host itself (ML_MAX_CONCURRENCY_PER_HOST).
-    """
-
-    def session() -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
-    return httpx.AsyncClient(transport=AiohttpTransport(client=session), follow_redirects=False)
 
 
 def create_app(
@@ -69,8 +53,10 @@ def create_app(
         executions = store or make_store(config)
         traces = tracing or tracing_from_environment()
         metrics = Metrics(metric_exporters_from_environment())
-        async with make_http_client() as http:
-            app.state.components = build(config, loaded, broker, executions, http, traces, metrics)
+        async with http_clients() as (http, sender):
+            app.state.components = build(
+                config, loaded, broker, executions, http, sender, traces, metrics
+            )
             log.info(
                 "service started",
                 transport=type(broker).__name__,
@@ -156,6 +142,7 @@ def build(
     transport: Transport,
     store: ExecutionStore,
     http: httpx.AsyncClient,
+    sender: Sender,
     tracing: Tracing | None = None,
     metrics: Metrics | None = None,
 ) -> Components:
@@ -170,7 +157,7 @@ def build(
         flows=flows,
         store=store,
         runner=FlowRunner(
-            MLCaller(http, tokens, settings.ml_max_concurrency_per_host, tracing, metrics),
+            MLCaller(sender, tokens, settings.ml_max_concurrency_per_host, tracing, metrics),
             settings.flow_timeout_s,
             tracing,
             metrics,

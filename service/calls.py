@@ -1,4 +1,4 @@
-"""Calls to ML functions: an ID token, one pooled HTTP client, retries where they can help."""
+"""Calls to ML functions: an ID token, a Sender (service.outbound), retries where they can help."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
@@ -14,6 +13,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from service.flow import Step
 from service.limits import JSONRefused, parse_json
 from service.metrics import Metrics
+from service.outbound import NoAnswer, Sender
 from service.retry import Attempt, RetryBudget, parse_retry_after, with_retries
 from service.telemetry import Tracing, outgoing_headers
 from service.tokens import TokenProvider
@@ -21,8 +21,6 @@ from service.tokens import TokenProvider
 log = structlog.get_logger(__name__)
 
 ERROR_BODY_CHARS = 300
-# An answer is kept in the execution document: bound what one call may bring in.
-MAX_ANSWER_BYTES = 10 * 1024 * 1024
 DEFAULT_PER_HOST_LIMIT = 100
 
 
@@ -45,20 +43,19 @@ class MLCaller:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        sender: Sender,
         tokens: TokenProvider,
         per_host_limit: int = DEFAULT_PER_HOST_LIMIT,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self._client = client
+        self._sender = sender
         self._tracing = tracing or Tracing()
         self._metrics = metrics or Metrics()
         self._tokens = tokens
         self._per_host_limit = per_host_limit
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._budgets: dict[str, RetryBudget] = {}
-        self._urls: dict[str, httpx.URL] = {}  # parsed once: httpx parses str URLs per call
 
     async def call(self, step: Step, body: Any, deadline: float) -> CallResult:
         loop = asyncio.get_running_loop()
@@ -98,36 +95,18 @@ class MLCaller:
         except Exception as exc:  # google-auth raises several unrelated types
             return Attempt(error=f"no ID token for {step.audience}: {exc}", retryable=True)
         headers = {**headers, **outgoing_headers()}
-        url = self._urls.get(step.url) or self._urls.setdefault(step.url, httpx.URL(step.url))
-        request = self._client.build_request(
-            step.method,
-            url,
-            json=body if step.method != "GET" else None,
-            headers=headers,
-            timeout=seconds,
-        )
         try:
-            response = await self._client.send(request, stream=True)
-            try:
-                content = await _read_bounded(response)
-            finally:
-                await response.aclose()
-        except AnswerTooLarge:
-            return Attempt(error=f"answer larger than {MAX_ANSWER_BYTES} bytes")
-        except httpx.TimeoutException:
-            return Attempt(error=f"timed out after {seconds:.3g} s", retryable=True)
-        except httpx.ConnectError as exc:
-            return Attempt(error=f"cannot connect: {exc}", retryable=True)
-        except httpx.HTTPError as exc:
-            return Attempt(error=f"{type(exc).__name__}: {exc}")
-        trace.get_current_span().set_attribute("http.response.status_code", response.status_code)
-        if response.is_success:
-            return Attempt(value=_output(content))
-        text = content[:ERROR_BODY_CHARS].decode(errors="replace")
+            answer = await self._sender.send(step.method, step.url, body, headers, seconds)
+        except NoAnswer as exc:
+            return Attempt(error=str(exc), retryable=exc.retryable)
+        trace.get_current_span().set_attribute("http.response.status_code", answer.status)
+        if 200 <= answer.status < 300:
+            return Attempt(value=_output(answer.content))
+        text = answer.content[:ERROR_BODY_CHARS].decode(errors="replace")
         return Attempt(
-            error=f"HTTP {response.status_code}: {text}",
-            retryable=response.status_code in step.retry.retry_on,
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            error=f"HTTP {answer.status}: {text}",
+            retryable=answer.status in step.retry.retry_on,
+            retry_after=parse_retry_after(answer.retry_after),
         )
 
 
@@ -141,22 +120,6 @@ def _record(span: Span, outcome: Attempt[Any]) -> None:
     if not outcome.ok:
         span.set_status(StatusCode.ERROR, outcome.error)
         span.set_attribute("retryable", outcome.retryable)
-
-
-class AnswerTooLarge(Exception):
-    """An ML function answered more than MAX_ANSWER_BYTES."""
-
-
-async def _read_bounded(response: httpx.Response) -> bytes:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
-        raise AnswerTooLarge
-    content = bytearray()
-    async for chunk in response.aiter_bytes():
-        content += chunk
-        if len(content) > MAX_ANSWER_BYTES:
-            raise AnswerTooLarge
-    return bytes(content)
 
 
 def _output(content: bytes) -> Any:

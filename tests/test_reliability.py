@@ -27,6 +27,7 @@ from service.store import ClaimState, MemoryStore
 from service.tokens import NoTokens
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import FaultyStore, RecordingTransport
+from tests.support.functions import HttpxSender
 
 FLOWS = project_flows("http://fn")
 WEBHOOK = "http://hooks.example/hook"
@@ -76,7 +77,7 @@ async def handler(
 ) -> AsyncIterator[PushHandler]:
     settings = make_settings(webhook_allow_private_networks=True, result_topic="results")
     async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
-        parts = build(settings, FLOWS, results, store, http)
+        parts = build(settings, FLOWS, results, store, http, HttpxSender(http))
         parts.push._drain_grace_s = 0.3
         yield parts.push
 
@@ -221,7 +222,7 @@ async def test_retries_add_at_most_about_a_fifth_to_a_failing_targets_load() -> 
     )
     async with httpx.AsyncClient(transport=httpx.MockTransport(failing)) as client:
         metrics = Metrics()
-        caller = MLCaller(client, NoTokens(), metrics=metrics)
+        caller = MLCaller(HttpxSender(client), NoTokens(), metrics=metrics)
         deadline = asyncio.get_running_loop().time() + 30
         calls = 500
         results = await asyncio.gather(*(caller.call(step, {}, deadline) for _ in range(calls)))
@@ -258,7 +259,7 @@ async def test_calls_to_one_host_are_limited_in_flight() -> None:
 
     step = FLOWS["ml-orchestration"].steps["match_candidato"]
     async with httpx.AsyncClient(transport=httpx.MockTransport(slow)) as client:
-        caller = MLCaller(client, NoTokens(), per_host_limit=5)
+        caller = MLCaller(HttpxSender(client), NoTokens(), per_host_limit=5)
         deadline = asyncio.get_running_loop().time() + 30
         await asyncio.gather(*(caller.call(step, {}, deadline) for _ in range(50)))
     assert peak == 5
@@ -281,7 +282,8 @@ async def test_a_store_hiccup_while_renewing_does_not_let_another_instance_in(
     world.delay_s = 0.1  # three steps deep: ~0.3 s, twice the lease
     settings = make_settings(webhook_allow_private_networks=True)
     async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
-        other_instance = build(settings, FLOWS, RecordingTransport(), store, http).push
+        other = build(settings, FLOWS, RecordingTransport(), store, http, HttpxSender(http))
+        other_instance = other.push
         execution_id = str(uuid.uuid4())
         first = asyncio.create_task(handler.handle(envelope(execution_id)))
         await asyncio.sleep(0.25)  # past the lease, had it not been renewed
@@ -387,7 +389,7 @@ async def test_a_delivered_execution_is_acked_though_its_lease_ended_before_the_
     store = SlowDeliveredSave(pause_s=0.1)
     settings = make_settings(webhook_allow_private_networks=True, result_topic="results")
     async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
-        parts = build(settings, FLOWS, results, store, http)
+        parts = build(settings, FLOWS, results, store, http, HttpxSender(http))
         parts.push._lease_s = 0.09  # renewed every 30 ms: it wakes inside the pause
         with capture_logs() as logs:
             status = await parts.push.handle(envelope(str(uuid.uuid4())))

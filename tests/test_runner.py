@@ -261,7 +261,7 @@ async def test_an_answer_over_the_size_limit_fails_the_step_without_retries(
     tmp_path: Path,
 ) -> None:
     """What a function answers is kept in the document, so it is bounded (MAX_ANSWER_BYTES)."""
-    from service.calls import MAX_ANSWER_BYTES
+    from service.outbound import MAX_ANSWER_BYTES
 
     async def huge(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"x" * (MAX_ANSWER_BYTES + 1))

@@ -1,18 +1,20 @@
-"""In-memory ML functions (httpx.MockTransport) and a runner for the engine's tests."""
+"""In-memory ML functions (httpx.MockTransport), a Sender over them, a runner for the engine."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from service.calls import MLCaller
 from service.flow import Flow, load_flow
 from service.messages import Execution, ExecutionStatus
+from service.outbound import Answer, NoAnswer, encode_json, read_bounded
 from service.runner import FlowRunner
 from service.tokens import NoTokens
 
@@ -54,6 +56,36 @@ class Functions:
         return httpx.Response(200, json=self.answers.get(path, {"path": path, "body": body}))
 
 
+class HttpxSender:
+    """The engine's Sender over an httpx client, so that tests can use httpx.MockTransport.
+
+    Production sends with service.outbound.AiohttpSender (tests/test_calls.py, loopback).
+    """
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def send(
+        self, method: str, url: str, body: Any, headers: Mapping[str, str], timeout_s: float
+    ) -> Answer:
+        content = None if method == "GET" else encode_json(body)
+        request = self._client.build_request(
+            method, url, content=content, headers=headers, timeout=timeout_s
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+            try:
+                declared = response.headers.get("content-length")
+                data = await read_bounded(response.aiter_bytes(), declared)
+            finally:
+                await response.aclose()
+        except httpx.TimeoutException:
+            raise NoAnswer(f"timed out after {timeout_s:.3g} s", retryable=True) from None
+        except httpx.ConnectError as exc:
+            raise NoAnswer(f"cannot connect: {exc}", retryable=True) from None
+        return Answer(response.status_code, data, response.headers.get("retry-after"))
+
+
 def flow_from(tmp_path: Path, text: str) -> Flow:
     path = tmp_path / "test-flow.yaml"
     path.write_text(text)
@@ -64,7 +96,7 @@ async def run(
     flow: Flow, functions: Handler, inputs: dict[str, object] | None = None, timeout_s: float = 30
 ) -> Execution:
     async with httpx.AsyncClient(transport=httpx.MockTransport(functions)) as client:
-        runner = FlowRunner(MLCaller(client, NoTokens()), timeout_s)
+        runner = FlowRunner(MLCaller(HttpxSender(client), NoTokens()), timeout_s)
         execution = Execution(
             execution_id="e1",
             flow=flow.name,
