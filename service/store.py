@@ -47,6 +47,7 @@ from service.messages import (
 )
 
 DEFAULT_CAPACITY = 10_000
+FORGETTABLE = TERMINAL | {ExecutionStatus.QUEUED}
 
 
 class ClaimState(StrEnum):
@@ -207,7 +208,7 @@ class _Entry:
 
 
 class MemoryStore:
-    """Executions of this instance, the oldest finished ones forgotten past `capacity`.
+    """Executions of this instance; past `capacity` the oldest ended or queued are forgotten.
 
     It keeps the very objects it is given (the running execution included, so
     GET /executions shows its progress) and copies only what it hands out to
@@ -318,8 +319,9 @@ class MemoryStore:
         self._entries.move_to_end(execution_id)
         if len(self._entries) <= self._capacity:
             return
-        # Forget the oldest ended execution; never an unfinished one.
+        # Forget the oldest ended or still queued execution (its message is with the
+        # broker; its delivery records it again); never a running one.
         for oldest_id, oldest in self._entries.items():
-            if oldest.execution.status in TERMINAL:
+            if oldest.execution.status in FORGETTABLE:
                 del self._entries[oldest_id]
                 return

@@ -424,3 +424,21 @@ async def test_redrive_queues_the_next_run_keeping_what_succeeded(store: Executi
     assert claim.execution.run == 2 and claim.execution.status == ExecutionStatus.RUNNING
     assert claim.execution.steps == {"kept": execution.steps["kept"]}
     assert await store.redrive("never-seen") is None
+
+
+async def test_the_memory_store_forgets_the_oldest_ended_or_queued_never_a_running_one() -> None:
+    """Past its capacity it stays bounded, even when only queued executions arrive."""
+    store = MemoryStore(capacity=3)
+    running = new_execution()
+    await store.claim(running, "owner", LEASE_S)
+    queued = []
+    for _ in range(5):  # a front door whose messages are not delivered yet
+        execution = new_execution().model_copy(update={"status": ExecutionStatus.QUEUED})
+        await store.enqueue(execution)
+        queued.append(execution.execution_id)
+    assert await store.get(running.execution_id) is not None
+    kept = [await store.get(execution_id) for execution_id in queued]
+    assert [execution is not None for execution in kept] == [False, False, False, True, True]
+    ended = new_execution().model_copy(update={"status": ExecutionStatus.SUCCEEDED})
+    await store.save(ended, delivered=True)
+    assert await store.get(queued[3]) is None and await store.get(ended.execution_id) is not None
