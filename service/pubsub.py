@@ -1,14 +1,17 @@
 """Google Cloud Pub/Sub (or its emulator, through PUBSUB_EMULATOR_HOST), publishing in the loop.
 
 google-cloud-pubsub's own asyncio client (`PublisherAsyncClient`, gRPC on asyncio),
-with the batching done here: every publish made in one turn of the event loop goes
-out in one Publish request (up to 1,000 messages and MAX_MESSAGE_BYTES; more make
-more requests), written as raw protobuf, and each caller awaits its own message id.
-The threaded `PublisherClient` hands each message and each batch between threads:
-it cost about twice the CPU per message (bench/publish.py).
+with the batching done here, as a group commit: at most MAX_REQUESTS_IN_FLIGHT
+Publish requests per topic; what is published meanwhile waits for the next one (up
+to 1,000 messages and MAX_MESSAGE_BYTES a request; more make more requests). Idle,
+a message goes out at once; loaded, requests grow instead of multiplying: one costs
+~0.6 ms of CPU however few messages it carries, so one request per message falls
+over near 1,000 req/s (bench/publish.py, `--concurrency 1`). Messages are raw
+protobuf, and each caller awaits its own message id. The threaded `PublisherClient`
+hands each message and each batch between threads: about twice the CPU per message.
 
-A publish returns once the broker has the message; any failure, or no answer in
-`timeout_s`, is BrokerUnavailable for every message of the request.
+A publish returns once the broker has the message; any failure, or no id within
+`timeout_s` of the call (queueing included), is BrokerUnavailable.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from service.transport import MAX_MESSAGE_BYTES, Deliver
 PUBLISH_TIMEOUT_S = 10.0
 CHECK_TIMEOUT_S = 5.0
 MAX_BATCH_MESSAGES = 1000  # Pub/Sub's limit per Publish request
+MAX_REQUESTS_IN_FLIGHT = 2  # per topic
 
 _RawPublishRequest: Any = PublishRequest.pb()
 
@@ -63,11 +67,19 @@ class Batch:
 class PubSubTransport:
     """Google Cloud Pub/Sub; subscriptions are push subscriptions set up outside."""
 
-    def __init__(self, project: str, timeout_s: float = PUBLISH_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        project: str,
+        timeout_s: float = PUBLISH_TIMEOUT_S,
+        max_in_flight: int = MAX_REQUESTS_IN_FLIGHT,
+    ) -> None:
         self._project = project
         self._timeout_s = timeout_s
+        self._max_in_flight = max_in_flight
         self._client: PublisherAsyncClient | None = None
         self._pending: dict[str, list[Batch]] = {}
+        self._in_flight: dict[str, int] = {}
+        self._scheduled: set[str] = set()
         self._requests: set[asyncio.Task[None]] = set()
 
     async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
@@ -75,14 +87,18 @@ class PubSubTransport:
             raise ValueError(f"a message of {len(data)} bytes: Pub/Sub takes {MAX_MESSAGE_BYTES}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
-        pending = self._pending.get(topic)
-        if pending is None:
-            pending = self._pending[topic] = []
-            loop.call_soon(self._send_pending, topic)  # after every publish of this turn
+        pending = self._pending.setdefault(topic, [])
         if not pending or not pending[-1].fits(message_size(data, attributes)):
             pending.append(Batch(self._path(topic)))
         pending[-1].add(data, attributes, future)
-        return await future
+        if topic not in self._scheduled and self._in_flight.get(topic, 0) < self._max_in_flight:
+            self._scheduled.add(topic)
+            loop.call_soon(self._send_pending, topic)  # after every publish of this turn
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await future
+        except TimeoutError:
+            raise BrokerUnavailable(f"cannot publish to {topic}: no answer in time") from None
 
     async def check(self, topic: str) -> None:
         try:
@@ -116,12 +132,22 @@ class PubSubTransport:
         return f"projects/{self._project}/topics/{topic}"
 
     def _send_pending(self, topic: str) -> None:
-        for batch in self._pending.pop(topic):
-            task = asyncio.create_task(self._send(topic, batch))
+        self._scheduled.discard(topic)
+        pending = self._pending.get(topic)
+        while pending and self._in_flight.get(topic, 0) < self._max_in_flight:
+            self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
+            task = asyncio.create_task(self._send(topic, pending.pop(0)))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
 
     async def _send(self, topic: str, batch: Batch) -> None:
+        try:
+            await self._publish(topic, batch)
+        finally:
+            self._in_flight[topic] -= 1
+            self._send_pending(topic)  # what queued meanwhile goes out now
+
+    async def _publish(self, topic: str, batch: Batch) -> None:
         """One Publish request; each message's future gets its id, or the request's error."""
         try:
             async with asyncio.timeout(self._timeout_s):
