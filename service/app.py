@@ -18,6 +18,7 @@ from service.delivery import ResultDelivery
 from service.deps import Components, ComponentsDep
 from service.errors import BrokerUnavailable, ConfigError
 from service.flow import Flow, load_flows
+from service.hotpaths import HotPaths
 from service.logs import configure_logging
 from service.metrics import Metrics, metric_exporters_from_environment
 from service.outbound import Sender, http_clients
@@ -98,7 +99,10 @@ def create_app(
             raise Problem(503, "Not ready", str(exc)) from None
         return JSONResponse({"status": "ready", "flows": sorted(parts.flows)})
 
-    app.add_middleware(TraceContext)
+    app.add_middleware(
+        HotPaths, routes={"/orchestrate": frontdoor.orchestrate, "/pubsub/push": push.push}
+    )
+    app.add_middleware(TraceContext)  # added last: outermost, so the hot paths run in it too
     return app
 
 
