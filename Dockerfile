@@ -20,5 +20,5 @@ ENV PYTHONUNBUFFERED=1 \
 USER 10001
 EXPOSE 8080
 # python -m service checks settings and flows (one clear line if wrong), serves on
-# $PORT and drains on SIGTERM.
+# $PORT with a worker process per CPU (WEB_CONCURRENCY) and drains on SIGTERM.
 CMD ["python", "-m", "service"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,10 +68,26 @@ class Process:
             time.sleep(0.1)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far."""
-        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        """User + system CPU time so far of the process and its children (workers)."""
         ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        used = 0
+        for pid in self._tree():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # gone meanwhile
+                continue
+            used += int(stat[11]) + int(stat[12])
+        return used / ticks
+
+    def _tree(self) -> list[int]:
+        pids, index = [self.popen.pid], 0
+        while index < len(pids):
+            pid = pids[index]
+            with contextlib.suppress(FileNotFoundError):
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+                pids += [int(child) for child in children.split()]
+            index += 1
+        return pids
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():

@@ -5,10 +5,11 @@
     python -m service graph FLOW            print the flow as a Mermaid flowchart
     python -m service run FLOW --input JSON run the flow once, here; print the execution
 
-Serving: on SIGTERM (Cloud Run gives 10 s before SIGKILL) the push handler
-drains: new pushes are answered 503, running executions get a few seconds to
-finish and are otherwise answered 503, so Pub/Sub redelivers them; never a 2xx
-for unfinished work.
+Serving: WEB_CONCURRENCY worker processes share the port, because one CPython
+process uses one core and Cloud Run gives an instance 2 vCPUs (scripts/deploy.sh).
+The default is the CPUs this process may use with a shared execution store
+(EXECUTION_STORE=firestore), 1 with the in-memory store, which each worker would
+keep to itself. Each process drains on SIGTERM (service/process.py).
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ import json
 import os
 import sys
 import uuid
-from types import FrameType
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 from pydantic import ValidationError
 
 from service.app import create_app, load_checked_flows, make_tokens
 from service.calls import MLCaller
-from service.deps import Components
 from service.errors import ConfigError
 from service.flow import Flow
 from service.graph import mermaid
@@ -40,33 +39,21 @@ from service.runner import FlowRunner
 from service.settings import Settings
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn, telling the push handler to drain as soon as the signal arrives."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
-        super().__init__(config)
-        self._app = app
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        components: Components | None = getattr(self._app.state, "components", None)
-        if components is not None:
-            components.push.drain()
-        super().handle_exit(sig, frame)
-
-
 def serve(settings: Settings, flows: dict[str, Flow]) -> int:
-    app = create_app(settings, flows)
-    config = uvicorn.Config(
+    workers = settings.workers
+    # Workers are spawned processes: each imports the app (and reads its settings) itself.
+    app: Any = create_app(settings, flows) if workers == 1 else "service.main:app"
+    uvicorn.run(
         app,
         host=os.environ.get("HOST", "0.0.0.0"),
         port=int(os.environ.get("PORT", "8080")),
+        workers=workers,
         access_log=False,
         log_config=None,
         proxy_headers=True,
         forwarded_allow_ips="*",
         timeout_graceful_shutdown=int(DRAIN_GRACE_S) + 1,
     )
-    DrainingServer(config, app).run()
     return 0
 
 

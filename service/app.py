@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -23,6 +24,7 @@ from service.logs import configure_logging
 from service.metrics import Metrics, metric_exporters_from_environment
 from service.outbound import Sender, http_clients
 from service.problems import Problem
+from service.process import on_stop_signals
 from service.pubsub import PubSubTransport
 from service.push import PushHandler
 from service.runner import FlowRunner
@@ -64,10 +66,13 @@ def create_app(
                 store=type(executions).__name__,
                 flows=sorted(loaded),
                 orchestration_topic=config.orchestration_topic,
+                pid=os.getpid(),  # one line per worker process (WEB_CONCURRENCY)
             )
+            undo_signals = on_stop_signals(app.state.components.push.drain)
             try:
                 yield
             finally:
+                undo_signals()
                 await broker.close()
                 await executions.close()
                 traces.shutdown()

@@ -29,6 +29,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMe
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from service.errors import ConfigError
+from service.telemetry import process_resource
 
 # Seconds: from a fast step to the longest execution Cloud Run allows (600 s).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -51,7 +52,9 @@ class Metrics:
             PeriodicExportingMetricReader(exporter, export_interval_millis=export_interval_s * 1000)
             for exporter in exporters
         ]
-        self._provider = MeterProvider(metric_readers=[reader, *exporting])
+        self._provider = MeterProvider(
+            metric_readers=[reader, *exporting], resource=process_resource()
+        )
         meter = self._provider.get_meter("service")
         self.executions = meter.create_counter(
             "orchestrator_executions", description="Executions that ended, by flow and status"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
     push_max_delivery_attempts: int = Field(5, ge=5, le=100)
     ml_max_concurrency_per_host: int = Field(100, ge=1, le=10_000)
     log_format: LogFormat = LogFormat.JSON
+    web_concurrency: int | None = Field(None, ge=1, le=64)
 
     @field_validator("webhook_secret")
     @classmethod
@@ -108,6 +110,11 @@ class Settings(BaseSettings):
             raise ValueError("GOOGLE_CLOUD_PROJECT: required when EXECUTION_STORE=firestore")
         if self.push_auth_service_account and not self.push_auth_audience:
             raise ValueError("PUSH_AUTH_AUDIENCE: required when PUSH_AUTH_SERVICE_ACCOUNT is set")
+        if (self.web_concurrency or 1) > 1 and self.execution_store == StoreKind.MEMORY:
+            raise ValueError(
+                "WEB_CONCURRENCY: more than one worker needs EXECUTION_STORE=firestore "
+                "(with the in-memory store each worker would keep its own executions)"
+            )
         if self.admin_emails and not self.service_url:
             raise ValueError(
                 "PUSH_AUTH_AUDIENCE or PUBLIC_URL: required when ADMIN_EMAILS is set "
@@ -135,6 +142,13 @@ class Settings(BaseSettings):
         """Real Pub/Sub (or its emulator) rather than the embedded transport."""
         return bool(self.pubsub_emulator_host or self.google_cloud_project)
 
+    @property
+    def workers(self) -> int:
+        """WEB_CONCURRENCY, else one per CPU with a shared store and 1 with the in-memory one."""
+        if self.web_concurrency is not None:
+            return self.web_concurrency
+        return available_cpus() if self.execution_store == StoreKind.FIRESTORE else 1
+
     def flow_env(self) -> dict[str, str]:
         """What `${env.NAME}` in flows reads: the environment over `.env`, like the settings."""
         dotenv = dotenv_values(".env")
@@ -147,6 +161,18 @@ class Settings(BaseSettings):
             return cls()
         except ValidationError as exc:
             raise ConfigError(describe_settings_errors(exc)) from None
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: its cgroup's quota (containers), else its affinity."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup.read_text().split()
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
 def _lower_case_set(value: str | None) -> frozenset[str] | None:

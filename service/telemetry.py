@@ -26,8 +26,10 @@ it is: tracing off costs a header parse and an attribute per message.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -111,7 +113,7 @@ def tracing_from_environment(exporter: SpanExporter | None = None) -> Tracing:
     exporter = exporter or _exporter()
     if exporter is None:
         return Tracing()
-    provider = TracerProvider(resource=_resource())
+    provider = TracerProvider(resource=process_resource())
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return Tracing(provider.get_tracer("service"), provider)
 
@@ -132,8 +134,18 @@ def _exporter() -> SpanExporter | None:
     return None
 
 
-def _resource() -> Resource:
-    resource = Resource.create({"service.name": os.environ.get("K_SERVICE", SERVICE_NAME)})
+@functools.cache
+def process_resource() -> Resource:
+    """What traces and metrics of this process say they come from.
+
+    `service.instance.id` is one per process: the worker processes of one instance
+    (WEB_CONCURRENCY) each keep their own cumulative metrics, which must not collide.
+    """
+    attributes = {
+        "service.name": os.environ.get("K_SERVICE", SERVICE_NAME),
+        "service.instance.id": str(uuid.uuid4()),
+    }
+    resource = Resource.create(attributes)
     if os.environ.get("K_SERVICE"):
         from opentelemetry.resourcedetector.gcp_resource_detector import (
             GoogleCloudResourceDetector,

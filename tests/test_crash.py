@@ -1,8 +1,9 @@
 """Crashes, shutdowns, duplicates and large outputs on the real emulators (Pub/Sub and
 Firestore).
 
-The service runs as its own process with the Firestore store, so a killed
-instance's execution is picked up by the next delivery after its lease.
+The service runs as its own process with the Firestore store and two workers, as on
+Cloud Run, so a killed instance's execution is picked up by the next delivery after
+its lease.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def stack(emulator: Emulator, firestore_emulator: Emulator, tmp_path: Path) -> I
             "ML_AUTH": "none",
             "WEBHOOK_SECRET": WEBHOOK_SECRET,
             "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+            "WEB_CONCURRENCY": "2",  # as on a 2-vCPU Cloud Run instance, whatever CI has
         }
         service = ServiceProcess(env, port, tmp_path / "service.log")
         service.start()
@@ -158,6 +160,21 @@ def test_a_killed_instance_s_execution_resumes_after_restart(stack: Stack) -> No
     for path in ("/create-user-embeddings", "/profession-orchestrator", "/match-candidato"):
         assert after[path] == 1
     assert after["/match-analysis-user-vacancy"] == before["/match-analysis-user-vacancy"] + 3
+
+
+def test_two_workers_serve_and_die_with_a_killed_supervisor(stack: Stack) -> None:
+    """SIGKILL gives the supervisor no chance to stop its workers: Linux does it."""
+    workers = stack.service.workers()
+    started = [
+        json.loads(line)["pid"]
+        for line in stack.service.log.read_text().splitlines()
+        if '"service started"' in line
+    ]
+    assert len(workers) == 2 and sorted(started) == sorted(workers)
+    response = httpx.post(f"{stack.service.url}/orchestrate", json=stack.message()["input"])
+    assert response.status_code == 202
+    stack.service.signal(signal.SIGKILL)
+    stack.wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "orphans")
 
 
 def test_sigterm_never_answers_2xx_for_unfinished_work(stack: Stack) -> None:

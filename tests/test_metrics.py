@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 from service.errors import ConfigError
 from service.metrics import Metrics, metric_exporter_names, metric_exporters_from_environment
+from service.telemetry import process_resource
 from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.otlp import otlp_receiver
 from tests.support.servers import serve
@@ -129,6 +130,14 @@ def test_metrics_reach_an_otlp_receiver(monkeypatch: pytest.MonkeyPatch) -> None
         for scope in resource.scope_metrics
         for metric in scope.metrics
     }
+    resources = {
+        attribute.key: attribute.value.string_value
+        for request in received
+        for resource in request.resource_metrics
+        for attribute in resource.resource.attributes
+    }
+    # One series per worker process: their cumulative counts must not collide.
+    assert resources["service.instance.id"] == process_resource().attributes["service.instance.id"]
     [point] = names["orchestrator_executions"].sum.data_points
     assert point.as_int == 2
     assert {a.key: a.value.string_value for a in point.attributes} == {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import ConfigError
-from service.settings import Settings
+from service.settings import Settings, available_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 URLS = {
@@ -70,6 +70,8 @@ def test_dotenv_is_read_and_the_environment_wins(environment: pytest.MonkeyPatch
         ("WEBHOOK_SECRET", "whsec_c2hvcnQ=", "WEBHOOK_SECRET: must hold at least 24 bytes"),
         ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085", "GOOGLE_CLOUD_PROJECT: required when"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT: Input should be 'json' or 'console'"),
+        ("WEB_CONCURRENCY", "2", "WEB_CONCURRENCY: more than one worker needs EXECUTION_STORE"),
+        ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY: Input should be greater than or equal to 1"),
     ],
 )
 def test_a_bad_setting_is_named_with_its_reason(
@@ -80,6 +82,32 @@ def test_a_bad_setting_is_named_with_its_reason(
         Settings.load()
     assert reason in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_workers_are_one_per_cpu_with_a_shared_store_and_one_without(
+    environment: pytest.MonkeyPatch,
+) -> None:
+    assert Settings.load().workers == 1
+    environment.setenv("GOOGLE_CLOUD_PROJECT", "p")
+    environment.setenv("EXECUTION_STORE", "firestore")
+    assert Settings.load().workers == available_cpus()
+    environment.setenv("WEB_CONCURRENCY", "3")
+    assert Settings.load().workers == 3
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("200000 100000", 2), ("150000 100000", 2), ("50000 100000", 1), ("max 100000", None)],
+)
+def test_the_cpu_count_follows_the_container_s_quota(
+    tmp_path: Path, cpu_max: str, expected: int | None
+) -> None:
+    """Cloud Run's 2 vCPUs are a cgroup quota; the machine under it may have more cores."""
+    cgroup = tmp_path / "cpu.max"
+    cgroup.write_text(cpu_max + "\n")
+    cores = len(os.sched_getaffinity(0))
+    assert available_cpus(cgroup) == min(expected or cores, cores)
+    assert available_cpus(tmp_path / "absent") == cores
 
 
 def run_service(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:

@@ -14,23 +14,25 @@ from bench.run import PROJECT, SEED, TOPIC, Bench
 from service.dev.emulator import EmulatorAdmin
 
 
+def poster(url: str) -> Callable[[aiohttp.ClientSession], Any]:
+    """Posts the seed payload to the front door; None when accepted (202)."""
+    body = json.dumps(SEED).encode()
+    headers = {"content-type": "application/json"}
+
+    async def post(session: aiohttp.ClientSession) -> str | None:
+        async with session.post(url + "/orchestrate", data=body, headers=headers) as r:
+            await r.read()
+            return None if r.status == 202 else str(r.status)
+
+    return post
+
+
 async def run(bench: Bench, functions: Process) -> None:
     if bench.emulator is None:
         bench.report.add("front door", "not measured: no Pub/Sub emulator", "", "")
         return
     EmulatorAdmin(bench.emulator.host, PROJECT).topic(TOPIC)
     service, bare = bench.service(functions, pubsub=True), bench.bare()
-    body = json.dumps(SEED).encode()
-    headers = {"content-type": "application/json"}
-
-    def poster(url: str) -> Callable[[aiohttp.ClientSession], Any]:
-        async def post(session: aiohttp.ClientSession) -> str | None:
-            async with session.post(url + "/orchestrate", data=body, headers=headers) as r:
-                await r.read()
-                return None if r.status == 202 else str(r.status)
-
-        return post
-
     try:
         for process in (service, bare):  # warm up
             await closed_loop(poster(process.url), 10, 0.5)

@@ -48,6 +48,13 @@ class ServiceProcess:
             assert time.monotonic() < deadline, "service not ready"
             time.sleep(0.1)
 
+    def workers(self) -> list[int]:
+        """The worker processes uvicorn's supervisor started (WEB_CONCURRENCY > 1)."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [int(pid) for pid in children.read_text().split()]
+        return [pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
     def signal(self, sig: signal.Signals) -> int:
         assert self.process is not None
         self.process.send_signal(sig)
