@@ -32,6 +32,8 @@ def test_the_benchmark_runs_every_case_at_a_tiny_size(tmp_path: Path) -> None:
         "memory, 50 executions in flight",
         "vs the original",
         "through the emulator",
+        "front door, max rate (50 connections), 2 workers",
+        "engine at 100 in flight, 2 workers",
     ):
         assert case in table
     assert "not measured" not in table
