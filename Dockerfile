@@ -3,15 +3,17 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY service ./service
-# Only the runtime dependencies, into a prefix the final stage copies whole.
-RUN pip install --no-cache-dir --prefix=/install .
+COPY requirements.lock ./
+# The runtime dependencies exactly as locked, each file checked against its sha256
+# (scripts/lock.sh writes the lock), into a prefix the final stage copies whole.
+RUN pip install --no-cache-dir --require-hashes --prefix=/install -r requirements.lock
 
 FROM python:3.11-slim
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY --from=build /install /usr/local
+# The app is its source: `python -m service` imports it from the working directory.
+COPY service ./service
 COPY flows ./flows
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -26,12 +26,17 @@ def test_the_image_copies_what_the_app_needs_and_nothing_secret() -> None:
     sources = [
         part for line in instructions("COPY") if "--from" not in line for part in line.split()[:-1]
     ]
-    assert sorted(sources) == ["README.md", "flows", "pyproject.toml", "service"]
+    assert sorted(sources) == ["flows", "requirements.lock", "service"]
     for source in sources:
         assert (ROOT / source).exists()
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignored[1] == "*"  # everything is out unless listed, .env and .venv included
-    assert {"!service/", "!flows/", "!pyproject.toml", "!README.md"} <= set(ignored)
+    assert {"!service/", "!flows/", "!requirements.lock"} <= set(ignored)
+
+
+def test_the_image_installs_the_lock_with_hashes_checked() -> None:
+    [install] = [line for line in instructions("RUN") if "pip install" in line]
+    assert "--require-hashes" in install and "-r requirements.lock" in install
 
 
 def test_the_image_runs_as_a_non_root_user_on_port() -> None:

@@ -1,6 +1,8 @@
 # shellcheck shell=bash
 # Sourced by the scripts: makes .venv with the project and its dev tools, once and
-# again whenever pyproject.toml changes. Needs Python >= 3.11 as python3 (or $PYTHON).
+# again whenever pyproject.toml or requirements.lock changes: the runtime dependencies
+# exactly as locked (hashes checked, as in the image), then the project and dev tools.
+# Needs Python >= 3.11 as python3 (or $PYTHON).
 
 ensure_venv() {
     local root python stamp
@@ -19,9 +21,12 @@ ensure_venv() {
         "$python" -m venv "$root/.venv"
     fi
     stamp="$root/.venv/.installed"
-    if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+    if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] \
+        || [ "$root/requirements.lock" -nt "$stamp" ]; then
         echo "Installing the project and its dev tools into .venv ..." >&2
         "$root/.venv/bin/python" -m pip install --quiet --upgrade pip
+        "$root/.venv/bin/python" -m pip install --quiet --require-hashes \
+            -r "$root/requirements.lock"
         "$root/.venv/bin/python" -m pip install --quiet -e "${root}[dev]"
         touch "$stamp"
     fi
