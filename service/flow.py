@@ -9,6 +9,7 @@ and `call` URLs whose environment is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import graphlib
 import os
 import re
@@ -123,6 +124,13 @@ class Flow:
     steps: Mapping[str, Step]
     input_model: type[BaseModel]
     result: Any = None  # compiled; None delivers the whole execution document
+    # The steps right after each step: the runner starts them as it ends.
+    dependents: Mapping[str, tuple[str, ...]] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        steps = self.steps.values()
+        after = {name: tuple(s.name for s in steps if name in s.after) for name in self.steps}
+        object.__setattr__(self, "dependents", after)
 
     def validate_input(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """The input with defaults applied; raises pydantic's ValidationError naming fields."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -80,22 +80,25 @@ class FlowRunner:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         execution.input = flow.with_defaults(execution.input)
-        done = {name: asyncio.Event() for name in flow.steps}
         resumed = [
             name
             for name, result in execution.steps.items()
-            if name in done and result.status in FINAL_STEP_STATUSES
+            if name in flow.steps and result.status in FINAL_STEP_STATUSES
         ]
-        for name in resumed:
-            done[name].set()
         if resumed:
             log.info("execution resumed", completed_steps=resumed)
-        pending = [step for step in flow.steps.values() if step.name not in resumed]
-        runs = (self._run_step(step, execution, done, deadline, checkpoint) for step in pending)
+
         self._metrics.in_flight.add(1)
         try:
             async with asyncio.timeout_at(deadline):
-                await _unless(cancel, _all(runs))
+                await _unless(
+                    cancel,
+                    _as_ready(
+                        flow,
+                        set(resumed),
+                        lambda step: self._run_step(step, execution, deadline, checkpoint),
+                    ),
+                )
         except TimeoutError:
             execution.end_running("execution timed out")
             execution.finish(
@@ -126,33 +129,27 @@ class FlowRunner:
         self,
         step: Step,
         execution: Execution,
-        done: dict[str, asyncio.Event],
         deadline: float,
         checkpoint: Checkpoint,
     ) -> None:
-        for dependency in step.after:
-            await done[dependency].wait()
-        try:
-            with self._tracing.span(f"step {step.name}", attributes={"step": step.name}) as span:
-                result = await self._stored_outcome(step, execution, deadline, checkpoint)
-                if span is not None:
-                    span.set_attribute("status", result.status.value)
-                    if result.status == StepStatus.FAILED:
-                        span.set_status(StatusCode.ERROR, result.error)
-            self._metrics.step_duration.record(
-                result.duration_ms / 1000,
-                {"flow": execution.flow, "step": step.name, "status": result.status.value},
-            )
-            log.info(
-                "step finished",
-                step=step.name,
-                status=result.status,
-                attempt=result.attempts,
-                duration_ms=result.duration_ms,
-                error=result.error,
-            )
-        finally:
-            done[step.name].set()
+        with self._tracing.span(f"step {step.name}", attributes={"step": step.name}) as span:
+            result = await self._stored_outcome(step, execution, deadline, checkpoint)
+            if span is not None:
+                span.set_attribute("status", result.status.value)
+                if result.status == StepStatus.FAILED:
+                    span.set_status(StatusCode.ERROR, result.error)
+        self._metrics.step_duration.record(
+            result.duration_ms / 1000,
+            {"flow": execution.flow, "step": step.name, "status": result.status.value},
+        )
+        log.info(
+            "step finished",
+            step=step.name,
+            status=result.status,
+            attempt=result.attempts,
+            duration_ms=result.duration_ms,
+            error=result.error,
+        )
 
     async def _stored_outcome(
         self, step: Step, execution: Execution, deadline: float, checkpoint: Checkpoint
@@ -300,12 +297,31 @@ def _ended(status: StepStatus, error: str | None) -> StepResult:
     return StepResult(status=status, error=error, started_at=moment, finished_at=moment)
 
 
-async def _all(coroutines: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run concurrently; the first error is raised as itself, the others cancelled."""
+async def _as_ready(flow: Flow, finished: set[str], run: Callable[[Step], Awaitable[None]]) -> None:
+    """Run each step not `finished` once every step it comes after has run, concurrently.
+
+    A step's task is made only when it can start: nothing waits on an Event
+    (memory per execution in flight, bench/). The first error is raised as itself,
+    the others cancelled; after an error no step starts.
+    """
+    waiting = {
+        step.name: len(set(step.after) - finished)
+        for step in flow.steps.values()
+        if step.name not in finished
+    }
     try:
         async with asyncio.TaskGroup() as group:
-            for coroutine in coroutines:
-                group.create_task(coroutine)
+
+            async def start(step: Step) -> None:
+                await run(step)
+                for name in flow.dependents[step.name]:
+                    waiting[name] -= 1
+                    if waiting[name] == 0:
+                        group.create_task(start(flow.steps[name]))
+
+            for name, count in waiting.items():
+                if count == 0:
+                    group.create_task(start(flow.steps[name]))
     except BaseExceptionGroup as group:
         raise _first(group) from None
 

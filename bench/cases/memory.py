@@ -1,40 +1,59 @@
-"""Memory: RSS of the service with 1,000 executions in flight."""
+"""Memory: RSS of the service with 1,000 executions in flight (stand-ins at 2 s, so every
+execution holds its push and its calls), against the hand-written endpoint's under the
+same load: what one in-flight execution costs beyond what its connections cost anyway."""
 
 from __future__ import annotations
 
 import asyncio
 
 from bench.cases.engine import pusher
-from bench.load import in_flight
+from bench.load import Latencies, in_flight
 from bench.processes import Process
 from bench.run import FULL, Bench
 
 
 async def run(bench: Bench, functions: Process) -> None:
     slow = bench.functions(delay_ms=2000)
-    service = bench.service(slow)
     try:
-        idle = service.rss_mb()
-        peak = idle
-        done = asyncio.Event()
-
-        async def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, service.rss_mb())
-                await asyncio.sleep(0.1)
-
-        sampler = asyncio.create_task(sample())
-        count = bench.sizes.memory
-        result = await in_flight(pusher(service.url, FULL), count, count)
-        done.set()
-        await sampler
-        bench.report.add(
-            f"memory, {count} executions in flight",
-            f"RSS peak {peak:.0f} MB" + (f", failures: {result.errors}" if result.errors else ""),
-            f"idle {idle:.0f} MB",
-            f"{(peak - idle) * 1024 / count:.0f} KB per execution",
-        )
+        service = bench.service(slow)
+        try:
+            ours = await peak_rss(service, bench.sizes.memory)
+        finally:
+            service.stop()
+        handwritten = bench.handwritten(slow)
+        try:
+            ceiling = await peak_rss(handwritten, bench.sizes.memory)
+        finally:
+            handwritten.stop()
     finally:
-        service.stop()
         slow.stop()
+    count = bench.sizes.memory
+    (idle, peak, result), (ceiling_idle, ceiling_peak, _) = ours, ceiling
+    per_execution = (peak - idle) * 1024 / count
+    ceiling_per_execution = (ceiling_peak - ceiling_idle) * 1024 / count
+    bench.report.add(
+        f"memory, {count} executions in flight",
+        f"RSS peak {peak:.0f} MB (idle {idle:.0f}), {per_execution:.0f} KB per execution"
+        + (f", failures: {result.errors}" if result.errors else ""),
+        f"hand-written endpoint {ceiling_per_execution:.0f} KB per execution",
+        f"+{per_execution - ceiling_per_execution:.0f} KB",
+    )
+
+
+async def peak_rss(process: Process, count: int) -> tuple[float, float, Latencies]:
+    """RSS (MB) idle and at its peak while `count` executions are in flight at once."""
+    await in_flight(pusher(process.url, FULL), 2, 2)  # warm up
+    idle = peak = process.rss_mb()
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.rss_mb())
+            await asyncio.sleep(0.1)
+
+    sampler = asyncio.create_task(sample())
+    result = await in_flight(pusher(process.url, FULL), count, count)
+    done.set()
+    await sampler
+    return idle, peak, result
