@@ -11,6 +11,7 @@ import httpx
 import structlog
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from service import frontdoor, operations, problems, push, ui
 from service.auth import GoogleCertificates, OperatorAccess, TokenAuth
@@ -104,9 +105,14 @@ def create_app(
             raise Problem(503, "Not ready", str(exc)) from None
         return JSONResponse({"status": "ready", "flows": sorted(parts.flows)})
 
-    app.add_middleware(
-        HotPaths, routes={"/orchestrate": frontdoor.orchestrate, "/pubsub/push": push.push}
-    )
+    hot = {frontdoor.orchestrate, push.push}  # at the paths their routers declare
+    routes = {
+        route.path: route.endpoint
+        for router in (frontdoor.router, push.router)
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.endpoint in hot
+    }
+    app.add_middleware(HotPaths, routes=routes)
     app.add_middleware(TraceContext)  # added last: outermost, so the hot paths run in it too
     return app
 

@@ -165,12 +165,13 @@ def test_a_killed_instance_s_execution_resumes_after_restart(stack: Stack) -> No
 def test_two_workers_serve_and_die_with_a_killed_supervisor(stack: Stack) -> None:
     """SIGKILL gives the supervisor no chance to stop its workers: Linux does it."""
     workers = stack.service.workers()
-    started = [
-        json.loads(line)["pid"]
-        for line in stack.service.log.read_text().splitlines()
-        if '"service started"' in line
-    ]
-    assert len(workers) == 2 and sorted(started) == sorted(workers)
+
+    def started() -> list[int]:
+        lines = stack.service.log.read_text().splitlines()
+        return sorted(json.loads(line)["pid"] for line in lines if '"service started"' in line)
+
+    stack.wait(lambda: len(started()) == 2, 30, "a worker did not start")  # /ready saw one
+    assert len(workers) == 2 and started() == sorted(workers)
     response = httpx.post(f"{stack.service.url}/orchestrate", json=stack.message()["input"])
     assert response.status_code == 202
     stack.service.signal(signal.SIGKILL)

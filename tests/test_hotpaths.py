@@ -8,8 +8,11 @@ import httpx
 import pytest
 
 from service.app import create_app
+from service.frontdoor import orchestrate
+from service.hotpaths import HotPaths
 from service.messages import SEED_PAYLOAD
 from service.problems import MEDIA_TYPE
+from service.push import push
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.servers import serve
@@ -27,6 +30,12 @@ def client() -> Iterator[httpx.Client]:
     app = create_app(make_settings(), project_flows(), BrokenTransport())
     with serve(app) as url, httpx.Client(base_url=url) as test_client:
         yield test_client
+
+
+def test_both_load_carrying_paths_go_the_hot_way() -> None:
+    app = create_app(make_settings(), project_flows(), RecordingTransport())
+    [hot] = [layer for layer in app.user_middleware if layer.cls is HotPaths]
+    assert hot.kwargs["routes"] == {"/orchestrate": orchestrate, "/pubsub/push": push}
 
 
 def test_both_paths_stay_in_the_openapi_document(client: httpx.Client) -> None:
