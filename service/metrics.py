@@ -52,9 +52,9 @@ class Metrics:
             PeriodicExportingMetricReader(exporter, export_interval_millis=export_interval_s * 1000)
             for exporter in exporters
         ]
-        self._provider = MeterProvider(
-            metric_readers=[reader, *exporting], resource=process_resource()
-        )
+        # Only exporters tell where figures come from (and on Cloud Run it asks the metadata).
+        resource = process_resource() if exporters else None
+        self._provider = MeterProvider(metric_readers=[reader, *exporting], resource=resource)
         meter = self._provider.get_meter("service")
         self.executions = meter.create_counter(
             "orchestrator_executions", description="Executions that ended, by flow and status"

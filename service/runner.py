@@ -315,6 +315,8 @@ async def _as_ready(flow: Flow, finished: set[str], run: Callable[[Step], Awaita
             async def start(step: Step) -> None:
                 await run(step)
                 for name in flow.dependents[step.name]:
+                    if name not in waiting:  # kept from an earlier run of another version
+                        continue
                     waiting[name] -= 1
                     if waiting[name] == 0:
                         group.create_task(start(flow.steps[name]))

@@ -83,6 +83,21 @@ steps:
     assert execution.steps["b"].status == StepStatus.SUCCEEDED
 
 
+async def test_a_resumed_execution_runs_a_new_step_before_one_that_already_succeeded(
+    tmp_path: Path,
+) -> None:
+    """Re-driven after an edit that put a new step a before b: a runs, b is kept as it was."""
+    before = flow_from(tmp_path, "steps:\n  b: {call: 'http://fn/b'}\n")
+    functions = Functions()
+    first = await run(before, functions)
+    edited = flow_from(
+        tmp_path, "steps:\n  a: {call: 'http://fn/a'}\n  b: {call: 'http://fn/b', after: [a]}\n"
+    )
+    second = await run(edited, functions, execution=first.redriven())
+    assert second.status == ExecutionStatus.SUCCEEDED
+    assert len(functions.intervals["/a"]) == 1 and len(functions.intervals["/b"]) == 1
+
+
 FAN_OUT = """
 steps:
   list: {call: 'http://fn/list'}

@@ -93,10 +93,17 @@ def flow_from(tmp_path: Path, text: str) -> Flow:
 
 
 async def run(
-    flow: Flow, functions: Handler, inputs: dict[str, object] | None = None, timeout_s: float = 30
+    flow: Flow,
+    functions: Handler,
+    inputs: dict[str, object] | None = None,
+    timeout_s: float = 30,
+    execution: Execution | None = None,
 ) -> Execution:
+    """Run `flow` as a new execution with `inputs`, or run `execution` (a resumed one) again."""
     async with httpx.AsyncClient(transport=httpx.MockTransport(functions)) as client:
         runner = FlowRunner(MLCaller(HttpxSender(client), NoTokens()), timeout_s)
+        if execution is not None:
+            return await runner.run(flow, execution)
         execution = Execution(
             execution_id="e1",
             flow=flow.name,
