@@ -3,7 +3,7 @@
 --messages publishes, --concurrency at a time, as the front door makes them, through
 google-cloud-pubsub's threaded PublisherClient (the front door's publisher before,
 with its 1 ms batch window: the baseline, measured in the same run) and through
-service/pubsub.py (the package's asyncio client, batched per loop turn).
+service/pubsub.py (the package's asyncio client, batched as a group commit).
 """
 
 from __future__ import annotations
