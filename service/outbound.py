@@ -98,7 +98,8 @@ class AiohttpSender:
         except aiohttp.ClientConnectorError as exc:
             raise NoAnswer(f"cannot connect: {exc}", retryable=True) from None
         except aiohttp.ClientConnectionError as exc:
-            raise NoAnswer(f"connection lost: {exc or type(exc).__name__}", True) from None
+            reason = f"connection lost: {exc or type(exc).__name__}"
+            raise NoAnswer(reason, retryable=True) from None
         except aiohttp.ClientError as exc:
             raise NoAnswer(f"{type(exc).__name__}: {exc}", retryable=False) from None
 

@@ -140,6 +140,24 @@ async def test_a_closed_port_is_a_retryable_connect_failure(sender: AiohttpSende
     assert str(refused.value).startswith("cannot connect:") and refused.value.retryable
 
 
+async def test_a_connection_closed_without_an_answer_is_retryable(sender: AiohttpSender) -> None:
+    """A function that crashes mid-request (or a stale pooled connection) may answer the retry."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(NoAnswer) as refused:
+            await sender.send("POST", f"http://127.0.0.1:{port}/x", {}, {}, 5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert str(refused.value).startswith("connection lost:") and refused.value.retryable
+
+
 @pytest.mark.parametrize("path", ["/declared-huge", "/streamed-huge"])
 async def test_an_answer_over_the_bound_is_refused_and_not_retried(
     url: str, sender: AiohttpSender, path: str
