@@ -39,6 +39,14 @@ class NoAnswer(Exception):
         super().__init__(reason)
         self.retryable = retryable
 
+    @classmethod
+    def timed_out(cls, seconds: float) -> NoAnswer:
+        return cls(f"timed out after {seconds:.3g} s", retryable=True)
+
+    @classmethod
+    def cannot_connect(cls, exc: Exception) -> NoAnswer:
+        return cls(f"cannot connect: {exc}", retryable=True)
+
 
 class Sender(Protocol):
     """Sends one request and reads its answer, raising NoAnswer when there is none."""
@@ -94,9 +102,9 @@ class AiohttpSender:
                 content = await read_bounded(response.content.iter_chunked(65536), declared)
                 return Answer(response.status, content, response.headers.get("Retry-After"))
         except TimeoutError:
-            raise NoAnswer(f"timed out after {timeout_s:.3g} s", retryable=True) from None
+            raise NoAnswer.timed_out(timeout_s) from None
         except aiohttp.ClientConnectorError as exc:
-            raise NoAnswer(f"cannot connect: {exc}", retryable=True) from None
+            raise NoAnswer.cannot_connect(exc) from None
         except aiohttp.ClientConnectionError as exc:
             reason = f"connection lost: {exc or type(exc).__name__}"
             raise NoAnswer(reason, retryable=True) from None

@@ -80,9 +80,9 @@ class HttpxSender:
             finally:
                 await response.aclose()
         except httpx.TimeoutException:
-            raise NoAnswer(f"timed out after {timeout_s:.3g} s", retryable=True) from None
+            raise NoAnswer.timed_out(timeout_s) from None
         except httpx.ConnectError as exc:
-            raise NoAnswer(f"cannot connect: {exc}", retryable=True) from None
+            raise NoAnswer.cannot_connect(exc) from None
         return Answer(response.status_code, data, response.headers.get("retry-after"))
 
 
