@@ -23,6 +23,7 @@ GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 CLOCK_SKEW_S = 10
 MIN_REFETCH_INTERVAL_S = 30.0
+CERTS_TIMEOUT_S = 10.0  # the whole fetch: a trickling answer cannot stretch it
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 
 
@@ -38,9 +39,15 @@ class AuthRefused(Exception):
 class GoogleCertificates:
     """Google's token-signing certificates, cached as long as its Cache-Control allows."""
 
-    def __init__(self, client: httpx.AsyncClient, url: str = GOOGLE_CERTS_URL) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str = GOOGLE_CERTS_URL,
+        timeout_s: float = CERTS_TIMEOUT_S,
+    ) -> None:
         self._client = client
         self._url = url
+        self._timeout_s = timeout_s
         self._certs: dict[str, str] = {}
         self._expires = 0.0
         self._fetched = 0.0
@@ -54,13 +61,18 @@ class GoogleCertificates:
             may_refetch = now - self._fetched >= MIN_REFETCH_INTERVAL_S
             if stale or (refresh and may_refetch):
                 try:
-                    response = await self._client.get(self._url, timeout=10)
-                    response.raise_for_status()
-                    self._certs = response.json()
-                except (httpx.HTTPError, ValueError) as exc:
+                    async with asyncio.timeout(self._timeout_s):
+                        response = await self._client.get(self._url, timeout=self._timeout_s)
+                        response.raise_for_status()
+                        self._certs = response.json()
+                except (httpx.HTTPError, ValueError, TimeoutError) as exc:
                     if not self._certs:
-                        raise AuthRefused(503, f"cannot fetch {self._url}: {exc}") from None
-                    return self._certs  # keep verifying with the last certificates
+                        reason = str(exc) or f"no answer in {self._timeout_s:g} s"
+                        raise AuthRefused(503, f"cannot fetch {self._url}: {reason}") from None
+                    # Keep verifying with the last certificates; ask again in a while,
+                    # not on every request (each would wait out the fetch's timeout).
+                    self._fetched, self._expires = now, now + MIN_REFETCH_INTERVAL_S
+                    return self._certs
                 self._fetched = now
                 max_age = _MAX_AGE.search(response.headers.get("cache-control", ""))
                 self._expires = now + (int(max_age.group(1)) if max_age else 300)

@@ -33,6 +33,8 @@ WEBHOOK_RETRY = RetryPolicy(
     maximum_interval=8.0,
     retry_on=frozenset({408, 429, *range(500, 600)}),
 )
+# Each attempt ends within its timeout, whatever the receiver sends or how slowly, and
+# all of them within the budget: a webhook holds a push (and its lease) no longer.
 WEBHOOK_ATTEMPT_TIMEOUT_S = 10.0
 WEBHOOK_BUDGET_S = 45.0
 GONE = 410
@@ -56,8 +58,12 @@ class ResultDelivery:
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
         shaped_flows: frozenset[str] = frozenset(),
+        attempt_timeout_s: float = WEBHOOK_ATTEMPT_TIMEOUT_S,
+        budget_s: float = WEBHOOK_BUDGET_S,
     ) -> None:
         self._client = client
+        self._attempt_timeout_s = attempt_timeout_s
+        self._budget_s = budget_s
         self._tracing = tracing or Tracing()
         self._metrics = metrics or Metrics()
         self._transport = transport
@@ -137,11 +143,13 @@ class ResultDelivery:
         except WebhookTargetRefused as exc:
             log.error("webhook target refused; result not sent to it", reason=str(exc))
             return
-        deadline = asyncio.get_running_loop().time() + WEBHOOK_BUDGET_S
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget_s
 
         async def attempt(number: int) -> Attempt[int]:
+            seconds = min(self._attempt_timeout_s, deadline - loop.time())
             with self._tracing.span("webhook", SpanKind.CLIENT, {"attempt": number}) as span:
-                outcome = await self._post(target, message_id, body)
+                outcome = await self._post(target, message_id, body, seconds)
                 if span is not None:
                     if outcome.value is not None:
                         span.set_attribute("http.response.status_code", outcome.value)
@@ -164,7 +172,9 @@ class ResultDelivery:
         else:
             log.error("webhook refused the result", attempts=attempts, error=outcome.error)
 
-    async def _post(self, target: Target, message_id: str, body: str) -> Attempt[int]:
+    async def _post(
+        self, target: Target, message_id: str, body: str, seconds: float
+    ) -> Attempt[int]:
         timestamp = now()
         headers = {
             **outgoing_headers(),
@@ -176,18 +186,23 @@ class ResultDelivery:
         if self._signer is not None:
             headers["webhook-signature"] = self._signer.sign(message_id, timestamp, body)
         try:
-            # Streamed and never read: only the status matters, whatever the receiver sends.
-            async with self._client.stream(
-                "POST",
-                target.url,
-                content=body,
-                headers=headers,
-                extensions=target.extensions,
-                timeout=WEBHOOK_ATTEMPT_TIMEOUT_S,
-            ) as response:
+            # httpx's timeout bounds each read, not the exchange: a receiver that trickles
+            # its headers would hold the attempt for ever. Hence one total deadline.
+            async with (
+                asyncio.timeout(seconds),
+                # Streamed and never read: only the status matters, whatever the body.
+                self._client.stream(
+                    "POST",
+                    target.url,
+                    content=body,
+                    headers=headers,
+                    extensions=target.extensions,
+                    timeout=seconds,
+                ) as response,
+            ):
                 pass
-        except httpx.TimeoutException:
-            return Attempt(error="timed out", retryable=True)
+        except (TimeoutError, httpx.TimeoutException):
+            return Attempt(error=f"timed out after {seconds:.3g} s", retryable=True)
         except httpx.TransportError as exc:
             return Attempt(error=f"{type(exc).__name__}: {exc}", retryable=True)
         status = response.status_code

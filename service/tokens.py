@@ -3,7 +3,10 @@
 google-auth finds the identity: the metadata server on Cloud Run, a service
 account key (GOOGLE_APPLICATION_CREDENTIALS) locally. Its calls block, so they
 run in a worker thread; a token is kept per audience until google-auth deems it
-close to expiry, and only one fetch per audience is under way at a time.
+close to expiry, and only one fetch per audience is under way at a time. A fetch
+gets FETCH_TIMEOUT_S in all: google-auth's own timeout bounds each read only, so past
+it the caller goes on (the step's attempt fails, retryable) and the thread is left
+to finish.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any, Protocol
 
 import google.auth.transport.requests
 import google.oauth2.id_token
+
+FETCH_TIMEOUT_S = 10.0
 
 
 class TokenProvider(Protocol):
@@ -31,7 +36,8 @@ class NoTokens:
 class GoogleIdTokens:
     """One cached Google ID token per audience."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = FETCH_TIMEOUT_S) -> None:
+        self._timeout_s = timeout_s
         self._request = google.auth.transport.requests.Request()
         self._credentials: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -43,7 +49,12 @@ class GoogleIdTokens:
             async with lock:
                 credentials = self._credentials.get(audience)
                 if credentials is None or not credentials.valid:
-                    credentials = await asyncio.to_thread(self._fetch, audience, credentials)
+                    fetch = asyncio.to_thread(self._fetch, audience, credentials)
+                    try:
+                        async with asyncio.timeout(self._timeout_s):
+                            credentials = await fetch
+                    except TimeoutError:
+                        raise TimeoutError(f"no answer in {self._timeout_s:g} s") from None
                     self._credentials[audience] = credentials
         return {"Authorization": f"Bearer {credentials.token}"}
 

@@ -6,6 +6,7 @@ google-auth's real verification and fetching paths against them.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -71,8 +72,15 @@ class Identity:
         return claims
 
 
+STALLING_AUDIENCE = "https://stalls.example"  # the fake metadata server answers it late
+STALL_S = 1.5  # under google-auth's 3 s per metadata request: one request, no retries
+
+
 def metadata_server(identity: Identity, lifetime_s: int = 3600) -> tuple[FastAPI, Counter[str]]:
-    """A fake GCE metadata server that answers identity requests; counts fetches per audience."""
+    """A fake GCE metadata server that answers identity requests; counts fetches per audience.
+
+    For STALLING_AUDIENCE it answers after STALL_S, as a metadata server under load might.
+    """
     app = FastAPI()
     fetches: Counter[str] = Counter()
 
@@ -92,6 +100,8 @@ def metadata_server(identity: Identity, lifetime_s: int = 3600) -> tuple[FastAPI
         if request.headers.get("metadata-flavor") != "Google":
             return Response("missing Metadata-Flavor", status_code=403)
         fetches[audience] += 1
+        if audience == STALLING_AUDIENCE:
+            await asyncio.sleep(STALL_S)
         token = identity.token(audience, lifetime_s=lifetime_s)
         return Response(token, media_type="text/html", headers={"Metadata-Flavor": "Google"})
 
