@@ -56,7 +56,7 @@ async def threaded(project: str, messages: int, at_once: int) -> tuple[float, fl
 
 
 async def in_loop(project: str, messages: int, at_once: int) -> tuple[float, float]:
-    transport = PubSubTransport(project)
+    transport = PubSubTransport(project, emulator_host=os.environ["PUBSUB_EMULATOR_HOST"])
 
     async def publish(data: bytes, attributes: dict[str, str]) -> str:
         return await transport.publish(TOPIC, data, attributes)

@@ -130,7 +130,9 @@ def load_checked_flows(settings: Settings) -> dict[str, Flow]:
 def make_transport(settings: Settings) -> Transport:
     if settings.uses_pubsub:
         assert settings.google_cloud_project is not None
-        return PubSubTransport(settings.google_cloud_project)
+        return PubSubTransport(
+            settings.google_cloud_project, emulator_host=settings.pubsub_emulator_host
+        )
     return InProcessTransport()
 
 
@@ -147,6 +149,7 @@ def make_store(settings: Settings) -> ExecutionStore:
             settings.google_cloud_project,
             settings.firestore_collection,
             timedelta(days=settings.execution_ttl_days),
+            emulator_host=settings.firestore_emulator_host,
         )
     return MemoryStore()
 

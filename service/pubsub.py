@@ -11,13 +11,17 @@ protobuf, and each caller awaits its own message id. The threaded `PublisherClie
 hands each message and each batch between threads: about twice the CPU per message.
 
 A publish returns once the broker has the message; any failure, or no id within
-`timeout_s` of the call (queueing included), is BrokerUnavailable.
+`timeout_s` of the call (queueing included), is BrokerUnavailable. A message whose
+caller gives up while it still waits for a request is taken out of its batch, so a
+refused publish is never sent later: the front door's 503 means "will not run". A
+request carries its oldest message's deadline and is not sent with less than
+MIN_REQUEST_S of it left; one the broker does not answer in time is cancelled, and
+only then is the outcome unknown (the broker may have taken it before the cut).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,7 @@ PUBLISH_TIMEOUT_S = 10.0
 CHECK_TIMEOUT_S = 5.0
 MAX_BATCH_MESSAGES = 1000  # Pub/Sub's limit per Publish request
 MAX_REQUESTS_IN_FLIGHT = 2  # per topic
+MIN_REQUEST_S = 0.5
 
 _RawPublishRequest: Any = PublishRequest.pb()
 
@@ -43,9 +48,11 @@ class Batch:
     """One Publish request being filled: raw protobuf (proto-plus costs ~30 µs a message)."""
 
     path: str  # projects/P/topics/T
+    deadline: float = float("inf")  # loop time by which its oldest caller must have an answer
     raw: Any = None
     futures: list[asyncio.Future[str]] = field(default_factory=list)
-    size: int = 0
+    size: int = 0  # an upper bound once a message is withdrawn
+    sent: bool = False
 
     def __post_init__(self) -> None:
         self.raw = _RawPublishRequest(topic=self.path)
@@ -57,6 +64,15 @@ class Batch:
         self.raw.messages.add(data=data, attributes=attributes)
         self.futures.append(future)
         self.size += message_size(data, attributes)
+
+    def withdraw(self, future: asyncio.Future[str]) -> bool:
+        """Take `future`'s message out unless the request went: whether it was taken out."""
+        if self.sent or future not in self.futures:
+            return False
+        index = self.futures.index(future)
+        del self.raw.messages[index]
+        del self.futures[index]
+        return True
 
     def fail(self, error: Exception) -> None:
         for future in self.futures:
@@ -72,8 +88,10 @@ class PubSubTransport:
         project: str,
         timeout_s: float = PUBLISH_TIMEOUT_S,
         max_in_flight: int = MAX_REQUESTS_IN_FLIGHT,
+        emulator_host: str | None = None,
     ) -> None:
         self._project = project
+        self._emulator_host = emulator_host
         self._timeout_s = timeout_s
         self._max_in_flight = max_in_flight
         self._client: PublisherAsyncClient | None = None
@@ -86,19 +104,24 @@ class PubSubTransport:
         if len(data) > MAX_MESSAGE_BYTES:
             raise ValueError(f"a message of {len(data)} bytes: Pub/Sub takes {MAX_MESSAGE_BYTES}")
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
         future: asyncio.Future[str] = loop.create_future()
         pending = self._pending.setdefault(topic, [])
         if not pending or not pending[-1].fits(message_size(data, attributes)):
-            pending.append(Batch(self._path(topic)))
-        pending[-1].add(data, attributes, future)
+            pending.append(Batch(self._path(topic), deadline))
+        batch = pending[-1]
+        batch.add(data, attributes, future)
         if topic not in self._scheduled and self._in_flight.get(topic, 0) < self._max_in_flight:
             self._scheduled.add(topic)
             loop.call_soon(self._send_pending, topic)  # after every publish of this turn
         try:
-            async with asyncio.timeout(self._timeout_s):
-                return await future
-        except TimeoutError:
-            raise BrokerUnavailable(f"cannot publish to {topic}: no answer in time") from None
+            await asyncio.wait({future}, timeout=deadline - loop.time())
+        except asyncio.CancelledError:
+            self._withdraw(topic, batch, future)  # its caller is gone: nobody would hear of it
+            raise
+        if not future.done() and self._withdraw(topic, batch, future):
+            raise BrokerUnavailable(f"cannot publish to {topic}: no answer in time; not sent")
+        return await future  # in flight: its request ends by its own deadline
 
     async def check(self, topic: str) -> None:
         try:
@@ -119,9 +142,8 @@ class PubSubTransport:
     def _publisher(self) -> PublisherAsyncClient:
         """Made on first use, inside the running loop: a gRPC asyncio channel belongs to it."""
         if self._client is None:
-            emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
-            if emulator:
-                channel = grpc.aio.insecure_channel(emulator)
+            if self._emulator_host:
+                channel = grpc.aio.insecure_channel(self._emulator_host)
                 transport = PublisherGrpcAsyncIOTransport(channel=channel)
                 self._client = PublisherAsyncClient(transport=transport)
             else:
@@ -131,12 +153,29 @@ class PubSubTransport:
     def _path(self, topic: str) -> str:
         return f"projects/{self._project}/topics/{topic}"
 
+    def _withdraw(self, topic: str, batch: Batch, future: asyncio.Future[str]) -> bool:
+        if not batch.withdraw(future):
+            return False
+        if not batch.futures:
+            self._pending[topic].remove(batch)
+        return True
+
     def _send_pending(self, topic: str) -> None:
         self._scheduled.discard(topic)
         pending = self._pending.get(topic)
+        now = asyncio.get_running_loop().time()
         while pending and self._in_flight.get(topic, 0) < self._max_in_flight:
+            batch = pending.pop(0)
+            if batch.deadline - now < MIN_REQUEST_S:
+                # Its oldest caller is about to give up: sent now, it could only be cut off
+                # on the way, its outcome unknown. Not sending it keeps "refused" true.
+                batch.fail(
+                    BrokerUnavailable(f"cannot publish to {topic}: no answer in time; not sent")
+                )
+                continue
+            batch.sent = True
             self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
-            task = asyncio.create_task(self._send(topic, pending.pop(0)))
+            task = asyncio.create_task(self._send(topic, batch))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
 
@@ -150,11 +189,15 @@ class PubSubTransport:
     async def _publish(self, topic: str, batch: Batch) -> None:
         """One Publish request; each message's future gets its id, or the request's error."""
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout_at(batch.deadline):
                 response = await self._publisher().publish(request=PublishRequest.wrap(batch.raw))
         except Exception as exc:  # every caller must hear of it, whatever it is
-            if isinstance(exc, (google_exceptions.GoogleAPIError, TimeoutError)):
-                exc = BrokerUnavailable(f"cannot publish to {topic}: {_describe(exc)}")
+            if isinstance(exc, TimeoutError):
+                exc = BrokerUnavailable(
+                    f"cannot publish to {topic}: no answer in time (the broker may have it)"
+                )
+            elif isinstance(exc, google_exceptions.GoogleAPIError):
+                exc = BrokerUnavailable(f"cannot publish to {topic}: {exc}")
             batch.fail(exc)
             return
         ids = list(response.message_ids)

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
 
     google_cloud_project: str | None = None
     pubsub_emulator_host: str | None = None
+    firestore_emulator_host: str | None = None
     orchestration_topic: str = Field("ml-orchestration-requests", min_length=3, max_length=255)
     result_topic: str | None = Field(None, min_length=3, max_length=255)
     flows_dir: Path = PROJECT_FLOWS_DIR
@@ -87,6 +88,7 @@ class Settings(BaseSettings):
     @field_validator(
         "google_cloud_project",
         "pubsub_emulator_host",
+        "firestore_emulator_host",
         "result_topic",
         "push_auth_audience",
         "push_auth_service_account",

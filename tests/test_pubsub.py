@@ -18,8 +18,7 @@ from service.transport import MAX_MESSAGE_BYTES
 
 
 @pytest.fixture
-def admin(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> EmulatorAdmin:
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
+def admin(emulator: Emulator) -> EmulatorAdmin:
     admin = EmulatorAdmin(emulator.host, f"pubsub-{uuid.uuid4().hex[:8]}")
     admin.topic("requests")
     admin.pull_subscription("requests-pull", "requests")
@@ -30,7 +29,7 @@ def admin(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> EmulatorAdmin:
 async def test_concurrent_publishes_each_get_their_id_and_arrive_whole(
     admin: EmulatorAdmin,
 ) -> None:
-    transport = PubSubTransport(admin.project)
+    transport = PubSubTransport(admin.project, emulator_host=admin.host)
     try:
         ids = await asyncio.gather(
             *(
@@ -56,7 +55,7 @@ async def test_concurrent_publishes_each_get_their_id_and_arrive_whole(
 async def test_a_message_over_pubsub_s_limit_is_refused_before_sending(
     admin: EmulatorAdmin,
 ) -> None:
-    transport = PubSubTransport(admin.project)
+    transport = PubSubTransport(admin.project, emulator_host=admin.host)
     with pytest.raises(ValueError, match="Pub/Sub takes 10000000"):
         await transport.publish("requests", b"x" * (MAX_MESSAGE_BYTES + 1), {})
     await transport.close()
@@ -65,7 +64,7 @@ async def test_a_message_over_pubsub_s_limit_is_refused_before_sending(
 
 @pytest.mark.emulator
 async def test_an_unknown_topic_is_broker_unavailable(admin: EmulatorAdmin) -> None:
-    transport = PubSubTransport(admin.project)
+    transport = PubSubTransport(admin.project, emulator_host=admin.host)
     try:
         with pytest.raises(BrokerUnavailable, match="cannot publish to nowhere"):
             await transport.publish("nowhere", b"x", {})
@@ -76,11 +75,9 @@ async def test_an_unknown_topic_is_broker_unavailable(admin: EmulatorAdmin) -> N
         await transport.close()
 
 
-async def test_an_unreachable_broker_is_broker_unavailable_within_the_timeout(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # nobody there
-    transport = PubSubTransport("nobody", timeout_s=1)
+async def test_an_unreachable_broker_is_broker_unavailable_within_the_timeout() -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    transport = PubSubTransport("nobody", timeout_s=1, emulator_host=nobody)
     started = time.monotonic()
     results = await asyncio.gather(
         *(transport.publish("requests", b"x", {}) for _ in range(3)), return_exceptions=True
@@ -95,7 +92,7 @@ async def test_an_unreachable_broker_is_broker_unavailable_within_the_timeout(
 @pytest.mark.emulator
 async def test_more_than_one_request_s_worth_goes_out_in_several(admin: EmulatorAdmin) -> None:
     """2,500 messages (1,000 a request) and three of 4 MB (10 MB a request) in one turn."""
-    transport = PubSubTransport(admin.project)
+    transport = PubSubTransport(admin.project, emulator_host=admin.host)
     try:
         small = [transport.publish("requests", b"s", {}) for _ in range(2500)]
         large = [transport.publish("requests", b"L" * 4_000_000, {}) for _ in range(3)]
@@ -110,7 +107,7 @@ async def test_what_is_published_while_requests_are_in_flight_goes_out_in_the_ne
     admin: EmulatorAdmin,
 ) -> None:
     """Under load requests grow instead of multiplying: each costs CPU however small."""
-    transport = PubSubTransport(admin.project, max_in_flight=1)
+    transport = PubSubTransport(admin.project, max_in_flight=1, emulator_host=admin.host)
     client = transport._publisher()
     sizes: list[int] = []
     publish = client.publish

@@ -156,7 +156,12 @@ def test_every_setting_is_in_the_readme_and_the_templates() -> None:
     """A newcomer finds each setting documented; the templates leave out only local ones."""
     root = Path(__file__).resolve().parent.parent
     names = {name.upper() for name in Settings.model_fields}
-    only_local = {"PUBSUB_EMULATOR_HOST", "FLOWS_DIR", "PUSH_AUTH_CERTS_URL"}
+    only_local = {
+        "PUBSUB_EMULATOR_HOST",
+        "FIRESTORE_EMULATOR_HOST",
+        "FLOWS_DIR",
+        "PUSH_AUTH_CERTS_URL",
+    }
     for file, expected in (
         ("README.md", names),
         (".env.example", names - {"PUSH_AUTH_CERTS_URL"}),

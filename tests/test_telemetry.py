@@ -185,10 +185,9 @@ def test_no_exporter_means_no_spans(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.emulator
 def test_one_trace_crosses_the_emulator_with_the_sdk_recording(
-    emulator: Emulator, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator, exporter: InMemorySpanExporter
 ) -> None:
     """The real SDK in the service, the real Pub/Sub emulator between its two halves."""
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)  # read by Pub/Sub's client
     project = f"trace-{uuid.uuid4().hex[:8]}"
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -153,6 +153,7 @@ class EmulatorAdmin:
 
     def __init__(self, host: str, project: str) -> None:
         self.base = f"http://{host}/v1/projects/{project}"
+        self.host = host
         self.project = project
 
     def topic(self, name: str) -> None:
