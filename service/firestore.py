@@ -25,17 +25,26 @@ documents and one pointer.
 
 A claim is a transaction: it creates the head, or starts a `queued` one, or
 takes over one whose lease has expired, or reports it running or finished.
-Cancels and re-drives are transactions too; running executions with a cancel
-asked are found by one query (`cancel_requests`), not one read per execution. Step
-outcomes are written field by field (`steps.NAME`), so parallel steps never
-overwrite each other. `expire_at` lets a Firestore TTL policy delete old executions
-and their parts (infra/setup.sh). FIRESTORE_EMULATOR_HOST points the client at
-the emulator. Errors: InvalidArgument is StoreRefused (no retry can fix it);
-anything else is StoreUnavailable.
+Cancels, re-drives and the save of an ended run (which reads `cancel_requested`)
+are transactions too; running executions with a cancel asked are found by one
+query (`cancel_requests`), not one read per execution. Step outcomes are written
+field by field (`steps.NAME`), so parallel steps never overwrite each other.
+`expire_at` lets a Firestore TTL policy delete old executions and their parts
+(infra/setup.sh). `emulator_host` (else FIRESTORE_EMULATOR_HOST) points the client
+at the emulator.
+
+Every call answers within `timeout_s` (STORE_TIMEOUT_S): the client's own retries
+of an unreachable Firestore last minutes, and a transaction cut short awaits its
+rollback, so a call runs as a task that is left behind, cancelled, when its time is
+up. Errors: InvalidArgument is StoreRefused (no retry can fix it); anything else,
+a timeout or a transaction the client gave up (contention, or a rollback that failed
+after the real error) is StoreUnavailable, but for a claim, where contention means
+that other deliveries are claiming it now.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -45,6 +54,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.api_core import exceptions as google_exceptions
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
@@ -56,6 +66,7 @@ from service.store import (
     ClaimState,
     ExecutionQuery,
     Page,
+    cancel_wins,
     cancelled,
     claimed,
     page_key,
@@ -64,6 +75,7 @@ from service.store import (
 )
 
 CLAIM_ATTEMPTS = 10
+STORE_TIMEOUT_S = 10.0
 # Each slot inline up to this; with at most MAX_FLOW_STEPS (50) steps a head stays < 1 MiB.
 INLINE_BYTES = 16 * 1024
 PART_BYTES = 900_000  # a part document's data, under the 1 MiB document limit
@@ -88,9 +100,25 @@ class FirestoreStore:
     """Executions in a Firestore collection, leased by the instance that runs them."""
 
     def __init__(
-        self, project: str, collection: str, ttl: timedelta, inline_bytes: int = INLINE_BYTES
+        self,
+        project: str,
+        collection: str,
+        ttl: timedelta,
+        inline_bytes: int = INLINE_BYTES,
+        emulator_host: str | None = None,
+        timeout_s: float = STORE_TIMEOUT_S,
     ) -> None:
-        self._client = firestore.AsyncClient(project=project)
+        if emulator_host:
+            self._client = firestore.AsyncClient(
+                project=project,
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            )
+            # The client takes the emulator's address from the environment only (when it
+            # is made); its channel and credentials follow this attribute (base_client.py).
+            self._client._emulator_host = emulator_host
+        else:
+            self._client = firestore.AsyncClient(project=project)
+        self._timeout_s = timeout_s
         self._collection = self._client.collection(collection)
         self._ttl = ttl
         self._inline_bytes = inline_bytes
@@ -136,14 +164,9 @@ class FirestoreStore:
 
         try:
             transaction = self._client.transaction(max_attempts=CLAIM_ATTEMPTS)
-            state, data = await claim_in(transaction)
-        except ValueError:
-            # Firestore gave up on the transaction: other deliveries are claiming it now.
-            return Claim(ClaimState.RUNNING)
-        except google_exceptions.InvalidArgument as exc:
-            raise StoreRefused(f"execution store: {exc}") from exc
-        except google_exceptions.GoogleAPIError as exc:
-            raise StoreUnavailable(f"execution store: {exc}") from exc
+            state, data = await self._call(claim_in(transaction))
+        except _Contended:
+            return Claim(ClaimState.RUNNING)  # other deliveries are claiming it now
         if state == ClaimState.RUNNING:
             return Claim(state)
         if data is None:
@@ -176,12 +199,22 @@ class FirestoreStore:
 
     async def save(self, execution: Execution, delivered: bool = False) -> None:
         fields, parts = self._document(execution)
-        fields["delivered"] = delivered
-        if delivered:
-            fields |= {"owner": None, "lease_until": None}
         await self._write_parts(execution.execution_id, parts)
         reference = self._collection.document(execution.execution_id)
-        await self._call(reference.set(fields, merge=True))
+        if delivered:
+            done = {"delivered": True, "owner": None, "lease_until": None}
+            await self._call(reference.set(fields | done, merge=True))
+            return
+
+        @firestore.async_transactional
+        async def save_in(transaction: Any) -> None:
+            snapshot = await reference.get(["cancel_requested"], transaction=transaction)
+            asked = snapshot.exists and (snapshot.to_dict() or {}).get("cancel_requested")
+            cancel_wins(execution, bool(asked))
+            summary = execution.summary().model_dump(exclude={"execution_id"})
+            transaction.set(reference, fields | summary | {"delivered": False}, merge=True)
+
+        await self._transact(save_in)
 
     async def release(self, execution_id: str, owner: str) -> None:
         reference = self._collection.document(execution_id)
@@ -361,14 +394,52 @@ class FirestoreStore:
         execution.webhook_url = data.get("webhook_url")
         return execution
 
-    @staticmethod
-    async def _call(awaitable: Awaitable[Any]) -> Any:
+    async def _call(self, awaitable: Awaitable[Any]) -> Any:
+        """Await a call of the client within `timeout_s`, its errors as the store's."""
+        call = asyncio.ensure_future(awaitable)
         try:
-            return await awaitable
-        except google_exceptions.InvalidArgument as exc:
-            raise StoreRefused(f"execution store: {exc}") from exc
-        except (google_exceptions.GoogleAPIError, ValueError) as exc:  # ValueError: contention
-            raise StoreUnavailable(f"execution store: {exc}") from exc
+            await asyncio.wait({call}, timeout=self._timeout_s)
+        finally:
+            if not call.done():  # timed out, or its caller was cancelled
+                call.cancel()
+                _LEFT_BEHIND.add(call)
+                call.add_done_callback(_forget)
+        if not call.done():
+            raise StoreUnavailable(f"execution store: no answer in {self._timeout_s:g} s")
+        try:
+            return call.result()
+        except Exception as exc:
+            raise _store_error(exc) from exc
+
+
+class _Contended(StoreUnavailable):
+    """Firestore gave up a transaction that others kept changing the document under."""
+
+
+# Calls cut short, still winding down (a transaction's rollback): kept until they end.
+_LEFT_BEHIND: set[asyncio.Future[Any]] = set()
+
+
+def _forget(call: asyncio.Future[Any]) -> None:
+    _LEFT_BEHIND.discard(call)
+    if not call.cancelled():
+        call.exception()  # retrieved: what it raised no longer matters to anyone
+
+
+def _store_error(exc: Exception) -> Exception:
+    """What a failed client call means to the store's callers (the module's docstring)."""
+    if isinstance(exc, google_exceptions.InvalidArgument):
+        return StoreRefused(f"execution store: {exc}")
+    if isinstance(exc, google_exceptions.GoogleAPIError):
+        return StoreUnavailable(f"execution store: {exc}")
+    if isinstance(exc, ValueError):  # a transaction the client gave up, or its rollback
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, google_exceptions.Aborted):
+            return _Contended(f"execution store: {exc}")
+        if isinstance(cause, Exception):
+            return _store_error(cause)
+        return StoreUnavailable(f"execution store: {exc}")
+    return exc  # ours (a Conflict, say), or a bug: as it is
 
 
 async def _read_all(client: Any, references: list[Any]) -> dict[str, bytes]:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from service.deps import Components, ComponentsDep, components_of
 from service.errors import BrokerUnavailable, OrchestratorError, WebhookTargetRefused
-from service.limits import MAX_REQUEST_BYTES, JSONRefused, parse_json, read_body
+from service.limits import MAX_REQUEST_BYTES, json_body, read_body
 from service.messages import (
+    EXECUTION_ID,
     Accepted,
     Execution,
     ExecutionStatus,
@@ -23,7 +25,7 @@ from service.messages import (
     field_errors,
     now,
 )
-from service.problems import Problem, documented, invalid, unknown_execution
+from service.problems import Problem, documented, invalid, unavailable, unknown_execution
 from service.store import ExecutionStore
 from service.telemetry import message_attributes
 
@@ -32,8 +34,13 @@ router = APIRouter()
 
 # Idempotency keys map to execution ids in their own namespace: uuid5(namespace, flow + key).
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1a52-3b8e-4a3c-9a51-2d1b6e0f7c11")
-BROKER_RETRY_AFTER_S = "5"
 MAX_IDEMPOTENCY_KEY = 255
+# The accepted answer waits this long at most for the `queued` record (a write takes
+# milliseconds); past it the record is given up, and the claim records the execution.
+QUEUED_RECORD_WAIT_S = 2.0
+
+# An execution id in a path: what no execution can be named is refused (422), on any store.
+ExecutionId = Annotated[str, Path(pattern=EXECUTION_ID, description="the execution's id")]
 
 
 @router.post(
@@ -63,7 +70,7 @@ MAX_IDEMPOTENCY_KEY = 255
         404: documented("unknown flow"),
         413: documented("body larger than 1 MB"),
         422: documented("a field is invalid (named in `errors`)"),
-        503: documented("the broker is unreachable; retry after Retry-After"),
+        503: documented("the broker is unreachable (nothing will run); retry after Retry-After"),
     },
 )
 async def orchestrate(request: Request) -> JSONResponse:
@@ -135,10 +142,14 @@ async def _accept(request: Request, parts: Components) -> JSONResponse:
     "/executions/{execution_id}",
     response_model=Execution,
     summary="The execution document",
-    responses={404: documented("unknown execution")},
+    responses={
+        404: documented("unknown execution"),
+        422: documented("not an execution id"),
+        503: documented("the store is unreachable; retry after Retry-After"),
+    },
 )
-async def get_execution(execution_id: str, parts: ComponentsDep) -> Execution:
-    execution = await parts.store.get(execution_id[:128])
+async def get_execution(execution_id: ExecutionId, parts: ComponentsDep) -> Execution:
+    execution = await parts.store.get(execution_id)
     if execution is None:
         raise unknown_execution(execution_id)
     return execution
@@ -156,38 +167,28 @@ async def publish(parts: Components, message: RequestMessage, refusal: str, run:
             attributes |= message_attributes()  # the producer's trace, for the push
             await parts.transport.publish(topic, message.model_dump_json().encode(), attributes)
     except BrokerUnavailable as exc:
-        raise Problem(
-            503,
-            "Broker unavailable",
-            f"{refusal}: {exc}",
-            headers={"Retry-After": BROKER_RETRY_AFTER_S},
-        ) from None
+        raise unavailable(exc, refusal) from None
 
 
 async def _record_queued(store: ExecutionStore, message: RequestMessage) -> None:
     """Make the accepted execution readable as `queued` until a delivery claims it.
 
     After the publish, so that nothing unpublished is ever shown; a claim that came
-    first is kept. The broker has the message already: a store failure costs only
-    the early view, so it is logged, not refused.
+    first is kept. The broker has the message already: a store that fails or is slow
+    (past QUEUED_RECORD_WAIT_S) costs only the early view, so it is logged, not refused.
     """
     queued = message.resolve(None, None).execution(ExecutionStatus.QUEUED)
     try:
-        await store.enqueue(queued)
+        async with asyncio.timeout(QUEUED_RECORD_WAIT_S):
+            await store.enqueue(queued)
+    except TimeoutError:
+        log.warning("accepted execution not recorded as queued", reason="the store is slow")
     except OrchestratorError as exc:
         log.warning("accepted execution not recorded as queued", reason=str(exc))
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        payload = parse_json(body)
-    except JSONRefused as exc:
-        raise Problem(
-            400,
-            "Body is not JSON",
-            f"(body): {exc}",
-            [{"field": "(body)", "reason": str(exc)}],
-        ) from None
+    payload = json_body(body)
     if not isinstance(payload, dict):
         raise invalid([{"field": "(body)", "reason": "must be a JSON object"}])
     return payload

@@ -19,6 +19,8 @@ from fastapi import Request
 from service.problems import Problem
 
 MAX_REQUEST_BYTES = 1_000_000
+# An operator's body (a bulk re-drive's selection) is a few hundred bytes.
+MAX_OPERATOR_BODY_BYTES = 65_536
 # A request message is at most MAX_REQUEST_BYTES of JSON; base64 grows it by a third.
 MAX_PUSH_BYTES = 1_500_000
 # Deeper than any payload of ours or of an ML function; far below the interpreter's limit.
@@ -46,6 +48,17 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def too_large(limit: int) -> Problem:
     return Problem(413, "Body too large", f"(body): larger than {limit} bytes")
+
+
+def json_body(body: bytes) -> Any:
+    """A request body's strict JSON, or 400 naming the reason."""
+    try:
+        return parse_json(body)
+    except JSONRefused as exc:
+        reason = str(exc)
+        raise Problem(
+            400, "Body is not JSON", f"(body): {reason}", [{"field": "(body)", "reason": reason}]
+        ) from None
 
 
 def parse_json(data: bytes) -> Any:

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+# Also keeps every id a valid Firestore document id: no "/", never "." or "..", no "__x__".
 EXECUTION_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_EXECUTION_ID = re.compile(EXECUTION_ID)
 MAX_ERROR_CHARS = 2000
+
+
+def is_execution_id(value: str) -> bool:
+    """Whether `value` can name an execution (a message's, a path's, a page token's)."""
+    return _EXECUTION_ID.match(value) is not None
+
+
+def in_utc(moment: datetime) -> datetime:
+    """`moment` in UTC; ValueError where that leaves the years 1-9999 (year 1 at +14:00)."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must fall within the years 1 to 9999 in UTC") from None
+
+
+# A time a client gives: with its offset, and one every store can hold.
+Moment = Annotated[AwareDatetime, AfterValidator(in_utc)]
 
 
 # The original guide's test payload (its test_payload.json): the API's example.
@@ -75,7 +95,7 @@ class RequestMessage(BaseModel):
     flow: str = Field(min_length=1, max_length=63)
     input: dict[str, Any]
     webhook_url: str | None = Field(None, max_length=2048)
-    requested_at: AwareDatetime | None = Field(None, description="default: the publish time")
+    requested_at: Moment | None = Field(None, description="default: the publish time")
 
     def resolve(self, message_id: str | None, publish_time: str | None) -> ExecutionRequest:
         """The request with its defaults: the message's id and publish time."""
@@ -117,11 +137,12 @@ class ExecutionRequest:
 
 
 def _timestamp(text: str | None) -> datetime:
+    """A message's publish time; now, when it is missing or not a usable time."""
     try:
         moment = datetime.fromisoformat(text) if text else now()
+        return in_utc(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
     except ValueError:
         return now()
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class ItemResult(BaseModel):

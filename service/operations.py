@@ -12,20 +12,31 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.auth import AuthRefused
 from service.deps import Components, ComponentsDep, components_of
-from service.frontdoor import publish
+from service.errors import StoreUnavailable
+from service.frontdoor import ExecutionId, publish
 from service.graph import described
+from service.limits import MAX_OPERATOR_BODY_BYTES, json_body, read_body
 from service.messages import (
     REDRIVABLE,
     Execution,
     ExecutionStatus,
     ExecutionSummary,
+    Moment,
+    field_errors,
+    inline_schema,
 )
 from service.metrics import CONTENT_TYPE
-from service.problems import Problem, documented, invalid, unknown_execution
+from service.problems import (
+    RETRY_AFTER_S,
+    Problem,
+    documented,
+    invalid,
+    unknown_execution,
+)
 from service.store import Conflict, ExecutionQuery, PageTokenInvalid
 
 log = structlog.get_logger(__name__)
@@ -41,6 +52,7 @@ _UNKNOWN_FLOW: _Responses = {404: documented("unknown flow")}
 _REFUSED: _Responses = {
     401: documented("missing or invalid Google ID token"),
     403: documented("not an operator (ADMIN_EMAILS), or operations closed"),
+    503: documented("the store or the broker is unreachable; retry after Retry-After"),
 }
 
 
@@ -72,8 +84,8 @@ async def list_executions(
     parts: ComponentsDep,
     status: Annotated[list[ExecutionStatus] | None, Query(description="repeatable")] = None,
     flow: Annotated[str | None, Query(max_length=63)] = None,
-    since: Annotated[AwareDatetime | None, Query(description="requested at or after")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="requested before")] = None,
+    since: Annotated[Moment | None, Query(description="requested at or after")] = None,
+    until: Annotated[Moment | None, Query(description="requested before")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> ExecutionList:
@@ -139,8 +151,8 @@ class BulkRedrive(BaseModel):
         default_factory=lambda: [ExecutionStatus.FAILED], min_length=1
     )
     flow: str | None = Field(None, max_length=63)
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: Moment | None = None
+    until: Moment | None = None
     limit: int = Field(100, ge=1, le=MAX_LIST_LIMIT)
 
     @field_validator("status")
@@ -164,9 +176,9 @@ class BulkRedriven(BaseModel):
     summary="Cancel a queued or running execution; its result is delivered as `cancelled`",
     responses={**_UNKNOWN, **_CONFLICT},
 )
-async def cancel(execution_id: str, parts: ComponentsDep) -> Cancelling:
+async def cancel(execution_id: ExecutionId, parts: ComponentsDep) -> Cancelling:
     try:
-        before = await parts.store.cancel(execution_id[:128])
+        before = await parts.store.cancel(execution_id)
     except Conflict as exc:
         raise _conflict(exc) from None
     if before is None:
@@ -181,11 +193,11 @@ async def cancel(execution_id: str, parts: ComponentsDep) -> Cancelling:
     status_code=202,
     response_model=Redriven,
     summary="Run an ended failed, partial or cancelled execution again (what succeeded is kept)",
-    responses={**_UNKNOWN, **_CONFLICT, 503: documented("broker unreachable")},
+    responses={**_UNKNOWN, **_CONFLICT},
 )
-async def redrive(execution_id: str, request: Request, parts: ComponentsDep) -> Redriven:
+async def redrive(execution_id: ExecutionId, request: Request, parts: ComponentsDep) -> Redriven:
     try:
-        execution = await _redrive(parts, execution_id[:128])
+        execution = await _redrive(parts, execution_id)
     except Conflict as exc:
         raise _conflict(exc) from None
     if execution is None:
@@ -199,12 +211,22 @@ async def redrive(execution_id: str, request: Request, parts: ComponentsDep) -> 
     status_code=202,
     response_model=BulkRedriven,
     summary="Run again every ended execution that matches (newest first, at most `limit`)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(BulkRedrive)}},
+        }
+    },
     responses={
+        400: documented("body is not strict JSON"),
+        413: documented(f"body larger than {MAX_OPERATOR_BODY_BYTES} bytes"),
         422: documented("a field is invalid (named in `errors`)"),
-        503: documented("broker unreachable"),
     },
 )
-async def redrive_many(selection: BulkRedrive, parts: ComponentsDep) -> BulkRedriven:
+async def redrive_many(request: Request, parts: ComponentsDep) -> BulkRedriven:
+    # The body is read here, after `operator` let the caller in, and bounded: FastAPI
+    # would read and parse a body parameter of any size before any dependency runs.
+    selection = _bulk_selection(await read_body(request, MAX_OPERATOR_BODY_BYTES))
     query = ExecutionQuery(
         statuses=frozenset(selection.status),
         flow=selection.flow,
@@ -214,19 +236,45 @@ async def redrive_many(selection: BulkRedrive, parts: ComponentsDep) -> BulkRedr
     )
     page = await parts.store.list(query)
     at_once = asyncio.Semaphore(BULK_CONCURRENCY)
+    stopped: list[str] = []  # why, once the store or the broker fails: no new re-drive starts
 
     async def one(execution_id: str) -> bool:
         async with at_once:
+            if stopped:
+                return False
             try:
                 return await _redrive(parts, execution_id) is not None
             except Conflict:
                 return False  # it changed since it was listed (re-driven by another call, say)
+            except StoreUnavailable as exc:
+                stopped.append(str(exc))
+            except Problem as exc:  # the broker's 503
+                stopped.append(exc.detail)
+            return False
 
     ids = [summary.execution_id for summary in page.executions]
     done = await asyncio.gather(*(one(execution_id) for execution_id in ids))
     redriven = [execution_id for execution_id, ok in zip(ids, done, strict=True) if ok]
     log.info("bulk re-drive", count=len(redriven), listed=len(page.executions))
+    if stopped:
+        raise Problem(
+            503,
+            "Bulk re-drive stopped",
+            f"{len(redriven)} of {len(ids)} re-driven (now queued) before: {stopped[0]}; "
+            "calling again re-drives the rest",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
     return BulkRedriven(count=len(redriven), execution_ids=redriven)
+
+
+def _bulk_selection(body: bytes) -> BulkRedrive:
+    if not body:
+        raise invalid([{"field": "body", "reason": "required: a JSON object"}])
+    payload = json_body(body)
+    try:
+        return BulkRedrive.model_validate(payload)
+    except ValidationError as exc:
+        raise invalid(field_errors(exc, "body")) from None
 
 
 async def _redrive(parts: Components, execution_id: str) -> Execution | None:

@@ -11,11 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from service.errors import BrokerUnavailable, StoreUnavailable
 from service.messages import describe
 
 log = structlog.get_logger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_S = "5"
 
 
 class Problem(Exception):
@@ -52,6 +54,13 @@ def unknown_execution(execution_id: str) -> Problem:
     return Problem(404, "Unknown execution", f"no execution {execution_id[:128]!r}")
 
 
+def unavailable(exc: BrokerUnavailable | StoreUnavailable, refusal: str | None = None) -> Problem:
+    """503 with Retry-After: the broker or the store cannot answer now."""
+    title = "Broker unavailable" if isinstance(exc, BrokerUnavailable) else "Store unavailable"
+    detail = f"{refusal}: {exc}" if refusal else str(exc)
+    return Problem(503, title, detail, headers={"Retry-After": RETRY_AFTER_S})
+
+
 def invalid(errors: list[dict[str, str]]) -> Problem:
     """422 naming every field that failed validation."""
     return Problem(422, "Request validation failed", describe(errors), errors)
@@ -78,6 +87,11 @@ def install(app: FastAPI) -> None:
         problem = Problem(exc.status_code, title, title, headers=exc.headers)
         return problem.response(request.url.path)
 
+    async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BrokerUnavailable | StoreUnavailable)
+        log.warning("answered 503", path=request.url.path, reason=str(exc))
+        return unavailable(exc).response(request.url.path)
+
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
         problem = Problem(500, "Internal Server Error", "the error was logged")
@@ -86,4 +100,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(BrokerUnavailable, on_unavailable)
+    app.add_exception_handler(StoreUnavailable, on_unavailable)
     app.add_exception_handler(Exception, on_error)

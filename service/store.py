@@ -14,8 +14,10 @@ time; a page token is the last key of its page, so inserts never shift pages.
 
 Operators: `cancel` ends a queued execution at once (its result is delivered when
 its message arrives) or flags a running one, which the instance running it finds
-through `cancel_requests` (one query, whatever the number in flight); `redrive`
-queues the next run of an ended execution, keeping what succeeded.
+through `cancel_requests` (one query, whatever the number in flight); a flag that
+arrives while the run ends wins when its outcome is saved (`cancel_wins`), so a
+cancel answered `cancelling` always ends `cancelled`; `redrive` queues the next run
+of an ended execution, keeping what succeeded.
 
 `MemoryStore` serves one instance; `FirestoreStore` (service/firestore.py)
 shares executions across instances.
@@ -34,6 +36,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+import structlog
+
 from service.messages import (
     CANCELLABLE,
     CANCELLED_BY_OPERATOR,
@@ -43,11 +47,19 @@ from service.messages import (
     ExecutionStatus,
     ExecutionSummary,
     StepResult,
+    in_utc,
+    is_execution_id,
     now,
 )
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_CAPACITY = 10_000
 FORGETTABLE = TERMINAL | {ExecutionStatus.QUEUED}
+# What a run that was not cancelled ends as.
+RUN_VERDICTS = frozenset(
+    {ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.PARTIAL}
+)
 
 
 class ClaimState(StrEnum):
@@ -95,6 +107,16 @@ def cancelled(execution: Execution) -> ExecutionStatus:
     if status == ExecutionStatus.QUEUED:
         execution.finish(ExecutionStatus.CANCELLED, CANCELLED_BY_OPERATOR)
     return status
+
+
+def cancel_wins(execution: Execution, cancel_requested: bool) -> None:
+    """A cancel asked before the ended run is saved wins over its verdict (in place).
+
+    The operator was answered `cancelling`; the steps' outcomes are kept as they are.
+    """
+    if cancel_requested and execution.status in RUN_VERDICTS:
+        log.info("cancel asked as the run ended; it ends cancelled", was=execution.status)
+        execution.status, execution.error = ExecutionStatus.CANCELLED, CANCELLED_BY_OPERATOR
 
 
 def redriven(execution: Execution, delivered: bool) -> Execution:
@@ -148,9 +170,12 @@ def page_key(token: str) -> tuple[datetime, str]:
         key = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         moment, execution_id = key.split("|", 1)
         after = datetime.fromisoformat(moment)
+        valid = after.tzinfo is not None and is_execution_id(execution_id)
+        if valid:
+            after = in_utc(after)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        after = None
-    if after is None or after.tzinfo is None:
+        valid = False
+    if not valid:
         raise PageTokenInvalid("not a page token of this listing")
     return after, execution_id
 
@@ -176,7 +201,10 @@ class ExecutionStore(Protocol):
         """Store one finished step's outcome."""
 
     async def save(self, execution: Execution, delivered: bool = False) -> None:
-        """Store the whole document; once its result is delivered, the lease ends."""
+        """Store the whole document; once its result is delivered, the lease ends.
+
+        Not yet delivered, an ended run gives way to a cancel asked meanwhile (`cancel_wins`).
+        """
 
     async def release(self, execution_id: str, owner: str) -> None:
         """End `owner`'s lease early, keeping stored steps, so a redelivery resumes at once."""
@@ -256,6 +284,8 @@ class MemoryStore:
     async def save(self, execution: Execution, delivered: bool = False) -> None:
         async with self._lock:
             entry = self._entries.get(execution.execution_id) or _Entry(execution)
+            if not delivered:
+                cancel_wins(execution, entry.cancel_requested)
             entry.execution = execution
             entry.delivered = delivered
             if delivered:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from service.errors import StoreRefused
 from service.firestore import HEAD_FIELDS, FirestoreStore
 from service.messages import Execution, ExecutionStatus, StepResult, StepStatus
 from service.store import (
+    Claim,
     ClaimState,
     Conflict,
     ExecutionQuery,
@@ -59,16 +61,17 @@ async def test_one_claim_wins_and_a_second_sees_it_running(store: ExecutionStore
 
 
 async def test_concurrent_claims_give_exactly_one_winner(store: ExecutionStore) -> None:
+    """The others see it running; on a loaded emulator (its transactions queue on one lock,
+    ~0.17 s each) a claim may instead give up at the store's bound: redelivered too."""
     execution = new_execution()
     claims = await asyncio.gather(
-        *(store.claim(execution, f"owner-{n}", LEASE_S) for n in range(20))
+        *(store.claim(execution, f"owner-{n}", LEASE_S) for n in range(20)),
+        return_exceptions=True,
     )
-    states = [claim.state for claim in claims]
-    print(
-        f"\n20 concurrent claims on {type(store).__name__}: {states.count(ClaimState.CLAIMED)} won"
-    )
+    states = [c.state if isinstance(c, Claim) else type(c).__name__ for c in claims]
+    print(f"\n20 concurrent claims on {type(store).__name__}: {Counter(states)}")
     assert states.count(ClaimState.CLAIMED) == 1
-    assert states.count(ClaimState.RUNNING) == 19
+    assert set(states) <= {ClaimState.CLAIMED, ClaimState.RUNNING, "StoreUnavailable"}
 
 
 async def test_an_expired_lease_is_taken_over_with_the_stored_steps(store: ExecutionStore) -> None:
