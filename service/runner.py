@@ -5,6 +5,8 @@ for the steps after it; a failed step skips the steps that need it, and fails
 the execution (`on_error: fail`) or leaves it `partial` (`on_error: continue`).
 Steps that already have an outcome in the document (a resumed execution) are
 not run again; each new outcome is handed to `checkpoint` as soon as it exists.
+A document holding a step the flow does not have (renamed or removed by a deploy
+since the execution started) runs nothing and fails, naming the steps.
 An outcome the store refuses for good (StoreRefused) fails its step, with the
 reason, and the execution goes on; any other error of a step ends the run and is
 raised as itself, not as the TaskGroup's ExceptionGroup.
@@ -27,7 +29,7 @@ from opentelemetry.trace import StatusCode
 
 from service.calls import CallResult, MLCaller
 from service.errors import StoreRefused
-from service.expressions import EvaluationError, render_value
+from service.expressions import ITERATION_BUDGET, EvaluationError, render_value
 from service.flow import Flow, Step
 from service.messages import (
     CANCELLED_BY_OPERATOR,
@@ -44,7 +46,8 @@ from service.telemetry import Tracing
 
 log = structlog.get_logger(__name__)
 
-MAX_FOR_EACH_ITEMS = 10_000
+# Any list for_each takes can still be filtered by CEL, which refuses the 10,000th iteration.
+MAX_FOR_EACH_ITEMS = ITERATION_BUDGET - 1
 FINAL_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
 
 Checkpoint = Callable[[str, StepResult], Awaitable[None]]
@@ -87,9 +90,12 @@ class FlowRunner:
         ]
         if resumed:
             log.info("execution resumed", completed_steps=resumed)
+        unknown = [name for name in execution.steps if name not in flow.steps]
 
         self._metrics.in_flight.add(1)
         try:
+            if unknown:
+                raise FlowChanged(flow.name, unknown)
             async with asyncio.timeout_at(deadline):
                 await _unless(
                     cancel,
@@ -110,6 +116,9 @@ class FlowRunner:
         except Cancelled:
             execution.end_running(CANCELLED_BY_OPERATOR, StepStatus.CANCELLED)
             execution.finish(ExecutionStatus.CANCELLED, CANCELLED_BY_OPERATOR)
+        except FlowChanged as exc:
+            execution.end_running("not run: the flow changed")
+            execution.finish(ExecutionStatus.FAILED, str(exc))
         else:
             execution.finish(*_result(flow, execution))
         finally:
@@ -258,6 +267,16 @@ class FlowRunner:
 
 class Cancelled(Exception):
     """An operator cancelled the execution."""
+
+
+class FlowChanged(Exception):
+    """The execution holds outcomes of steps its flow no longer has."""
+
+    def __init__(self, flow: str, steps: list[str]) -> None:
+        super().__init__(
+            f"flow {flow!r} no longer has these steps of the execution: {', '.join(steps)} "
+            "(renamed or removed since it started); nothing ran"
+        )
 
 
 async def _unless(cancel: asyncio.Event | None, work: Coroutine[Any, Any, None]) -> None:
