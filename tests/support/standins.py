@@ -31,6 +31,7 @@ class StandIns:
     `script[path]` holds statuses to answer next (then 200). With an `identity`,
     a call must carry an ID token whose audience is the called URL, else 401.
     `padding[path]` adds that many bytes to each answer of `path`, `extra[path]` fields.
+    A call to a path in `gates` answers once its event is set.
     """
 
     delay_s: float = 0.0
@@ -39,6 +40,7 @@ class StandIns:
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     identity: Identity | None = None
     script: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    gates: dict[str, threading.Event] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,6 +70,8 @@ class StandIns:
                 self.calls.append(Call(path, body, audience, request.headers.get("traceparent")))
                 status = self.script[path].pop(0) if self.script[path] else 200
             await asyncio.sleep(self.delay_s)
+            if path in self.gates:
+                await asyncio.to_thread(self.gates[path].wait, 30)
             if status != 200:
                 return Response(f"scripted {status}", status_code=status)
             return Response(json.dumps(self.answer(path, body)), media_type="application/json")
