@@ -12,14 +12,14 @@ from typing import Any
 
 from bench.processes import ROOT
 from service.app import build
+from service.backends.store import MemoryStore
+from service.backends.transport import InProcessTransport
 from service.dev.demo import FUNCTIONS
-from service.flow import load_flows
+from service.engine.flow import load_flows
+from service.engine.outbound import http_clients
 from service.messages import SEED_PAYLOAD, PushEnvelope, PushMessage
-from service.outbound import http_clients
 from service.settings import Settings
-from service.store import MemoryStore
 from service.telemetry import Tracing
-from service.transport import InProcessTransport
 
 FULL = {**SEED_PAYLOAD, "create_user_embedding": True}
 PRODUCER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request, Response
 from service.app import create_app
 from service.dev.demo import FUNCTIONS, create_demo_app
 from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator, free_port
-from service.flow import load_flows
+from service.engine.flow import load_flows
 from service.messages import SEED_PAYLOAD
 from service.settings import PROJECT_FLOWS_DIR, Settings
 

@@ -3,7 +3,7 @@
 --messages publishes, --concurrency at a time, as the front door makes them, through
 google-cloud-pubsub's threaded PublisherClient (the front door's publisher before,
 with its 1 ms batch window: the baseline, measured in the same run) and through
-service/pubsub.py (the package's asyncio client, batched as a group commit).
+service/backends/pubsub.py (the package's asyncio client, batched as a group commit).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 from google.cloud.pubsub_v1 import PublisherClient
 from google.cloud.pubsub_v1.types import BatchSettings
 
+from service.backends.pubsub import PubSubTransport
 from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator
-from service.pubsub import PubSubTransport
 
 Publish = Callable[[bytes, dict[str, str]], Awaitable[str]]
 TOPIC = "bench-requests"

@@ -33,16 +33,17 @@ from aiohttp import web
 from google.cloud.firestore_v1 import types
 
 from service.app import build
+from service.backends.firestore import FirestoreStore
+from service.backends.store import ExecutionStore, MemoryStore
+from service.backends.transport import InProcessTransport
 from service.dev.demo import FUNCTIONS
 from service.dev.emulator import Emulator, find_firestore_emulator, free_port
-from service.firestore import FirestoreStore
-from service.flow import load_flows
+from service.engine.flow import load_flows
+from service.engine.outbound import http_clients
+from service.execution import Execution, ExecutionStatus
 from service.logs import configure_logging
-from service.messages import SEED_PAYLOAD, Execution, ExecutionStatus, PushEnvelope, PushMessage
-from service.outbound import http_clients
+from service.messages import SEED_PAYLOAD, PushEnvelope, PushMessage
 from service.settings import Settings
-from service.store import ExecutionStore, MemoryStore
-from service.transport import InProcessTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL = {**SEED_PAYLOAD, "create_user_embedding": True}

@@ -26,17 +26,18 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app, load_checked_flows, make_tokens
-from service.calls import MLCaller
+from service.engine.calls import MLCaller
+from service.engine.flow import Flow
+from service.engine.graph import mermaid
+from service.engine.outbound import http_clients
+from service.engine.runner import FlowRunner
 from service.errors import ConfigError
-from service.flow import Flow
-from service.graph import mermaid
+from service.execution import Execution, ExecutionStatus
 from service.logs import configure_logging
-from service.messages import Execution, ExecutionStatus, describe, field_errors
+from service.messages import describe, field_errors
 from service.metrics import metric_exporter_names
-from service.outbound import http_clients
-from service.push import DRAIN_GRACE_S
-from service.runner import FlowRunner
 from service.settings import Settings
+from service.worker.handler import DRAIN_GRACE_S
 
 
 def serve(settings: Settings, flows: dict[str, Flow]) -> int:

@@ -13,28 +13,28 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service import frontdoor, operations, problems, push, ui
-from service.auth import GoogleCertificates, OperatorAccess, TokenAuth
-from service.calls import MLCaller
-from service.delivery import ResultDelivery
-from service.deps import Components, ComponentsDep
+from service.api import frontdoor, operations, problems, push, ui
+from service.api.deps import Components, ComponentsDep
+from service.api.hotpaths import HotPaths
+from service.api.inbound_auth import GoogleCertificates, OperatorAccess, TokenAuth
+from service.api.problems import Problem
+from service.backends.pubsub import PubSubTransport
+from service.backends.store import ExecutionStore, MemoryStore
+from service.backends.transport import InProcessTransport, Transport
+from service.engine.calls import MLCaller
+from service.engine.flow import Flow, load_flows
+from service.engine.outbound import Sender, http_clients
+from service.engine.outbound_auth import GoogleIdTokens, NoTokens, TokenProvider
+from service.engine.runner import FlowRunner
 from service.errors import BrokerUnavailable, ConfigError
-from service.flow import Flow, load_flows
-from service.hotpaths import HotPaths
 from service.logs import configure_logging
 from service.metrics import Metrics, metric_exporters_from_environment
-from service.outbound import Sender, http_clients
-from service.problems import Problem
 from service.process import on_stop_signals
-from service.pubsub import PubSubTransport
-from service.push import PushHandler
-from service.runner import FlowRunner
 from service.settings import MLAuth, Settings, StoreKind
-from service.store import ExecutionStore, MemoryStore
-from service.targets import WebhookTargets
 from service.telemetry import TraceContext, Tracing, tracing_from_environment
-from service.tokens import GoogleIdTokens, NoTokens, TokenProvider
-from service.transport import InProcessTransport, Transport
+from service.worker.delivery import ResultDelivery
+from service.worker.handler import PushHandler
+from service.worker.targets import WebhookTargets
 
 log = structlog.get_logger(__name__)
 
@@ -142,7 +142,7 @@ def make_tokens(settings: Settings) -> TokenProvider:
 
 def make_store(settings: Settings) -> ExecutionStore:
     if settings.execution_store == StoreKind.FIRESTORE:
-        from service.firestore import FirestoreStore  # only deployments that use it import it
+        from service.backends.firestore import FirestoreStore
 
         assert settings.google_cloud_project is not None
         return FirestoreStore(

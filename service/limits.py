@@ -14,10 +14,6 @@ import math
 import re
 from typing import Any
 
-from fastapi import Request
-
-from service.problems import Problem
-
 MAX_REQUEST_BYTES = 1_000_000
 # An operator's body (a bulk re-drive's selection) is a few hundred bytes.
 MAX_OPERATOR_BODY_BYTES = 65_536
@@ -31,34 +27,6 @@ LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 class JSONRefused(ValueError):
     """Bytes that are not strict JSON within the bounds."""
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it is known to be over `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large(limit)
-    return bytes(body)
-
-
-def too_large(limit: int) -> Problem:
-    return Problem(413, "Body too large", f"(body): larger than {limit} bytes")
-
-
-def json_body(body: bytes) -> Any:
-    """A request body's strict JSON, or 400 naming the reason."""
-    try:
-        return parse_json(body)
-    except JSONRefused as exc:
-        reason = str(exc)
-        raise Problem(
-            400, "Body is not JSON", f"(body): {reason}", [{"field": "(body)", "reason": reason}]
-        ) from None
 
 
 def parse_json(data: bytes) -> Any:

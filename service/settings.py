@@ -1,4 +1,4 @@
-"""Settings, read once from the environment and `.env` (names as in DESIGN.md)."""
+"""Settings, read once from the environment and `.env` (names as in the README's table)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.auth import GOOGLE_CERTS_URL
 from service.errors import ConfigError
 
 PROJECT_FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 
 class MLAuth(StrEnum):

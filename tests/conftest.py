@@ -37,7 +37,7 @@ from service.dev.emulator import (  # noqa: E402
     find_emulator,
     find_firestore_emulator,
 )
-from service.flow import Flow, load_flow, load_flows  # noqa: E402
+from service.engine.flow import Flow, load_flow, load_flows  # noqa: E402
 from service.messages import SEED_PAYLOAD  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.support.identity import Identity, metadata_server  # noqa: E402

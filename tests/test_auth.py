@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from service.api.inbound_auth import AuthRefused, GoogleCertificates, TokenAuth
 from service.app import create_app
-from service.auth import AuthRefused, GoogleCertificates, TokenAuth
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import SERVICE_ACCOUNT, Identity, certs_server

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

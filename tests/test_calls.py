@@ -1,4 +1,4 @@
-"""The ML calls' HTTP path (service.outbound.AiohttpSender) against a real server on loopback."""
+"""The ML calls' HTTP path (engine.outbound.AiohttpSender) against a real loopback server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from service.outbound import MAX_ANSWER_BYTES, AiohttpSender, NoAnswer, http_clients
+from service.engine.outbound import MAX_ANSWER_BYTES, AiohttpSender, NoAnswer, http_clients
 from tests.support.servers import serve
 
 seen: list[dict[str, object]] = []

@@ -14,6 +14,9 @@ import pytest
 from tests.support.servers import serve
 from tests.support.standins import StandIns
 
+# Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 MERMAID = ROOT / "tests" / "support" / "mermaid"
 URLS = {
@@ -84,10 +87,10 @@ def test_mermaid_parser_refuses_broken_text() -> None:
     assert mermaid_parse('flowchart LR\n  a["unclosed --> b\n').returncode == 1
 
 
-def test_the_readme_shows_the_default_flow_as_graph_prints_it(tmp_path: Path) -> None:
+def test_the_flows_page_shows_the_default_flow_as_graph_prints_it(tmp_path: Path) -> None:
     result = cli("graph", "ml-orchestration", cwd=tmp_path)
-    readme = (ROOT / "README.md").read_text()
-    assert f"```mermaid\n{result.stdout}```" in readme
+    page = (ROOT / "docs" / "flows.md").read_text()
+    assert f"```mermaid\n{result.stdout}```" in page
 
 
 def test_graph_of_an_unknown_flow_is_an_error(tmp_path: Path) -> None:

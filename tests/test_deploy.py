@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.firestore import HEAD_FIELDS
+from service.backends.firestore import HEAD_FIELDS
+
+# Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKEBIN = ROOT / "tests" / "support" / "fakebin"

@@ -15,6 +15,9 @@ import pytest
 
 from service.dev.emulator import free_port
 
+# Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from service.expressions import (
+from service.engine.expressions import (
     ExpressionError,
     Names,
     Path,

@@ -20,19 +20,20 @@ from typing import Any
 import httpx
 import pytest
 
+from service.api.inbound_auth import AuthRefused, GoogleCertificates
 from service.app import create_app
-from service.auth import AuthRefused, GoogleCertificates
-from service.delivery import ResultDelivery
+from service.backends.firestore import FirestoreStore
+from service.backends.pubsub import PubSubTransport
+from service.backends.store import ExecutionQuery, ExecutionStore, MemoryStore, page_token
 from service.dev.emulator import Emulator, EmulatorAdmin
+from service.engine.outbound import NoAnswer, http_clients
+from service.engine.outbound_auth import GoogleIdTokens
+from service.engine.runner import MAX_FOR_EACH_ITEMS
 from service.errors import BrokerUnavailable, DeliveryFailed, StoreUnavailable
-from service.firestore import FirestoreStore
-from service.messages import Execution, ExecutionStatus, StepResult, StepStatus
-from service.outbound import NoAnswer, http_clients
-from service.pubsub import PubSubTransport
-from service.runner import MAX_FOR_EACH_ITEMS
-from service.store import ExecutionQuery, ExecutionStore, MemoryStore, page_token
-from service.targets import WebhookTargets
-from service.tokens import GoogleIdTokens
+from service.execution import Execution, ExecutionStatus, StepResult, StepStatus
+from service.messages import RequestMessage
+from service.worker.delivery import ResultDelivery
+from service.worker.targets import WebhookTargets
 from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.faults import Mode, proxy, trickling_server
@@ -360,7 +361,7 @@ def test_an_execution_holding_a_step_the_flow_lost_fails_at_once_and_is_acked(ho
         if how == "resumed":  # its instance crashed mid-run; the lease ran out
             execution.status = ExecutionStatus.RUNNING
             asyncio.run(store.claim(execution, "crashed", lease_s=0.001))
-            data = execution.request().model_dump_json().encode()
+            data = RequestMessage.of(execution).model_dump_json().encode()
         else:
             asyncio.run(store.save(execution, delivered=True))
             assert client.post(f"/executions/{execution.execution_id}/redrive").status_code == 202

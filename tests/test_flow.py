@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.engine.flow import load_flow, load_flows
 from service.errors import FlowError
-from service.flow import load_flow, load_flows
 
 PROJECT_FLOWS = Path(__file__).resolve().parent.parent / "flows"
 ENV = {

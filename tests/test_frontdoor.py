@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from service.api.problems import MEDIA_TYPE
 from service.app import create_app
 from service.messages import SEED_PAYLOAD
-from service.problems import MEDIA_TYPE
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.servers import serve

@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 
 import httpx
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,9 @@ from service.app import create_app
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.servers import serve
+
+# Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
+pytestmark = pytest.mark.slow
 
 EXAMPLES_PER_OPERATION = 80
 

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from service.api.frontdoor import orchestrate
+from service.api.hotpaths import HotPaths
+from service.api.problems import MEDIA_TYPE
+from service.api.push import push
 from service.app import create_app
-from service.frontdoor import orchestrate
-from service.hotpaths import HotPaths
 from service.messages import SEED_PAYLOAD
-from service.problems import MEDIA_TYPE
-from service.push import push
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.servers import serve

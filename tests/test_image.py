@@ -9,10 +9,15 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from service.dev.emulator import free_port
 from tests.support.servers import serve
 from tests.support.service import ServiceProcess
 from tests.support.standins import StandIns
+
+# Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 import uuid
 from collections import Counter
@@ -19,8 +20,8 @@ import pytest
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.messages import Execution, ExecutionStatus
-from service.store import MemoryStore
+from service.backends.store import MemoryStore
+from service.execution import Execution, ExecutionStatus
 from tests.conftest import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import Identity, certs_server
@@ -241,7 +242,7 @@ def live() -> Iterator[Live]:
 
 
 def test_a_running_execution_is_cancelled_within_two_seconds(live: Live) -> None:
-    live.functions.delay_s = 10
+    held = live.functions.gates["/create-user-embeddings"] = threading.Event()
     execution_id = live.start()
     user = live.get(execution_id)["input"]["user_id"]
     deadline = time.monotonic() + 10
@@ -267,6 +268,7 @@ def test_a_running_execution_is_cancelled_within_two_seconds(live: Live) -> None
     assert again.json()["errors"] == [
         {"field": "status", "reason": "the execution has ended (cancelled)"}
     ]
+    held.set()  # the abandoned call's handler may end now
 
 
 def test_a_queued_execution_is_cancelled_at_once_and_delivered_when_its_message_arrives() -> None:
@@ -382,7 +384,7 @@ def test_bulk_re_drive_is_bounded_by_its_limit(kind: str, request: pytest.Fixtur
         if kind == "memory":
             return memory
         request.getfixturevalue("firestore_emulator")
-        from service.firestore import FirestoreStore
+        from service.backends.firestore import FirestoreStore
 
         return FirestoreStore(project, "executions", timedelta(days=1))
 

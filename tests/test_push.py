@@ -1,4 +1,4 @@
-"""POST /pubsub/push: the ack/nack table of DESIGN.md, against real loopback servers."""
+"""POST /pubsub/push: the ack/nack table (docs/api.md), against real loopback servers."""
 
 from __future__ import annotations
 

@@ -17,14 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from service.app import build
-from service.calls import MLCaller
+from service.backends.store import ClaimState, MemoryStore
+from service.engine.calls import MLCaller
+from service.engine.outbound_auth import NoTokens
 from service.errors import StoreRefused, StoreUnavailable
-from service.messages import Execution, ExecutionStatus, PushEnvelope, StepResult, StepStatus
+from service.execution import Execution, ExecutionStatus, StepResult, StepStatus
+from service.messages import PushEnvelope
 from service.metrics import Metrics
-from service.push import PushHandler
 from service.retry import RetryPolicy
-from service.store import ClaimState, MemoryStore
-from service.tokens import NoTokens
+from service.worker.handler import PushHandler
 from tests.conftest import make_settings, project_flows
 from tests.support.fakes import FaultyStore, RecordingTransport
 from tests.support.functions import HttpxSender

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.messages import ExecutionStatus, StepStatus
+from service.execution import ExecutionStatus, StepStatus
 from tests.support.functions import Functions, flow_from, run
 
 DIAMOND = """
@@ -276,7 +276,7 @@ async def test_an_answer_over_the_size_limit_fails_the_step_without_retries(
     tmp_path: Path,
 ) -> None:
     """What a function answers is kept in the document, so it is bounded (MAX_ANSWER_BYTES)."""
-    from service.outbound import MAX_ANSWER_BYTES
+    from service.engine.outbound import MAX_ANSWER_BYTES
 
     async def huge(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"x" * (MAX_ANSWER_BYTES + 1))

@@ -12,10 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.errors import StoreRefused
-from service.firestore import HEAD_FIELDS, FirestoreStore
-from service.messages import Execution, ExecutionStatus, StepResult, StepStatus
-from service.store import (
+from service.backends.firestore import HEAD_FIELDS, FirestoreStore
+from service.backends.store import (
     Claim,
     ClaimState,
     Conflict,
@@ -25,6 +23,8 @@ from service.store import (
     PageTokenInvalid,
     sort_key,
 )
+from service.errors import StoreRefused
+from service.execution import Execution, ExecutionStatus, StepResult, StepStatus
 
 LEASE_S = 30.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from service.tokens import GoogleIdTokens, NoTokens
+from service.engine.outbound_auth import GoogleIdTokens, NoTokens
 from tests.support.identity import Identity
 
 

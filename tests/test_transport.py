@@ -8,11 +8,12 @@ import json
 import time
 
 import httpx
+import pytest
 
 from service.app import create_app
+from service.backends.transport import InProcessTransport
 from service.messages import PushEnvelope
 from service.retry import RetryPolicy
-from service.transport import InProcessTransport
 from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.servers import serve
 from tests.support.standins import StandIns, WebhookReceiver
@@ -63,6 +64,7 @@ async def test_messages_of_topics_nobody_subscribes_are_kept() -> None:
     assert list(transport.published["results"]) == [(b"doc", {"status": "succeeded"})]
 
 
+@pytest.mark.slow  # the demo stack, end to end
 def test_a_flow_runs_end_to_end_on_the_in_process_transport() -> None:
     """POST /orchestrate → in-process push → stand-ins → signed webhook, and a nack is retried."""
     functions = StandIns()

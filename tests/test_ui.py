@@ -23,6 +23,9 @@ from tests.conftest import WEBHOOK_SECRET, full_seed, make_settings, project_flo
 from tests.support.servers import serve
 from tests.support.standins import StandIns, WebhookReceiver
 
+# Drives Debian's chromium: the full tier only (`./scripts/test.sh`).
+pytestmark = pytest.mark.browser
+
 HOSTILE = '<script>window.pwned = true</script><img src=x onerror="window.pwned = true">'
 
 

@@ -13,7 +13,7 @@ import httpx
 from bench.processes import Process
 from bench.run import PROJECT, SEED, TOPIC, Bench
 from service.dev.emulator import EmulatorAdmin
-from service.messages import TERMINAL
+from service.execution import TERMINAL
 
 ENDED = {status.value for status in TERMINAL}  # not queued (the front door's record), nor running
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from service.backends.store import Claim, MemoryStore
+from service.backends.transport import Deliver
 from service.errors import BrokerUnavailable
-from service.messages import Execution, StepResult
-from service.store import Claim, MemoryStore
-from service.transport import Deliver
+from service.execution import Execution, StepResult
 
 
 class RecordingTransport:

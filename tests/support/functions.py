@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 
-from service.calls import MLCaller
-from service.flow import Flow, load_flow
-from service.messages import Execution, ExecutionStatus
-from service.outbound import Answer, NoAnswer, encode_json, read_bounded
-from service.runner import FlowRunner
-from service.tokens import NoTokens
+from service.engine.calls import MLCaller
+from service.engine.flow import Flow, load_flow
+from service.engine.outbound import Answer, NoAnswer, encode_json, read_bounded
+from service.engine.outbound_auth import NoTokens
+from service.engine.runner import FlowRunner
+from service.execution import Execution, ExecutionStatus
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
@@ -59,7 +59,7 @@ class Functions:
 class HttpxSender:
     """The engine's Sender over an httpx client, so that tests can use httpx.MockTransport.
 
-    Production sends with service.outbound.AiohttpSender (tests/test_calls.py, loopback).
+    Production sends with service.engine.outbound.AiohttpSender (tests/test_calls.py, loopback).
     """
 
     def __init__(self, client: httpx.AsyncClient) -> None:

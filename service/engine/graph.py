@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service.expressions import Template, source_of, templates_in
-from service.flow import Flow, Step
+from service.engine.expressions import Template, source_of, templates_in
+from service.engine.flow import Flow, Step
 
 
 def mermaid(flow: Flow) -> str:

@@ -25,14 +25,15 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import google.auth.exceptions
 import grpc
 from google.api_core import exceptions as google_exceptions
 from google.pubsub_v1 import PublisherAsyncClient
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
 from google.pubsub_v1.types import PublishRequest
 
+from service.backends.transport import MAX_MESSAGE_BYTES, Deliver
 from service.errors import BrokerUnavailable
-from service.transport import MAX_MESSAGE_BYTES, Deliver
 
 PUBLISH_TIMEOUT_S = 10.0
 CHECK_TIMEOUT_S = 5.0
@@ -147,7 +148,10 @@ class PubSubTransport:
                 transport = PublisherGrpcAsyncIOTransport(channel=channel)
                 self._client = PublisherAsyncClient(transport=transport)
             else:
-                self._client = PublisherAsyncClient()  # Application Default Credentials
+                try:  # Application Default Credentials: the metadata server on Cloud Run
+                    self._client = PublisherAsyncClient()
+                except google.auth.exceptions.DefaultCredentialsError as exc:
+                    raise BrokerUnavailable(f"no Google credentials for Pub/Sub: {exc}") from None
         return self._client
 
     def _path(self, topic: str) -> str:

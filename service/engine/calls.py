@@ -1,4 +1,4 @@
-"""Calls to ML functions: an ID token, a Sender (service.outbound), retries where they can help."""
+"""Calls to ML functions: an ID token, a Sender (engine.outbound), retries where they can help."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
-from service.flow import Step
+from service.engine.flow import Step
+from service.engine.outbound import NoAnswer, Sender
+from service.engine.outbound_auth import TokenProvider
 from service.limits import JSONRefused, parse_json
 from service.metrics import Metrics
-from service.outbound import NoAnswer, Sender
 from service.retry import Attempt, RetryBudget, parse_retry_after, with_retries
 from service.telemetry import Tracing, outgoing_headers
-from service.tokens import TokenProvider
 
 log = structlog.get_logger(__name__)
 

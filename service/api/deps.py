@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 if TYPE_CHECKING:
-    from service.auth import OperatorAccess, TokenAuth
-    from service.flow import Flow
+    from service.api.inbound_auth import OperatorAccess, TokenAuth
+    from service.backends.store import ExecutionStore
+    from service.backends.transport import Transport
+    from service.engine.flow import Flow
     from service.metrics import Metrics
-    from service.push import PushHandler
     from service.settings import Settings
-    from service.store import ExecutionStore
-    from service.targets import WebhookTargets
     from service.telemetry import Tracing
-    from service.transport import Transport
+    from service.worker.handler import PushHandler
+    from service.worker.targets import WebhookTargets
 
 
 @dataclass(frozen=True, slots=True)

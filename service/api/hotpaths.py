@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.problems import Problem
+from service.api.problems import Problem
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

@@ -1,6 +1,6 @@
 """Transports: where messages are published, and how requests reach the push handler.
 
-`PubSubTransport` (service/pubsub.py) publishes to Google Pub/Sub (or its
+`PubSubTransport` (service/backends/pubsub.py) publishes to Google Pub/Sub (or its
 emulator, through PUBSUB_EMULATOR_HOST); Pub/Sub then pushes requests to POST /pubsub/push.
 `InProcessTransport` needs no cloud: a request published to the orchestration
 topic is handed to the same push handler, with the same ack/nack rules (a
@@ -18,7 +18,8 @@ from typing import Protocol
 
 import structlog
 
-from service.messages import PushEnvelope, PushMessage, now
+from service.execution import now
+from service.messages import PushEnvelope, PushMessage
 from service.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)

@@ -59,9 +59,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from service.errors import StoreRefused, StoreUnavailable
-from service.messages import Execution, ExecutionStatus, ExecutionSummary, StepResult
-from service.store import (
+from service.backends.store import (
     Claim,
     ClaimState,
     ExecutionQuery,
@@ -69,10 +67,12 @@ from service.store import (
     cancel_wins,
     cancelled,
     claimed,
+    may_redrive,
     page_key,
     page_token,
-    redriven,
 )
+from service.errors import StoreRefused, StoreUnavailable
+from service.execution import Execution, ExecutionStatus, ExecutionSummary, StepResult
 
 CLAIM_ATTEMPTS = 10
 STORE_TIMEOUT_S = 10.0
@@ -296,7 +296,8 @@ class FirestoreStore:
                 return None
             data = snapshot.to_dict() or {}
             before = await self._execution(execution_id, data)
-            after = redriven(before, bool(data.get("delivered")))
+            may_redrive(before, bool(data.get("delivered")))
+            after = before.redriven()
             fields, parts = self._document(after)
             await self._write_parts(execution_id, parts)  # kept outputs: already written
             transaction.set(reference, {**fields, "delivered": False})

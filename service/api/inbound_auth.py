@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 from google.auth import jwt
 
-GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 CLOCK_SKEW_S = 10
 MIN_REFETCH_INTERVAL_S = 30.0
@@ -42,7 +41,7 @@ class GoogleCertificates:
     def __init__(
         self,
         client: httpx.AsyncClient,
-        url: str = GOOGLE_CERTS_URL,
+        url: str,
         timeout_s: float = CERTS_TIMEOUT_S,
     ) -> None:
         self._client = client

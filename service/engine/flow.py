@@ -23,14 +23,14 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from service.errors import FlowError
-from service.expressions import (
+from service.engine.expressions import (
     ExpressionError,
     Names,
     Template,
     UnsetEnvironment,
     compile_value,
 )
+from service.errors import FlowError
 from service.retry import RetryPolicy
 
 FLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")

@@ -17,13 +17,13 @@ import structlog
 from opentelemetry.trace import SpanKind, StatusCode
 from standardwebhooks.webhooks import Webhook
 
+from service.backends.transport import MAX_MESSAGE_BYTES, Transport
 from service.errors import DeliveryFailed, WebhookTargetRefused
-from service.messages import Execution, ExecutionResult, now
+from service.execution import Execution, ExecutionResult, now
 from service.metrics import Metrics
 from service.retry import Attempt, RetryPolicy, parse_retry_after, with_retries
-from service.targets import Target, WebhookTargets
 from service.telemetry import Tracing, outgoing_headers
-from service.transport import MAX_MESSAGE_BYTES, Transport
+from service.worker.targets import Target, WebhookTargets
 
 log = structlog.get_logger(__name__)
 

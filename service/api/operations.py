@@ -8,38 +8,28 @@ token of ADMIN_EMAILS in production, closed (403 naming the setting) otherwise.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable
+from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.auth import AuthRefused
-from service.deps import Components, ComponentsDep, components_of
+from service.api.bodies import json_body, json_body_read_here, read_body
+from service.api.deps import Components, ComponentsDep, components_of
+from service.api.frontdoor import ExecutionId, publish
+from service.api.inbound_auth import AuthRefused
+from service.api.problems import RETRY_AFTER_S, Problem, documented, invalid, unknown_execution
+from service.backends.store import Conflict, ExecutionQuery, PageTokenInvalid
+from service.engine.graph import described
 from service.errors import StoreUnavailable
-from service.frontdoor import ExecutionId, publish
-from service.graph import described
-from service.limits import MAX_OPERATOR_BODY_BYTES, json_body, read_body
-from service.messages import (
-    REDRIVABLE,
-    Execution,
-    ExecutionStatus,
-    ExecutionSummary,
-    Moment,
-    field_errors,
-    inline_schema,
-)
+from service.execution import REDRIVABLE, Execution, ExecutionStatus, ExecutionSummary, Moment
+from service.limits import MAX_OPERATOR_BODY_BYTES
+from service.messages import RequestMessage, field_errors, inline_schema
 from service.metrics import CONTENT_TYPE
-from service.problems import (
-    RETRY_AFTER_S,
-    Problem,
-    documented,
-    invalid,
-    unknown_execution,
-)
-from service.store import Conflict, ExecutionQuery, PageTokenInvalid
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 MAX_LIST_LIMIT = 1000
 # Re-drives of one bulk call in flight at once (each a store transaction and a publish).
@@ -169,20 +159,18 @@ class BulkRedriven(BaseModel):
     execution_ids: list[str]
 
 
+# An action on one execution: accepted, or unknown, or refused by its status.
+_ON_ONE: dict[str, Any] = {"status_code": 202, "responses": {**_UNKNOWN, **_CONFLICT}}
+
+
 @router.post(
     "/executions/{execution_id}/cancel",
-    status_code=202,
     response_model=Cancelling,
     summary="Cancel a queued or running execution; its result is delivered as `cancelled`",
-    responses={**_UNKNOWN, **_CONFLICT},
+    **_ON_ONE,
 )
 async def cancel(execution_id: ExecutionId, parts: ComponentsDep) -> Cancelling:
-    try:
-        before = await parts.store.cancel(execution_id)
-    except Conflict as exc:
-        raise _conflict(exc) from None
-    if before is None:
-        raise unknown_execution(execution_id)
+    before = await _on_one(parts.store.cancel(execution_id), execution_id)
     log.info("cancel asked by an operator", execution_id=execution_id, was=before)
     done = before == ExecutionStatus.QUEUED
     return Cancelling(execution_id=execution_id, status="cancelled" if done else "cancelling")
@@ -190,18 +178,12 @@ async def cancel(execution_id: ExecutionId, parts: ComponentsDep) -> Cancelling:
 
 @router.post(
     "/executions/{execution_id}/redrive",
-    status_code=202,
     response_model=Redriven,
     summary="Run an ended failed, partial or cancelled execution again (what succeeded is kept)",
-    responses={**_UNKNOWN, **_CONFLICT},
+    **_ON_ONE,
 )
 async def redrive(execution_id: ExecutionId, request: Request, parts: ComponentsDep) -> Redriven:
-    try:
-        execution = await _redrive(parts, execution_id)
-    except Conflict as exc:
-        raise _conflict(exc) from None
-    if execution is None:
-        raise unknown_execution(execution_id)
+    execution = await _on_one(_redrive(parts, execution_id), execution_id)
     status_url = f"{request.base_url}executions/{execution.execution_id}"
     return Redriven(execution_id=execution.execution_id, run=execution.run, status_url=status_url)
 
@@ -211,12 +193,7 @@ async def redrive(execution_id: ExecutionId, request: Request, parts: Components
     status_code=202,
     response_model=BulkRedriven,
     summary="Run again every ended execution that matches (newest first, at most `limit`)",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": inline_schema(BulkRedrive)}},
-        }
-    },
+    openapi_extra=json_body_read_here(inline_schema(BulkRedrive)),
     responses={
         400: documented("body is not strict JSON"),
         413: documented(f"body larger than {MAX_OPERATOR_BODY_BYTES} bytes"),
@@ -284,12 +261,23 @@ async def _redrive(parts: Components, execution_id: str) -> Execution | None:
         return None
     before, after = changed
     try:
-        await publish(parts, after.request(), "not re-driven", after.run)
+        await publish(parts, RequestMessage.of(after), "not re-driven", after.run)
     except Problem:
         await parts.store.save(before, delivered=True)  # as it was: it can be re-driven again
         raise
     log.info("re-driven", execution_id=after.execution_id, run=after.run)
     return after
+
+
+async def _on_one(action: Awaitable[T | None], execution_id: str) -> T:
+    """What an operator's action on one execution gave: 409 on Conflict, 404 for None."""
+    try:
+        done = await action
+    except Conflict as exc:
+        raise _conflict(exc) from None
+    if done is None:
+        raise unknown_execution(execution_id)
+    return done
 
 
 def _conflict(exc: Conflict) -> Problem:

@@ -19,7 +19,7 @@ arrives while the run ends wins when its outcome is saved (`cancel_wins`), so a
 cancel answered `cancelling` always ends `cancelled`; `redrive` queues the next run
 of an ended execution, keeping what succeeded.
 
-`MemoryStore` serves one instance; `FirestoreStore` (service/firestore.py)
+`MemoryStore` serves one instance; `FirestoreStore` (service/backends/firestore.py)
 shares executions across instances.
 """
 
@@ -38,7 +38,7 @@ from typing import Protocol
 
 import structlog
 
-from service.messages import (
+from service.execution import (
     CANCELLABLE,
     CANCELLED_BY_OPERATOR,
     REDRIVABLE,
@@ -119,13 +119,15 @@ def cancel_wins(execution: Execution, cancel_requested: bool) -> None:
         execution.status, execution.error = ExecutionStatus.CANCELLED, CANCELLED_BY_OPERATOR
 
 
-def redriven(execution: Execution, delivered: bool) -> Execution:
-    """The next run of `execution`; Conflict unless it ended failed, partial or cancelled."""
+def may_redrive(execution: Execution, delivered: bool) -> None:
+    """Conflict unless `execution` ended failed, partial or cancelled and went out.
+
+    What the next run keeps is the model's rule: `Execution.redriven`.
+    """
     if execution.status not in REDRIVABLE:
         raise Conflict(execution.status, f"a {execution.status.value} execution is not re-driven")
     if not delivered:
         raise Conflict(execution.status, "its result is still being delivered")
-    return execution.redriven()
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +223,8 @@ class ExecutionStore(Protocol):
         """Ids of running executions whose cancellation was asked."""
 
     async def redrive(self, execution_id: str) -> tuple[Execution, Execution] | None:
-        """Store the next run (see `redriven`) as queued: (before, after); None if unknown."""
+        """Store the next run (`may_redrive`, then `Execution.redriven`) as queued:
+        (before, after); None if unknown."""
 
     async def close(self) -> None: ...
 
@@ -337,7 +340,8 @@ class MemoryStore:
             if entry is None:
                 return None
             before = entry.execution
-            after = redriven(before, entry.delivered)
+            may_redrive(before, entry.delivered)
+            after = before.redriven()
             self._entries[execution_id] = _Entry(after)
             return before, after
 

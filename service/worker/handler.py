@@ -1,4 +1,4 @@
-"""Push handling: one delivered request message in, one ack or nack out.
+"""The worker's rules: one pushed request message in, one ack or nack out.
 
 The flow runs inside the push request and the answer goes out when the
 execution has ended (Cloud Run throttles the CPU once a response is sent).
@@ -30,13 +30,12 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Request, Response
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from service.auth import AuthRefused
-from service.delivery import ResultDelivery
-from service.deps import components_of
+from service.backends.store import Claim, ClaimState, ExecutionStore
+from service.engine.flow import Flow
+from service.engine.runner import FlowRunner
 from service.errors import (
     BrokerUnavailable,
     DeliveryFailed,
@@ -47,25 +46,12 @@ from service.errors import (
     StoreRefused,
     StoreUnavailable,
 )
-from service.flow import Flow
-from service.limits import MAX_PUSH_BYTES, JSONRefused, parse_json, read_body
-from service.messages import (
-    TERMINAL,
-    Execution,
-    ExecutionRequest,
-    ExecutionStatus,
-    PushEnvelope,
-    RequestMessage,
-    StepResult,
-    describe,
-    field_errors,
-    inline_schema,
-)
+from service.execution import TERMINAL, Execution, ExecutionStatus, StepResult
+from service.limits import JSONRefused, parse_json
+from service.messages import ExecutionRequest, PushEnvelope, RequestMessage, describe, field_errors
 from service.metrics import Metrics
-from service.problems import Problem
-from service.runner import FlowRunner
-from service.store import Claim, ClaimState, ExecutionStore
 from service.telemetry import Tracing, within
+from service.worker.delivery import ResultDelivery
 
 log = structlog.get_logger(__name__)
 
@@ -413,47 +399,3 @@ def _describe(exc: BaseException) -> str:
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, OrchestratorError) and exc.retryable
-
-
-router = APIRouter()
-
-
-@router.post(
-    "/pubsub/push",
-    status_code=ACK,
-    summary="Pub/Sub push endpoint: runs the execution, then acks (204) or nacks",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": inline_schema(PushEnvelope)}},
-        }
-    },
-    responses={
-        401: {"description": "missing or invalid push token"},
-        403: {"description": "token of another service account"},
-        409: {"description": "the execution is running now: redeliver later"},
-        503: {"description": "retryable failure: redeliver later"},
-    },
-)
-async def push(request: Request) -> Response:
-    parts = components_of(request)  # not a dependency: this is the hot path
-    if parts.push_auth is not None:
-        try:
-            await parts.push_auth.verify(request.headers.get("authorization"))
-        except AuthRefused as exc:
-            log.warning("push refused", reason=str(exc), status_code=exc.status)
-            return Response(status_code=exc.status)
-    try:
-        body = await read_body(request, MAX_PUSH_BYTES)
-        envelope = PushEnvelope.model_validate_json(body)
-    except (Problem, ValidationError) as exc:
-        # Nothing can make this body valid later: ack it rather than have it pushed forever.
-        await parts.push.reject(RejectedMessage(f"push envelope: {_reason(exc)}"), None)
-        return Response(status_code=ACK)
-    return Response(status_code=await parts.push.handle(envelope))
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return describe(field_errors(exc))
-    return str(exc)

@@ -12,21 +12,14 @@ from fastapi.responses import JSONResponse
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from service.deps import Components, ComponentsDep, components_of
+from service.api.bodies import json_body, json_body_read_here, read_body
+from service.api.deps import Components, ComponentsDep, components_of
+from service.api.problems import Problem, documented, invalid, unavailable, unknown_execution
+from service.backends.store import ExecutionStore
 from service.errors import BrokerUnavailable, OrchestratorError, WebhookTargetRefused
-from service.limits import MAX_REQUEST_BYTES, json_body, read_body
-from service.messages import (
-    EXECUTION_ID,
-    Accepted,
-    Execution,
-    ExecutionStatus,
-    OrchestrateRequest,
-    RequestMessage,
-    field_errors,
-    now,
-)
-from service.problems import Problem, documented, invalid, unavailable, unknown_execution
-from service.store import ExecutionStore
+from service.execution import EXECUTION_ID, Execution, ExecutionStatus, now
+from service.limits import MAX_REQUEST_BYTES
+from service.messages import Accepted, OrchestrateRequest, RequestMessage, field_errors
 from service.telemetry import message_attributes
 
 log = structlog.get_logger(__name__)
@@ -49,10 +42,7 @@ ExecutionId = Annotated[str, Path(pattern=EXECUTION_ID, description="the executi
     response_model=Accepted,
     summary="Accept a request and publish it for execution",
     openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": OrchestrateRequest.model_json_schema()}},
-        },
+        **json_body_read_here(OrchestrateRequest.model_json_schema()),
         "parameters": [
             {
                 "name": "Idempotency-Key",

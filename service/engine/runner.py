@@ -27,11 +27,11 @@ from typing import Any
 import structlog
 from opentelemetry.trace import StatusCode
 
-from service.calls import CallResult, MLCaller
+from service.engine.calls import CallResult, MLCaller
+from service.engine.expressions import ITERATION_BUDGET, EvaluationError, render_value
+from service.engine.flow import Flow, Step
 from service.errors import StoreRefused
-from service.expressions import ITERATION_BUDGET, EvaluationError, render_value
-from service.flow import Flow, Step
-from service.messages import (
+from service.execution import (
     CANCELLED_BY_OPERATOR,
     MAX_ERROR_CHARS,
     Execution,
