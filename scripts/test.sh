@@ -3,10 +3,16 @@
 # which starts the Pub/Sub and Firestore emulators itself, runs shellcheck and
 # Mermaid's parser on the scripts and flows, and drives the dashboard in Debian's
 # chromium (installed here with apt when missing). Extra arguments go to pytest.
+#   --fast   ruff and the unit tests only (not emulator, browser or slow): the inner loop
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib/venv.sh
 . "$(dirname "$0")/lib/venv.sh"
 enter_project "$0" "${1:-}"
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    .venv/bin/ruff check service tests bench
+    exec .venv/bin/pytest -n 4 -m "not emulator and not browser and not slow" "$@"
+fi
 # Mermaid's own parser checks `python -m service graph` (tests/test_cli.py).
 if [ ! -d tests/support/mermaid/node_modules ]; then
     if command -v npm >/dev/null 2>&1; then

@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
+from service.app import create_app
+from service.dev.emulator import Emulator, EmulatorAdmin
 from service.errors import ConfigError
 from service.settings import Settings, available_cpus
+from tests.support.servers import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 URLS = {
@@ -126,6 +131,7 @@ def run_service(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProc
     )
 
 
+@pytest.mark.slow  # starts the service as its own process
 def test_start_up_stops_with_one_line_for_a_missing_url(tmp_path: Path) -> None:
     env = dict(URLS)
     del env["DEFAULT_MATCH_CANDIDATO_URL"]
@@ -136,6 +142,7 @@ def test_start_up_stops_with_one_line_for_a_missing_url(tmp_path: Path) -> None:
     assert "step 'match_candidato'" in result.stderr
 
 
+@pytest.mark.slow  # starts the service as its own process
 def test_start_up_stops_with_one_line_for_an_invalid_flow(tmp_path: Path) -> None:
     flows = tmp_path / "flows"
     flows.mkdir()
@@ -146,6 +153,7 @@ def test_start_up_stops_with_one_line_for_an_invalid_flow(tmp_path: Path) -> Non
     assert result.stderr.count("\n") == 1
 
 
+@pytest.mark.slow  # starts the service as its own process
 def test_start_up_stops_for_an_unknown_default_flow(tmp_path: Path) -> None:
     result = run_service({**URLS, "DEFAULT_FLOW": "nope"}, tmp_path)
     assert result.returncode == 2
@@ -169,3 +177,37 @@ def test_every_setting_is_in_the_readme_and_the_templates() -> None:
     ):
         text = (root / file).read_text()
         assert sorted(name for name in expected if name not in text) == [], file
+
+
+@pytest.mark.emulator
+def test_the_emulator_set_only_in_dotenv_is_the_one_the_clients_use(
+    environment: pytest.MonkeyPatch, emulator: Emulator
+) -> None:
+    """Before: Settings chose Pub/Sub from `.env`, the client went to real Pub/Sub: 500."""
+    environment.delenv("FIRESTORE_EMULATOR_HOST", raising=False)
+    project = f"dotenv-{uuid.uuid4().hex[:8]}"
+    Path(".env").write_text(
+        f"PUBSUB_EMULATOR_HOST={emulator.host}\nGOOGLE_CLOUD_PROJECT={project}\nML_AUTH=none\n"
+        + "".join(f"{name}={url}\n" for name, url in URLS.items())
+    )
+    EmulatorAdmin(emulator.host, project).topic("ml-orchestration-requests")
+    with serve(create_app(Settings.load())) as url:
+        ready = httpx.get(f"{url}/ready")
+        accepted = httpx.post(f"{url}/orchestrate", json={"user_id": "u", "session_id": "s"})
+    assert ready.status_code == 200, ready.text
+    assert accepted.status_code == 202, accepted.text
+
+
+def test_no_google_credentials_is_a_503_naming_them(environment: pytest.MonkeyPatch) -> None:
+    """Real Pub/Sub chosen, no credentials to reach it: 503 with the reason, never a 500."""
+    environment.setenv("GOOGLE_CLOUD_PROJECT", "p")
+    environment.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
+    environment.setenv("ML_AUTH", "none")
+    for name, value in URLS.items():
+        environment.setenv(name, value)
+    with serve(create_app(Settings.load())) as url:
+        ready = httpx.get(f"{url}/ready")
+        refused = httpx.post(f"{url}/orchestrate", json={"user_id": "u", "session_id": "s"})
+    for response in (ready, refused):
+        assert response.status_code == 503, response.text
+        assert "no Google credentials" in response.json()["detail"]
