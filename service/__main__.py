@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import uuid
 from typing import Any
@@ -46,8 +45,8 @@ def serve(settings: Settings, flows: dict[str, Flow]) -> int:
     app: Any = create_app(settings, flows) if workers == 1 else "service.main:app"
     uvicorn.run(
         app,
-        host=os.environ.get("HOST", "0.0.0.0"),
-        port=int(os.environ.get("PORT", "8080")),
+        host=settings.host,
+        port=settings.port,
         workers=workers,
         access_log=False,
         log_config=None,

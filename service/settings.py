@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     ml_max_concurrency_per_host: int = Field(100, ge=1, le=10_000)
     log_format: LogFormat = LogFormat.JSON
     web_concurrency: int | None = Field(None, ge=1, le=64)
+    host: str = "0.0.0.0"  # where `python -m service` listens
+    port: int = Field(8080, ge=1, le=65535)
 
     @field_validator("webhook_secret")
     @classmethod

@@ -169,6 +169,8 @@ def test_every_setting_is_in_the_readme_and_the_templates() -> None:
         "FIRESTORE_EMULATOR_HOST",
         "FLOWS_DIR",
         "PUSH_AUTH_CERTS_URL",
+        "HOST",
+        "PORT",  # Cloud Run sets it and refuses it in a service's settings
     }
     for file, expected in (
         ("README.md", names),

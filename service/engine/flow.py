@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import graphlib
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -147,9 +146,11 @@ class Flow:
         return {**defaults, **data}
 
 
-def load_flows(directory: Path, env: Mapping[str, str] | None = None) -> dict[str, Flow]:
-    """Every `*.yaml` / `*.yml` flow of a directory, by name (the file's stem)."""
-    env = os.environ if env is None else env
+def load_flows(directory: Path, env: Mapping[str, str]) -> dict[str, Flow]:
+    """Every `*.yaml` / `*.yml` flow of a directory, by name (the file's stem).
+
+    `env` is what `${env.NAME}` reads: Settings.flow_env() in the service.
+    """
     if not directory.is_dir():
         raise FlowError(str(directory), "FLOWS_DIR is not a directory")
     files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
