@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.backends.firestore import HEAD_FIELDS
+from service.backends.firestore_layout import HEAD_FIELDS
 
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.slow

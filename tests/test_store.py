@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.backends.firestore import HEAD_FIELDS, FirestoreStore
+from service.backends.firestore import FirestoreStore
+from service.backends.firestore_layout import HEAD_FIELDS
 from service.backends.store import (
     Claim,
     ClaimState,

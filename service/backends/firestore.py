@@ -1,27 +1,7 @@
 """The execution store shared by every instance, on Firestore.
 
-One head document per execution, always far under Firestore's 1 MiB:
-
-    executions/{id}
-        flow, status, requested_at, started_at,     the summary: what `list` queries
-        finished_at, duration_ms, error             and reads (a projection)
-        input, steps.NAME, result                   "slots": JSON text of the input, of
-                                                    each step's outcome and of the flow's
-                                                    result, inline up to INLINE_BYTES,
-                                                    else a pointer {parts, digest}
-        webhook_url                                 kept for re-drives
-        owner, lease_until, delivered,              the lease, and whether the result
-        cancel_requested, updated_at, expire_at     went out; an operator's cancel
-    executions/{id}/execution-parts/{slot}.{digest}.{n}
-                                                    a larger slot in chunks of PART_BYTES,
-                                                    named by its content, written before
-                                                    the pointer to them (so never torn)
-
-Slots are JSON text, not Firestore maps: a map costs an index entry per leaf (a
-400-item answer passes Firestore's 40,000 per document), nests at most 20 deep, and
-counts against the 1 MiB with every parallel step's answer. Measured by
-bench/storage.py: a 3 MB answer could not be stored before; now it is 4 part
-documents and one pointer.
+Each execution is one head document, its larger slots in part documents
+(service/backends/firestore_layout.py has the picture and the sizes).
 
 A claim is a transaction: it creates the head, or starts a `queued` one, or
 takes over one whose lease has expired, or reports it running or finished.
@@ -33,23 +13,16 @@ field by field (`steps.NAME`), so parallel steps never overwrite each other.
 (infra/setup.sh). `emulator_host` (else FIRESTORE_EMULATOR_HOST) points the client
 at the emulator.
 
-Every call answers within `timeout_s` (STORE_TIMEOUT_S): the client's own retries
-of an unreachable Firestore last minutes, and a transaction cut short awaits its
-rollback, so a call runs as a task that is left behind, cancelled, when its time is
-up. Errors: InvalidArgument is StoreRefused (no retry can fix it); anything else,
-a timeout or a transaction the client gave up (contention, or a rollback that failed
-after the real error) is StoreUnavailable, but for a claim, where contention means
-that other deliveries are claiming it now.
+Every call answers within `timeout_s`, its errors as the store's
+(service/backends/firestore_calls.py); a claim given up for contention means that
+other deliveries are claiming it now.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
-import json
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,6 +32,18 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from service.backends.firestore_calls import STORE_TIMEOUT_S, Contended, bounded
+from service.backends.firestore_layout import (
+    INLINE_BYTES,
+    PARTS_COLLECTION,
+    PARTS_TTL_MARGIN,
+    SUMMARY_FIELDS,
+    Parts,
+    batches,
+    from_json,
+    slot,
+    to_json,
+)
 from service.backends.store import (
     Claim,
     ClaimState,
@@ -71,29 +56,11 @@ from service.backends.store import (
     page_key,
     page_token,
 )
-from service.errors import StoreRefused, StoreUnavailable
+from service.errors import StoreUnavailable
 from service.execution import Execution, ExecutionStatus, ExecutionSummary, StepResult
 
 CLAIM_ATTEMPTS = 10
-STORE_TIMEOUT_S = 10.0
-# Each slot inline up to this; with at most MAX_FLOW_STEPS (50) steps a head stays < 1 MiB.
-INLINE_BYTES = 16 * 1024
-PART_BYTES = 900_000  # a part document's data, under the 1 MiB document limit
-# Parts per commit: Firestore takes 10 MiB a request, its emulator's gRPC server 4 MiB
-# (a larger commit is refused with 429 "gRPC message exceeds maximum size").
-COMMIT_BYTES = 3_000_000
-PARTS_TTL_MARGIN = timedelta(hours=1)  # parts outlive the head's last write
-# A collection group of its own name, for its TTL policy and index exemption (infra/).
-PARTS_COLLECTION = "execution-parts"
 REMEMBERED_PARTS = 1000
-SUMMARY_FIELDS = tuple(name for name in ExecutionSummary.model_fields if name != "execution_id")
-# Everything else a head holds; infra/setup.sh exempts from indexing all but what is queried.
-HEAD_FIELDS = (
-    *SUMMARY_FIELDS,
-    *("input", "steps", "result", "webhook_url", "owner", "lease_until", "delivered"),
-    *("cancel_requested", "updated_at", "expire_at"),
-)
-Parts = dict[str, bytes]
 
 
 class FirestoreStore:
@@ -165,7 +132,7 @@ class FirestoreStore:
         try:
             transaction = self._client.transaction(max_attempts=CLAIM_ATTEMPTS)
             state, data = await self._call(claim_in(transaction))
-        except _Contended:
+        except Contended:
             return Claim(ClaimState.RUNNING)  # other deliveries are claiming it now
         if state == ClaimState.RUNNING:
             return Claim(state)
@@ -308,6 +275,9 @@ class FirestoreStore:
     async def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
 
+    async def _call(self, awaitable: Awaitable[Any]) -> Any:
+        return await bounded(awaitable, self._timeout_s)
+
     async def _transact(self, function: Any) -> Any:
         """Run a transactional function; Conflict passes through, contention is unavailable."""
         return await self._call(function(self._client.transaction()))
@@ -321,23 +291,16 @@ class FirestoreStore:
             "updated_at": now,
             "expire_at": now + self._ttl,
         }
-        fields["input"], parts = self._slot("input", _json(execution.input))
+        fields["input"], parts = self._slot("input", to_json(execution.input))
         fields["steps"] = {}
         for name, result in execution.steps.items():
             fields["steps"][name], more = self._slot(f"step.{name}", result.model_dump_json())
             parts |= more
-        fields["result"], more = self._slot("result", _json(execution.result))
+        fields["result"], more = self._slot("result", to_json(execution.result))
         return fields, parts | more
 
     def _slot(self, name: str, text: str) -> tuple[Any, Parts]:
-        """A slot's value in the head (its text, or a pointer) and the parts to write first."""
-        data = text.encode()
-        if len(data) <= self._inline_bytes:
-            return text, {}
-        digest = hashlib.blake2b(data, digest_size=12).hexdigest()
-        chunks = range(0, len(data), PART_BYTES)
-        parts = {f"{name}.{digest}.{n}": data[at : at + PART_BYTES] for n, at in enumerate(chunks)}
-        return {"parts": len(parts), "digest": digest}, parts
+        return slot(name, text, self._inline_bytes)
 
     async def _write_parts(self, execution_id: str, parts: Parts) -> None:
         todo = {k: data for k, data in parts.items() if (execution_id, k) not in self._written}
@@ -345,7 +308,7 @@ class FirestoreStore:
             return
         folder = self._collection.document(execution_id).collection(PARTS_COLLECTION)
         expire_at = datetime.now(UTC) + self._ttl + PARTS_TTL_MARGIN
-        for batch_keys in _batches(todo):
+        for batch_keys in batches(todo):
             batch = self._client.batch()
             for key in batch_keys:
                 batch.set(folder.document(key), {"data": todo[key], "expire_at": expire_at})
@@ -387,60 +350,13 @@ class FirestoreStore:
             {
                 **summary,
                 "execution_id": execution_id,
-                "input": _parse(slots["input"]),
+                "input": from_json(slots["input"]),
                 "steps": steps,
-                "result": _parse(slots["result"]),
+                "result": from_json(slots["result"]),
             }
         )
         execution.webhook_url = data.get("webhook_url")
         return execution
-
-    async def _call(self, awaitable: Awaitable[Any]) -> Any:
-        """Await a call of the client within `timeout_s`, its errors as the store's."""
-        call = asyncio.ensure_future(awaitable)
-        try:
-            await asyncio.wait({call}, timeout=self._timeout_s)
-        finally:
-            if not call.done():  # timed out, or its caller was cancelled
-                call.cancel()
-                _LEFT_BEHIND.add(call)
-                call.add_done_callback(_forget)
-        if not call.done():
-            raise StoreUnavailable(f"execution store: no answer in {self._timeout_s:g} s")
-        try:
-            return call.result()
-        except Exception as exc:
-            raise _store_error(exc) from exc
-
-
-class _Contended(StoreUnavailable):
-    """Firestore gave up a transaction that others kept changing the document under."""
-
-
-# Calls cut short, still winding down (a transaction's rollback): kept until they end.
-_LEFT_BEHIND: set[asyncio.Future[Any]] = set()
-
-
-def _forget(call: asyncio.Future[Any]) -> None:
-    _LEFT_BEHIND.discard(call)
-    if not call.cancelled():
-        call.exception()  # retrieved: what it raised no longer matters to anyone
-
-
-def _store_error(exc: Exception) -> Exception:
-    """What a failed client call means to the store's callers (the module's docstring)."""
-    if isinstance(exc, google_exceptions.InvalidArgument):
-        return StoreRefused(f"execution store: {exc}")
-    if isinstance(exc, google_exceptions.GoogleAPIError):
-        return StoreUnavailable(f"execution store: {exc}")
-    if isinstance(exc, ValueError):  # a transaction the client gave up, or its rollback
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, google_exceptions.Aborted):
-            return _Contended(f"execution store: {exc}")
-        if isinstance(cause, Exception):
-            return _store_error(cause)
-        return StoreUnavailable(f"execution store: {exc}")
-    return exc  # ours (a Conflict, say), or a bug: as it is
 
 
 async def _read_all(client: Any, references: list[Any]) -> dict[str, bytes]:
@@ -449,24 +365,3 @@ async def _read_all(client: Any, references: list[Any]) -> dict[str, bytes]:
         async for snapshot in client.get_all(references)
         if snapshot.exists
     }
-
-
-def _batches(parts: Parts) -> Iterator[list[str]]:
-    batch: list[str] = []
-    size = 0
-    for key, data in parts.items():
-        if batch and size + len(data) > COMMIT_BYTES:
-            yield batch
-            batch, size = [], 0
-        batch.append(key)
-        size += len(data)
-    if batch:
-        yield batch
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _parse(text: str) -> Any:
-    return json.loads(text)

@@ -1,0 +1,86 @@
+"""How an execution is laid out in Firestore: a head document and, for large slots, parts.
+
+One head document per execution, always far under Firestore's 1 MiB:
+
+    executions/{id}
+        flow, status, requested_at, started_at,     the summary: what `list` queries
+        finished_at, duration_ms, error             and reads (a projection)
+        input, steps.NAME, result                   "slots": JSON text of the input, of
+                                                    each step's outcome and of the flow's
+                                                    result, inline up to INLINE_BYTES,
+                                                    else a pointer {parts, digest}
+        webhook_url                                 kept for re-drives
+        owner, lease_until, delivered,              the lease, and whether the result
+        cancel_requested, updated_at, expire_at     went out; an operator's cancel
+    executions/{id}/execution-parts/{slot}.{digest}.{n}
+                                                    a larger slot in chunks of PART_BYTES,
+                                                    named by its content, written before
+                                                    the pointer to them (so never torn)
+
+Slots are JSON text, not Firestore maps: a map costs an index entry per leaf (a
+400-item answer passes Firestore's 40,000 per document), nests at most 20 deep, and
+counts against the 1 MiB with every parallel step's answer. Measured by
+bench/storage.py: a 3 MB answer could not be stored before; now it is 4 part
+documents and one pointer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from service.execution import ExecutionSummary
+
+# Each slot inline up to this; with at most MAX_FLOW_STEPS (50) steps a head stays < 1 MiB.
+INLINE_BYTES = 16 * 1024
+PART_BYTES = 900_000  # a part document's data, under the 1 MiB document limit
+# Parts per commit: Firestore takes 10 MiB a request, its emulator's gRPC server 4 MiB
+# (a larger commit is refused with 429 "gRPC message exceeds maximum size").
+COMMIT_BYTES = 3_000_000
+PARTS_TTL_MARGIN = timedelta(hours=1)  # parts outlive the head's last write
+# A collection group of its own name, for its TTL policy and index exemption (infra/).
+PARTS_COLLECTION = "execution-parts"
+SUMMARY_FIELDS = tuple(name for name in ExecutionSummary.model_fields if name != "execution_id")
+# Everything else a head holds; infra/setup.sh exempts from indexing all but what is queried.
+HEAD_FIELDS = (
+    *SUMMARY_FIELDS,
+    *("input", "steps", "result", "webhook_url", "owner", "lease_until", "delivered"),
+    *("cancel_requested", "updated_at", "expire_at"),
+)
+Parts = dict[str, bytes]
+
+
+def slot(name: str, text: str, inline_bytes: int = INLINE_BYTES) -> tuple[Any, Parts]:
+    """A slot's value in the head (its text, or a pointer) and the parts to write first."""
+    data = text.encode()
+    if len(data) <= inline_bytes:
+        return text, {}
+    digest = hashlib.blake2b(data, digest_size=12).hexdigest()
+    chunks = range(0, len(data), PART_BYTES)
+    parts = {f"{name}.{digest}.{n}": data[at : at + PART_BYTES] for n, at in enumerate(chunks)}
+    return {"parts": len(parts), "digest": digest}, parts
+
+
+def batches(parts: Parts) -> Iterator[list[str]]:
+    """Part keys in groups of at most COMMIT_BYTES: one commit each."""
+    batch: list[str] = []
+    size = 0
+    for key, data in parts.items():
+        if batch and size + len(data) > COMMIT_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(key)
+        size += len(data)
+    if batch:
+        yield batch
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def from_json(text: str) -> Any:
+    return json.loads(text)
