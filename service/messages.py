@@ -5,12 +5,15 @@ The execution document they carry is the execution model's (service/execution.py
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.errors import RejectedMessage
 from service.execution import (
     EXECUTION_ID,
     Execution,
@@ -19,6 +22,7 @@ from service.execution import (
     in_utc,
     now,
 )
+from service.limits import JSONRefused, parse_json
 
 # The original guide's test payload (its test_payload.json): the API's example.
 SEED_PAYLOAD: dict[str, Any] = {
@@ -131,6 +135,30 @@ class PushEnvelope(BaseModel):
     message: PushMessage
     subscription: str | None = None
     delivery_attempt: int | None = Field(None, alias="deliveryAttempt")
+
+    def request(self) -> ExecutionRequest:
+        """The request message inside, strictly decoded, its defaults filled in;
+        RejectedMessage naming the field when no redelivery can make it valid.
+
+        A direct producer may leave out `execution_id` (the message id, stable across
+        redeliveries, stands for it) and `requested_at` (the publish time).
+        """
+        try:
+            raw = base64.b64decode(self.message.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise RejectedMessage("message.data: not valid base64") from None
+        try:
+            payload = parse_json(raw)
+        except JSONRefused as exc:
+            raise RejectedMessage(f"message.data: {exc}") from None
+        try:
+            message = RequestMessage.model_validate(payload)
+        except ValidationError as exc:
+            raise RejectedMessage(describe(field_errors(exc, "message.data"))) from None
+        try:
+            return message.resolve(self.message.message_id, self.message.publish_time)
+        except ValueError as exc:
+            raise RejectedMessage(f"message.data.{exc}") from None
 
 
 class Accepted(BaseModel):

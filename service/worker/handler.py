@@ -20,8 +20,6 @@ or the execution, whose result is delivered.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import os
 import socket
@@ -47,8 +45,7 @@ from service.errors import (
     StoreUnavailable,
 )
 from service.execution import TERMINAL, Execution, ExecutionStatus, StepResult
-from service.limits import JSONRefused, parse_json
-from service.messages import ExecutionRequest, PushEnvelope, RequestMessage, describe, field_errors
+from service.messages import ExecutionRequest, PushEnvelope, describe, field_errors
 from service.metrics import Metrics
 from service.telemetry import Tracing, within
 from service.worker.delivery import ResultDelivery
@@ -129,7 +126,7 @@ class PushHandler:
                 log.warning("delivery nacked", reason="the instance is stopping", retryable=True)
                 return NACK_RETRY
             try:
-                message = decode(envelope)
+                message = envelope.request()
             except RejectedMessage as exc:
                 return await self._rejected(exc, message_id, attributes.get("flow"), last)
             structlog.contextvars.bind_contextvars(
@@ -366,30 +363,6 @@ class PushHandler:
     async def _ended(self, execution_id: str) -> bool:
         stored = await self._store.get(execution_id)
         return stored is not None and stored.status in TERMINAL
-
-
-def decode(envelope: PushEnvelope) -> ExecutionRequest:
-    """The request message inside a push envelope, strictly decoded, its defaults filled in.
-
-    A direct producer may leave out `execution_id` (the message id, stable across
-    redeliveries, stands for it) and `requested_at` (the publish time).
-    """
-    try:
-        raw = base64.b64decode(envelope.message.data, validate=True)
-    except (binascii.Error, ValueError):
-        raise RejectedMessage("message.data: not valid base64") from None
-    try:
-        payload = parse_json(raw)
-    except JSONRefused as exc:
-        raise RejectedMessage(f"message.data: {exc}") from None
-    try:
-        message = RequestMessage.model_validate(payload)
-    except ValidationError as exc:
-        raise RejectedMessage(describe(field_errors(exc, "message.data"))) from None
-    try:
-        return message.resolve(envelope.message.message_id, envelope.message.publish_time)
-    except ValueError as exc:
-        raise RejectedMessage(f"message.data.{exc}") from None
 
 
 def _describe(exc: BaseException) -> str:
