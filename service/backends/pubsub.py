@@ -68,8 +68,8 @@ class Batch:
 
     def withdraw(self, future: asyncio.Future[str]) -> bool:
         """Take `future`'s message out unless the request went: whether it was taken out."""
-        if self.sent or future not in self.futures:
-            return False
+        if self.sent or future.done() or future not in self.futures:
+            return False  # on its way, or already answered (failed unsent, say)
         index = self.futures.index(future)
         del self.raw.messages[index]
         del self.futures[index]
