@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.handler import FULL, cpu_per_execution
 from bench.processes import ROOT, Process
-from service.dev.demo import FUNCTIONS
+from service.dev.standins import FUNCTIONS
 from service.engine.expressions import render_value
 from service.engine.flow import Flow, load_flow
 from service.logs import configure_logging

@@ -1,5 +1,6 @@
-"""Stand-in ML functions for benchmarks: a fixed latency and almost no CPU (aiohttp.web),
-so that what is measured is the orchestrator, not the stand-in.
+"""The stand-ins' answers (service/dev/standins.py) served by aiohttp.web with a fixed
+latency and almost no CPU, so that what a benchmark measures is the orchestrator, not
+the stand-in (the FastAPI stand-ins record every call, for the tests).
 
     python bench/functions.py            (PORT, DELAY_MS, VACANCIES from the environment)
 """
@@ -12,22 +13,20 @@ import os
 
 from aiohttp import web
 
+from service.dev.standins import answer
+
 DELAY_S = float(os.environ.get("DELAY_MS", "50")) / 1000
 COUNT = int(os.environ.get("VACANCIES", "3"))
-# Ranked, as the real matching answers: scores from 1 down.
-VACANCIES = [
-    {"vacancy_id": f"vac-{n}", "score": round(1 - n / (COUNT + 1), 3)} for n in range(1, COUNT + 1)
-]
-ANSWERS = {
-    "/match-candidato": json.dumps({"vacancies": VACANCIES}).encode(),
-}
-DEFAULT = b'{"ok": true}'
+# The one answer that does not depend on the call's body, made once.
+MATCHED = json.dumps(answer("/match-candidato", {}, COUNT)).encode()
 
 
 async def function(request: web.Request) -> web.Response:
-    await request.read()
+    body = await request.json()
     await asyncio.sleep(DELAY_S)
-    return web.Response(body=ANSWERS.get(request.path, DEFAULT), content_type="application/json")
+    path = request.path
+    data = MATCHED if path == "/match-candidato" else json.dumps(answer(path, body)).encode()
+    return web.Response(body=data, content_type="application/json")
 
 
 async def health(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from bench.processes import ROOT
 from service.app import build
 from service.backends.store import MemoryStore
 from service.backends.transport import InProcessTransport
-from service.dev.demo import FUNCTIONS
+from service.dev.standins import FUNCTIONS
 from service.engine.flow import load_flows
 from service.engine.outbound import http_clients
 from service.messages import SEED_PAYLOAD, PushEnvelope, PushMessage

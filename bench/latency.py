@@ -23,8 +23,8 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from service.app import create_app
-from service.dev.demo import FUNCTIONS, create_demo_app
 from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator, free_port
+from service.dev.standins import FUNCTIONS, StandIns
 from service.engine.flow import load_flows
 from service.messages import SEED_PAYLOAD
 from service.settings import PROJECT_FLOWS_DIR, Settings
@@ -80,7 +80,7 @@ async def measure(runs: int, delay_ms: float, emulator: Emulator | None) -> list
     app = create_app(settings, load_flows(PROJECT_FLOWS_DIR, env))
     latencies = []
     async with (
-        served(create_demo_app(delay_ms, vacancies=3), demo_port),
+        served(StandIns(delay_s=delay_ms / 1000).app(), demo_port),
         served(receiver, hook_port),
         served(app, port) as url,
         httpx.AsyncClient(base_url=url) as client,

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.processes import ROOT, Process
-from service.dev.demo import FUNCTIONS
 from service.dev.emulator import Emulator
+from service.dev.standins import FUNCTIONS
 from service.messages import SEED_PAYLOAD
 
 SEED = SEED_PAYLOAD

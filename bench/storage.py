@@ -36,8 +36,8 @@ from service.app import build
 from service.backends.firestore import FirestoreStore
 from service.backends.store import ExecutionStore, MemoryStore
 from service.backends.transport import InProcessTransport
-from service.dev.demo import FUNCTIONS
 from service.dev.emulator import Emulator, find_firestore_emulator, free_port
+from service.dev.standins import FUNCTIONS
 from service.engine.flow import load_flows
 from service.engine.outbound import http_clients
 from service.execution import Execution, ExecutionStatus

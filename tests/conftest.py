@@ -31,12 +31,12 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from service.dev.demo import FUNCTIONS  # noqa: E402
 from service.dev.emulator import (  # noqa: E402
     Emulator,
     find_emulator,
     find_firestore_emulator,
 )
+from service.dev.standins import FUNCTIONS  # noqa: E402
 from service.engine.flow import Flow, load_flow, load_flows  # noqa: E402
 from service.messages import SEED_PAYLOAD  # noqa: E402
 from service.settings import Settings  # noqa: E402

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from service.dev.standins import StandIns
 from tests.support.servers import serve
-from tests.support.standins import StandIns
 
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.slow

@@ -24,10 +24,10 @@ import httpx
 import pytest
 
 from service.dev.emulator import Emulator, EmulatorAdmin, free_port
+from service.dev.standins import StandIns, WebhookReceiver
 from tests.conftest import WEBHOOK_SECRET
 from tests.support.servers import serve
 from tests.support.service import ServiceProcess
-from tests.support.standins import StandIns, WebhookReceiver
 
 pytestmark = pytest.mark.emulator
 

@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from service.dev.emulator import Emulator, EmulatorAdmin, free_port
+from service.dev.standins import StandIns, WebhookReceiver
 from tests.conftest import WEBHOOK_SECRET
 from tests.support.identity import Identity
 from tests.support.servers import serve
 from tests.support.service import ServiceProcess
-from tests.support.standins import StandIns, WebhookReceiver
 
 pytestmark = pytest.mark.emulator
 
@@ -84,7 +84,7 @@ def deployment(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
     project = f"e2e-{uuid.uuid4().hex[:8]}"
-    functions = StandIns(delay_s=0.1, identity=identity)
+    functions = StandIns(delay_s=0.1, verify=identity.verify)
     webhook = WebhookReceiver(WEBHOOK_SECRET)
     port = free_port()
     log = tmp_path_factory.mktemp("service") / "service.log"

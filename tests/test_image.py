@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from service.dev.emulator import free_port
+from service.dev.standins import StandIns
 from tests.support.servers import serve
 from tests.support.service import ServiceProcess
-from tests.support.standins import StandIns
 
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.slow

@@ -21,12 +21,12 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.backends.store import MemoryStore
+from service.dev.standins import StandIns, WebhookReceiver
 from service.execution import Execution, ExecutionStatus
 from tests.conftest import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import Identity, certs_server
 from tests.support.servers import serve
-from tests.support.standins import StandIns, WebhookReceiver
 
 FLOWS = project_flows()
 SERVICE_URL = "https://orchestrator.example"

@@ -19,9 +19,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from service.app import create_app
+from service.dev.standins import StandIns, WebhookReceiver
 from tests.conftest import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 from tests.support.servers import serve
-from tests.support.standins import StandIns, WebhookReceiver
 
 # Drives Debian's chromium: the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.browser

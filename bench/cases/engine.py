@@ -19,7 +19,7 @@ import aiohttp
 from bench.load import in_flight
 from bench.processes import Process
 from bench.run import FULL, Bench
-from service.dev.demo import FUNCTIONS
+from service.dev.standins import FUNCTIONS
 
 
 async def run(bench: Bench, functions: Process) -> None:

@@ -12,7 +12,7 @@ from bench.cases.engine import pusher
 from bench.load import in_flight
 from bench.processes import Process
 from bench.run import Bench
-from service.dev.demo import FUNCTIONS
+from service.dev.standins import FUNCTIONS
 
 
 async def run(bench: Bench, functions: Process) -> None:

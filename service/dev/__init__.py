@@ -1,1 +1,2 @@
-"""Local development: demo ML functions, the Pub/Sub emulator, and `python -m service.dev`."""
+"""Local development: the stand-ins (ML functions, a webhook receiver), the Pub/Sub
+emulator, and `python -m service.dev`."""

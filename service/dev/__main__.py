@@ -1,8 +1,9 @@
-"""`python -m service.dev`: the orchestrator with demo ML functions, on this machine.
+"""`python -m service.dev`: the orchestrator with the stand-in ML functions, on this machine.
 
-Starts the demo functions and webhook receiver, the Pub/Sub emulator if it is
-installed (else the embedded in-process transport), and the service; prints a
-curl to paste. Ctrl-C stops everything.
+Starts the stand-ins (service/dev/standins.py: the ML functions, each waiting
+DEMO_DELAY_MS, and a webhook receiver that prints each result), the Pub/Sub emulator
+if it is installed (else the embedded in-process transport), and the service; prints
+a curl to paste. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import sys
 import uvicorn
 
 from service.app import create_app, load_checked_flows
-from service.dev.demo import FUNCTIONS, create_demo_app
 from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator
+from service.dev.standins import FUNCTIONS, StandIns, WebhookReceiver
 from service.errors import ConfigError
 from service.settings import Settings
 
@@ -36,14 +37,14 @@ CURL = f"""curl -s -X POST http://127.0.0.1:{PORT}/orchestrate \\
 
 
 def configure_environment(emulator_host: str | None) -> str:
-    """Point the service at the demo functions; returns the webhook secret."""
+    """Point the service at the stand-ins; returns the webhook secret."""
     demo = f"http://127.0.0.1:{DEMO_PORT}"
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     values = {name: demo + path for name, path in FUNCTIONS.items()}
     values |= {
         "ML_AUTH": "none",
         "WEBHOOK_SECRET": secret,
-        "DEFAULT_WEBHOOK_URL": f"{demo}/webhook",
+        "DEFAULT_WEBHOOK_URL": f"{demo}/hook",
         "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
         "PUBLIC_URL": f"http://127.0.0.1:{PORT}",
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "console"),
@@ -74,7 +75,9 @@ async def serve(emulator: Emulator | None) -> None:
     servers = [
         uvicorn.Server(
             uvicorn.Config(
-                create_demo_app(delay, vacancies, secret),
+                StandIns(delay_s=delay / 1000, vacancies=vacancies).app(
+                    WebhookReceiver(secret, echo=True)
+                ),
                 host="127.0.0.1",
                 port=DEMO_PORT,
                 log_level="warning",
@@ -104,7 +107,7 @@ async def serve(emulator: Emulator | None) -> None:
 def announce(emulator: Emulator | None, delay: float) -> None:
     transport = f"Pub/Sub emulator at {emulator.host}" if emulator else "in-process transport"
     print(
-        f"\nML Orchestrator on http://127.0.0.1:{PORT} ({transport}); demo ML functions "
+        f"\nML Orchestrator on http://127.0.0.1:{PORT} ({transport}); stand-in ML functions "
         f"({delay:g} ms each) and webhook receiver on http://127.0.0.1:{DEMO_PORT}.\n"
         f"Dashboard: http://127.0.0.1:{PORT}/ui/  API docs: http://127.0.0.1:{PORT}/docs.\n"
         f"Start a flow:\n\n{CURL}\n",

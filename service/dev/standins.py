@@ -1,0 +1,177 @@
+"""The stand-ins: ML functions that answer like the real ones, and a webhook receiver.
+
+One set for the local stack (`python -m service.dev`), the tests and the benchmarks:
+real HTTP apps that record what they get. The functions wait `delay_s`, answer a
+plausible body (`answer`), may be scripted to fail (`script`), held (`gates`) or made
+to check ID tokens (`verify`). The receiver verifies Standard Webhooks signatures and,
+for a person watching the local stack, prints each result (`echo`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+# The default flow's settings and the paths the stand-ins answer on.
+FUNCTIONS = {
+    "DEFAULT_CREATE_USER_EMBEDDINGS_URL": "/create-user-embeddings",
+    "DEFAULT_PROFESSION_ORCHESTRATOR_URL": "/profession-orchestrator",
+    "DEFAULT_MATCH_CANDIDATO_URL": "/match-candidato",
+    "DEFAULT_MATCH_ANALYSIS_USER_VACANCY_URL": "/match-analysis-user-vacancy",
+}
+
+
+def answer(path: str, body: Any, vacancies: int = 3) -> dict[str, Any]:
+    """What the function at `path` answers to `body`."""
+    if path == "/match-candidato":
+        # Ranked, as the real one: v1 scores 0.9, v2 0.8, ... (0 from v10 on).
+        ranked = [
+            {"vacancy_id": f"v{n}", "score": round(max(0.0, 1 - n / 10), 2)}
+            for n in range(1, vacancies + 1)
+        ]
+        return {"vacancies": ranked}
+    if path == "/match-analysis-user-vacancy":
+        return {"vacancy_id": body["vacancy_id"], "fit": 0.8}
+    return {"user_id": body["user_id"], "ok": True}
+
+
+@dataclass
+class Call:
+    path: str
+    body: Any
+    audience: str | None
+    traceparent: str | None = None
+
+
+# Checks an ID token for an audience: its claims, or ValueError (google-auth's way).
+Verify = Callable[[str, str], dict[str, Any]]
+
+
+@dataclass
+class StandIns:
+    """ML functions that wait `delay_s`, answer like the real ones and record each call.
+
+    `script[path]` holds statuses to answer next (then 200). With `verify`, a call must
+    carry an ID token whose audience is the called URL, else 401. `padding[path]` adds
+    that many bytes to each answer of `path`, `extra[path]` fields. A call to a path in
+    `gates` answers once its event is set.
+    """
+
+    delay_s: float = 0.0
+    vacancies: int = 3
+    padding: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verify: Verify | None = None
+    script: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    gates: dict[str, threading.Event] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def env(self, base_url: str) -> dict[str, str]:
+        return {name: base_url + path for name, path in FUNCTIONS.items()}
+
+    def called(self, path: str) -> list[Call]:
+        with self._lock:
+            return [call for call in self.calls if call.path == path]
+
+    def app(self, webhook: WebhookReceiver | None = None) -> FastAPI:
+        """The functions at `/{name}`; with `webhook`, its receiver at `/hook` too."""
+        app = FastAPI(title="Stand-in ML functions")
+        if webhook is not None:
+            app.add_api_route("/hook", webhook.receive, methods=["POST"])
+
+        @app.post("/{name}")
+        async def function(name: str, request: Request) -> Response:
+            path = f"/{name}"
+            body = await request.json()
+            audience = None
+            if self.verify is not None:
+                token = request.headers.get("authorization", "").removeprefix("Bearer ")
+                url = str(request.url).split("?")[0]
+                try:
+                    audience = self.verify(token, url)["aud"]
+                except ValueError as exc:
+                    return Response(f"bad token: {exc}", status_code=401)
+            with self._lock:
+                self.calls.append(Call(path, body, audience, request.headers.get("traceparent")))
+                status = self.script[path].pop(0) if self.script[path] else 200
+            await asyncio.sleep(self.delay_s)
+            if path in self.gates:
+                await asyncio.to_thread(self.gates[path].wait, 30)
+            if status != 200:
+                return Response(f"scripted {status}", status_code=status)
+            return Response(json.dumps(self.answer(path, body)), media_type="application/json")
+
+        return app
+
+    def answer(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answered = answer(path, body, self.vacancies)
+        if path in self.padding:
+            answered["padding"] = "p" * self.padding[path]
+        return answered | self.extra.get(path, {})
+
+
+@dataclass
+class Delivery:
+    headers: dict[str, str]
+    body: str
+    verified: bool
+
+
+@dataclass
+class WebhookReceiver:
+    """Records webhook deliveries at `/hook`, verifying each with the standardwebhooks
+    library when it has the secret; with `echo`, prints each result for a person."""
+
+    secret: str | None
+    script: list[int] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    echo: bool = False
+
+    def app(self) -> FastAPI:
+        app = FastAPI(title="Webhook receiver")
+        app.add_api_route("/hook", self.receive, methods=["POST"])
+        return app
+
+    async def receive(self, request: Request) -> Response:
+        body = (await request.body()).decode()
+        headers = dict(request.headers)
+        verified = False
+        if self.secret is not None:
+            try:
+                Webhook(self.secret).verify(body, headers)
+                verified = True
+            except WebhookVerificationError:
+                pass
+        self.deliveries.append(Delivery(headers, body, verified))
+        if self.echo:
+            _show(json.loads(body), "signature verified" if verified else "NOT verified")
+        status = self.script.pop(0) if self.script else 204
+        return Response(status_code=status)
+
+    def documents(self) -> list[dict[str, Any]]:
+        return [json.loads(delivery.body) for delivery in self.deliveries]
+
+
+def _show(document: dict[str, Any], verified: str) -> None:
+    # A flow with `result:` delivers it instead of the steps (those are at status_url).
+    if "steps" in document:
+        shown = ", ".join(f"{name}={step['status']}" for name, step in document["steps"].items())
+    else:
+        shown = "result: " + ", ".join(document.get("result") or {})
+    print(
+        f"\n>>> webhook ({verified}): execution {document['execution_id']} "
+        f"{document['status']} in {document['duration_ms']} ms [{shown}]\n"
+        f"{json.dumps(document, indent=2)}\n",
+        file=sys.stderr,
+        flush=True,
+    )
