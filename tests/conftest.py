@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 
 
 def _free_port() -> int:
@@ -29,17 +28,12 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
-import yaml  # noqa: E402
 
 from service.dev.emulator import (  # noqa: E402
     Emulator,
     find_emulator,
     find_firestore_emulator,
 )
-from service.dev.standins import FUNCTIONS  # noqa: E402
-from service.engine.flow import Flow, load_flow, load_flows  # noqa: E402
-from service.messages import SEED_PAYLOAD  # noqa: E402
-from service.settings import Settings  # noqa: E402
 from tests.support.identity import Identity, metadata_server  # noqa: E402
 from tests.support.servers import serve  # noqa: E402
 
@@ -48,7 +42,6 @@ EMULATOR_MISSING = (
     "Cloud SDK's pubsub-emulator and cloud-firestore-emulator components (Java 17), or set "
     "PUBSUB_EMULATOR_BIN / FIRESTORE_EMULATOR_JAR. !!!"
 )
-WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -129,40 +122,3 @@ def metadata(identity: Identity) -> Iterator[Counter[str]]:
     app, fetches = metadata_server(identity)
     with serve(app, port=METADATA_PORT):
         yield fetches
-
-
-PROJECT_FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
-
-
-def project_flows(
-    base_url: str = "https://fn.example", whole_document: bool = False
-) -> dict[str, Flow]:
-    """The project's flows, their ML function URLs under `base_url`; with `whole_document`,
-    also the default flow without its `result:`, which delivers the whole document."""
-    env = {name: base_url + path for name, path in FUNCTIONS.items()}
-    flows = load_flows(PROJECT_FLOWS_DIR, env)
-    if not whole_document:
-        return flows
-    default = yaml.safe_load((PROJECT_FLOWS_DIR / "ml-orchestration.yaml").read_text())
-    del default["result"]
-    path = Path(tempfile.mkdtemp()) / "whole-document.yaml"
-    path.write_text(yaml.safe_dump(default))
-    return flows | {"whole-document": load_flow(path, env)}
-
-
-def full_seed(**overrides: Any) -> dict[str, Any]:
-    """The original guide's test payload with every step switched on (the whole flow runs)."""
-    return {**SEED_PAYLOAD, "create_user_embedding": True, **overrides}
-
-
-def make_settings(**overrides: Any) -> Settings:
-    """Settings for a test: nothing read from the environment's Pub/Sub or a `.env` file."""
-    values: dict[str, Any] = {
-        "google_cloud_project": None,
-        "pubsub_emulator_host": None,
-        "ml_auth": "none",
-        "log_format": "json",
-        "webhook_secret": WEBHOOK_SECRET,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)

@@ -13,20 +13,15 @@ import json
 import signal
 import threading
 import time
-import uuid
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from service.dev.emulator import Emulator, EmulatorAdmin, free_port
-from service.dev.standins import StandIns, WebhookReceiver
-from tests.conftest import WEBHOOK_SECRET
-from tests.support.servers import serve
+from service.dev.emulator import Emulator, free_port
+from service.dev.standins import StandIns
+from tests.support.deployment import Deployment, deployed
 from tests.support.service import ServiceProcess
 
 pytestmark = pytest.mark.emulator
@@ -34,88 +29,19 @@ pytestmark = pytest.mark.emulator
 LEASE_S = 4
 
 
-@dataclass
-class Stack:
-    service: ServiceProcess
-    admin: EmulatorAdmin
-    functions: StandIns
-    webhook: WebhookReceiver
-    webhook_url: str
-
-    def message(self, **input_overrides: Any) -> dict[str, Any]:
-        return {
-            "execution_id": str(uuid.uuid4()),
-            "flow": "ml-orchestration",
-            "input": {
-                "user_id": f"user-{uuid.uuid4().hex[:8]}",
-                "session_id": "s",
-                "create_user_embedding": True,
-                "process_profession_orchestrator": True,
-                "process_vacancy_orchestrator": True,
-                **input_overrides,
-            },
-            "webhook_url": self.webhook_url,
-            "requested_at": "2026-11-25T10:00:00Z",
-        }
-
-    def calls(self, user_id: str) -> Counter[str]:
-        return Counter(c.path for c in self.functions.calls if c.body["user_id"] == user_id)
-
-    def webhooks(self, execution_id: str) -> list[dict[str, Any]]:
-        """The documents delivered for `execution_id`, every run's."""
-        documents = (json.loads(d.body) for d in self.webhook.deliveries)
-        return [document for document in documents if document["execution_id"] == execution_id]
-
-    def document(self, execution_id: str) -> dict[str, Any]:
-        """The whole execution document, as GET /executions/{id} reads it from Firestore."""
-        response = httpx.get(f"{self.service.url}/executions/{execution_id}", timeout=30)
-        response.raise_for_status()
-        document: dict[str, Any] = response.json()
-        return document
-
-    def wait(self, condition: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.05)
-
-
 @pytest.fixture
-def stack(emulator: Emulator, firestore_emulator: Emulator, tmp_path: Path) -> Iterator[Stack]:
-    project = f"crash-{uuid.uuid4().hex[:8]}"
-    functions = StandIns(delay_s=0.3)
-    webhook = WebhookReceiver(WEBHOOK_SECRET)
-    port = free_port()
-    with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
-        admin = EmulatorAdmin(emulator.host, project)
-        admin.topic("requests")
-        admin.topic("results")
-        admin.pull_subscription("results-pull", "results")
-        admin.push_subscription("push", "requests", f"http://127.0.0.1:{port}/pubsub/push")
-        env = {
-            **functions.env(functions_url),
-            "PUBSUB_EMULATOR_HOST": emulator.host,
-            "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-            "GOOGLE_CLOUD_PROJECT": project,
-            "ORCHESTRATION_TOPIC": "requests",
-            "RESULT_TOPIC": "results",
-            "DEFAULT_WEBHOOK_URL": f"{webhook_url}/hook",
-            "EXECUTION_STORE": "firestore",
-            "EXECUTION_LEASE_S": str(LEASE_S),
-            "ML_AUTH": "none",
-            "WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
-            "WEB_CONCURRENCY": "2",  # as on a 2-vCPU Cloud Run instance, whatever CI has
-        }
-        service = ServiceProcess(env, port, tmp_path / "service.log")
-        service.start()
-        try:
-            yield Stack(service, admin, functions, webhook, f"{webhook_url}/hook")
-        finally:
-            service.stop()
+def stack(emulator: Emulator, firestore_emulator: Emulator, tmp_path: Path) -> Iterator[Deployment]:
+    settings = {
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
+        "EXECUTION_STORE": "firestore",
+        "EXECUTION_LEASE_S": str(LEASE_S),
+        "WEB_CONCURRENCY": "2",  # as on a 2-vCPU Cloud Run instance, whatever CI has
+    }
+    with deployed(emulator, StandIns(delay_s=0.3), tmp_path / "service.log", settings) as running:
+        yield running
 
 
-def test_fifty_publishes_of_one_execution_run_it_once(stack: Stack) -> None:
+def test_fifty_publishes_of_one_execution_run_it_once(stack: Deployment) -> None:
     message = stack.message()
     data = json.dumps(message).encode()
     for _ in range(50):
@@ -136,7 +62,7 @@ def test_fifty_publishes_of_one_execution_run_it_once(stack: Stack) -> None:
     assert len(stack.webhooks(message["execution_id"])) == 1
 
 
-def test_a_killed_instance_s_execution_resumes_after_restart(stack: Stack) -> None:
+def test_a_killed_instance_s_execution_resumes_after_restart(stack: Deployment) -> None:
     message = stack.message()
     user = message["input"]["user_id"]
     stack.admin.publish("requests", json.dumps(message).encode())
@@ -162,7 +88,7 @@ def test_a_killed_instance_s_execution_resumes_after_restart(stack: Stack) -> No
     assert after["/match-analysis-user-vacancy"] == before["/match-analysis-user-vacancy"] + 3
 
 
-def test_two_workers_serve_and_die_with_a_killed_supervisor(stack: Stack) -> None:
+def test_two_workers_serve_and_die_with_a_killed_supervisor(stack: Deployment) -> None:
     """SIGKILL gives the supervisor no chance to stop its workers: Linux does it."""
     workers = stack.service.workers()
 
@@ -178,7 +104,7 @@ def test_two_workers_serve_and_die_with_a_killed_supervisor(stack: Stack) -> Non
     stack.wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "orphans")
 
 
-def test_sigterm_never_answers_2xx_for_unfinished_work(stack: Stack) -> None:
+def test_sigterm_never_answers_2xx_for_unfinished_work(stack: Deployment) -> None:
     """Driven directly, so the push's own answer can be read."""
     stack.functions.delay_s = 20
     message = stack.message()
@@ -221,7 +147,7 @@ def large_outputs(functions: StandIns, delay_s: float) -> None:
 
 
 def test_large_outputs_and_a_400_item_for_each_are_delivered_and_read_back_whole(
-    stack: Stack,
+    stack: Deployment,
 ) -> None:
     """A 3 MB answer and 400 analyses of 4 KB: ~4.7 MB of outputs on Firestore."""
     large_outputs(stack.functions, delay_s=0.01)
@@ -257,7 +183,7 @@ def test_large_outputs_and_a_400_item_for_each_are_delivered_and_read_back_whole
 
 
 def test_a_killed_instance_resumes_large_outputs_without_calling_finished_steps(
-    stack: Stack,
+    stack: Deployment,
 ) -> None:
     large_outputs(stack.functions, delay_s=0.05)
     message = stack.message()
@@ -278,21 +204,17 @@ def test_a_killed_instance_resumes_large_outputs_without_calling_finished_steps(
     assert after["/match-analysis-user-vacancy"] == before["/match-analysis-user-vacancy"] + 400
 
 
-def test_a_direct_producer_s_message_runs_once_when_pushed_twice(stack: Stack) -> None:
+def test_a_direct_producer_s_message_runs_once_when_pushed_twice(stack: Deployment) -> None:
     """Only flow and input; the webhook fails at first, so the emulator pushes it again."""
     stack.webhook.script = [503] * 4
     message = stack.message()
     user = message["input"]["user_id"]
     direct = {"flow": "ml-orchestration", "input": message["input"]}
     message_id = stack.admin.publish("requests", json.dumps(direct).encode())
-
-    def deliveries() -> list[Any]:
-        return [d for d in stack.webhook.deliveries if d.headers["webhook-id"] == message_id]
-
-    stack.wait(lambda: len(deliveries()) >= 5, 60, "no redelivery")
-    time.sleep(2)
-    assert [json.loads(d.body)["status"] for d in deliveries()] == ["succeeded"] * 5
-    assert json.loads(deliveries()[-1].body)["execution_id"] == message_id
+    stack.wait(lambda: len(stack.deliveries(message_id)) >= 5, 60, "no redelivery")
+    time.sleep(2)  # a second run would deliver again
+    assert [json.loads(d.body)["status"] for d in stack.deliveries(message_id)] == ["succeeded"] * 5
+    assert json.loads(stack.deliveries(message_id)[-1].body)["execution_id"] == message_id
     assert stack.calls(user) == {
         "/create-user-embeddings": 1,
         "/profession-orchestrator": 1,
@@ -303,7 +225,7 @@ def test_a_direct_producer_s_message_runs_once_when_pushed_twice(stack: Stack) -
 
 @pytest.mark.parametrize(("padding", "omitted"), [(9_970_000, False), (10_200_000, True)])
 def test_a_result_at_pubsub_s_limit_is_published_whole_and_beyond_it_without_outputs(
-    stack: Stack, padding: int, omitted: bool
+    stack: Deployment, padding: int, omitted: bool
 ) -> None:
     """Answers of ~10 MB (allowed: 10 MiB) on Firestore, then at the emulator's 10 MB limit."""
     stack.functions.delay_s = 0.01
@@ -327,7 +249,9 @@ def test_a_result_at_pubsub_s_limit_is_published_whole_and_beyond_it_without_out
     assert len(whole["steps"]["profession_orchestrator"]["output"]["padding"]) == padding
 
 
-def test_a_cancel_and_a_re_drive_through_another_instance(stack: Stack, tmp_path: Path) -> None:
+def test_a_cancel_and_a_re_drive_through_another_instance(
+    stack: Deployment, tmp_path: Path
+) -> None:
     """Instance B takes the operator's calls; instance A runs the execution (Firestore)."""
     other = ServiceProcess(stack.service.env, free_port(), tmp_path / "b.log")
     other.start()
@@ -363,7 +287,7 @@ def test_a_cancel_and_a_re_drive_through_another_instance(stack: Stack, tmp_path
 
 @pytest.mark.parametrize("min_score", [None, 0.75])
 def test_the_default_flow_delivers_its_result_with_and_without_min_score(
-    stack: Stack, min_score: float | None
+    stack: Deployment, min_score: float | None
 ) -> None:
     """Stand-in vacancies score 0.9, 0.8, 0.7, 0.6: min_score 0.75 analyses the first two."""
     stack.functions.delay_s = 0.01

@@ -13,67 +13,19 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from service.dev.emulator import Emulator, EmulatorAdmin, free_port
-from service.dev.standins import StandIns, WebhookReceiver
-from tests.conftest import WEBHOOK_SECRET
+from service.dev.emulator import Emulator
+from service.dev.standins import StandIns
+from tests.support.deployment import Deployment, deployed
 from tests.support.identity import Identity
-from tests.support.servers import serve
-from tests.support.service import ServiceProcess
+from tests.support.project import WEBHOOK_SECRET
 
 pytestmark = pytest.mark.emulator
 
 REQUESTS, RESULTS = "requests", "results"
-
-
-@dataclass
-class Deployment:
-    url: str
-    admin: EmulatorAdmin
-    functions: StandIns
-    webhook: WebhookReceiver
-    webhook_url: str
-    log: Path
-
-    def seed(self, **overrides: Any) -> dict[str, Any]:
-        return {
-            "user_id": f"user-{uuid.uuid4().hex[:8]}",
-            "session_id": "session-1",
-            "create_user_embedding": True,
-            "process_profession_orchestrator": True,
-            "process_vacancy_orchestrator": True,
-            "webhook_url": self.webhook_url,
-            **overrides,
-        }
-
-    def deliveries_for(self, execution_id: str) -> list[Any]:
-        return [d for d in self.webhook.deliveries if d.headers["webhook-id"] == execution_id]
-
-    def calls_for(self, user_id: str) -> Counter[str]:
-        return Counter(
-            call.path for call in self.functions.calls if call.body["user_id"] == user_id
-        )
-
-    def wait_for_webhook(self, execution_id: str, timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while not self.deliveries_for(execution_id):
-            assert time.monotonic() < deadline, f"no webhook for {execution_id}"
-            time.sleep(0.01)
-        return json.loads(self.deliveries_for(execution_id)[0].body)
-
-    def results(self, timeout: float, until: int) -> list[dict[str, Any]]:
-        pulled: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(pulled) < until:
-            pulled += self.admin.pull("results-pull")
-            time.sleep(0.1)
-        return pulled
 
 
 @pytest.fixture(scope="module")
@@ -83,37 +35,11 @@ def deployment(
     metadata: Counter[str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
-    project = f"e2e-{uuid.uuid4().hex[:8]}"
+    """Calls carry ID tokens minted through google-auth's metadata-server path."""
     functions = StandIns(delay_s=0.1, verify=identity.verify)
-    webhook = WebhookReceiver(WEBHOOK_SECRET)
-    port = free_port()
     log = tmp_path_factory.mktemp("service") / "service.log"
-    with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
-        admin = EmulatorAdmin(emulator.host, project)
-        admin.topic(REQUESTS)
-        admin.topic(RESULTS)
-        admin.pull_subscription("results-pull", RESULTS)
-        admin.push_subscription("push", REQUESTS, f"http://127.0.0.1:{port}/pubsub/push")
-        service = ServiceProcess(
-            {
-                **functions.env(functions_url),
-                "PUBSUB_EMULATOR_HOST": emulator.host,
-                "GOOGLE_CLOUD_PROJECT": project,
-                "ORCHESTRATION_TOPIC": REQUESTS,
-                "RESULT_TOPIC": RESULTS,
-                "ML_AUTH": "id_token",
-                "WEBHOOK_SECRET": WEBHOOK_SECRET,
-                "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
-                "LOG_FORMAT": "json",
-            },
-            port,
-            log,
-        )
-        service.start()
-        try:
-            yield Deployment(service.url, admin, functions, webhook, f"{webhook_url}/hook", log)
-        finally:
-            service.stop()
+    with deployed(emulator, functions, log, {"ML_AUTH": "id_token"}) as running:
+        yield running
 
 
 def test_the_seed_request_runs_end_to_end(deployment: Deployment) -> None:
@@ -127,8 +53,8 @@ def test_the_seed_request_runs_end_to_end(deployment: Deployment) -> None:
     print(f"\n202 → webhook through the emulator: {elapsed_ms:.0f} ms (critical path 300 ms)")
 
     assert document["status"] == "succeeded", document
-    assert deployment.deliveries_for(accepted["execution_id"])[0].verified
-    assert deployment.calls_for(seed["user_id"]) == {
+    assert deployment.deliveries(accepted["execution_id"])[0].verified
+    assert deployment.calls(seed["user_id"]) == {
         "/create-user-embeddings": 1,
         "/profession-orchestrator": 1,
         "/match-candidato": 1,
@@ -167,9 +93,9 @@ def test_duplicate_publishes_of_one_execution_run_once(deployment: Deployment) -
         deployment.admin.publish(REQUESTS, data, {"execution_id": execution_id})
     deployment.wait_for_webhook(execution_id)
     time.sleep(3)  # let the emulator push every copy (and redeliver any nacked one)
-    assert len(deployment.deliveries_for(execution_id)) == 1
-    assert set(deployment.calls_for(seed["user_id"]).values()) == {1, 3}
-    assert sum(deployment.calls_for(seed["user_id"]).values()) == 6
+    assert len(deployment.deliveries(execution_id)) == 1
+    assert set(deployment.calls(seed["user_id"]).values()) == {1, 3}
+    assert sum(deployment.calls(seed["user_id"]).values()) == 6
 
 
 def test_poison_messages_are_acked_once_and_the_service_keeps_working(
@@ -193,7 +119,7 @@ def test_poison_messages_are_acked_once_and_the_service_keeps_working(
 def test_no_token_or_secret_reaches_the_logs(deployment: Deployment) -> None:
     response = httpx.post(f"{deployment.url}/orchestrate", json=deployment.seed())
     deployment.wait_for_webhook(response.json()["execution_id"])
-    text = deployment.log.read_text()
+    text = deployment.service.log.read_text()
     assert '"message": "execution finished"' in text
     assert "eyJ" not in text  # a JWT's header
     assert WEBHOOK_SECRET.removeprefix("whsec_") not in text
@@ -215,5 +141,5 @@ def test_the_producer_s_trace_crosses_pub_sub_to_every_call_and_the_webhook(
     calls = [c for c in deployment.functions.calls if c.body["user_id"] == seed["user_id"]]
     assert len(calls) == 6
     assert {(c.traceparent or "").split("-")[1] for c in calls} == {trace}
-    [delivery] = deployment.deliveries_for(execution_id)
+    [delivery] = deployment.deliveries(execution_id)
     assert delivery.headers["traceparent"].split("-")[1] == trace

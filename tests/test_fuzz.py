@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.app import create_app
-from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
+from tests.support.project import make_settings, project_flows
 from tests.support.servers import serve
 
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).

@@ -13,8 +13,8 @@ from service.api.problems import MEDIA_TYPE
 from service.api.push import push
 from service.app import create_app
 from service.messages import SEED_PAYLOAD
-from tests.conftest import make_settings, project_flows
 from tests.support.fakes import RecordingTransport
+from tests.support.project import make_settings, project_flows
 from tests.support.servers import serve
 
 

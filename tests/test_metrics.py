@@ -19,8 +19,8 @@ from service.dev.standins import StandIns, WebhookReceiver
 from service.errors import ConfigError
 from service.metrics import Metrics, metric_exporter_names, metric_exporters_from_environment
 from service.telemetry import process_resource
-from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.otlp import otlp_receiver
+from tests.support.project import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.servers import serve
 
 

@@ -23,10 +23,11 @@ from service.app import create_app
 from service.backends.store import MemoryStore
 from service.dev.standins import StandIns, WebhookReceiver
 from service.execution import Execution, ExecutionStatus
-from tests.conftest import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import Identity, certs_server
+from tests.support.project import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 from tests.support.servers import serve
+from tests.support.waits import until
 
 FLOWS = project_flows()
 SERVICE_URL = "https://orchestrator.example"
@@ -245,10 +246,7 @@ def test_a_running_execution_is_cancelled_within_two_seconds(live: Live) -> None
     held = live.functions.gates["/create-user-embeddings"] = threading.Event()
     execution_id = live.start()
     user = live.get(execution_id)["input"]["user_id"]
-    deadline = time.monotonic() + 10
-    while not live.calls(user):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    until(lambda: live.calls(user))
     asked = time.monotonic()
     response = live.client.post(f"/executions/{execution_id}/cancel")
     assert response.status_code == 202
@@ -348,10 +346,12 @@ def test_re_drive_and_cancel_answer_409_or_404_by_status(live: Live) -> None:
     assert live.client.post(f"/executions/{succeeded}/cancel").status_code == 409
     assert live.client.post(f"/executions/{unknown}/redrive").status_code == 404
     assert live.client.post(f"/executions/{unknown}/cancel").status_code == 404
-    live.functions.delay_s = 2
+    held = live.functions.gates["/create-user-embeddings"] = threading.Event()
     running = live.start()
-    time.sleep(0.3)
+    user = live.get(running)["input"]["user_id"]
+    until(lambda: live.calls(user))  # it runs: its first call is held
     conflict = live.client.post(f"/executions/{running}/redrive")
+    held.set()
     assert conflict.status_code == 409
     assert conflict.json()["detail"] == "status: a running execution is not re-driven"
 

@@ -16,8 +16,8 @@ import pytest
 
 from service.app import create_app
 from service.dev.standins import StandIns, WebhookReceiver
-from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.fakes import RecordingTransport
+from tests.support.project import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.servers import serve
 
 RESULTS = "results"

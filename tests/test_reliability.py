@@ -26,9 +26,9 @@ from service.messages import PushEnvelope
 from service.metrics import Metrics
 from service.retry import RetryPolicy
 from service.worker.handler import PushHandler
-from tests.conftest import make_settings, project_flows
 from tests.support.fakes import FaultyStore, RecordingTransport
 from tests.support.functions import HttpxSender
+from tests.support.project import make_settings, project_flows
 
 FLOWS = project_flows("http://fn")
 WEBHOOK = "http://hooks.example/hook"

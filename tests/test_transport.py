@@ -15,7 +15,7 @@ from service.backends.transport import InProcessTransport
 from service.dev.standins import StandIns, WebhookReceiver
 from service.messages import PushEnvelope
 from service.retry import RetryPolicy
-from tests.conftest import WEBHOOK_SECRET, make_settings, project_flows
+from tests.support.project import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.servers import serve
 
 

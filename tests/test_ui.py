@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from service.app import create_app
 from service.dev.standins import StandIns, WebhookReceiver
-from tests.conftest import WEBHOOK_SECRET, full_seed, make_settings, project_flows
+from tests.support.project import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 from tests.support.servers import serve
 
 # Drives Debian's chromium: the full tier only (`./scripts/test.sh`).
