@@ -81,6 +81,17 @@ class Batch:
                 future.set_exception(error)
 
 
+@dataclass
+class _Topic:
+    """One topic's publishing: batches waiting, requests in flight, a send scheduled."""
+
+    name: str
+    path: str  # projects/P/topics/T
+    pending: list[Batch] = field(default_factory=list)
+    in_flight: int = 0
+    scheduled: bool = False
+
+
 class PubSubTransport:
     """Google Cloud Pub/Sub; subscriptions are push subscriptions set up outside."""
 
@@ -92,13 +103,11 @@ class PubSubTransport:
         emulator_host: str | None = None,
     ) -> None:
         self._project = project
-        self._emulator_host = emulator_host
         self._timeout_s = timeout_s
         self._max_in_flight = max_in_flight
+        self._emulator_host = emulator_host
         self._client: PublisherAsyncClient | None = None
-        self._pending: dict[str, list[Batch]] = {}
-        self._in_flight: dict[str, int] = {}
-        self._scheduled: set[str] = set()
+        self._topics: dict[str, _Topic] = {}
         self._requests: set[asyncio.Task[None]] = set()
 
     async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
@@ -107,20 +116,23 @@ class PubSubTransport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         future: asyncio.Future[str] = loop.create_future()
-        pending = self._pending.setdefault(topic, [])
+        state = self._topics.get(topic)
+        if state is None:
+            state = self._topics[topic] = _Topic(topic, self._path(topic))
+        pending = state.pending
         if not pending or not pending[-1].fits(message_size(data, attributes)):
-            pending.append(Batch(self._path(topic), deadline))
+            pending.append(Batch(state.path, deadline))
         batch = pending[-1]
         batch.add(data, attributes, future)
-        if topic not in self._scheduled and self._in_flight.get(topic, 0) < self._max_in_flight:
-            self._scheduled.add(topic)
-            loop.call_soon(self._send_pending, topic)  # after every publish of this turn
+        if not state.scheduled and state.in_flight < self._max_in_flight:
+            state.scheduled = True
+            loop.call_soon(self._send_pending, state)  # after every publish of this turn
         try:
             await asyncio.wait({future}, timeout=deadline - loop.time())
         except asyncio.CancelledError:
-            self._withdraw(topic, batch, future)  # its caller is gone: nobody would hear of it
+            _withdraw(state, batch, future)  # its caller is gone: nobody would hear of it
             raise
-        if not future.done() and self._withdraw(topic, batch, future):
+        if not future.done() and _withdraw(state, batch, future):
             raise BrokerUnavailable(f"cannot publish to {topic}: no answer in time; not sent")
         return await future  # in flight: its request ends by its own deadline
 
@@ -157,38 +169,30 @@ class PubSubTransport:
     def _path(self, topic: str) -> str:
         return f"projects/{self._project}/topics/{topic}"
 
-    def _withdraw(self, topic: str, batch: Batch, future: asyncio.Future[str]) -> bool:
-        if not batch.withdraw(future):
-            return False
-        if not batch.futures:
-            self._pending[topic].remove(batch)
-        return True
-
-    def _send_pending(self, topic: str) -> None:
-        self._scheduled.discard(topic)
-        pending = self._pending.get(topic)
+    def _send_pending(self, state: _Topic) -> None:
+        state.scheduled = False
+        pending = state.pending
         now = asyncio.get_running_loop().time()
-        while pending and self._in_flight.get(topic, 0) < self._max_in_flight:
+        while pending and state.in_flight < self._max_in_flight:
             batch = pending.pop(0)
             if batch.deadline - now < MIN_REQUEST_S:
                 # Its oldest caller is about to give up: sent now, it could only be cut off
                 # on the way, its outcome unknown. Not sending it keeps "refused" true.
-                batch.fail(
-                    BrokerUnavailable(f"cannot publish to {topic}: no answer in time; not sent")
-                )
+                refused = f"cannot publish to {state.name}: no answer in time; not sent"
+                batch.fail(BrokerUnavailable(refused))
                 continue
             batch.sent = True
-            self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
-            task = asyncio.create_task(self._send(topic, batch))
+            state.in_flight += 1
+            task = asyncio.create_task(self._send(state, batch))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
 
-    async def _send(self, topic: str, batch: Batch) -> None:
+    async def _send(self, state: _Topic, batch: Batch) -> None:
         try:
-            await self._publish(topic, batch)
+            await self._publish(state.name, batch)
         finally:
-            self._in_flight[topic] -= 1
-            self._send_pending(topic)  # what queued meanwhile goes out now
+            state.in_flight -= 1
+            self._send_pending(state)  # what queued meanwhile goes out now
 
     async def _publish(self, topic: str, batch: Batch) -> None:
         """One Publish request; each message's future gets its id, or the request's error."""
@@ -212,6 +216,15 @@ class PubSubTransport:
         for future, message_id in zip(batch.futures, ids, strict=True):
             if not future.done():
                 future.set_result(message_id)
+
+
+def _withdraw(state: _Topic, batch: Batch, future: asyncio.Future[str]) -> bool:
+    """Take `future`'s message out of its unsent batch (dropping the batch once empty)."""
+    if not batch.withdraw(future):
+        return False
+    if not batch.futures:
+        state.pending.remove(batch)
+    return True
 
 
 def message_size(data: bytes, attributes: dict[str, str]) -> int:
