@@ -106,7 +106,7 @@ def test_two_workers_serve_and_die_with_a_killed_supervisor(stack: Deployment) -
 
 def test_sigterm_never_answers_2xx_for_unfinished_work(stack: Deployment) -> None:
     """Driven directly, so the push's own answer can be read."""
-    stack.functions.delay_s = 20
+    held = stack.functions.gates["/create-user-embeddings"] = threading.Event()
     message = stack.message()
     envelope = {
         "message": {
@@ -133,6 +133,7 @@ def test_sigterm_never_answers_2xx_for_unfinished_work(stack: Deployment) -> Non
         f"\nSIGTERM mid-execution: push answered {answers}, process exit {code} "
         f"after {time.monotonic() - started:.1f} s"
     )
+    held.set()  # the abandoned call's handler may end now
     assert answers and answers[0] == 503
     assert stack.webhooks(message["execution_id"]) == []
 
@@ -256,7 +257,7 @@ def test_a_cancel_and_a_re_drive_through_another_instance(
     other = ServiceProcess(stack.service.env, free_port(), tmp_path / "b.log")
     other.start()
     try:
-        stack.functions.delay_s = 10
+        held = stack.functions.gates["/create-user-embeddings"] = threading.Event()
         message = stack.message()
         user = message["input"]["user_id"]
         stack.admin.publish("requests", json.dumps(message).encode())
@@ -271,6 +272,7 @@ def test_a_cancel_and_a_re_drive_through_another_instance(
         [cancelled] = stack.webhooks(message["execution_id"])
         assert cancelled["status"] == "cancelled"
 
+        held.set()
         stack.functions.delay_s = 0.01
         redrive = httpx.post(f"{other.url}/executions/{message['execution_id']}/redrive")
         assert redrive.status_code == 202 and redrive.json()["run"] == 2
