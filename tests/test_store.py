@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -15,7 +16,6 @@ import pytest
 from service.backends.firestore import FirestoreStore
 from service.backends.firestore_layout import HEAD_FIELDS
 from service.backends.store import (
-    Claim,
     ClaimState,
     Conflict,
     ExecutionQuery,
@@ -62,17 +62,20 @@ async def test_one_claim_wins_and_a_second_sees_it_running(store: ExecutionStore
 
 
 async def test_concurrent_claims_give_exactly_one_winner(store: ExecutionStore) -> None:
-    """The others see it running; on a loaded emulator (its transactions queue on one lock,
-    ~0.17 s each) a claim may instead give up at the store's bound: redelivered too."""
+    """The others see it running. Five at once on Firestore: its emulator queues the
+    transactions of one document on one lock (~0.27 s each), so twenty could pass the
+    store's 10 s bound on a loaded machine (seen in CI); Pub/Sub's duplicates are fewer."""
+    count = 20 if isinstance(store, MemoryStore) else 5
+    await store.claim(new_execution(), "warm-up", LEASE_S)  # a new project's first is slow
     execution = new_execution()
+    started = time.monotonic()
     claims = await asyncio.gather(
-        *(store.claim(execution, f"owner-{n}", LEASE_S) for n in range(20)),
-        return_exceptions=True,
+        *(store.claim(execution, f"owner-{n}", LEASE_S) for n in range(count))
     )
-    states = [c.state if isinstance(c, Claim) else type(c).__name__ for c in claims]
-    print(f"\n20 concurrent claims on {type(store).__name__}: {Counter(states)}")
-    assert states.count(ClaimState.CLAIMED) == 1
-    assert set(states) <= {ClaimState.CLAIMED, ClaimState.RUNNING, "StoreUnavailable"}
+    took = time.monotonic() - started
+    states = Counter(claim.state for claim in claims)
+    print(f"\n{count} concurrent claims on {type(store).__name__}: {dict(states)} in {took:.2f} s")
+    assert states == {ClaimState.CLAIMED: 1, ClaimState.RUNNING: count - 1}
 
 
 async def test_an_expired_lease_is_taken_over_with_the_stored_steps(store: ExecutionStore) -> None:
