@@ -20,17 +20,16 @@ runtime's budget), and a result must fit MAX_VALUE_BYTES as JSON.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_math, ext_strings
+
+from service.engine.cel_json import as_text, json_size, json_value
 
 # An ML answer may be 10 MB; nothing an expression makes may be bigger.
 MAX_VALUE_BYTES = 10_000_000
@@ -164,8 +163,8 @@ class Program:
         if value.type() == _ERROR:
             raise EvaluationError(_reason(str(value.value())))
         try:
-            result = _json_value(value.plain_value())
-            if isinstance(result, (str, list, dict)) and _size(result) > MAX_VALUE_BYTES:
+            result = json_value(value.plain_value())
+            if isinstance(result, (str, list, dict)) and json_size(result) > MAX_VALUE_BYTES:
                 raise ValueError(f"the result is larger than {MAX_VALUE_BYTES} bytes as JSON")
         except ValueError as exc:
             raise EvaluationError(str(exc)) from None
@@ -252,7 +251,7 @@ class Template:
         if self.whole:
             return _evaluate(self.parts[0], scope)  # type: ignore[arg-type]
         return "".join(
-            part if isinstance(part, str) else _as_text(_evaluate(part, scope))
+            part if isinstance(part, str) else as_text(_evaluate(part, scope))
             for part in self.parts
         )
 
@@ -378,44 +377,3 @@ def _reason(message: str) -> str:
         return f"more than {ITERATION_BUDGET} comprehension iterations (CEL's budget)"
     first = message.strip().splitlines()[0] if message.strip() else "failed"
     return _CEL_PREFIX.sub("", first).strip()
-
-
-def _json_value(value: Any) -> Any:
-    """A CEL result as JSON data: timestamps as RFC 3339, durations in seconds ("1.5s")."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{value} is not a JSON number")
-        return value
-    if isinstance(value, list):
-        return [_json_value(item) for item in value]
-    if isinstance(value, dict):
-        return {_json_key(key): _json_value(item) for key, item in value.items()}
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, timedelta):
-        return f"{value.total_seconds():g}s"
-    if isinstance(value, (bytes, bytearray)):
-        raise ValueError("a bytes value is not JSON")
-    raise ValueError(f"a {type(value).__name__} value is not JSON")
-
-
-def _json_key(key: Any) -> str:
-    if isinstance(key, bool):
-        return "true" if key else "false"
-    if isinstance(key, (int, str)):
-        return str(key)
-    raise ValueError(f"a {type(key).__name__} map key is not JSON")
-
-
-def _size(value: str | list[Any] | dict[str, Any]) -> int:
-    if isinstance(value, str):
-        return len(value)
-    return len(json.dumps(value, separators=(",", ":")))
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"))
