@@ -97,7 +97,9 @@ def run(settings: Settings, flows: dict[str, Flow], name: str, raw_input: str) -
 
     async def execute() -> Execution:
         async with http_clients() as (_, sender):
-            caller = MLCaller(sender, make_tokens(settings), settings.ml_max_concurrency_per_host)
+            id_tokens, access_tokens = make_tokens(settings)
+            limit = settings.ml_max_concurrency_per_host
+            caller = MLCaller(sender, id_tokens, limit, access_tokens=access_tokens)
             return await FlowRunner(caller, settings.flow_timeout_s).run(flow, execution)
 
     finished = asyncio.run(execute())

@@ -24,7 +24,12 @@ from service.backends.transport import InProcessTransport, Transport
 from service.engine.calls import MLCaller
 from service.engine.flow import Flow, load_flows
 from service.engine.outbound import Sender, http_clients
-from service.engine.outbound_auth import GoogleIdTokens, NoTokens, TokenProvider
+from service.engine.outbound_auth import (
+    GoogleAccessTokens,
+    GoogleIdTokens,
+    NoTokens,
+    TokenProvider,
+)
 from service.engine.runner import FlowRunner
 from service.errors import BrokerUnavailable, ConfigError
 from service.logs import configure_logging
@@ -136,8 +141,11 @@ def make_transport(settings: Settings) -> Transport:
     return InProcessTransport()
 
 
-def make_tokens(settings: Settings) -> TokenProvider:
-    return GoogleIdTokens() if settings.ml_auth == MLAuth.ID_TOKEN else NoTokens()
+def make_tokens(settings: Settings) -> tuple[TokenProvider, TokenProvider]:
+    """ID tokens and access tokens for calls; ML_AUTH=none sends neither (local stacks)."""
+    if settings.ml_auth == MLAuth.NONE:
+        return NoTokens(), NoTokens()
+    return GoogleIdTokens(), GoogleAccessTokens()
 
 
 def make_store(settings: Settings) -> ExecutionStore:
@@ -167,7 +175,7 @@ def build(
     """Wire the parts together."""
     tracing = tracing or Tracing()
     metrics = metrics or Metrics()
-    tokens = make_tokens(settings)
+    id_tokens, access_tokens = make_tokens(settings)
     targets = WebhookTargets(
         settings.webhook_allow_private_networks, settings.allowed_webhook_hosts
     )
@@ -175,7 +183,14 @@ def build(
         flows=flows,
         store=store,
         runner=FlowRunner(
-            MLCaller(sender, tokens, settings.ml_max_concurrency_per_host, tracing, metrics),
+            MLCaller(
+                sender,
+                id_tokens,
+                settings.ml_max_concurrency_per_host,
+                tracing,
+                metrics,
+                access_tokens,
+            ),
             settings.flow_timeout_s,
             tracing,
             metrics,

@@ -8,9 +8,10 @@ endpoint, store). Ids and times that clients give are checked here, once.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
@@ -44,6 +45,7 @@ def now() -> datetime:
 class ExecutionStatus(StrEnum):
     QUEUED = "queued"  # accepted (or re-driven), not started yet
     RUNNING = "running"
+    WAITING = "waiting"  # suspended: a step waits; no instance holds it (wake_at says till when)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     PARTIAL = "partial"
@@ -62,12 +64,15 @@ TERMINAL = frozenset(
 )
 # What an operator may run again: its succeeded steps (and for_each items) are kept.
 REDRIVABLE = frozenset({ExecutionStatus.FAILED, ExecutionStatus.PARTIAL, ExecutionStatus.CANCELLED})
-CANCELLABLE = frozenset({ExecutionStatus.QUEUED, ExecutionStatus.RUNNING})
+CANCELLABLE = frozenset({ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.WAITING})
+# Not ended: what a flow version is still in use by.
+UNDERWAY = frozenset({ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.WAITING})
 CANCELLED_BY_OPERATOR = "cancelled by an operator"
 
 
 class StepStatus(StrEnum):
     RUNNING = "running"
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -84,6 +89,16 @@ class ItemResult(BaseModel):
     error: str | None = None
 
 
+class Wait(BaseModel):
+    """What a waiting step waits for, and until when it may."""
+
+    kind: Literal["poll", "callback", "sleep"]
+    timeout_at: datetime  # a poll or callback not done by then fails the step
+    every_s: float | None = None  # a poll's next interval
+    callback_sha256: str | None = None  # of the callback token's secret part
+    run: int = 1  # the run whose callback token this is
+
+
 class StepResult(BaseModel):
     """One step's outcome in the execution document."""
 
@@ -95,6 +110,8 @@ class StepResult(BaseModel):
     output: Any = None
     error: str | None = None
     items: list[ItemResult] | None = None  # for_each steps only
+    wake_at: datetime | None = None  # a waiting step's next look (a poll, the sleep's end)
+    wait: Wait | None = None
 
 
 class ExecutionSummary(BaseModel):
@@ -109,6 +126,8 @@ class ExecutionSummary(BaseModel):
     finished_at: datetime | None = None
     duration_ms: int | None = None
     error: str | None = None
+    wake_at: datetime | None = Field(None, description="a waiting execution's next look")
+    flow_version: str | None = Field(None, description="the version of its flow it runs")
 
 
 class Execution(ExecutionSummary):
@@ -119,6 +138,10 @@ class Execution(ExecutionSummary):
     result: Any = Field(None, description="what the flow's `result:` made of it, if it has one")
     # Kept for re-drives, never shown: a webhook URL may carry a receiver's token.
     webhook_url: str | None = Field(None, exclude=True)
+    # What was POSTed to each waiting step's callback URL, read when the execution resumes.
+    callbacks: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    # The producer's trace context, which a resumed run continues.
+    trace: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @property
     def webhook_id(self) -> str:
@@ -147,11 +170,23 @@ class Execution(ExecutionSummary):
                 "duration_ms": None,
                 "error": None,
                 "result": None,
+                "wake_at": None,
+                "callbacks": {},
             }
         )
 
+    def suspend(self, answered: Collection[str] = (), cancel_requested: bool = False) -> None:
+        """Waiting steps, none running: the execution waits until the first one's wake_at,
+        or is due now when a callback it waits for was `answered` or a cancel was asked."""
+        waiting = {n: r for n, r in self.steps.items() if r.status == StepStatus.WAITING}
+        self.status = ExecutionStatus.WAITING
+        moments = [r.wake_at for r in waiting.values() if r.wake_at is not None]
+        self.wake_at = min(moments) if moments else now()
+        if cancel_requested or any(name in answered for name in waiting):
+            self.wake_at = now()
+
     def finish(self, status: ExecutionStatus, error: str | None = None) -> None:
-        self.status = status
+        self.status, self.wake_at = status, None
         # Bounded: an error is stored, logged and shown in every listing.
         self.error = error if error is None else error[:MAX_ERROR_CHARS]
         self.finished_at = now()
@@ -159,12 +194,13 @@ class Execution(ExecutionSummary):
             self.duration_ms = round((self.finished_at - self.started_at).total_seconds() * 1000)
 
     def end_running(self, error: str, status: StepStatus = StepStatus.FAILED) -> None:
-        """End the steps (and for_each items) still running with `status` and `error`."""
+        """End the steps (and for_each items) still running or waiting with `status` and `error`."""
         ended = now()
         for result in self.steps.values():
-            if result.status != StepStatus.RUNNING:
+            if result.status not in (StepStatus.RUNNING, StepStatus.WAITING):
                 continue
             result.status, result.error, result.finished_at = status, error, ended
+            result.wake_at = None
             for item in result.items or ():
                 if item.status == StepStatus.RUNNING:
                     item.status, item.error = status, error

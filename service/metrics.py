@@ -9,6 +9,11 @@
                                                                 gone, failed, refused
     orchestrator_executions_in_flight                           running on this instance
     orchestrator_frontdoor_requests_total{status}               POST /orchestrate answers
+    orchestrator_waits_total{flow,kind}                         executions suspended, by what
+                                                                their first waiting step waits for
+    orchestrator_wakes_total{outcome}                           due executions: woken, not_published
+    orchestrator_callbacks_total{outcome}                       POST /callbacks answers: accepted,
+                                                                answered, gone, unknown
 
 Labels are low-cardinality on purpose: never an execution id. Each app has its own
 registry, so several apps in one process (tests) never mix their figures.
@@ -82,6 +87,16 @@ class Metrics:
         )
         self.frontdoor_requests = meter.create_counter(
             "orchestrator_frontdoor_requests", description="POST /orchestrate answers, by status"
+        )
+
+        self.waits = meter.create_counter(
+            "orchestrator_waits", description="Executions suspended, by flow and kind of wait"
+        )
+        self.wakes = meter.create_counter(
+            "orchestrator_wakes", description="Due waiting executions sent to resume, by outcome"
+        )
+        self.callbacks = meter.create_counter(
+            "orchestrator_callbacks", description="Callbacks posted, by outcome"
         )
 
     def text(self) -> bytes:

@@ -82,6 +82,8 @@ def test_executions_are_listed_newest_first_as_summaries(client: httpx.Client) -
         "finished_at",
         "duration_ms",
         "error",
+        "wake_at",
+        "flow_version",
     }
     assert "secret_input" not in response.text
 

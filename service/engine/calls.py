@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from opentelemetry import trace
@@ -12,7 +13,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from service.engine.flow import Step
 from service.engine.outbound import NoAnswer, Sender
-from service.engine.outbound_auth import TokenProvider
+from service.engine.outbound_auth import NoTokens, TokenProvider
 from service.limits import JSONRefused, parse_json
 from service.metrics import Metrics
 from service.retry import Attempt, RetryBudget, parse_retry_after, with_retries
@@ -48,18 +49,28 @@ class MLCaller:
         per_host_limit: int = DEFAULT_PER_HOST_LIMIT,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
+        access_tokens: TokenProvider | None = None,
     ) -> None:
         self._sender = sender
+        # A step's `auth:` picks one: ID tokens (the default), access tokens, or none.
+        self._providers: dict[str, TokenProvider] = {
+            "id_token": tokens,
+            "access_token": access_tokens or tokens,
+            "none": NoTokens(),
+        }
         self._tracing = tracing or Tracing()
         self._metrics = metrics or Metrics()
-        self._tokens = tokens
         self._per_host_limit = per_host_limit
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._budgets: dict[str, RetryBudget] = {}
 
-    async def call(self, step: Step, body: Any, deadline: float) -> CallResult:
+    async def call(
+        self, step: Step, body: Any, deadline: float, poll_url: str | None = None
+    ) -> CallResult:
+        """The step's call with `body`; with `poll_url`, a GET of its operation there."""
         loop = asyncio.get_running_loop()
-        host = step.host
+        method, url = ("GET", poll_url) if poll_url is not None else (step.method, step.url)
+        host = urlsplit(url).netloc
         limit = self._limits.setdefault(host, asyncio.Semaphore(self._per_host_limit))
         budget = self._budgets.setdefault(host, RetryBudget())
 
@@ -70,7 +81,8 @@ class MLCaller:
                     return Attempt(error="execution deadline passed before the call")
                 attributes = {"step": step.name, "attempt": number, "server.address": host}
                 with self._tracing.span(f"call {step.name}", SpanKind.CLIENT, attributes) as span:
-                    outcome = await self._attempt(step, body, min(step.timeout_s, remaining))
+                    seconds = min(step.timeout_s, remaining)
+                    outcome = await self._attempt(step, method, url, body, seconds)
                     if span is not None:
                         _record(span, outcome)
             self._metrics.ml_calls.add(1, {"host": host, "outcome": _outcome(outcome)})
@@ -89,14 +101,19 @@ class MLCaller:
             self._metrics.ml_calls.add(1, {"host": host, "outcome": "budget_refused"})
         return CallResult(output=outcome.value, error=outcome.error, attempts=attempts)
 
-    async def _attempt(self, step: Step, body: Any, seconds: float) -> Attempt[Any]:
+    async def _attempt(
+        self, step: Step, method: str, url: str, body: Any, seconds: float
+    ) -> Attempt[Any]:
         try:
-            headers = await self._tokens.headers(step.audience)
+            headers = await self._providers[step.auth].headers(step.audience)
         except Exception as exc:  # google-auth raises several unrelated types
-            return Attempt(error=f"no ID token for {step.audience}: {exc}", retryable=True)
+            what = (
+                "access token" if step.auth == "access_token" else f"ID token for {step.audience}"
+            )
+            return Attempt(error=f"no {what}: {exc}", retryable=True)
         headers = {**headers, **outgoing_headers()}
         try:
-            answer = await self._sender.send(step.method, step.url, body, headers, seconds)
+            answer = await self._sender.send(method, url, body, headers, seconds)
         except NoAnswer as exc:
             return Attempt(error=str(exc), retryable=exc.retryable)
         trace.get_current_span().set_attribute("http.response.status_code", answer.status)

@@ -8,7 +8,8 @@ makes a string, non-strings written as JSON.
 
 What an expression may read depends on where it is written (`Names`): `input`,
 `steps.NAME` (the steps in its `after` chain; each `{"status", "output"}`),
-`item` (in a for_each step's `body` and `output`), `response` (in `output`);
+`item` (in a for_each step's `body` and `output`), `response` (in `output` and
+`poll`), `callback` (`${callback.url}` in the body of a step with `callback:`);
 `${env.NAME}` is replaced when the flow loads. A plain path (`input.user_id`,
 `steps.x.output.vacancies[0]`, `item.id`) is read directly and is null where a key
 or index is missing, as before CEL; anything else follows CEL, where a missing
@@ -37,7 +38,7 @@ MAX_EXPRESSION_CHARS = 4096
 # cel-cpp's RuntimeOptions.comprehension_max_iterations, which cel-expr-python keeps.
 ITERATION_BUDGET = 10_000
 
-ROOTS = frozenset({"input", "steps", "item", "response", "env"})
+ROOTS = frozenset({"input", "steps", "item", "response", "callback", "env"})
 _SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNDECLARED = re.compile(r"undeclared reference to '([^']+)'")
@@ -86,7 +87,9 @@ class Names:
         if root == "item":
             return "item is only known in a for_each step's body and output"
         if root == "response":
-            return "response (the step's answer) is only known in output"
+            return "response (the step's answer) is only known in output and poll"
+        if root == "callback":
+            return "callback (its url) is only known in the body of a step with callback:"
         if root == "env":
             return "env is read when the flow loads: write ${env.NAME} on its own"
         return f"unknown name {root!r}: read one of {', '.join(self.readable())}"

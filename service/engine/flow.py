@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import graphlib
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from service.engine.expressions import (
     ExpressionError,
@@ -29,6 +31,7 @@ from service.engine.expressions import (
     UnsetEnvironment,
     compile_value,
 )
+from service.engine.waits import duration_s
 from service.errors import FlowError
 from service.retry import RetryPolicy
 
@@ -60,12 +63,40 @@ class InputField(BaseModel):
     description: str | None = None
 
 
+Duration = Annotated[str | float, AfterValidator(duration_s)]
+
+
+class PollSpec(BaseModel):
+    """`poll:` the step's answer is a long-running operation, read at `url` until done."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    until: str = "${response.done}"
+    every: Duration = 30.0
+    max_every: Duration | None = None
+    timeout: Duration = 86_400.0
+
+
+class CallbackSpec(BaseModel):
+    """`callback:` after the call, wait until `${callback.url}` is POSTed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout: Duration = 86_400.0
+
+
 class StepSpec(BaseModel):
     """A step as written in YAML."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    call: str
+    call: str | None = None
+    auth: Literal["id_token", "access_token", "none"] = "id_token"
+    poll: PollSpec | None = None
+    callback: CallbackSpec | None = None
+    sleep: Duration | None = None
+    sleep_until: str | None = None
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     body: Any = None
     after: list[str] = Field(default_factory=list)
@@ -91,8 +122,23 @@ class FlowSpec(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class Poll:
+    """A compiled `poll:`: `url` and `until` read `response`, the operation's last answer."""
+
+    url: Template
+    until: Template
+    every_s: float
+    max_every_s: float
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
-    """A step ready to run: expressions parsed, URL resolved."""
+    """A step ready to run: expressions parsed, URL resolved.
+
+    A step waits when it has `poll`, `callback_timeout_s`, `sleep_s` or `sleep_until`;
+    a sleep makes no call (its `url` is empty).
+    """
 
     name: str
     url: str
@@ -107,6 +153,15 @@ class Step:
     on_error: Literal["fail", "continue"]
     audience: str
     output: Any  # compiled; None keeps the whole answer
+    auth: Literal["id_token", "access_token", "none"] = "id_token"
+    poll: Poll | None = None
+    callback_timeout_s: float | None = None
+    sleep_s: float | None = None
+    sleep_until: Template | None = None
+
+    @property
+    def waits(self) -> bool:
+        return bool(self.poll or self.callback_timeout_s or self.sleep_s or self.sleep_until)
 
     @property
     def host(self) -> str:
@@ -123,6 +178,9 @@ class Flow:
     steps: Mapping[str, Step]
     input_model: type[BaseModel]
     result: Any = None  # compiled; None delivers the whole execution document
+    # The definition as loaded (canonical JSON) and its hash: what an execution is pinned to.
+    source: str = "{}"
+    version: str = ""
     # The steps right after each step: the runner starts them as it ends.
     dependents: Mapping[str, tuple[str, ...]] = dataclasses.field(init=False)
 
@@ -174,6 +232,20 @@ def load_flow(path: Path, env: Mapping[str, str]) -> Flow:
         raise FlowError(file, f"not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise FlowError(file, "must be a mapping with 'steps'")
+    return compile_flow(name, raw, env, file)
+
+
+def flow_version(source: str) -> str:
+    """The version of a definition: a hash of its canonical JSON."""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def compile_flow(name: str, raw: Any, env: Mapping[str, str], file: str) -> Flow:
+    """Validate and compile a definition (a flow file's YAML, or a version kept in the store)."""
+    try:
+        source = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        raise FlowError(file, "holds values JSON cannot (use plain YAML scalars)") from None
     try:
         spec = FlowSpec.model_validate(raw)
     except ValidationError as exc:
@@ -196,6 +268,8 @@ def load_flow(path: Path, env: Mapping[str, str]) -> Flow:
         steps=MappingProxyType(steps),
         input_model=_input_model(name, spec.input),
         result=result,
+        source=source,
+        version=flow_version(source),
     )
 
 
@@ -230,10 +304,14 @@ def _compile_steps(file: str, spec: FlowSpec, env: Mapping[str, str]) -> dict[st
 
 
 def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str]) -> Step:
-    url = _literal("call", spec.call, env)
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ExpressionError(f"call: {url!r} is not an http(s) URL")
+    sleeps = spec.sleep is not None or spec.sleep_until is not None
+    _check_waits(spec, sleeps)
+    url = ""
+    if spec.call is not None:
+        url = _literal("call", spec.call, env)
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ExpressionError(f"call: {url!r} is not an http(s) URL")
     when = for_each = None
     if spec.when is not None:
         when = _typed(Template.parse(spec.when, names.at("when"), env), "when", ("BOOL", "NULL"))
@@ -242,9 +320,26 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
         for_each = _typed(template, "for_each", ("LIST",))
     # `item` is each element of a for_each; `response` is the step's answer.
     each = frozenset({"item"} if for_each is not None else ())
+    each |= {"callback"} if spec.callback is not None else set()
     body = compile_value(
         spec.body, Names("body", names.roots | each, names.steps, names.flow_steps), env
     )
+    poll = sleep_until = None
+    if spec.poll is not None:
+        answer = Names("poll.url", names.roots | {"response"}, names.steps, names.flow_steps)
+        poll = Poll(
+            url=Template.parse(spec.poll.url, answer, env),
+            until=_typed(
+                Template.parse(spec.poll.until, answer.at("poll.until"), env),
+                "poll.until",
+                ("BOOL", "NULL"),
+            ),
+            every_s=float(spec.poll.every),
+            max_every_s=float(spec.poll.max_every or spec.poll.every),
+            timeout_s=float(spec.poll.timeout),
+        )
+    if spec.sleep_until is not None:
+        sleep_until = Template.parse(spec.sleep_until, names.at("sleep_until"), env)
     output = None
     if spec.output is not None:
         scope = Names("output", names.roots | each | {"response"}, names.steps, names.flow_steps)
@@ -264,7 +359,29 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
         on_error=spec.on_error,
         audience=audience,
         output=output,
+        auth=spec.auth,
+        poll=poll,
+        callback_timeout_s=float(spec.callback.timeout) if spec.callback else None,
+        sleep_s=float(spec.sleep) if spec.sleep is not None else None,
+        sleep_until=sleep_until,
     )
+
+
+def _check_waits(spec: StepSpec, sleeps: bool) -> None:
+    """One kind of wait per step, a call unless it sleeps, and no wait per item."""
+    kinds = [
+        k for k in ("poll", "callback", "sleep", "sleep_until") if getattr(spec, k) is not None
+    ]
+    if len(kinds) > 1:
+        raise ExpressionError(f"{kinds[1]}: a step waits one way; it has {' and '.join(kinds)}")
+    if sleeps and spec.call is not None:
+        raise ExpressionError(f"{kinds[0]}: a sleep step makes no call; remove 'call'")
+    if not sleeps and spec.call is None:
+        raise ExpressionError("call: required (a URL), unless the step sleeps")
+    if kinds and spec.for_each is not None:
+        raise ExpressionError(
+            f"{kinds[0]}: a for_each step does not wait; wait in a step of its own"
+        )
 
 
 def _literal(field: str, text: str, env: Mapping[str, str]) -> str:

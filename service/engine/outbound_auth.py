@@ -1,4 +1,5 @@
-"""Google ID tokens for calls to ML functions (Cloud Functions / Cloud Run).
+"""Google tokens for calls: ID tokens for ML functions (Cloud Functions / Cloud Run),
+OAuth access tokens for Google APIs (Vertex AI, the operations API).
 
 google-auth finds the identity: the metadata server on Cloud Run, a service
 account key (GOOGLE_APPLICATION_CREDENTIALS) locally. Its calls block, so they
@@ -14,10 +15,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+import google.auth
 import google.auth.transport.requests
 import google.oauth2.id_token
 
 FETCH_TIMEOUT_S = 10.0
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
 class TokenProvider(Protocol):
@@ -63,5 +66,19 @@ class GoogleIdTokens:
             credentials = google.oauth2.id_token.fetch_id_token_credentials(  # type: ignore[no-untyped-call]
                 audience, request=self._request
             )
+        credentials.refresh(self._request)
+        return credentials
+
+
+class GoogleAccessTokens(GoogleIdTokens):
+    """An OAuth access token of the default credentials (cloud-platform scope), whatever
+    the audience: the metadata server's on Cloud Run. Cached and fetched as ID tokens are."""
+
+    async def headers(self, audience: str) -> dict[str, str]:
+        return await super().headers("")
+
+    def _fetch(self, audience: str, credentials: Any) -> Any:
+        if credentials is None:
+            credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
         credentials.refresh(self._request)
         return credentials

@@ -15,6 +15,11 @@ Each step records when it started and finished; a `for_each` step records each
 item (status, attempts, times) as it ends, and reuses the items that succeeded in
 an earlier run of a re-driven execution. When `cancel` is set the calls in
 flight are abandoned, no new call starts, and the execution ends `cancelled`.
+
+A step that waits longer than a push should (service/engine/waiting.py) ends the
+run's part of it `waiting`; the steps after it wait too, the others go on, and
+once nothing can run the execution is `waiting` (suspended) until its first
+step's `wake_at`, not finished.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from opentelemetry.trace import StatusCode
 from service.engine.calls import CallResult, MLCaller
 from service.engine.expressions import ITERATION_BUDGET, EvaluationError, render_value
 from service.engine.flow import Flow, Step
+from service.engine.waiting import Checkpoint, Waits
 from service.errors import StoreRefused
 from service.execution import (
     CANCELLED_BY_OPERATOR,
@@ -50,9 +56,6 @@ log = structlog.get_logger(__name__)
 MAX_FOR_EACH_ITEMS = ITERATION_BUDGET - 1
 FINAL_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
 
-Checkpoint = Callable[[str, StepResult], Awaitable[None]]
-
-
 async def _no_checkpoint(name: str, result: StepResult) -> None:
     return None
 
@@ -66,8 +69,10 @@ class FlowRunner:
         timeout_s: float,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
+        waits: Waits | None = None,
     ) -> None:
         self._caller = caller
+        self._waits = waits or Waits(caller)
         self._timeout_s = timeout_s
         self._tracing = tracing or Tracing()
         self._metrics = metrics or Metrics()
@@ -120,6 +125,14 @@ class FlowRunner:
             execution.end_running("not run: the flow changed")
             execution.finish(ExecutionStatus.FAILED, str(exc))
         else:
+            waiting = [n for n, r in execution.steps.items() if r.status == StepStatus.WAITING]
+            if waiting:
+                execution.suspend(execution.callbacks)
+                wait = execution.steps[waiting[0]].wait
+                kind = wait.kind if wait is not None else "unknown"
+                self._metrics.waits.add(1, {"flow": execution.flow, "kind": kind})
+                log.info("execution waiting", steps=waiting, wake_at=execution.wake_at)
+                return execution
             execution.finish(*_result(flow, execution))
         finally:
             self._metrics.in_flight.add(-1)
@@ -140,13 +153,17 @@ class FlowRunner:
         execution: Execution,
         deadline: float,
         checkpoint: Checkpoint,
-    ) -> None:
+    ) -> bool:
+        """Run one step; whether it is done (else it waits, and so do the steps after it)."""
         with self._tracing.span(f"step {step.name}", attributes={"step": step.name}) as span:
             result = await self._stored_outcome(step, execution, deadline, checkpoint)
             if span is not None:
                 span.set_attribute("status", result.status.value)
                 if result.status == StepStatus.FAILED:
                     span.set_status(StatusCode.ERROR, result.error)
+        if result.status == StepStatus.WAITING:
+            log.info("step waiting", step=step.name, wake_at=result.wake_at)
+            return False
         self._metrics.step_duration.record(
             result.duration_ms / 1000,
             {"flow": execution.flow, "step": step.name, "status": result.status.value},
@@ -159,12 +176,13 @@ class FlowRunner:
             duration_ms=result.duration_ms,
             error=result.error,
         )
+        return True
 
     async def _stored_outcome(
         self, step: Step, execution: Execution, deadline: float, checkpoint: Checkpoint
     ) -> StepResult:
         """The step's outcome, handed to `checkpoint`; refused for good, it fails the step."""
-        result = await self._outcome(step, execution, deadline)
+        result = await self._outcome(step, execution, deadline, checkpoint)
         execution.steps[step.name] = result
         try:
             await checkpoint(step.name, result)
@@ -180,7 +198,12 @@ class FlowRunner:
             await checkpoint(step.name, result)
         return result
 
-    async def _outcome(self, step: Step, execution: Execution, deadline: float) -> StepResult:
+    async def _outcome(
+        self, step: Step, execution: Execution, deadline: float, checkpoint: Checkpoint
+    ) -> StepResult:
+        previous = execution.steps.get(step.name)
+        if previous is not None and previous.status == StepStatus.WAITING:
+            return await self._waits.resume(step, _scope(execution), execution, previous, deadline)
         failed = [name for name in step.after if execution.steps[name].status == StepStatus.FAILED]
         if failed:
             return _skipped(f"needs failed step {failed[0]}")
@@ -192,9 +215,10 @@ class FlowRunner:
         except EvaluationError as exc:
             return _ended(StepStatus.FAILED, str(exc))
 
-        previous = execution.steps.get(step.name)
         result = StepResult(status=StepStatus.RUNNING, started_at=now())
         execution.steps[step.name] = result
+        if step.waits:
+            return await self._waits.start(step, scope, execution, result, deadline, checkpoint)
         started = time.perf_counter()
         if step.for_each is None:
             call = await self._call(step, scope, deadline)
@@ -316,8 +340,10 @@ def _ended(status: StepStatus, error: str | None) -> StepResult:
     return StepResult(status=status, error=error, started_at=moment, finished_at=moment)
 
 
-async def _as_ready(flow: Flow, finished: set[str], run: Callable[[Step], Awaitable[None]]) -> None:
+async def _as_ready(flow: Flow, finished: set[str], run: Callable[[Step], Awaitable[bool]]) -> None:
     """Run each step not `finished` once every step it comes after has run, concurrently.
+
+    `run` tells whether the step is done: the steps after one that waits do not start.
 
     A step's task is made only when it can start: nothing waits on an Event
     (memory per execution in flight, bench/). The first error is raised as itself,
@@ -332,7 +358,8 @@ async def _as_ready(flow: Flow, finished: set[str], run: Callable[[Step], Awaita
         async with asyncio.TaskGroup() as group:
 
             async def start(step: Step) -> None:
-                await run(step)
+                if not await run(step):
+                    return
                 for name in flow.dependents[step.name]:
                     if name not in waiting:  # kept from an earlier run of another version
                         continue

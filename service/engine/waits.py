@@ -1,0 +1,84 @@
+"""Steps that wait: how long (durations), and who may end a callback's wait (tokens).
+
+Durations are written `500ms`, `30s`, `10m`, `24h`, `7d` (or a number of seconds);
+every wait is at most MAX_WAIT_S. A callback token names one step of one run of one
+execution and carries a secret; the store keeps only the secret's SHA-256, so
+neither the execution document nor the store can answer a callback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass
+
+MAX_WAIT_S = 30 * 86_400
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+MAX_TOKEN_CHARS = 1024
+
+
+def duration_s(value: str | float) -> float:
+    """Seconds of a duration; ValueError naming the accepted forms and the bound."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 30s, 10m, 24h or 7d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration such as 500ms, 30s, 10m, 24h or 7d")
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if not 0 < seconds <= MAX_WAIT_S:
+        raise ValueError(f"{value!r}: a wait is more than 0 and at most 30d")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackToken:
+    """What a callback URL's token names, and the digest its secret must match."""
+
+    execution_id: str
+    step: str
+    run: int
+    secret_sha256: str
+
+    def matches(self, stored_sha256: str | None) -> bool:
+        return stored_sha256 is not None and hmac.compare_digest(self.secret_sha256, stored_sha256)
+
+
+def new_callback_token(execution_id: str, step: str, run: int) -> tuple[str, str]:
+    """A fresh token for the step's wait, and the SHA-256 of its secret (what is stored)."""
+    secret = secrets.token_urlsafe(32)
+    named = json.dumps([execution_id, step, run], separators=(",", ":")).encode()
+    head = base64.urlsafe_b64encode(named).decode().rstrip("=")
+    return f"{head}.{secret}", _sha256(secret)
+
+
+def read_callback_token(token: str) -> CallbackToken | None:
+    """The token's parts; None for anything no `new_callback_token` could have made."""
+    head, _, secret = token.rpartition(".")
+    if not head or len(token) > MAX_TOKEN_CHARS or len(secret) < 32:
+        return None
+    try:
+        named = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    if not (
+        isinstance(named, list)
+        and len(named) == 3
+        and isinstance(named[0], str)
+        and isinstance(named[1], str)
+        and isinstance(named[2], int)
+    ):
+        return None
+    return CallbackToken(named[0], named[1], named[2], _sha256(secret))
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
