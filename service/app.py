@@ -40,6 +40,7 @@ from service.telemetry import TraceContext, Tracing, tracing_from_environment
 from service.worker.delivery import ResultDelivery
 from service.worker.handler import PushHandler
 from service.worker.targets import WebhookTargets
+from service.worker.versions import FlowVersions
 
 log = structlog.get_logger(__name__)
 
@@ -180,7 +181,7 @@ def build(
         settings.webhook_allow_private_networks, settings.allowed_webhook_hosts
     )
     handler = PushHandler(
-        flows=flows,
+        versions=FlowVersions(flows, store, settings.flow_env()),
         store=store,
         runner=FlowRunner(
             MLCaller(

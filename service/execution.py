@@ -140,8 +140,8 @@ class Execution(ExecutionSummary):
     webhook_url: str | None = Field(None, exclude=True)
     # What was POSTed to each waiting step's callback URL, read when the execution resumes.
     callbacks: dict[str, Any] = Field(default_factory=dict, exclude=True)
-    # The producer's trace context, which a resumed run continues.
-    trace: dict[str, str] = Field(default_factory=dict, exclude=True)
+    # The producer's trace context (W3C traceparent), which a resumed run continues.
+    traceparent: str | None = Field(None, exclude=True)
 
     @property
     def webhook_id(self) -> str:

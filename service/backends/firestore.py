@@ -10,8 +10,10 @@ are transactions too; running executions with a cancel asked are found by one
 query (`cancel_requests`), not one read per execution. Step outcomes are written
 field by field (`steps.NAME`), so parallel steps never overwrite each other.
 `expire_at` lets a Firestore TTL policy delete old executions and their parts
-(infra/setup.sh). `emulator_host` (else FIRESTORE_EMULATOR_HOST) points the client
-at the emulator.
+(infra/setup.sh). Waiting executions are found by one query on (status, wake_at)
+and handed to one waker each by a write conditioned on the document's update time,
+not a transaction; a callback's answer is a transaction on the head.
+`emulator_host` (else FIRESTORE_EMULATOR_HOST) points the client at the emulator.
 
 Every call answers within `timeout_s`, its errors as the store's
 (service/backends/firestore_calls.py); a claim given up for contention means that
@@ -20,8 +22,10 @@ other deliveries are claiming it now.
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import contextlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +38,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from service.backends.firestore_calls import STORE_TIMEOUT_S, Contended, bounded
 from service.backends.firestore_layout import (
+    FLOWS_SUFFIX,
     INLINE_BYTES,
     PARTS_COLLECTION,
     PARTS_TTL_MARGIN,
@@ -45,22 +50,34 @@ from service.backends.firestore_layout import (
     to_json,
 )
 from service.backends.store import (
+    Answer,
     Claim,
     ClaimState,
     ExecutionQuery,
     Page,
+    callback_answer,
     cancel_wins,
     cancelled,
     claimed,
+    due_again,
     may_redrive,
     page_key,
     page_token,
 )
 from service.errors import StoreUnavailable
-from service.execution import Execution, ExecutionStatus, ExecutionSummary, StepResult
+from service.execution import (
+    UNDERWAY,
+    Execution,
+    ExecutionStatus,
+    ExecutionSummary,
+    StepResult,
+    now,
+)
+from service.waits import CallbackToken
 
 CLAIM_ATTEMPTS = 10
 REMEMBERED_PARTS = 1000
+VERSIONS_READ = 1000  # executions read to count the versions in use
 
 
 class FirestoreStore:
@@ -87,6 +104,7 @@ class FirestoreStore:
             self._client = firestore.AsyncClient(project=project)
         self._timeout_s = timeout_s
         self._collection = self._client.collection(collection)
+        self._flows = self._client.collection(collection + FLOWS_SUFFIX)
         self._ttl = ttl
         self._inline_bytes = inline_bytes
         # Parts this instance wrote: a document saved again does not write them again.
@@ -117,15 +135,20 @@ class FirestoreStore:
                 transaction.create(reference, {**fresh, **lease})
                 return ClaimState.CLAIMED, None
             data = snapshot.to_dict() or {}
+            pinned = {"flow_version": data.get("flow_version") or execution.flow_version}
             if data.get("status") == ExecutionStatus.QUEUED:
                 started = {"status": ExecutionStatus.RUNNING.value, "started_at": now}
-                transaction.update(reference, {**lease, **started})
+                transaction.update(reference, {**lease, **started, **pinned})
                 return ClaimState.CLAIMED, data
             if data.get("delivered"):
                 return ClaimState.FINISHED, data
             lease_until = data.get("lease_until")
             if lease_until is not None and lease_until > now:
                 return ClaimState.RUNNING, None
+            if data.get("status") == ExecutionStatus.WAITING:
+                resumed = {"status": ExecutionStatus.RUNNING.value, "wake_at": None}
+                transaction.update(reference, {**lease, **resumed})
+                return ClaimState.CLAIMED, data
             transaction.update(reference, lease)
             return ClaimState.CLAIMED, data
 
@@ -141,7 +164,7 @@ class FirestoreStore:
         stored = await self._execution(execution.execution_id, data)
         if state == ClaimState.FINISHED:
             return Claim(ClaimState.FINISHED, stored, delivered=True)
-        return claimed(stored, bool(data.get("cancel_requested")))
+        return claimed(stored, bool(data.get("cancel_requested")), execution.flow_version)
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         reference = self._collection.document(execution_id)
@@ -238,6 +261,8 @@ class FirestoreStore:
             status = cancelled(execution)
             if status == ExecutionStatus.RUNNING:
                 transaction.update(reference, {"cancel_requested": True})
+            elif status == ExecutionStatus.WAITING:  # due now: its resume ends it cancelled
+                transaction.update(reference, {"cancel_requested": True, "wake_at": now()})
             else:
                 summary = execution.summary().model_dump(exclude={"execution_id"})
                 transaction.update(reference, summary)
@@ -253,7 +278,9 @@ class FirestoreStore:
         )
         return {snapshot.id for snapshot in await self._call(asked.get())}
 
-    async def redrive(self, execution_id: str) -> tuple[Execution, Execution] | None:
+    async def redrive(
+        self, execution_id: str, flow_version: str | None = None
+    ) -> tuple[Execution, Execution] | None:
         reference = self._collection.document(execution_id)
 
         @firestore.async_transactional
@@ -265,12 +292,101 @@ class FirestoreStore:
             before = await self._execution(execution_id, data)
             may_redrive(before, bool(data.get("delivered")))
             after = before.redriven()
+            after.flow_version = flow_version or after.flow_version
             fields, parts = self._document(after)
             await self._write_parts(execution_id, parts)  # kept outputs: already written
             transaction.set(reference, {**fields, "delivered": False})
             return before, after
 
         return await self._transact(redrive_in)  # type: ignore[no-any-return]
+
+    async def suspend(self, execution: Execution) -> None:
+        fields, parts = self._document(execution)
+        await self._write_parts(execution.execution_id, parts)
+        reference = self._collection.document(execution.execution_id)
+
+        @firestore.async_transactional
+        async def suspend_in(transaction: Any) -> None:
+            snapshot = await reference.get(["cancel_requested", "answers"], transaction=transaction)
+            data = (snapshot.to_dict() or {}) if snapshot.exists else {}
+            answered = set(data.get("answers") or {}) | execution.callbacks.keys()
+            execution.suspend(answered, bool(data.get("cancel_requested")))
+            summary = execution.summary().model_dump(exclude={"execution_id"})
+            ended = {"owner": None, "lease_until": None, "delivered": False}
+            transaction.set(reference, fields | summary | ended, merge=True)
+
+        await self._transact(suspend_in)
+
+    async def due(self, limit: int) -> builtins.list[Execution]:
+        found = (
+            self._collection.where(filter=FieldFilter("status", "==", "waiting"))
+            .where(filter=FieldFilter("wake_at", "<=", now()))
+            .order_by("wake_at")
+            .limit(limit)
+        )
+        snapshots = await self._call(found.get())
+
+        async def take(snapshot: Any) -> Execution | None:
+            # Conditioned on the version read: of several wakers, one moves each timer.
+            option = self._client.write_option(last_update_time=snapshot.update_time)
+            try:
+                await self._call(snapshot.reference.update({"wake_at": due_again()}, option=option))
+            except StoreUnavailable as exc:
+                if isinstance(exc.__cause__, google_exceptions.FailedPrecondition):
+                    return None
+                raise
+            return await self._execution(snapshot.id, snapshot.to_dict() or {})
+
+        taken = await asyncio.gather(*(take(snapshot) for snapshot in snapshots))
+        return [execution for execution in taken if execution is not None]
+
+    async def answer(self, token: CallbackToken, body: Any) -> Answer:
+        reference = self._collection.document(token.execution_id)
+        value, parts = self._slot(f"answer.{token.step}", to_json(body))
+
+        @firestore.async_transactional
+        async def answer_in(transaction: Any) -> Answer:
+            snapshot = await reference.get(transaction=transaction)
+            if not snapshot.exists:
+                return Answer.UNKNOWN
+            data = snapshot.to_dict() or {}
+            execution = await self._execution(token.execution_id, data, answers=False)
+            execution.callbacks = dict.fromkeys(data.get("answers") or {})
+            verdict = callback_answer(execution, token, bool(data.get("cancel_requested")))
+            if verdict == Answer.ACCEPTED:
+                await self._write_parts(token.execution_id, parts)
+                update = {FieldPath("answers", token.step).to_api_repr(): value}
+                if data.get("status") == ExecutionStatus.WAITING:
+                    update["wake_at"] = now()
+                transaction.update(reference, update)
+            return verdict
+
+        return await self._transact(answer_in)  # type: ignore[no-any-return]
+
+    async def keep_flow(self, name: str, version: str, source: str) -> None:
+        reference = self._flows.document(f"{name}@{version}")
+
+        async def create() -> None:
+            with contextlib.suppress(google_exceptions.AlreadyExists):
+                await reference.create({"flow": name, "version": version, "source": source})
+
+        await self._call(create())
+
+    async def flow_source(self, name: str, version: str) -> str | None:
+        snapshot = await self._call(self._flows.document(f"{name}@{version}").get())
+        return snapshot.get("source") if snapshot.exists else None
+
+    async def versions_in_use(self, name: str) -> dict[str, int]:
+        statuses = sorted(status.value for status in UNDERWAY)
+        found = (
+            self._collection.where(filter=FieldFilter("flow", "==", name))
+            .where(filter=FieldFilter("status", "in", statuses))
+            .select(["flow_version"])
+            .limit(VERSIONS_READ)
+        )
+        snapshots = await self._call(found.get())
+        counted = Counter((s.to_dict() or {}).get("flow_version") or "unknown" for s in snapshots)
+        return dict(counted)
 
     async def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
@@ -288,8 +404,10 @@ class FirestoreStore:
         fields: dict[str, Any] = {
             **execution.summary().model_dump(exclude={"execution_id"}),
             "webhook_url": execution.webhook_url,
+            "traceparent": execution.traceparent,
             "updated_at": now,
-            "expire_at": now + self._ttl,
+            # A waiting execution is kept its TTL after it is due, not after it was saved.
+            "expire_at": max(now, execution.wake_at or now) + self._ttl,
         }
         fields["input"], parts = self._slot("input", to_json(execution.input))
         fields["steps"] = {}
@@ -318,13 +436,18 @@ class FirestoreStore:
             if len(self._written) > REMEMBERED_PARTS:
                 self._written.popitem(last=False)
 
-    async def _execution(self, execution_id: str, data: dict[str, Any]) -> Execution:
-        """The execution a head stands for, its spilled slots read back from their parts."""
+    async def _execution(
+        self, execution_id: str, data: dict[str, Any], answers: bool = True
+    ) -> Execution:
+        """The execution a head stands for, its spilled slots read back from their parts
+        (with the callbacks' answers unless `answers` is false)."""
         if "input" not in data and "document" in data:
             # Written before this layout (one map per execution): read until its TTL ends.
             return Execution.model_validate(data["document"])
         slots: dict[str, Any] = {"input": data["input"], "result": data.get("result", "null")}
         slots |= {f"step.{name}": value for name, value in data.get("steps", {}).items()}
+        if answers:
+            slots |= {f"answer.{name}": value for name, value in data.get("answers", {}).items()}
         pointers = {name: value for name, value in slots.items() if isinstance(value, dict)}
         if pointers:
             folder = self._collection.document(execution_id).collection(PARTS_COLLECTION)
@@ -356,6 +479,12 @@ class FirestoreStore:
             }
         )
         execution.webhook_url = data.get("webhook_url")
+        execution.traceparent = data.get("traceparent")
+        execution.callbacks = {
+            name.removeprefix("answer."): from_json(text)
+            for name, text in slots.items()
+            if name.startswith("answer.")
+        }
         return execution
 
 

@@ -9,13 +9,17 @@ One head document per execution, always far under Firestore's 1 MiB:
                                                     each step's outcome and of the flow's
                                                     result, inline up to INLINE_BYTES,
                                                     else a pointer {parts, digest}
-        webhook_url                                 kept for re-drives
+        answers.NAME                                what was posted to a waiting step's
+                                                    callback URL (a slot); never written
+                                                    by a save, so no run overwrites it
+        webhook_url, traceparent                    kept for re-drives and resumes
         owner, lease_until, delivered,              the lease, and whether the result
         cancel_requested, updated_at, expire_at     went out; an operator's cancel
     executions/{id}/execution-parts/{slot}.{digest}.{n}
                                                     a larger slot in chunks of PART_BYTES,
                                                     named by its content, written before
                                                     the pointer to them (so never torn)
+    {collection}-flows/{flow}@{version}             a flow version's definition, kept once
 
 Slots are JSON text, not Firestore maps: a map costs an index entry per leaf (a
 400-item answer passes Firestore's 40,000 per document), nests at most 20 deep, and
@@ -33,6 +37,7 @@ from datetime import timedelta
 from typing import Any
 
 from service.execution import ExecutionSummary
+from service.waits import MAX_WAIT_S
 
 # Each slot inline up to this; with at most MAX_FLOW_STEPS (50) steps a head stays < 1 MiB.
 INLINE_BYTES = 16 * 1024
@@ -40,14 +45,27 @@ PART_BYTES = 900_000  # a part document's data, under the 1 MiB document limit
 # Parts per commit: Firestore takes 10 MiB a request, its emulator's gRPC server 4 MiB
 # (a larger commit is refused with 429 "gRPC message exceeds maximum size").
 COMMIT_BYTES = 3_000_000
-PARTS_TTL_MARGIN = timedelta(hours=1)  # parts outlive the head's last write
+# Parts outlive the head's last write by the longest wait: an execution may wait that
+# long after its parts were written, then be kept EXECUTION_TTL_DAYS more.
+PARTS_TTL_MARGIN = timedelta(seconds=MAX_WAIT_S, hours=1)
 # A collection group of its own name, for its TTL policy and index exemption (infra/).
 PARTS_COLLECTION = "execution-parts"
+FLOWS_SUFFIX = "-flows"  # the flow versions' collection: the executions' name + this
 SUMMARY_FIELDS = tuple(name for name in ExecutionSummary.model_fields if name != "execution_id")
 # Everything else a head holds; infra/setup.sh exempts from indexing all but what is queried.
 HEAD_FIELDS = (
     *SUMMARY_FIELDS,
-    *("input", "steps", "result", "webhook_url", "owner", "lease_until", "delivered"),
+    *(
+        "input",
+        "steps",
+        "result",
+        "answers",
+        "webhook_url",
+        "traceparent",
+        "owner",
+        "lease_until",
+        "delivered",
+    ),
     *("cancel_requested", "updated_at", "expire_at"),
 )
 Parts = dict[str, bytes]

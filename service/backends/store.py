@@ -19,6 +19,18 @@ arrives while the run ends wins when its outcome is saved (`cancel_wins`), so a
 cancel answered `cancelling` always ends `cancelled`; `redrive` queues the next run
 of an ended execution, keeping what succeeded.
 
+Waiting executions: `suspend` stores a run that ended `waiting` and ends its lease;
+its `wake_at` is its timer. `due` hands out the waiting executions whose timer has
+passed, each to one caller only (its timer moves REWAKE_S ahead, in case the resume
+it sends is lost); a claim resumes a waiting execution like a queued one. `answer`
+records what was posted to a step's callback URL (`callback_answer` decides) and
+makes the execution due. A cancelled waiting execution is flagged and made due, so
+its resume ends it `cancelled` and delivers it.
+
+Flow versions: `keep_flow` stores a version's definition once, `flow_source` reads
+it back for an execution pinned to it, `versions_in_use` counts the executions not
+ended per version of a flow.
+
 `MemoryStore` serves one instance; `FirestoreStore` (service/backends/firestore.py)
 shares executions across instances.
 """
@@ -28,13 +40,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import builtins
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -43,19 +56,27 @@ from service.execution import (
     CANCELLED_BY_OPERATOR,
     REDRIVABLE,
     TERMINAL,
+    UNDERWAY,
     Execution,
     ExecutionStatus,
     ExecutionSummary,
     StepResult,
+    StepStatus,
     in_utc,
     is_execution_id,
     now,
 )
+from service.waits import CallbackToken
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_CAPACITY = 10_000
+# Never forgotten: running (leased) and waiting executions.
 FORGETTABLE = TERMINAL | {ExecutionStatus.QUEUED}
+# Cancels that the run itself carries out: running here or elsewhere, or waiting to resume.
+FLAGGED = frozenset({ExecutionStatus.RUNNING, ExecutionStatus.WAITING})
+# A woken execution whose resume message is lost is due again after this.
+REWAKE_S = 120.0
 # What a run that was not cancelled ends as.
 RUN_VERDICTS = frozenset(
     {ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.PARTIAL}
@@ -76,16 +97,49 @@ class Claim:
     cancel_requested: bool = False
 
 
-def claimed(execution: Execution, cancel_requested: bool = False) -> Claim:
+def claimed(
+    execution: Execution, cancel_requested: bool = False, flow_version: str | None = None
+) -> Claim:
     """The lease is taken: to run the execution, or only to deliver its ended result.
 
-    A queued execution (new, or re-driven with its succeeded steps) starts now.
+    A queued execution (new, or re-driven with its succeeded steps) starts now, pinned
+    to `flow_version` unless it has one; a waiting one resumes.
     """
     if execution.status in TERMINAL:
         return Claim(ClaimState.FINISHED, execution, delivered=False)
     if execution.status == ExecutionStatus.QUEUED:
         execution.status, execution.started_at = ExecutionStatus.RUNNING, now()
+    elif execution.status == ExecutionStatus.WAITING:
+        execution.status, execution.wake_at = ExecutionStatus.RUNNING, None
+    execution.flow_version = execution.flow_version or flow_version
     return Claim(ClaimState.CLAIMED, execution, cancel_requested=cancel_requested)
+
+
+class Answer(StrEnum):
+    """What a callback posted to a step's URL meets."""
+
+    ACCEPTED = "accepted"  # recorded; the execution resumes
+    ANSWERED = "answered"  # that step was answered already: nothing changes
+    GONE = "gone"  # its wait timed out, its run or the execution ended, or it is cancelled
+    UNKNOWN = "unknown"  # no such execution or step, or the token's secret does not match
+
+
+def callback_answer(
+    execution: Execution, token: CallbackToken, cancel_requested: bool = False
+) -> Answer:
+    """Whether `token` may answer its step of `execution` now (see Answer)."""
+    step = execution.steps.get(token.step)
+    wait = step.wait if step is not None else None
+    if step is None or wait is None or wait.kind != "callback":
+        return Answer.UNKNOWN
+    if not token.matches(wait.callback_sha256) or wait.run != token.run:
+        return Answer.UNKNOWN
+    if token.step in execution.callbacks or step.status == StepStatus.SUCCEEDED:
+        return Answer.ANSWERED
+    ended = execution.status in TERMINAL or cancel_requested or token.run != execution.run
+    if ended or step.status != StepStatus.WAITING or now() >= wait.timeout_at:
+        return Answer.GONE
+    return Answer.ACCEPTED
 
 
 class Conflict(Exception):
@@ -99,7 +153,7 @@ class Conflict(Exception):
 def cancelled(execution: Execution) -> ExecutionStatus:
     """Cancel `execution` in place if it is queued; the status it had.
 
-    Conflict unless it is queued or running (a running one is flagged by the store).
+    Conflict unless it is queued, running or waiting (those are flagged by the store).
     """
     status = execution.status
     if status not in CANCELLABLE:
@@ -117,6 +171,11 @@ def cancel_wins(execution: Execution, cancel_requested: bool) -> None:
     if cancel_requested and execution.status in RUN_VERDICTS:
         log.info("cancel asked as the run ended; it ends cancelled", was=execution.status)
         execution.status, execution.error = ExecutionStatus.CANCELLED, CANCELLED_BY_OPERATOR
+
+
+def due_again() -> datetime:
+    """A woken execution's timer: if its resume is lost, it is due again then."""
+    return now() + timedelta(seconds=REWAKE_S)
 
 
 def may_redrive(execution: Execution, delivered: bool) -> None:
@@ -222,9 +281,30 @@ class ExecutionStore(Protocol):
     async def cancel_requests(self) -> set[str]:
         """Ids of running executions whose cancellation was asked."""
 
-    async def redrive(self, execution_id: str) -> tuple[Execution, Execution] | None:
+    async def redrive(
+        self, execution_id: str, flow_version: str | None = None
+    ) -> tuple[Execution, Execution] | None:
         """Store the next run (`may_redrive`, then `Execution.redriven`) as queued:
-        (before, after); None if unknown."""
+        (before, after); None if unknown. With `flow_version`, the run moves to it."""
+
+    async def suspend(self, execution: Execution) -> None:
+        """Store a run that ended `waiting` (`Execution.suspend` with what is stored:
+        callbacks answered, a cancel asked) and end its lease."""
+
+    async def due(self, limit: int) -> builtins.list[Execution]:
+        """Up to `limit` waiting executions whose wake_at has passed, each given to this
+        caller only: its wake_at moves to `due_again()`."""
+
+    async def answer(self, token: CallbackToken, body: Any) -> Answer:
+        """Record `body` as the answer to the token's step if `callback_answer` accepts."""
+
+    async def keep_flow(self, name: str, version: str, source: str) -> None:
+        """Store a flow version's definition, unless it is stored."""
+
+    async def flow_source(self, name: str, version: str) -> str | None: ...
+
+    async def versions_in_use(self, name: str) -> dict[str, int]:
+        """How many executions of flow `name` not ended run each version (at most 1000 read)."""
 
     async def close(self) -> None: ...
 
@@ -249,6 +329,7 @@ class MemoryStore:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self._capacity = capacity
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._flows: dict[tuple[str, str], str] = {}
         self._lock = asyncio.Lock()
 
     async def enqueue(self, execution: Execution) -> None:
@@ -268,7 +349,7 @@ class MemoryStore:
             elif entry.lease_until > now:
                 return Claim(ClaimState.RUNNING)
             entry.owner, entry.lease_until = owner, now + lease_s
-            return claimed(entry.execution, entry.cancel_requested)
+            return claimed(entry.execution, entry.cancel_requested, execution.flow_version)
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         async with self._lock:
@@ -324,7 +405,9 @@ class MemoryStore:
             if entry is None:
                 return None
             status = cancelled(entry.execution)
-            entry.cancel_requested = status == ExecutionStatus.RUNNING
+            entry.cancel_requested = status in FLAGGED
+            if status == ExecutionStatus.WAITING:
+                entry.execution.wake_at = now()  # its resume ends it cancelled
             return status
 
     async def cancel_requests(self) -> set[str]:
@@ -334,7 +417,9 @@ class MemoryStore:
             if entry.cancel_requested and entry.execution.status == ExecutionStatus.RUNNING
         }
 
-    async def redrive(self, execution_id: str) -> tuple[Execution, Execution] | None:
+    async def redrive(
+        self, execution_id: str, flow_version: str | None = None
+    ) -> tuple[Execution, Execution] | None:
         async with self._lock:
             entry = self._entries.get(execution_id)
             if entry is None:
@@ -342,8 +427,61 @@ class MemoryStore:
             before = entry.execution
             may_redrive(before, entry.delivered)
             after = before.redriven()
+            after.flow_version = flow_version or after.flow_version
             self._entries[execution_id] = _Entry(after)
             return before, after
+
+    async def suspend(self, execution: Execution) -> None:
+        async with self._lock:
+            entry = self._entries.get(execution.execution_id) or _Entry(execution)
+            stored = entry.execution.callbacks
+            execution.suspend(stored.keys() | execution.callbacks.keys(), entry.cancel_requested)
+            execution.callbacks = {**stored, **execution.callbacks}
+            entry.execution, entry.delivered = execution, False
+            entry.owner, entry.lease_until = None, 0.0
+            self._put(execution.execution_id, entry)
+
+    async def due(self, limit: int) -> builtins.list[Execution]:
+        moment = now()
+        woken: builtins.list[Execution] = []
+        async with self._lock:
+            for entry in self._entries.values():
+                execution = entry.execution
+                if len(woken) == limit:
+                    break
+                if execution.status != ExecutionStatus.WAITING or entry.lease_until:
+                    continue
+                if execution.wake_at is not None and execution.wake_at <= moment:
+                    execution.wake_at = due_again()
+                    woken.append(execution.model_copy())
+        return woken
+
+    async def answer(self, token: CallbackToken, body: Any) -> Answer:
+        async with self._lock:
+            entry = self._entries.get(token.execution_id)
+            if entry is None:
+                return Answer.UNKNOWN
+            execution = entry.execution
+            verdict = callback_answer(execution, token, entry.cancel_requested)
+            if verdict == Answer.ACCEPTED:
+                execution.callbacks[token.step] = body
+                if execution.status == ExecutionStatus.WAITING:
+                    execution.wake_at = now()
+            return verdict
+
+    async def keep_flow(self, name: str, version: str, source: str) -> None:
+        self._flows.setdefault((name, version), source)
+
+    async def flow_source(self, name: str, version: str) -> str | None:
+        return self._flows.get((name, version))
+
+    async def versions_in_use(self, name: str) -> dict[str, int]:
+        counted = Counter(
+            entry.execution.flow_version or "unknown"
+            for entry in self._entries.values()
+            if entry.execution.flow == name and entry.execution.status in UNDERWAY
+        )
+        return dict(counted)
 
     async def close(self) -> None:
         return None

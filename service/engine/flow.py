@@ -31,9 +31,9 @@ from service.engine.expressions import (
     UnsetEnvironment,
     compile_value,
 )
-from service.engine.waits import duration_s
 from service.errors import FlowError
 from service.retry import RetryPolicy
+from service.waits import duration_s
 
 FLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")

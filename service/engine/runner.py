@@ -56,6 +56,7 @@ log = structlog.get_logger(__name__)
 MAX_FOR_EACH_ITEMS = ITERATION_BUDGET - 1
 FINAL_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
 
+
 async def _no_checkpoint(name: str, result: StepResult) -> None:
     return None
 

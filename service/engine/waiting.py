@@ -26,7 +26,6 @@ from typing import Any
 from service.engine.calls import CallResult, MLCaller
 from service.engine.expressions import EvaluationError, render_value
 from service.engine.flow import Step
-from service.engine.waits import MAX_WAIT_S, new_callback_token
 from service.execution import (
     MAX_ERROR_CHARS,
     Execution,
@@ -36,6 +35,7 @@ from service.execution import (
     in_utc,
     now,
 )
+from service.waits import MAX_WAIT_S, new_callback_token
 
 # An inline wait ends at least this long before the run's deadline.
 DEADLINE_MARGIN_S = 1.0

@@ -15,6 +15,12 @@ still undelivered is given up and announced on the result topic, and any other
 failure ends the execution `failed` with its reason, delivered and acked.
 A store write refused for good (StoreRefused) is never nacked: it fails the step,
 or the execution, whose result is delivered.
+
+A run that ends `waiting` is suspended in the store and acked, with nothing
+delivered: a wake or a callback sends its resume, a request message under the
+same id, through the broker. Each execution runs its pinned flow version
+(service/worker/versions.py); a message for an execution already stored is taken
+even when today's flow is gone or its input no longer fits today's definition.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
@@ -32,7 +38,6 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from service.backends.store import Claim, ClaimState, ExecutionStore
-from service.engine.flow import Flow
 from service.engine.runner import FlowRunner
 from service.errors import (
     BrokerUnavailable,
@@ -47,8 +52,9 @@ from service.errors import (
 from service.execution import TERMINAL, Execution, ExecutionStatus, StepResult
 from service.messages import ExecutionRequest, PushEnvelope, describe, field_errors
 from service.metrics import Metrics
-from service.telemetry import Tracing, within
+from service.telemetry import MESSAGE_ATTRIBUTE, Tracing, within
 from service.worker.delivery import ResultDelivery
+from service.worker.versions import FlowVersions, VersionMissing
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +75,7 @@ class PushHandler:
 
     def __init__(
         self,
-        flows: Mapping[str, Flow],
+        versions: FlowVersions,
         store: ExecutionStore,
         runner: FlowRunner,
         delivery: ResultDelivery,
@@ -80,7 +86,8 @@ class PushHandler:
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self._flows = flows
+        self._versions = versions
+        self._flows = versions.current
         self._store = store
         self._runner = runner
         self._delivery = delivery
@@ -133,7 +140,7 @@ class PushHandler:
                 execution_id=message.execution_id, flow=message.flow
             )
             try:
-                return await self._handle(message, last)
+                return await self._handle(message, last, attributes.get(MESSAGE_ATTRIBUTE))
             except RejectedMessage as exc:
                 return await self._rejected(exc, message_id, message.flow, last)
             except ExecutionBusy as exc:
@@ -185,17 +192,9 @@ class PushHandler:
             log.error("rejection not reported at the last delivery attempt", reason=str(error))
         return ACK
 
-    async def _handle(self, message: ExecutionRequest, last: bool) -> int:
-        flow = self._flows.get(message.flow)
-        if flow is None:
-            raise RejectedMessage(f"flow: unknown flow {message.flow!r}", message.execution_id)
-        try:
-            flow_input = flow.validate_input(message.input)
-        except ValidationError as exc:
-            reason = describe(field_errors(exc, "input"))
-            raise RejectedMessage(reason, message.execution_id) from None
-
-        fresh = message.execution(ExecutionStatus.RUNNING, flow_input)
+    async def _handle(self, message: ExecutionRequest, last: bool, traceparent: str | None) -> int:
+        fresh = await self._fresh(message)
+        fresh.traceparent = traceparent
         # Each delivery owns its lease, so two copies in one instance are told apart too.
         owner = f"{self._instance}-{uuid.uuid4().hex[:12]}"
         try:
@@ -213,19 +212,45 @@ class PushHandler:
         assert claim.execution is not None
         claim.execution.webhook_url = claim.execution.webhook_url or message.webhook_url
         attributes = {"execution_id": message.execution_id, "run": claim.execution.run}
-        with self._tracing.span(f"execution {flow.name}", attributes=attributes) as span:
-            work = self._run_and_deliver(flow, claim, message.webhook_url, last)
+        with self._tracing.span(f"execution {message.flow}", attributes=attributes) as span:
+            work = self._run_and_deliver(claim, message.webhook_url, last)
             await self._leased(claim.execution.execution_id, owner, work)
             if span is not None:
                 span.set_attribute("status", claim.execution.status.value)
         return ACK
 
-    async def _run_and_deliver(
-        self, flow: Flow, claim: Claim, webhook_url: str | None, last: bool
-    ) -> None:
-        """Run the execution unless it already ended, then deliver its result once."""
+    async def _fresh(self, message: ExecutionRequest) -> Execution:
+        """The execution `message` starts, pinned to today's flow version; RejectedMessage
+        if it can never run, unless the execution is stored (its own version runs)."""
+        flow = self._flows.get(message.flow)
+        reason = f"flow: unknown flow {message.flow!r}"
+        if flow is not None:
+            await self._versions.keep(flow)
+            try:
+                fresh = message.execution(
+                    ExecutionStatus.RUNNING, flow.validate_input(message.input)
+                )
+                fresh.flow_version = flow.version
+                return fresh
+            except ValidationError as exc:
+                reason = describe(field_errors(exc, "input"))
+        if await self._store.get(message.execution_id) is None:
+            raise RejectedMessage(reason, message.execution_id)
+        return message.execution(ExecutionStatus.RUNNING)
+
+    async def _run_and_deliver(self, claim: Claim, webhook_url: str | None, last: bool) -> None:
+        """Run the execution unless it already ended, then deliver its result once;
+        a run that ends waiting is suspended, not delivered."""
         assert claim.execution is not None
         execution = claim.execution
+        if claim.state == ClaimState.CLAIMED:
+            try:
+                flow = await self._versions.of(execution)
+            except VersionMissing as exc:
+                log.error("the execution's flow version cannot run", reason=str(exc))
+                execution.end_running(f"not run: {exc}")
+                execution.finish(ExecutionStatus.FAILED, str(exc))
+                claim = Claim(ClaimState.FINISHED, execution)
         if claim.state == ClaimState.CLAIMED:
 
             async def checkpoint(name: str, result: StepResult) -> None:
@@ -237,6 +262,8 @@ class PushHandler:
             finally:
                 if self._running.get(execution.execution_id) is cancel:
                     del self._running[execution.execution_id]
+            if execution.status == ExecutionStatus.WAITING and await self._suspend(execution):
+                return
             await self._save(execution)
         await self._deliver(execution, webhook_url, last)
         await self._save(execution, delivered=True)
@@ -275,6 +302,18 @@ class PushHandler:
             # result topic hears that its webhook was given up.
             log.error("result undeliverable; giving up the webhook", reason=str(exc))
             await self._delivery.publish(execution, webhook_undelivered=True)
+
+    async def _suspend(self, execution: Execution) -> bool:
+        """Store the waiting execution and end its lease; if the store refuses it for
+        good, it ends failed (False: to save and deliver)."""
+        try:
+            await self._store.suspend(execution)
+        except StoreRefused as exc:
+            log.error("the execution store refused the waiting execution", reason=str(exc))
+            execution.end_running(f"not suspended: {exc}")
+            execution.finish(ExecutionStatus.FAILED, f"not suspended: {exc}")
+            return False
+        return True
 
     async def _save(self, execution: Execution, delivered: bool = False) -> None:
         """Store the ended execution; if the store refuses it for good, it ends failed."""
