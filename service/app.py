@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service.api import frontdoor, operations, problems, push, ui
+from service.api import frontdoor, operations, problems, push, ui, waits
 from service.api.deps import Components, ComponentsDep
 from service.api.hotpaths import HotPaths
 from service.api.inbound_auth import GoogleCertificates, OperatorAccess, TokenAuth
@@ -31,6 +32,7 @@ from service.engine.outbound_auth import (
     TokenProvider,
 )
 from service.engine.runner import FlowRunner
+from service.engine.waiting import Waits
 from service.errors import BrokerUnavailable, ConfigError
 from service.logs import configure_logging
 from service.metrics import Metrics, metric_exporters_from_environment
@@ -41,6 +43,7 @@ from service.worker.delivery import ResultDelivery
 from service.worker.handler import PushHandler
 from service.worker.targets import WebhookTargets
 from service.worker.versions import FlowVersions
+from service.worker.wakes import Wakes
 
 log = structlog.get_logger(__name__)
 
@@ -76,10 +79,16 @@ def create_app(
                 pid=os.getpid(),  # one line per worker process (WEB_CONCURRENCY)
             )
             undo_signals = on_stop_signals(app.state.components.push.drain)
+            timers = None
+            if config.wake_every_s > 0:
+                timers = asyncio.create_task(app.state.components.wakes.every(config.wake_every_s))
             try:
                 yield
             finally:
                 undo_signals()
+                if timers is not None:
+                    timers.cancel()
+                    await asyncio.gather(timers, return_exceptions=True)
                 await broker.close()
                 await executions.close()
                 traces.shutdown()
@@ -93,6 +102,7 @@ def create_app(
     )
     problems.install(app)
     app.include_router(frontdoor.router)
+    app.include_router(waits.router)
     app.include_router(operations.router)
     app.include_router(ui.router)
     app.include_router(ui.ui_root)
@@ -125,11 +135,16 @@ def create_app(
 
 def load_checked_flows(settings: Settings) -> dict[str, Flow]:
     """The flows of FLOWS_DIR; ConfigError if any is invalid or DEFAULT_FLOW is missing."""
-    flows = load_flows(settings.flows_dir, settings.flow_env())
+    env = settings.flow_env()
+    flows: dict[str, Flow] = {}
+    for folder in settings.flows_dir:
+        for name, flow in load_flows(folder, env).items():
+            if name in flows:
+                raise ConfigError(f"FLOWS_DIR: two flows named {name!r} (one in {folder})")
+            flows[name] = flow
     if settings.default_flow not in flows:
-        raise ConfigError(
-            f"DEFAULT_FLOW: no flow named {settings.default_flow!r} in {settings.flows_dir}"
-        )
+        folders = os.pathsep.join(str(folder) for folder in settings.flows_dir)
+        raise ConfigError(f"DEFAULT_FLOW: no flow named {settings.default_flow!r} in {folders}")
     return flows
 
 
@@ -180,21 +195,18 @@ def build(
     targets = WebhookTargets(
         settings.webhook_allow_private_networks, settings.allowed_webhook_hosts
     )
+    caller = MLCaller(
+        sender, id_tokens, settings.ml_max_concurrency_per_host, tracing, metrics, access_tokens
+    )
     handler = PushHandler(
         versions=FlowVersions(flows, store, settings.flow_env()),
         store=store,
         runner=FlowRunner(
-            MLCaller(
-                sender,
-                id_tokens,
-                settings.ml_max_concurrency_per_host,
-                tracing,
-                metrics,
-                access_tokens,
-            ),
+            caller,
             settings.flow_timeout_s,
             tracing,
             metrics,
+            Waits(caller, settings.inline_wait_s, settings.service_url),
         ),
         delivery=ResultDelivery(
             http,
@@ -239,4 +251,5 @@ def build(
         operators=operators,
         tracing=tracing,
         metrics=metrics,
+        wakes=Wakes(store, transport, settings.orchestration_topic, metrics),
     )

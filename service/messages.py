@@ -62,6 +62,14 @@ class RequestMessage(BaseModel):
             requested_at=execution.requested_at,
         )
 
+    def attributes(self, run: int = 1) -> dict[str, str]:
+        """The message's attributes (the trace context is added where it is published)."""
+        assert self.execution_id is not None
+        attributes = {"execution_id": self.execution_id, "flow": self.flow}
+        if run > 1:
+            attributes["run"] = str(run)
+        return attributes
+
     def resolve(self, message_id: str | None, publish_time: str | None) -> ExecutionRequest:
         """The request with its defaults: the message's id and publish time."""
         execution_id = self.execution_id or message_id

@@ -7,11 +7,11 @@ import math
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Self
 
 from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import ConfigError
 
@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     firestore_emulator_host: str | None = None
     orchestration_topic: str = Field("ml-orchestration-requests", min_length=3, max_length=255)
     result_topic: str | None = Field(None, min_length=3, max_length=255)
-    flows_dir: Path = PROJECT_FLOWS_DIR
+    # One folder, or several separated by ":" (a flow's name is unique across them).
+    flows_dir: Annotated[tuple[Path, ...], NoDecode] = (PROJECT_FLOWS_DIR,)
     default_flow: str = "ml-orchestration"
     ml_auth: MLAuth = MLAuth.ID_TOKEN
     push_auth_audience: str | None = None
@@ -60,6 +61,9 @@ class Settings(BaseSettings):
     webhook_max_bytes: int = Field(10_000_000, ge=100_000, le=100_000_000)
     public_url: str | None = Field(None, pattern=r"^https?://[^\s?#]+$")
     flow_timeout_s: float = Field(540, gt=0, le=600)
+    inline_wait_s: float = Field(10, ge=0, le=60)
+    wake_interval_s: float | None = Field(None, ge=0, le=3600)
+    k_service: str | None = None  # set by Cloud Run
     execution_store: StoreKind = StoreKind.MEMORY
     firestore_collection: str = Field(
         "ml-orchestrator-executions", pattern=r"^[A-Za-z0-9_-]{1,100}$"
@@ -87,6 +91,13 @@ class Settings(BaseSettings):
             raise ValueError("must hold at least 24 bytes of key")
         return value
 
+    @field_validator("flows_dir", mode="before")
+    @classmethod
+    def _folders(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(Path(part) for part in value.split(os.pathsep) if part)
+        return (value,) if isinstance(value, Path) else value
+
     @field_validator(
         "google_cloud_project",
         "pubsub_emulator_host",
@@ -99,6 +110,8 @@ class Settings(BaseSettings):
         "webhook_allowed_hosts",
         "public_url",
         "admin_emails",
+        "k_service",
+        "wake_interval_s",
         mode="before",
     )
     @classmethod
@@ -140,6 +153,14 @@ class Settings(BaseSettings):
     def service_url(self) -> str | None:
         """The service's own URL: PUBLIC_URL, else the push audience (set to it on Cloud Run)."""
         return self.public_url or self.push_auth_audience
+
+    @property
+    def wake_every_s(self) -> float:
+        """How often the service fires its own due timers: WAKE_INTERVAL_S, else every
+        second off Cloud Run and never on it (Cloud Scheduler calls POST /executions/wake)."""
+        if self.wake_interval_s is not None:
+            return self.wake_interval_s
+        return 0.0 if self.k_service else 1.0
 
     @property
     def uses_pubsub(self) -> bool:

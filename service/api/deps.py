@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.telemetry import Tracing
     from service.worker.handler import PushHandler
     from service.worker.targets import WebhookTargets
+    from service.worker.wakes import Wakes
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class Components:
     operators: OperatorAccess
     tracing: Tracing
     metrics: Metrics
+    wakes: Wakes
 
 
 def components_of(request: Request) -> Components:

@@ -147,10 +147,7 @@ async def get_execution(execution_id: ExecutionId, parts: ComponentsDep) -> Exec
 
 async def publish(parts: Components, message: RequestMessage, refusal: str, run: int = 1) -> None:
     """Hand a request message to the broker; 503 with Retry-After when it cannot take it."""
-    assert message.execution_id is not None
-    attributes = {"execution_id": message.execution_id, "flow": message.flow}
-    if run > 1:
-        attributes["run"] = str(run)
+    attributes = message.attributes(run)
     topic = parts.settings.orchestration_topic
     try:
         with parts.tracing.span(f"{topic} publish", SpanKind.PRODUCER, attributes):

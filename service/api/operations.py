@@ -96,14 +96,16 @@ async def list_executions(
 
 @router.get(
     "/flows/{name}",
-    summary="A flow's steps and dependencies (the dashboard draws its DAG from it)",
+    summary="A flow's steps and dependencies (the dashboard draws its DAG from it), its "
+    "version, and how many executions not ended run each version",
     responses=_UNKNOWN_FLOW,
 )
 async def get_flow(name: str, parts: ComponentsDep) -> dict[str, Any]:
     flow = parts.flows.get(name)
     if flow is None:
         raise Problem(404, "Unknown flow", f"no flow {name[:63]!r}")
-    return described(flow)
+    in_use = await parts.store.versions_in_use(name)
+    return {**described(flow), "version": flow.version, "versions_in_use": in_use}
 
 
 @router.get(
@@ -154,6 +156,16 @@ class BulkRedrive(BaseModel):
         return value
 
 
+class RedriveOptions(BaseModel):
+    """How to re-drive one execution; the body is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow_version: Literal["pinned", "current"] = Field(
+        "pinned", description="`current` moves the execution to today's flow definition"
+    )
+
+
 class BulkRedriven(BaseModel):
     count: int
     execution_ids: list[str]
@@ -166,12 +178,16 @@ _ON_ONE: dict[str, Any] = {"status_code": 202, "responses": {**_UNKNOWN, **_CONF
 @router.post(
     "/executions/{execution_id}/cancel",
     response_model=Cancelling,
-    summary="Cancel a queued or running execution; its result is delivered as `cancelled`",
+    summary="Cancel a queued, running or waiting execution; its result is delivered as `cancelled`",
     **_ON_ONE,
 )
 async def cancel(execution_id: ExecutionId, parts: ComponentsDep) -> Cancelling:
     before = await _on_one(parts.store.cancel(execution_id), execution_id)
     log.info("cancel asked by an operator", execution_id=execution_id, was=before)
+    if before == ExecutionStatus.WAITING:  # its resume ends it cancelled and delivers it
+        waiting = await parts.store.get(execution_id)
+        if waiting is not None:
+            await parts.wakes.resume_soon(waiting)
     done = before == ExecutionStatus.QUEUED
     return Cancelling(execution_id=execution_id, status="cancelled" if done else "cancelling")
 
@@ -180,10 +196,23 @@ async def cancel(execution_id: ExecutionId, parts: ComponentsDep) -> Cancelling:
     "/executions/{execution_id}/redrive",
     response_model=Redriven,
     summary="Run an ended failed, partial or cancelled execution again (what succeeded is kept)",
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": inline_schema(RedriveOptions)}},
+        }
+    },
     **_ON_ONE,
 )
 async def redrive(execution_id: ExecutionId, request: Request, parts: ComponentsDep) -> Redriven:
-    execution = await _on_one(_redrive(parts, execution_id), execution_id)
+    options = _options(await read_body(request, MAX_OPERATOR_BODY_BYTES))
+    version = None
+    if options.flow_version == "current":
+        flow = parts.flows.get(await _flow_of(parts, execution_id))
+        if flow is None:
+            raise Problem(409, "Conflict", "flow_version: the execution's flow is gone")
+        version = flow.version
+    execution = await _on_one(_redrive(parts, execution_id, version), execution_id)
     status_url = f"{request.base_url}executions/{execution.execution_id}"
     return Redriven(execution_id=execution.execution_id, run=execution.run, status_url=status_url)
 
@@ -244,6 +273,22 @@ async def redrive_many(request: Request, parts: ComponentsDep) -> BulkRedriven:
     return BulkRedriven(count=len(redriven), execution_ids=redriven)
 
 
+def _options(body: bytes) -> RedriveOptions:
+    if not body.strip():
+        return RedriveOptions()
+    try:
+        return RedriveOptions.model_validate(json_body(body))
+    except ValidationError as exc:
+        raise invalid(field_errors(exc, "body")) from None
+
+
+async def _flow_of(parts: Components, execution_id: str) -> str:
+    execution = await parts.store.get(execution_id)
+    if execution is None:
+        raise unknown_execution(execution_id)
+    return execution.flow
+
+
 def _bulk_selection(body: bytes) -> BulkRedrive:
     if not body:
         raise invalid([{"field": "body", "reason": "required: a JSON object"}])
@@ -254,9 +299,11 @@ def _bulk_selection(body: bytes) -> BulkRedrive:
         raise invalid(field_errors(exc, "body")) from None
 
 
-async def _redrive(parts: Components, execution_id: str) -> Execution | None:
+async def _redrive(
+    parts: Components, execution_id: str, flow_version: str | None = None
+) -> Execution | None:
     """Queue the next run in the store, then publish it; undone if the broker refuses."""
-    changed = await parts.store.redrive(execution_id)
+    changed = await parts.store.redrive(execution_id, flow_version)
     if changed is None:
         return None
     before, after = changed

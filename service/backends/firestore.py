@@ -261,8 +261,8 @@ class FirestoreStore:
             status = cancelled(execution)
             if status == ExecutionStatus.RUNNING:
                 transaction.update(reference, {"cancel_requested": True})
-            elif status == ExecutionStatus.WAITING:  # due now: its resume ends it cancelled
-                transaction.update(reference, {"cancel_requested": True, "wake_at": now()})
+            elif status == ExecutionStatus.WAITING:  # the caller sends its resume
+                transaction.update(reference, {"cancel_requested": True, "wake_at": due_again()})
             else:
                 summary = execution.summary().model_dump(exclude={"execution_id"})
                 transaction.update(reference, summary)
@@ -340,15 +340,15 @@ class FirestoreStore:
         taken = await asyncio.gather(*(take(snapshot) for snapshot in snapshots))
         return [execution for execution in taken if execution is not None]
 
-    async def answer(self, token: CallbackToken, body: Any) -> Answer:
+    async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
         reference = self._collection.document(token.execution_id)
         value, parts = self._slot(f"answer.{token.step}", to_json(body))
 
         @firestore.async_transactional
-        async def answer_in(transaction: Any) -> Answer:
+        async def answer_in(transaction: Any) -> tuple[Answer, Execution | None]:
             snapshot = await reference.get(transaction=transaction)
             if not snapshot.exists:
-                return Answer.UNKNOWN
+                return Answer.UNKNOWN, None
             data = snapshot.to_dict() or {}
             execution = await self._execution(token.execution_id, data, answers=False)
             execution.callbacks = dict.fromkeys(data.get("answers") or {})
@@ -357,9 +357,9 @@ class FirestoreStore:
                 await self._write_parts(token.execution_id, parts)
                 update = {FieldPath("answers", token.step).to_api_repr(): value}
                 if data.get("status") == ExecutionStatus.WAITING:
-                    update["wake_at"] = now()
+                    update["wake_at"] = due_again()
                 transaction.update(reference, update)
-            return verdict
+            return verdict, execution
 
         return await self._transact(answer_in)  # type: ignore[no-any-return]
 

@@ -276,7 +276,10 @@ class ExecutionStore(Protocol):
         """Summaries matching `query`, newest first; PageTokenInvalid for a bad token."""
 
     async def cancel(self, execution_id: str) -> ExecutionStatus | None:
-        """Cancel it (see `cancelled`); the status it had, None if unknown; or Conflict."""
+        """Cancel it (see `cancelled`); the status it had, None if unknown; or Conflict.
+
+        A waiting one is flagged and its timer moved to `due_again()`: the caller sends
+        its resume, which ends it `cancelled` and delivers it."""
 
     async def cancel_requests(self) -> set[str]:
         """Ids of running executions whose cancellation was asked."""
@@ -295,8 +298,10 @@ class ExecutionStore(Protocol):
         """Up to `limit` waiting executions whose wake_at has passed, each given to this
         caller only: its wake_at moves to `due_again()`."""
 
-    async def answer(self, token: CallbackToken, body: Any) -> Answer:
-        """Record `body` as the answer to the token's step if `callback_answer` accepts."""
+    async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
+        """Record `body` as the answer to the token's step if `callback_answer` accepts;
+        with the execution. A waiting one's timer moves to `due_again()`: the caller
+        sends its resume now (a running one is due when it suspends)."""
 
     async def keep_flow(self, name: str, version: str, source: str) -> None:
         """Store a flow version's definition, unless it is stored."""
@@ -406,8 +411,8 @@ class MemoryStore:
                 return None
             status = cancelled(entry.execution)
             entry.cancel_requested = status in FLAGGED
-            if status == ExecutionStatus.WAITING:
-                entry.execution.wake_at = now()  # its resume ends it cancelled
+            if status == ExecutionStatus.WAITING:  # the caller sends its resume, which ends it
+                entry.execution.wake_at = due_again()
             return status
 
     async def cancel_requests(self) -> set[str]:
@@ -456,18 +461,18 @@ class MemoryStore:
                     woken.append(execution.model_copy())
         return woken
 
-    async def answer(self, token: CallbackToken, body: Any) -> Answer:
+    async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
         async with self._lock:
             entry = self._entries.get(token.execution_id)
             if entry is None:
-                return Answer.UNKNOWN
+                return Answer.UNKNOWN, None
             execution = entry.execution
             verdict = callback_answer(execution, token, entry.cancel_requested)
             if verdict == Answer.ACCEPTED:
                 execution.callbacks[token.step] = body
                 if execution.status == ExecutionStatus.WAITING:
-                    execution.wake_at = now()
-            return verdict
+                    execution.wake_at = due_again()
+            return verdict, execution.model_copy()
 
     async def keep_flow(self, name: str, version: str, source: str) -> None:
         self._flows.setdefault((name, version), source)
