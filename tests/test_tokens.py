@@ -1,12 +1,23 @@
-"""Google ID tokens through google-auth's real metadata-server path (a fake server on loopback)."""
+"""Google ID and access tokens through google-auth's real metadata-server path (a fake
+server on loopback)."""
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
-from service.engine.outbound_auth import GoogleIdTokens, NoTokens
-from tests.support.identity import Identity
+import pytest
+from fastapi import FastAPI, Request
+
+from service.engine.calls import MLCaller
+from service.engine.flow import Step, load_flow
+from service.engine.outbound import http_clients
+from service.engine.outbound_auth import GoogleAccessTokens, GoogleIdTokens, NoTokens
+from tests.support.identity import ACCESS_TOKEN, Identity
+from tests.support.servers import serve
 
 
 async def test_a_token_is_fetched_for_the_audience_and_reused(
@@ -59,3 +70,55 @@ async def test_the_fetch_runs_off_the_event_loop(metadata: Counter[str]) -> None
 
 async def test_no_tokens_sends_no_header() -> None:
     assert await NoTokens().headers("https://anything") == {}
+
+
+async def test_access_tokens_come_from_the_default_credentials_and_are_shared(
+    metadata: Counter[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """google.auth.default() finds the (fake) metadata server, as on Cloud Run: one
+    token for every audience, fetched once by concurrent callers, again near expiry."""
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud credentials here
+    tokens = GoogleAccessTokens()
+    before = metadata["access_token"]
+    headers = await asyncio.gather(*(tokens.headers(f"https://api-{n}.example") for n in range(20)))
+    assert {h["Authorization"] for h in headers} == {f"Bearer {ACCESS_TOKEN}-{before + 1}"}
+    assert metadata["access_token"] == before + 1
+    tokens._credentials[""].expiry = tokens._credentials[""].expiry.replace(year=2000)
+    await tokens.headers("https://api-0.example")
+    assert metadata["access_token"] == before + 2
+
+
+async def test_each_step_sends_the_token_its_auth_asks_for(
+    metadata: Counter[str], identity: Identity, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """auth: access_token reaches an API that checks the bearer; id_token an ID token for
+    the URL; none nothing. Through the real caller and HTTP on loopback."""
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
+    seen: list[str | None] = []
+    app = FastAPI()
+
+    @app.post("/api")
+    async def api(request: Request) -> dict[str, str]:
+        seen.append(request.headers.get("authorization"))
+        return {"ok": "yes"}
+
+    with serve(app) as url:
+        async with http_clients() as (_, sender):
+            caller = MLCaller(sender, GoogleIdTokens(), access_tokens=GoogleAccessTokens())
+            deadline = asyncio.get_running_loop().time() + 10
+            for auth in ("access_token", "id_token", "none"):
+                step = replace(_step(f"{url}/api"), auth=auth)
+                assert (await caller.call(step, {}, deadline)).error is None
+    access, id_token, none = seen
+    assert access is not None and access.startswith(f"Bearer {ACCESS_TOKEN}-")
+    assert id_token is not None
+    assert identity.verify(id_token.removeprefix("Bearer "), f"{url}/api")["aud"] == f"{url}/api"
+    assert none is None
+
+
+def _step(url: str) -> Step:
+    flow = Path(tempfile.mkdtemp()) / "one.yaml"
+    flow.write_text(f"steps:\n  one:\n    call: {url}\n")
+    return load_flow(flow, {}).steps["one"]

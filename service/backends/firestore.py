@@ -135,7 +135,10 @@ class FirestoreStore:
                 transaction.create(reference, {**fresh, **lease})
                 return ClaimState.CLAIMED, None
             data = snapshot.to_dict() or {}
-            pinned = {"flow_version": data.get("flow_version") or execution.flow_version}
+            pinned = {
+                "flow_version": data.get("flow_version") or execution.flow_version,
+                "traceparent": data.get("traceparent") or execution.traceparent,
+            }
             if data.get("status") == ExecutionStatus.QUEUED:
                 started = {"status": ExecutionStatus.RUNNING.value, "started_at": now}
                 transaction.update(reference, {**lease, **started, **pinned})
@@ -164,7 +167,7 @@ class FirestoreStore:
         stored = await self._execution(execution.execution_id, data)
         if state == ClaimState.FINISHED:
             return Claim(ClaimState.FINISHED, stored, delivered=True)
-        return claimed(stored, bool(data.get("cancel_requested")), execution.flow_version)
+        return claimed(stored, bool(data.get("cancel_requested")), execution)
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         reference = self._collection.document(execution_id)

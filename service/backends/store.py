@@ -98,12 +98,13 @@ class Claim:
 
 
 def claimed(
-    execution: Execution, cancel_requested: bool = False, flow_version: str | None = None
+    execution: Execution, cancel_requested: bool = False, fresh: Execution | None = None
 ) -> Claim:
     """The lease is taken: to run the execution, or only to deliver its ended result.
 
     A queued execution (new, or re-driven with its succeeded steps) starts now, pinned
-    to `flow_version` unless it has one; a waiting one resumes.
+    to the flow version of the delivery's `fresh` copy unless it has one, and in its
+    trace; a waiting one resumes.
     """
     if execution.status in TERMINAL:
         return Claim(ClaimState.FINISHED, execution, delivered=False)
@@ -111,7 +112,9 @@ def claimed(
         execution.status, execution.started_at = ExecutionStatus.RUNNING, now()
     elif execution.status == ExecutionStatus.WAITING:
         execution.status, execution.wake_at = ExecutionStatus.RUNNING, None
-    execution.flow_version = execution.flow_version or flow_version
+    if fresh is not None:
+        execution.flow_version = execution.flow_version or fresh.flow_version
+        execution.traceparent = execution.traceparent or fresh.traceparent
     return Claim(ClaimState.CLAIMED, execution, cancel_requested=cancel_requested)
 
 
@@ -354,7 +357,7 @@ class MemoryStore:
             elif entry.lease_until > now:
                 return Claim(ClaimState.RUNNING)
             entry.owner, entry.lease_until = owner, now + lease_s
-            return claimed(entry.execution, entry.cancel_requested, execution.flow_version)
+            return claimed(entry.execution, entry.cancel_requested, execution)
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         async with self._lock:

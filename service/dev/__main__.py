@@ -1,9 +1,11 @@
 """`python -m service.dev`: the orchestrator with the stand-in ML functions, on this machine.
 
 Starts the stand-ins (service/dev/standins.py: the ML functions, each waiting
-DEMO_DELAY_MS, and a webhook receiver that prints each result), the Pub/Sub emulator
-if it is installed (else the embedded in-process transport), and the service; prints
-a curl to paste. Ctrl-C stops everything.
+DEMO_DELAY_MS, a batch API and a reviewer for the example flow of waits, and a
+webhook receiver that prints each result), the Pub/Sub emulator if it is installed
+(else the embedded in-process transport), and the service with the project's flows
+and its examples (flows/examples/); prints a curl to paste for each. Ctrl-C stops
+everything.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import os
 import secrets
 import signal
 import sys
+from pathlib import Path
 
 import uvicorn
 
 from service.app import create_app, load_checked_flows
 from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator
-from service.dev.standins import FUNCTIONS, StandIns, WebhookReceiver
+from service.dev.standins import StandIns, WebhookReceiver
 from service.errors import ConfigError
 from service.settings import Settings
 
@@ -34,14 +37,19 @@ CURL = f"""curl -s -X POST http://127.0.0.1:{PORT}/orchestrate \\
   -d '{{"user_id": "test_user_123", "session_id": "test_session_456",
        "create_user_embedding": true, "process_profession_orchestrator": true,
        "process_vacancy_orchestrator": true}}'"""
+EXAMPLE_CURL = f"""curl -s -X POST http://127.0.0.1:{PORT}/orchestrate \\
+  -H 'Content-Type: application/json' \\
+  -d '{{"flow": "batch-review", "user_id": "test_user_123"}}'"""
+FLOWS = Path(__file__).resolve().parents[2] / "flows"
 
 
 def configure_environment(emulator_host: str | None) -> str:
     """Point the service at the stand-ins; returns the webhook secret."""
     demo = f"http://127.0.0.1:{DEMO_PORT}"
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    values = {name: demo + path for name, path in FUNCTIONS.items()}
+    values = StandIns().env(demo)
     values |= {
+        "FLOWS_DIR": os.pathsep.join(str(folder) for folder in (FLOWS, FLOWS / "examples")),
         "ML_AUTH": "none",
         "WEBHOOK_SECRET": secret,
         "DEFAULT_WEBHOOK_URL": f"{demo}/hook",
@@ -110,7 +118,9 @@ def announce(emulator: Emulator | None, delay: float) -> None:
         f"\nML Orchestrator on http://127.0.0.1:{PORT} ({transport}); stand-in ML functions "
         f"({delay:g} ms each) and webhook receiver on http://127.0.0.1:{DEMO_PORT}.\n"
         f"Dashboard: http://127.0.0.1:{PORT}/ui/  API docs: http://127.0.0.1:{PORT}/docs.\n"
-        f"Start a flow:\n\n{CURL}\n",
+        f"Start a flow:\n\n{CURL}\n\n"
+        "Or one that waits for a batch job (~20 s) and a review (~5 s later), suspended "
+        f"meanwhile (watch it on the dashboard):\n\n{EXAMPLE_CURL}\n",
         file=sys.stderr,
         flush=True,
     )

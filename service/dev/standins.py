@@ -5,6 +5,12 @@ real HTTP apps that record what they get. The functions wait `delay_s`, answer a
 plausible body (`answer`), may be scripted to fail (`script`), held (`gates`) or made
 to check ID tokens (`verify`). The receiver verifies Standard Webhooks signatures and,
 for a person watching the local stack, prints each result (`echo`).
+
+For the example flow of waits (flows/examples/batch-review.yaml) they also play a
+Vertex-AI-like batch API (`/v1/batchPredictionJobs` answers a long-running operation,
+done after `job_s`; with `access_token` set, a call must carry it) and a reviewer
+(`/review`, which posts its verdict to the callback URL it was sent after `review_s`,
+unless that is None).
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import asyncio
 import json
 import sys
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -28,6 +36,13 @@ FUNCTIONS = {
     "DEFAULT_MATCH_CANDIDATO_URL": "/match-candidato",
     "DEFAULT_MATCH_ANALYSIS_USER_VACANCY_URL": "/match-analysis-user-vacancy",
 }
+# The example flow of waits: its settings and paths.
+EXAMPLE_FUNCTIONS = {
+    "BATCH_API_URL": "/v1",
+    "REVIEW_URL": "/review",
+    "PUBLISH_URL": "/publish-predictions",
+}
+OPERATIONS = "projects/demo/locations/us-central1/operations"
 
 
 def answer(path: str, body: Any, vacancies: int = 3) -> dict[str, Any]:
@@ -74,10 +89,18 @@ class StandIns:
     script: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     gates: dict[str, threading.Event] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
+    job_s: float = 20.0
+    failing_jobs: bool = False
+    access_token: str | None = None
+    review_s: float | None = 5.0
+    review: dict[str, Any] = field(default_factory=lambda: {"approved": True, "reviewer": "demo"})
+    jobs: dict[str, float] = field(default_factory=dict)  # operation name -> its start
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _reviews: set[asyncio.Task[None]] = field(default_factory=set)
 
     def env(self, base_url: str) -> dict[str, str]:
-        return {name: base_url + path for name, path in FUNCTIONS.items()}
+        paths = FUNCTIONS | EXAMPLE_FUNCTIONS
+        return {name: base_url + path for name, path in paths.items()}
 
     def called(self, path: str) -> list[Call]:
         with self._lock:
@@ -88,6 +111,9 @@ class StandIns:
         app = FastAPI(title="Stand-in ML functions")
         if webhook is not None:
             app.add_api_route("/hook", webhook.receive, methods=["POST"])
+        app.add_api_route("/v1/batchPredictionJobs", self._start_job, methods=["POST"])
+        app.add_api_route("/v1/{name:path}", self._operation, methods=["GET"])
+        app.add_api_route("/review", self._review, methods=["POST"])
 
         @app.post("/{name}")
         async def function(name: str, request: Request) -> Response:
@@ -113,11 +139,67 @@ class StandIns:
 
         return app
 
+    async def _start_job(self, request: Request) -> Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        body = await request.json()
+        with self._lock:
+            name = f"{OPERATIONS}/{len(self.jobs) + 1}"
+            self.jobs[name] = time.monotonic()
+            self.calls.append(Call("/v1/batchPredictionJobs", body, None))
+        return _json({"name": name, "done": False, "metadata": {"state": "JOB_STATE_RUNNING"}})
+
+    async def _operation(self, name: str, request: Request) -> Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        with self._lock:
+            started = self.jobs.get(name)
+            self.calls.append(Call(f"/v1/{name}", None, None))
+        if started is None:
+            return Response(f"no operation {name}", status_code=404)
+        if time.monotonic() - started < self.job_s:
+            return _json({"name": name, "done": False})
+        if self.failing_jobs:
+            error = {"code": 13, "message": "the batch job ran out of quota"}
+            return _json({"name": name, "done": True, "error": error})
+        response = {"outputUri": f"gs://demo/predictions/{name.rsplit('/', 1)[-1]}", "count": 3}
+        return _json({"name": name, "done": True, "response": response})
+
+    async def _review(self, request: Request) -> Response:
+        body = await request.json()
+        with self._lock:
+            self.calls.append(Call("/review", body, None))
+        if self.review_s is not None:
+            task = asyncio.create_task(self._post_review(body["approve_url"]))
+            self._reviews.add(task)
+            task.add_done_callback(self._reviews.discard)
+        return _json({"queued": True})
+
+    async def _post_review(self, url: str) -> None:
+        assert self.review_s is not None
+        await asyncio.sleep(self.review_s)
+        async with httpx.AsyncClient(timeout=10) as client:
+            await client.post(url, json=self.review)
+
+    def _refused(self, request: Request) -> Response | None:
+        """401 unless the call carries the expected access token (when one is set)."""
+        if self.access_token is None:
+            return None
+        if request.headers.get("authorization") != f"Bearer {self.access_token}":
+            return Response("missing or wrong access token", status_code=401)
+        return None
+
     def answer(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         answered = answer(path, body, self.vacancies)
         if path in self.padding:
             answered["padding"] = "p" * self.padding[path]
         return answered | self.extra.get(path, {})
+
+
+def _json(value: Any) -> Response:
+    return Response(json.dumps(value), media_type="application/json")
 
 
 @dataclass

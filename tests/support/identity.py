@@ -72,12 +72,14 @@ class Identity:
         return claims
 
 
+ACCESS_TOKEN = "ya29.test-access-token"  # the fake metadata server's, numbered per fetch
 STALLING_AUDIENCE = "https://stalls.example"  # the fake metadata server answers it late
 STALL_S = 1.5  # under google-auth's 3 s per metadata request: one request, no retries
 
 
 def metadata_server(identity: Identity, lifetime_s: int = 3600) -> tuple[FastAPI, Counter[str]]:
-    """A fake GCE metadata server that answers identity requests; counts fetches per audience.
+    """A fake GCE metadata server that answers identity and access-token requests; counts
+    fetches per audience (`access_token` for access tokens).
 
     For STALLING_AUDIENCE it answers after STALL_S, as a metadata server under load might.
     """
@@ -88,11 +90,30 @@ def metadata_server(identity: Identity, lifetime_s: int = 3600) -> tuple[FastAPI
     async def root() -> Response:
         return Response("ok", headers={"Metadata-Flavor": "Google"})
 
-    @app.get("/computeMetadata/v1/instance/service-accounts/default/")
-    async def account() -> Response:
+    # Each account answers under "default" and under its email, as on GCE.
+    @app.get("/computeMetadata/v1/instance/service-accounts/{account}/")
+    async def account(account: str) -> Response:
+        if account not in ("default", SERVICE_ACCOUNT):
+            return Response("no such account", status_code=404)
         info = {"email": SERVICE_ACCOUNT, "aliases": ["default"], "scopes": []}
         return Response(
             json.dumps(info), media_type="application/json", headers={"Metadata-Flavor": "Google"}
+        )
+
+    @app.get("/computeMetadata/v1/instance/service-accounts/{account}/token")
+    async def access_token(account: str, request: Request) -> Response:
+        if account not in ("default", SERVICE_ACCOUNT):
+            return Response("no such account", status_code=404)
+        if request.headers.get("metadata-flavor") != "Google":
+            return Response("missing Metadata-Flavor", status_code=403)
+        fetches["access_token"] += 1
+        token = {
+            "access_token": f"{ACCESS_TOKEN}-{fetches['access_token']}",
+            "expires_in": lifetime_s,
+            "token_type": "Bearer",
+        }
+        return Response(
+            json.dumps(token), media_type="application/json", headers={"Metadata-Flavor": "Google"}
         )
 
     @app.get("/computeMetadata/v1/instance/service-accounts/default/identity")
