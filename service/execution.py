@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -40,6 +41,14 @@ Moment = Annotated[AwareDatetime, AfterValidator(in_utc)]
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowVersion:
+    """A version of a flow, as a re-drive that moves an execution to it needs it."""
+
+    version: str
+    steps: frozenset[str]
 
 
 class ExecutionStatus(StrEnum):
@@ -148,14 +157,17 @@ class Execution(ExecutionSummary):
         """Standard Webhooks' message id: the same across one run's retries, new per run."""
         return self.execution_id if self.run == 1 else f"{self.execution_id}~run{self.run}"
 
-    def redriven(self) -> Execution:
+    def redriven(self, moved_to: FlowVersion | None = None) -> Execution:
         """The next run: queued, keeping succeeded steps and a for_each's succeeded items.
 
         Anything else runs again: failed, cancelled and never-run steps, and the
-        steps skipped because of them (skips by `when` are decided again).
+        steps skipped because of them (skips by `when` are decided again). `moved_to`
+        pins it to another version of its flow, keeping only the steps that has.
         """
         steps = {}
         for name, result in self.steps.items():
+            if moved_to is not None and name not in moved_to.steps:
+                continue
             if result.status == StepStatus.SUCCEEDED:
                 steps[name] = result
             elif result.items and any(i.status == StepStatus.SUCCEEDED for i in result.items):
@@ -172,6 +184,7 @@ class Execution(ExecutionSummary):
                 "result": None,
                 "wake_at": None,
                 "callbacks": {},
+                "flow_version": moved_to.version if moved_to else self.flow_version,
             }
         )
 

@@ -23,7 +23,14 @@ from service.api.problems import RETRY_AFTER_S, Problem, documented, invalid, un
 from service.backends.store import Conflict, ExecutionQuery, PageTokenInvalid
 from service.engine.graph import described
 from service.errors import StoreUnavailable
-from service.execution import REDRIVABLE, Execution, ExecutionStatus, ExecutionSummary, Moment
+from service.execution import (
+    REDRIVABLE,
+    Execution,
+    ExecutionStatus,
+    ExecutionSummary,
+    FlowVersion,
+    Moment,
+)
 from service.limits import MAX_OPERATOR_BODY_BYTES
 from service.messages import RequestMessage, field_errors, inline_schema
 from service.metrics import CONTENT_TYPE
@@ -206,13 +213,13 @@ async def cancel(execution_id: ExecutionId, parts: ComponentsDep) -> Cancelling:
 )
 async def redrive(execution_id: ExecutionId, request: Request, parts: ComponentsDep) -> Redriven:
     options = _options(await read_body(request, MAX_OPERATOR_BODY_BYTES))
-    version = None
+    moved_to = None
     if options.flow_version == "current":
         flow = parts.flows.get(await _flow_of(parts, execution_id))
         if flow is None:
             raise Problem(409, "Conflict", "flow_version: the execution's flow is gone")
-        version = flow.version
-    execution = await _on_one(_redrive(parts, execution_id, version), execution_id)
+        moved_to = FlowVersion(flow.version, frozenset(flow.steps))
+    execution = await _on_one(_redrive(parts, execution_id, moved_to), execution_id)
     status_url = f"{request.base_url}executions/{execution.execution_id}"
     return Redriven(execution_id=execution.execution_id, run=execution.run, status_url=status_url)
 
@@ -300,10 +307,10 @@ def _bulk_selection(body: bytes) -> BulkRedrive:
 
 
 async def _redrive(
-    parts: Components, execution_id: str, flow_version: str | None = None
+    parts: Components, execution_id: str, moved_to: FlowVersion | None = None
 ) -> Execution | None:
     """Queue the next run in the store, then publish it; undone if the broker refuses."""
-    changed = await parts.store.redrive(execution_id, flow_version)
+    changed = await parts.store.redrive(execution_id, moved_to)
     if changed is None:
         return None
     before, after = changed

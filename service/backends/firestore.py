@@ -70,6 +70,7 @@ from service.execution import (
     Execution,
     ExecutionStatus,
     ExecutionSummary,
+    FlowVersion,
     StepResult,
     now,
 )
@@ -282,7 +283,7 @@ class FirestoreStore:
         return {snapshot.id for snapshot in await self._call(asked.get())}
 
     async def redrive(
-        self, execution_id: str, flow_version: str | None = None
+        self, execution_id: str, moved_to: FlowVersion | None = None
     ) -> tuple[Execution, Execution] | None:
         reference = self._collection.document(execution_id)
 
@@ -294,8 +295,7 @@ class FirestoreStore:
             data = snapshot.to_dict() or {}
             before = await self._execution(execution_id, data)
             may_redrive(before, bool(data.get("delivered")))
-            after = before.redriven()
-            after.flow_version = flow_version or after.flow_version
+            after = before.redriven(moved_to)
             fields, parts = self._document(after)
             await self._write_parts(execution_id, parts)  # kept outputs: already written
             transaction.set(reference, {**fields, "delivered": False})

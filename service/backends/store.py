@@ -60,6 +60,7 @@ from service.execution import (
     Execution,
     ExecutionStatus,
     ExecutionSummary,
+    FlowVersion,
     StepResult,
     StepStatus,
     in_utc,
@@ -288,10 +289,10 @@ class ExecutionStore(Protocol):
         """Ids of running executions whose cancellation was asked."""
 
     async def redrive(
-        self, execution_id: str, flow_version: str | None = None
+        self, execution_id: str, moved_to: FlowVersion | None = None
     ) -> tuple[Execution, Execution] | None:
         """Store the next run (`may_redrive`, then `Execution.redriven`) as queued:
-        (before, after); None if unknown. With `flow_version`, the run moves to it."""
+        (before, after); None if unknown. `moved_to`: see `Execution.redriven`."""
 
     async def suspend(self, execution: Execution) -> None:
         """Store a run that ended `waiting` (`Execution.suspend` with what is stored:
@@ -426,7 +427,7 @@ class MemoryStore:
         }
 
     async def redrive(
-        self, execution_id: str, flow_version: str | None = None
+        self, execution_id: str, moved_to: FlowVersion | None = None
     ) -> tuple[Execution, Execution] | None:
         async with self._lock:
             entry = self._entries.get(execution_id)
@@ -434,8 +435,7 @@ class MemoryStore:
                 return None
             before = entry.execution
             may_redrive(before, entry.delivered)
-            after = before.redriven()
-            after.flow_version = flow_version or after.flow_version
+            after = before.redriven(moved_to)
             self._entries[execution_id] = _Entry(after)
             return before, after
 

@@ -253,7 +253,9 @@ def compile_flow(name: str, raw: Any, env: Mapping[str, str], file: str) -> Flow
         location = error["loc"]
         step = str(location[1]) if location[:1] == ("steps",) and len(location) > 1 else None
         field = ".".join(str(part) for part in location)
-        raise FlowError(file, f"{field}: {error['msg']}", step) from None
+        raise FlowError(
+            file, f"{field}: {error['msg'].removeprefix('Value error, ')}", step
+        ) from None
     steps = _compile_steps(file, spec, env)
     result = None
     if spec.result is not None:
