@@ -16,6 +16,7 @@ import pytest
 from service.backends.firestore import FirestoreStore
 from service.backends.firestore_layout import HEAD_FIELDS
 from service.backends.store import (
+    Answer,
     ClaimState,
     Conflict,
     ExecutionQuery,
@@ -25,7 +26,8 @@ from service.backends.store import (
     sort_key,
 )
 from service.errors import StoreRefused
-from service.execution import Execution, ExecutionStatus, StepResult, StepStatus
+from service.execution import Execution, ExecutionStatus, StepResult, StepStatus, Wait
+from service.waits import CallbackToken, new_callback_token, read_callback_token
 
 LEASE_S = 30.0
 
@@ -449,3 +451,134 @@ async def test_the_memory_store_forgets_the_oldest_ended_or_queued_never_a_runni
     ended = new_execution().model_copy(update={"status": ExecutionStatus.SUCCEEDED})
     await store.save(ended, delivered=True)
     assert await store.get(queued[3]) is None and await store.get(ended.execution_id) is not None
+
+
+def waiting_execution(wake_in_s: float, digest: str | None = None) -> Execution:
+    """A run that ended waiting: its `wait` step is a sleep, or a callback with `digest`."""
+    execution = new_execution()
+    return waiting(execution, wake_in_s, digest)
+
+
+def waiting_on_callback() -> tuple[Execution, CallbackToken]:
+    """A run waiting for its `wait` step's callback, and the token that answers it."""
+    execution = new_execution()
+    token, digest = new_callback_token(execution.execution_id, "wait", 1)
+    named = read_callback_token(token)
+    assert named is not None
+    return waiting(execution, 3600, digest), named
+
+
+def waiting(execution: Execution, wake_in_s: float, digest: str | None) -> Execution:
+    wake_at = datetime.now(UTC) + timedelta(seconds=wake_in_s)
+    kind = "sleep" if digest is None else "callback"
+    wait = Wait(kind=kind, timeout_at=wake_at, callback_sha256=digest)
+    execution.steps["wait"] = StepResult(status=StepStatus.WAITING, wake_at=wake_at, wait=wait)
+    execution.flow_version = "v1"
+    execution.suspend()
+    return execution
+
+
+async def suspended(store: ExecutionStore, execution: Execution) -> None:
+    await store.claim(execution, "runner", LEASE_S)
+    await store.suspend(execution)
+
+
+async def test_a_suspended_execution_holds_no_lease_and_resumes_on_a_claim(
+    store: ExecutionStore,
+) -> None:
+    execution = waiting_execution(wake_in_s=3600)
+    await suspended(store, execution)
+    stored = await store.get(execution.execution_id)
+    assert stored is not None and stored.status == ExecutionStatus.WAITING
+    assert stored.wake_at == execution.wake_at and stored.steps == execution.steps
+    page = await store.list(ExecutionQuery(statuses=[ExecutionStatus.WAITING]))
+    assert [s.execution_id for s in page.executions] == [execution.execution_id]
+    resumed = await store.claim(execution, "next", LEASE_S)
+    assert resumed.state == ClaimState.CLAIMED and resumed.execution is not None
+    assert resumed.execution.status == ExecutionStatus.RUNNING
+    assert resumed.execution.steps == execution.steps
+    assert resumed.execution.flow_version == "v1"
+
+
+async def test_each_due_execution_is_handed_to_one_waker(store: ExecutionStore) -> None:
+    """Several wakers at once (on Firestore, two clients: two instances) share the due
+    executions without overlap; one not due stays; a woken one is not due again at once."""
+    due = [waiting_execution(wake_in_s=-1) for _ in range(12)]
+    later = waiting_execution(wake_in_s=3600)
+    for execution in [*due, later]:
+        await suspended(store, execution)
+    other = fresh_firestore_store_like(store)
+    batches = await asyncio.gather(store.due(5), other.due(5), store.due(5), other.due(5))
+    ids = [execution.execution_id for batch in batches for execution in batch]
+    assert len(ids) == len(set(ids))  # never one execution to two wakers
+    rest = await store.due(100)
+    woken = set(ids) | {execution.execution_id for execution in rest}
+    assert woken == {execution.execution_id for execution in due}
+    assert await store.due(100) == []
+    print(f"\n4 wakers at once on {type(store).__name__}: {[len(b) for b in batches]}")
+    if other is not store:
+        await other.close()
+
+
+def fresh_firestore_store_like(store: ExecutionStore) -> ExecutionStore:
+    """A second client on the same Firestore project and collection (the memory store: itself)."""
+    if not isinstance(store, FirestoreStore):
+        return store
+    project = store._client.project
+    return FirestoreStore(project, store._collection.id, timedelta(days=7))
+
+
+async def test_a_callback_is_accepted_once(store: ExecutionStore) -> None:
+    execution, named = waiting_on_callback()
+    await suspended(store, execution)
+    answers = await asyncio.gather(*(store.answer(named, {"n": n}) for n in range(3)))
+    verdicts = Counter(verdict for verdict, _ in answers)
+    assert verdicts == {Answer.ACCEPTED: 1, Answer.ANSWERED: 2}
+    stored = await store.get(execution.execution_id)
+    assert stored is not None and list(stored.callbacks) == ["wait"]
+    forged = replace(named, secret_sha256="0" * 64)
+    assert (await store.answer(forged, {}))[0] == Answer.UNKNOWN
+    assert (await store.answer(replace(named, execution_id="nobody"), {}))[0] == Answer.UNKNOWN
+    resumed = await store.claim(execution, "next", LEASE_S)
+    assert resumed.execution is not None and resumed.execution.callbacks["wait"] in (
+        {"n": 0},
+        {"n": 1},
+        {"n": 2},
+    )
+
+
+async def test_a_large_callback_answer_is_stored_whole(store: ExecutionStore) -> None:
+    execution, named = waiting_on_callback()
+    await suspended(store, execution)
+    body = {"blob": "z" * 3_000_000}
+    assert (await store.answer(named, body))[0] == Answer.ACCEPTED
+    stored = await store.get(execution.execution_id)
+    assert stored is not None and stored.callbacks == {"wait": body}
+
+
+async def test_a_cancelled_waiting_execution_is_flagged_and_its_callback_gone(
+    store: ExecutionStore,
+) -> None:
+    execution, named = waiting_on_callback()
+    await suspended(store, execution)
+    assert await store.cancel(execution.execution_id) == ExecutionStatus.WAITING
+    assert (await store.answer(named, {}))[0] == Answer.GONE
+    claim = await store.claim(execution, "next", LEASE_S)
+    assert claim.state == ClaimState.CLAIMED and claim.cancel_requested
+
+
+async def test_flow_versions_are_kept_once_and_counted_in_use(store: ExecutionStore) -> None:
+    await store.keep_flow("f", "v1", '{"steps": 1}')
+    await store.keep_flow("f", "v1", '{"steps": "changed"}')  # kept once: the first stays
+    assert await store.flow_source("f", "v1") == '{"steps": 1}'
+    assert await store.flow_source("f", "v2") is None
+    for version in ("v1", "v1", "v2"):
+        execution = waiting_execution(wake_in_s=3600)
+        execution.flow_version = version
+        await suspended(store, execution)
+    ended = new_execution()
+    ended.flow_version = "v0"
+    await store.claim(ended, "a", LEASE_S)
+    ended.finish(ExecutionStatus.SUCCEEDED)
+    await store.save(ended, delivered=True)
+    assert await store.versions_in_use("f") == {"v1": 2, "v2": 1}
