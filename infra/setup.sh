@@ -4,7 +4,8 @@
 # Creates what the orchestrator needs around its Cloud Run service, and only what
 # is missing: running it again changes nothing. Run it before the first deploy.
 #
-#   APIs         run, pubsub, cloudbuild, artifactregistry, iamcredentials (+ firestore)
+#   APIs         run, pubsub, cloudbuild, artifactregistry, iamcredentials,
+#                cloudscheduler (+ firestore)
 #   images       Artifact Registry repository REPOSITORY (default ml-orchestrator)
 #   identities   SERVICE@ (the service's own), SERVICE-push@ (signs push requests)
 #   topics       ORCHESTRATION_TOPIC, RESULT_TOPIC, ORCHESTRATION_TOPIC-dead-letter
@@ -16,10 +17,14 @@
 #   IAM          SERVICE@: publish to Pub/Sub, invoke Cloud Run and Cloud Functions,
 #                use Firestore, write traces and metrics (Cloud Trace, Monitoring); the Pub/Sub service agent: mint SERVICE-push@ tokens,
 #                publish dead letters, acknowledge the dead-lettered messages
+#   timers       Cloud Scheduler job SERVICE-wake: every minute, POST /executions/wake
+#                with an OIDC token of SERVICE-push@ (audience: the service URL), which
+#                resumes the waiting executions that are due
 #   --firestore  the Firestore database (REGION); TTL policies on expire_at for the
 #                executions and their execution-parts (large outputs); the composite
-#                indexes GET /executions needs (status, flow, requested_at); no
-#                indexes on the JSON fields input, steps and data
+#                indexes GET /executions needs (status, flow, requested_at) and the
+#                due timers' (status, wake_at); no indexes on the JSON fields input,
+#                steps, answers and data
 #   --monitoring the Cloud Monitoring dashboard infra/dashboard.json (rates, failures,
 #                step latency p50/p99, in flight, webhooks; needs the service to run
 #                with OTEL_METRICS_EXPORTER=gcp_monitoring)
@@ -76,7 +81,7 @@ create_index() {
 
 echo "== APIs" >&2
 apis=(run.googleapis.com pubsub.googleapis.com cloudbuild.googleapis.com
-    artifactregistry.googleapis.com iamcredentials.googleapis.com)
+    artifactregistry.googleapis.com iamcredentials.googleapis.com cloudscheduler.googleapis.com)
 [ "$firestore" = true ] && apis+=(firestore.googleapis.com)
 run "${g[@]}" services enable "${apis[@]}"
 
@@ -114,6 +119,18 @@ exists "${g[@]}" pubsub subscriptions describe "${service}-push" \
         --dead-letter-topic "$dead_letter" \
         --max-delivery-attempts "$attempts"
 
+echo "== Timers" >&2
+# Waiting executions are resumed by this job; the service fires none itself on Cloud Run.
+exists "${g[@]}" scheduler jobs describe "${service}-wake" --location "$region" \
+    || run "${g[@]}" scheduler jobs create http "${service}-wake" \
+        --location "$region" \
+        --schedule "* * * * *" \
+        --uri "${url}/executions/wake" \
+        --http-method POST \
+        --oidc-service-account-email "$push_account" \
+        --oidc-token-audience "$url" \
+        --attempt-deadline 60s
+
 echo "== IAM" >&2
 for role in roles/pubsub.publisher roles/run.invoker roles/cloudfunctions.invoker roles/datastore.user \
     roles/cloudtrace.agent roles/monitoring.metricWriter; do
@@ -144,12 +161,16 @@ if [ "$firestore" = true ]; then
         create_index --collection-group "$collection" --query-scope collection \
             "${configs[@]}" --field-config "field-path=requested_at,order=descending"
     done
-    # Only status, flow, requested_at and cancel_requested are queried. Indexing the
+    # Due timers: waiting executions by wake_at.
+    create_index --collection-group "$collection" --query-scope collection \
+        --field-config "field-path=status,order=ascending" \
+        --field-config "field-path=wake_at,order=ascending"
+    # Only status, flow, requested_at, cancel_requested and wake_at are queried. Indexing the
     # rest only costs writes, and timestamps rewritten on every save (updated_at,
     # lease_until, expire_at) are the monotonically increasing values Firestore
     # advises not to index past ~500 writes/s (PERFORMANCE.md, capacity).
-    for field in input steps result started_at finished_at duration_ms error run \
-        webhook_url owner lease_until delivered updated_at expire_at; do
+    for field in input steps result answers started_at finished_at duration_ms error run \
+        flow_version webhook_url traceparent owner lease_until delivered updated_at expire_at; do
         run "${g[@]}" firestore indexes fields update "$field" \
             --collection-group "$collection" --disable-indexes
     done

@@ -115,14 +115,26 @@ def test_setup_creates_the_push_subscription_with_the_flags_that_matter(workdir:
     assert f"PUSH_AUTH_AUDIENCE: '{URL}'" in result.err
 
 
+def test_setup_creates_the_job_that_wakes_due_executions_every_minute(workdir: Path) -> None:
+    result = run(workdir, "infra/setup.sh", "proj", "us-east1")
+    assert result.code == 0, result.err
+    job = result.command("scheduler", "jobs", "create", "http", "ml-orchestrator-wake")
+    assert flag(job, "--schedule") == "* * * * *"
+    assert flag(job, "--uri") == f"{URL}/executions/wake"
+    assert flag(job, "--http-method") == "POST"
+    assert flag(job, "--oidc-service-account-email") == PUSH_ACCOUNT
+    assert flag(job, "--oidc-token-audience") == URL
+    assert "cloudscheduler.googleapis.com" in result.command("services", "enable")
+
+
 def test_setup_a_second_time_creates_nothing(workdir: Path) -> None:
     first = run(workdir, "infra/setup.sh", "proj", "us-east1", "--firestore")
     state = sorted(path.name for path in (workdir / "state").iterdir())
     second = run(workdir, "infra/setup.sh", "proj", "us-east1", "--firestore")
     assert first.code == second.code == 0, second.err
     created = [args for args in first.commands() if "create" in args]
-    # repository, 2 accounts, 3 topics, 2 subscriptions, database, 3 indexes
-    assert len(created) == 12
+    # repository, 2 accounts, 3 topics, 2 subscriptions, the wake job, database, 4 indexes
+    assert len(created) == 14
     # Indexes have no name to look up: their second create answers ALREADY_EXISTS.
     again = [args for args in second.commands() if "create" in args]
     assert {" ".join(args[3:7]) for args in again} == {"firestore indexes composite create"}
@@ -148,13 +160,14 @@ def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -
         ["field-path=flow,order=ascending", newest_first],
         ["field-path=status,order=ascending", "field-path=flow,order=ascending", newest_first],
         ["field-path=status,order=ascending", newest_first],
+        ["field-path=status,order=ascending", "field-path=wake_at,order=ascending"],
     ]
     exempt = {
         (args[7], flag(args, "--collection-group"))
         for args in result.commands()
         if args[3:7] == ["firestore", "indexes", "fields", "update"]
     }
-    queried = {"status", "flow", "requested_at", "cancel_requested"}
+    queried = {"status", "flow", "requested_at", "cancel_requested", "wake_at"}
     head = set(HEAD_FIELDS) - queried
     assert exempt == {(field, "ml-orchestrator-executions") for field in head} | {
         ("data", "execution-parts"),
