@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from service.app import create_app
+from service.dev.emulator import free_port
 from service.dev.standins import StandIns, WebhookReceiver
+from service.engine.flow import load_flows
+from service.settings import PROJECT_FLOWS_DIR
 from tests.support.project import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 from tests.support.servers import serve
 
@@ -148,3 +151,43 @@ def test_the_pages_go_out_under_a_strict_content_security_policy(dashboard: Dash
         assert "default-src 'none'" in policy and "script-src 'self'" in policy
         assert "http" not in policy  # nothing from another origin, no CDN
     assert httpx.get(f"{dashboard.url}/ui", follow_redirects=True).url.path == "/ui/"
+
+
+def test_a_waiting_execution_shows_what_it_waits_for_until_its_callback(
+    browser: Browser, page: Page
+) -> None:
+    """The example flow of waits: the page shows the review step waiting for its callback
+    and when it wakes, then follows the execution to its end once the reviewer answers."""
+    functions = StandIns(job_s=0.2, review_s=None)
+    port = free_port()
+    with serve(functions.app()) as functions_url:
+        examples = load_flows(PROJECT_FLOWS_DIR / "examples", functions.env(functions_url))
+        example = examples["batch-review"]
+        fast_poll = replace(example.steps["start_batch"].poll, every_s=0.2, max_every_s=0.2)
+        steps = {
+            **example.steps,
+            "start_batch": replace(example.steps["start_batch"], poll=fast_poll),
+        }
+        flows = project_flows(functions_url) | {"batch-review": replace(example, steps=steps)}
+        settings = make_settings(
+            public_url=f"http://127.0.0.1:{port}", inline_wait_s=0, wake_interval_s=0.1
+        )
+        with serve(create_app(settings, flows), port=port) as url:
+            body = {"flow": "batch-review", "user_id": "u-ui"}
+            execution_id = httpx.post(f"{url}/orchestrate", json=body).json()["execution_id"]
+            page.goto(f"{url}/ui/executions/{execution_id}")
+            expect(page.locator('.dag .node.waiting[data-step="review"]')).to_have_count(
+                1, timeout=15_000
+            )
+            expect(page.locator("#facts")).to_contain_text("waiting")
+            review = page.locator('details.step[data-step="review"]')
+            review.locator("summary").click()
+            expect(review.locator(".wait")).to_contain_text("waits for a callback · wakes")
+            expect(page.locator("#timeline .bar.waiting")).to_have_count(1)
+            [call] = functions.called("/review")
+            answered = httpx.post(
+                call.body["approve_url"], json={"approved": True, "reviewer": "ui"}
+            )
+            assert answered.status_code == 200
+            expect(page.locator("#facts")).to_contain_text("succeeded", timeout=15_000)
+            expect(page.locator('.dag .node.succeeded[data-step="publish"]')).to_have_count(1)

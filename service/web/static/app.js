@@ -3,7 +3,7 @@
 "use strict";
 
 const REDRIVABLE = ["failed", "partial", "cancelled"];
-const CANCELLABLE = ["queued", "running"];
+const CANCELLABLE = ["queued", "running", "waiting"];
 const LIVE_MS = 3000;
 const MAX_ITEM_ROWS = 100;
 const MAX_OUTPUT_CHARS = 100000;
@@ -50,6 +50,12 @@ function badge(status) {
 
 function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "—";
+}
+
+function waitText(step) {
+  // What a waiting step waits for, and when it looks again (a poll, the sleep's end, a timeout).
+  const what = { poll: "an operation", callback: "a callback", sleep: "a sleep" }[step.wait.kind] || step.wait.kind;
+  return `waits for ${what} · wakes ${when(step.wake_at)}`;
 }
 
 function seconds(ms) {
@@ -267,8 +273,13 @@ function drawDag(flow, steps, critical) {
     const detail = svg("text", { x: x + 10, y: y + 36, class: "detail" });
     const step = flow.steps.find((s) => s.name === name);
     detail.textContent = `${status}${step.for_each ? " · for each" : ""}${step.when ? " · when" : ""}`;
+    const waiting = status === "waiting" && steps[name].wait;
     const title = svg("title");
-    title.textContent = [step.when && `when ${step.when}`, step.for_each && `for each of ${step.for_each}`]
+    title.textContent = [
+      waiting && waitText(steps[name]),
+      step.when && `when ${step.when}`,
+      step.for_each && `for each of ${step.for_each}`,
+    ]
       .filter(Boolean)
       .join("\n") || name;
     group.append(title, label, detail);
@@ -288,7 +299,8 @@ function drawTimeline(execution, flow, critical) {
     if (record.started_at) {
       const from = Date.parse(record.started_at);
       const to = record.finished_at ? Date.parse(record.finished_at) : stop;
-      const piece = el("div", { class: `bar ${record.status} ${classes}`, title: `${seconds(to - from)}` });
+      const waits = record.status === "waiting" && record.wait ? ` · ${waitText(record)}` : "";
+      const piece = el("div", { class: `bar ${record.status} ${classes}`, title: `${seconds(to - from)}${waits}` });
       piece.style.left = `${((from - start) / total) * 100}%`;
       piece.style.width = `${Math.max(((to - from) / total) * 100, 0.4)}%`;
       track.append(piece);
@@ -370,6 +382,7 @@ function drawSteps(execution) {
       { class: "step", "data-step": name, open: step.status === "failed" ? "" : null },
       el("summary", {}, name, " ", badge(step.status)),
       facts,
+      step.status === "waiting" && step.wait ? el("p", { class: "wait" }, waitText(step)) : null,
       step.error ? el("p", { class: "error" }, step.error) : null,
       shown ? el("pre", { class: "json output" }, shown) : null,
     );
@@ -399,6 +412,8 @@ function executionPage() {
         ["Started", when(execution.started_at)],
         ["Finished", when(execution.finished_at)],
         ["Duration", seconds(execution.duration_ms)],
+        ["Wakes", execution.status === "waiting" ? when(execution.wake_at) : "—"],
+        ["Flow version", execution.flow_version || "—"],
         ["Error", execution.error || "—"],
       ];
       document.getElementById("facts").replaceChildren(...facts.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
