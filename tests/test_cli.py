@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from service.dev.standins import StandIns
+from service.engine.flow import load_flows
+from service.engine.graph import mermaid
 from tests.support.servers import serve
 
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
@@ -91,6 +93,16 @@ def test_the_flows_page_shows_the_default_flow_as_graph_prints_it(tmp_path: Path
     result = cli("graph", "ml-orchestration", cwd=tmp_path)
     page = (ROOT / "docs" / "flows.md").read_text()
     assert f"```mermaid\n{result.stdout}```" in page
+
+
+def test_the_flows_page_shows_the_example_of_waits_as_its_graph() -> None:
+    """docs/flows.md draws flows/examples/batch-review.yaml as `mermaid` makes it, and
+    Mermaid parses it."""
+    example = load_flows(ROOT / "flows" / "examples", StandIns().env("https://fn.example"))
+    drawn = mermaid(example["batch-review"])
+    assert "polls until ${response.done}" in drawn and "waits for a callback" in drawn
+    assert f"```mermaid\n{drawn}```" in (ROOT / "docs" / "flows.md").read_text()
+    assert mermaid_parse(drawn).returncode == 0
 
 
 def test_graph_of_an_unknown_flow_is_an_error(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ def described(flow: Flow) -> dict[str, Any]:
                 "max_concurrency": step.max_concurrency,
                 "on_error": step.on_error,
                 "output": source_of(step.output),
+                "waits": _wait(step),
             }
             for step in flow.steps.values()
         ],
@@ -57,11 +58,36 @@ def _label(step: Step) -> str:
     if step.for_each is not None:
         each = _one_line(step.for_each.source)
         parts.append(f"for each of {each}, {step.max_concurrency} at a time")
+    if step.waits:
+        parts.append(str(_wait(step)))
     if step.output is not None:
         parts.append(f"output {_shape(step.output)}")
     if step.on_error == "continue":
         parts.append("on error: continue")
     return "<br/>".join(_escape(part) for part in parts)
+
+
+def _wait(step: Step) -> str | None:
+    """What the step waits for, in a few words; None if it does not wait."""
+    if step.poll is not None:
+        every = f"every {_seconds(step.poll.every_s)}"
+        if step.poll.max_every_s != step.poll.every_s:
+            every += f" to {_seconds(step.poll.max_every_s)}"
+        return f"polls until {_one_line(step.poll.until.source)}, {every}"
+    if step.callback_timeout_s is not None:
+        return f"waits for a callback, at most {_seconds(step.callback_timeout_s)}"
+    if step.sleep_s is not None:
+        return f"sleeps {_seconds(step.sleep_s)}"
+    if step.sleep_until is not None:
+        return f"sleeps until {_one_line(step.sleep_until.source)}"
+    return None
+
+
+def _seconds(value: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
+        if value >= size and value % size == 0:
+            return f"{value // size:g}{unit}"
+    return f"{value:g}s"
 
 
 def _shape(value: Any) -> str:

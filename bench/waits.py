@@ -1,0 +1,243 @@
+"""`python -m bench.waits`: what a waiting execution costs, on the real Firestore emulator.
+
+1. A flow of two calls, then the same with a sleep between them (INLINE_WAIT_S=0, so
+   the execution suspends), each driven through the push handler: Firestore documents
+   written and read, and CPU, per execution; the difference is the wait's cost
+   (suspend, wake, resume).
+2. What an instance holds for waiting executions: Python heap (tracemalloc) and asyncio
+   tasks before and after suspending --held of them.
+3. --many waiting executions (seeded as `suspend` leaves them, in batches) woken by
+   repeated `wake` calls (at most 500 each): calls, time, CPU, documents read and written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import tempfile
+import time
+import tracemalloc
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.storage import Counts, stand_ins
+from service.app import build
+from service.backends.firestore import FirestoreStore
+from service.backends.transport import Deliver, InProcessTransport
+from service.dev.emulator import Emulator, find_firestore_emulator
+from service.engine.flow import load_flows
+from service.engine.outbound import http_clients
+from service.execution import Execution, ExecutionStatus, StepResult, StepStatus, Wait
+from service.logs import configure_logging
+from service.messages import PushEnvelope, PushMessage
+from service.settings import Settings
+from service.worker.wakes import Wakes
+
+TWO_CALLS = """
+input:
+  user_id: {type: string, required: true}
+steps:
+  first:
+    call: ${env.BASE_URL}/first
+    body: {user_id: "${input.user_id}"}
+  second:
+    after: [first]
+    call: ${env.BASE_URL}/second
+    body: {user_id: "${input.user_id}"}
+"""
+WITH_SLEEP = TWO_CALLS.replace(
+    "  second:\n    after: [first]",
+    "  nap:\n    after: [first]\n    sleep: 10ms\n  second:\n    after: [nap]",
+)
+
+
+class Published:
+    """A transport that keeps what is published (the wake's resumes) and delivers nothing."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, dict[str, str]]] = []
+
+    async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
+        self.messages.append((data, attributes))
+        return str(len(self.messages))
+
+    async def check(self, topic: str) -> None:
+        return None
+
+    def subscribe(self, topic: str, deliver: Deliver) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def envelope(flow: str, execution_id: str) -> PushEnvelope:
+    message = {"execution_id": execution_id, "flow": flow, "input": {"user_id": "u"}}
+    data = base64.b64encode(json.dumps(message).encode()).decode()
+    return PushEnvelope(message=PushMessage(data=data, message_id=str(uuid.uuid4())))
+
+
+def resume_envelope(data: bytes, attributes: dict[str, str]) -> PushEnvelope:
+    encoded = base64.b64encode(data).decode()
+    return PushEnvelope(
+        message=PushMessage(data=encoded, attributes=attributes, message_id=str(uuid.uuid4()))
+    )
+
+
+def per(counts: Counts, runs: int, returned: int = 0) -> tuple[float, float]:
+    """Documents written and read per execution; a query is billed a read per document
+    it returns (`returned`, at least one), which the counts see as one call."""
+    writes = counts.rpcs["commit_docs"] / runs
+    queries = counts.rpcs["run_query_docs"]
+    gets = counts.rpcs["batch_get_documents_docs"]
+    return writes, (gets + max(queries, returned)) / runs
+
+
+async def cycle_costs(parts: Any, store: FirestoreStore, counts: Counts, runs: int) -> None:
+    """Two calls, then two calls with a suspended wait between them."""
+    wakes = Wakes(store, published := Published(), "requests")
+    print(f"{'per execution':<34}{'writes':>7}{'reads':>7}{'CPU ms':>8}{'wall ms':>9}")
+    for name in ("two-calls", "with-sleep"):
+        ids = [str(uuid.uuid4()) for _ in range(runs)]
+        counts.rpcs.clear()
+        cpu, wall = time.process_time(), time.perf_counter()
+        for execution_id in ids:
+            assert await parts.push.handle(envelope(name, execution_id)) == 204
+        if name == "with-sleep":
+            await asyncio.sleep(0.05)  # the 10 ms sleeps are due
+            while await wakes.wake():
+                pass
+            for data, attributes in published.messages:
+                assert await parts.push.handle(resume_envelope(data, attributes)) == 204
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        writes, reads = per(counts, runs, len(published.messages) if name == "with-sleep" else 0)
+        cpu_ms, wall_ms = cpu * 1e3 / runs, wall * 1e3 / runs
+        print(f"{name:<34}{writes:>7.1f}{reads:>7.1f}{cpu_ms:>8.2f}{wall_ms:>9.1f}")
+        for execution_id in ids:
+            stored = await store.get(execution_id)
+            assert stored is not None and stored.status == ExecutionStatus.SUCCEEDED, stored
+
+
+async def held(parts: Any, count: int) -> None:
+    """The heap and tasks of this process before and after `count` executions suspend."""
+    tracemalloc.start()
+    await asyncio.sleep(0)
+    tasks = len(asyncio.all_tasks())
+    before = tracemalloc.take_snapshot()
+    for _ in range(count):
+        assert await parts.push.handle(envelope("with-sleep-long", str(uuid.uuid4()))) == 204
+    await asyncio.sleep(1.5)  # the cancel watch ends once nothing runs
+    after = tracemalloc.take_snapshot()
+    changes = after.compare_to(before, "lineno")
+    grown = sum(stat.size_diff for stat in changes)
+    tracemalloc.stop()
+    print(
+        f"\n{count} executions suspended: heap {grown / 1024:+.0f} KB "
+        f"({grown / count:+.0f} B each), asyncio tasks {tasks} -> {len(asyncio.all_tasks())}; "
+        "grew most:"
+    )
+    for stat in changes[:3]:
+        print(f"  {stat.size_diff / 1024:+8.0f} KB  {stat.traceback}")
+
+
+def seeded(store: FirestoreStore, execution_id: str, due: datetime) -> dict[str, Any]:
+    """The head `suspend` leaves for a sleep that was due at `due`."""
+    wait = Wait(kind="sleep", timeout_at=due)
+    execution = Execution(
+        execution_id=execution_id,
+        flow="with-sleep",
+        status=ExecutionStatus.WAITING,
+        input={"user_id": "u"},
+        flow_version="bench",
+        steps={"nap": StepResult(status=StepStatus.WAITING, wake_at=due, wait=wait)},
+        wake_at=due,
+    )
+    fields, _ = store._document(execution)
+    return fields | {"owner": None, "lease_until": None, "delivered": False}
+
+
+async def many(store: FirestoreStore, counts: Counts, count: int) -> None:
+    due = datetime.now(UTC) - timedelta(seconds=1)
+    started = time.perf_counter()
+    for offset in range(0, count, 500):
+        batch = store._client.batch()
+        for _ in range(min(500, count - offset)):
+            execution_id = str(uuid.uuid4())
+            batch.set(store._collection.document(execution_id), seeded(store, execution_id, due))
+        await batch.commit()
+    seeded_s = time.perf_counter() - started
+    published = Published()
+    wakes = Wakes(store, published, "requests")
+    counts.rpcs.clear()
+    calls = 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    while await wakes.wake():
+        calls += 1
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    writes = counts.rpcs["commit_docs"]
+    queries = counts.rpcs["run_query_docs"]
+    # A query is billed one read per document it returns (at least one).
+    print(
+        f"\n{count} waiting executions (seeded in {seeded_s:.1f} s) woken by {calls} wake calls "
+        f"(+1 finding none): {wall:.1f} s, {cpu:.1f} s CPU ({cpu * 1e3 / count:.2f} ms each), "
+        f"{writes:.0f} documents written, {queries:.0f} queries returning {count} documents "
+        f"(billed {count + 1} reads), {len(published.messages)} resumes published"
+    )
+    assert len(published.messages) == count
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    runner, base = await stand_ins(0)
+    project = f"bench-{uuid.uuid4().hex[:8]}"
+    flows_dir = Path(tempfile.mkdtemp())
+    (flows_dir / "two-calls.yaml").write_text(TWO_CALLS)
+    (flows_dir / "with-sleep.yaml").write_text(WITH_SLEEP)
+    (flows_dir / "with-sleep-long.yaml").write_text(WITH_SLEEP.replace("10ms", "1h"))
+    flows = load_flows(flows_dir, {"BASE_URL": base})
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        google_cloud_project=project,
+        ml_auth="none",
+        execution_store="firestore",
+        log_format="console",
+        inline_wait_s=0,
+    )
+    store = FirestoreStore(project, "executions", timedelta(days=7))
+    counts = Counts(Counter())
+    counts.wrap(store._client._firestore_api)
+    configure_logging("console", level=logging.WARNING)
+    async with http_clients() as (http, sender):
+        parts = build(settings, flows, InProcessTransport(), store, http, sender)
+        await cycle_costs(parts, store, counts, args.runs)
+        await held(parts, args.held)
+    await many(store, counts, args.many)
+    await store.close()
+    await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--held", type=int, default=1000)
+    parser.add_argument("--many", type=int, default=10_000)
+    args = parser.parse_args()
+    jar = find_firestore_emulator()
+    if jar is None:
+        raise SystemExit("the Firestore emulator is not installed (see README, Prerequisites)")
+    emulator = Emulator.start_firestore(jar, log=Path(tempfile.mkdtemp()) / "firestore.log")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+    try:
+        asyncio.run(main_async(args))
+    finally:
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    main()
