@@ -18,12 +18,13 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.backends.store import MemoryStore
+from service.backends.store import Answer, MemoryStore
 from service.dev.emulator import free_port
 from service.dev.standins import StandIns, WebhookReceiver
-from service.errors import FlowError
+from service.errors import FlowError, StoreUnavailable
+from service.execution import Execution
 from service.settings import PROJECT_FLOWS_DIR
-from service.waits import duration_s, new_callback_token, read_callback_token
+from service.waits import CallbackToken, duration_s, new_callback_token, read_callback_token
 from tests.support.project import WEBHOOK_SECRET, make_settings
 from tests.support.servers import serve
 from tests.support.waits import until
@@ -378,3 +379,21 @@ def test_durations_and_tokens() -> None:
     assert (named.execution_id, named.step, named.run) == ("exec-1", "review", 3)
     assert named.matches(digest) and not named.matches(digest[:-1] + "0")
     assert read_callback_token(token.replace(".", "!")) is None
+
+
+class UnreachableStore(MemoryStore):
+    async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
+        raise StoreUnavailable("execution store: no answer in 10 s")
+
+
+def test_a_callback_token_never_reaches_the_logs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A token is a credential: the 503 of a store outage is logged without it."""
+    token, _ = new_callback_token("exec-1", "review", 1)
+    with running(monkeypatch, tmp_path, {}, store=UnreachableStore()) as stack:
+        response = httpx.post(f"{stack.url}/callbacks/{token}", json={"approved": True})
+        assert response.status_code == 503 and response.headers["retry-after"]
+    logged = "".join(capfd.readouterr())
+    assert '"/callbacks/(token)"' in logged and "answered 503" in logged
+    assert token.rsplit(".", 1)[1] not in logged

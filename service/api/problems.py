@@ -20,6 +20,11 @@ MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_S = "5"
 
 
+def loggable(path: str) -> str:
+    """A request path fit for a log line: a callback's token is a credential."""
+    return "/callbacks/(token)" if path.startswith("/callbacks/") else path
+
+
 class Problem(Exception):
     """An error answer; raise it from a route."""
 
@@ -89,11 +94,11 @@ def install(app: FastAPI) -> None:
 
     async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, BrokerUnavailable | StoreUnavailable)
-        log.warning("answered 503", path=request.url.path, reason=str(exc))
+        log.warning("answered 503", path=loggable(request.url.path), reason=str(exc))
         return unavailable(exc).response(request.url.path)
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", path=request.url.path)
+        log.exception("unhandled error", path=loggable(request.url.path))
         problem = Problem(500, "Internal Server Error", "the error was logged")
         return problem.response(request.url.path)
 

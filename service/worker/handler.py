@@ -385,8 +385,8 @@ class PushHandler:
                 return
             try:
                 renewed = await self._store.renew(execution_id, owner, self._lease_s)
-                # The run's last step, the delivered save, ends the lease itself: a busy
-                # loop can wake this keeper between that save and the run's end.
+                # The run's last step, the delivered save (or the suspend), ends the lease
+                # itself: a busy loop can wake this keeper between that save and the run's end.
                 if not renewed and await self._ended(execution_id):
                     return
             except StoreUnavailable as exc:
@@ -400,8 +400,11 @@ class PushHandler:
                 return
 
     async def _ended(self, execution_id: str) -> bool:
+        """Whether this run is over in the store: ended, or suspended while it waits."""
         stored = await self._store.get(execution_id)
-        return stored is not None and stored.status in TERMINAL
+        return stored is not None and (
+            stored.status in TERMINAL or stored.status == ExecutionStatus.WAITING
+        )
 
 
 def _describe(exc: BaseException) -> str:
