@@ -23,7 +23,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,13 +33,14 @@ from typing import Any
 from aiohttp import web
 from google.cloud.firestore_v1 import types
 
+from service.api.deps import Components
 from service.app import build
 from service.backends.firestore import FirestoreStore
 from service.backends.store import ExecutionStore, MemoryStore
 from service.backends.transport import InProcessTransport
 from service.dev.emulator import Emulator, find_firestore_emulator, free_port
 from service.dev.standins import FUNCTIONS
-from service.engine.flow import load_flows
+from service.engine.flow import Flow, load_flows
 from service.engine.outbound import http_clients
 from service.execution import Execution, ExecutionStatus
 from service.logs import configure_logging
@@ -175,6 +177,28 @@ async def enqueue_cost(name: str, store: ExecutionStore, runs: int) -> None:
     print(f"  {name:<10} {cpu * 1e6 / runs:8.0f} µs CPU {wall * 1e3 / runs:8.2f} ms wall")
 
 
+@asynccontextmanager
+async def on_firestore(
+    project: str, flows: dict[str, Flow], **settings: Any
+) -> AsyncIterator[tuple[Components, FirestoreStore, Counts]]:
+    """The service's parts on the Firestore store (FIRESTORE_EMULATOR_HOST), in-process
+    transport, with every Firestore RPC of the store counted."""
+    config = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        google_cloud_project=project,
+        ml_auth="none",
+        execution_store="firestore",
+        log_format="console",
+        **settings,
+    )
+    store = FirestoreStore(project, "executions", timedelta(days=7))
+    counts = Counts(Counter())
+    counts.wrap(store._client._firestore_api)
+    configure_logging("console", level=logging.WARNING)
+    async with http_clients() as (http, sender):
+        yield build(config, flows, InProcessTransport(), store, http, sender), store, counts
+
+
 async def main_async(args: argparse.Namespace) -> None:
     runner, base = await stand_ins(int(args.large_mb * 1_000_000))
     project = f"bench-{uuid.uuid4().hex[:8]}"
@@ -185,19 +209,7 @@ async def main_async(args: argparse.Namespace) -> None:
     (flows_dir / "large.yaml").write_text(LARGE_FLOW)
     env = {name: base + path for name, path in FUNCTIONS.items()} | {"LARGE_URL": f"{base}/large"}
     flows = load_flows(flows_dir, env)
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        google_cloud_project=project,
-        ml_auth="none",
-        execution_store="firestore",
-        log_format="console",
-    )
-    store = FirestoreStore(project, "executions", timedelta(days=7))
-    counts = Counts(Counter())
-    counts.wrap(store._client._firestore_api)
-    configure_logging("console", level=logging.WARNING)
-    async with http_clients() as (http, sender):
-        parts = build(settings, flows, InProcessTransport(), store, http, sender)
+    async with on_firestore(project, flows) as (parts, store, counts):
         header = ("per execution", "writes", "commit KB", "reads", "wall ms", "CPU ms")
         print("{:<28}{:>7}{:>11}{:>7}{:>9}{:>9}".format(*header))
         cases = [

@@ -16,28 +16,22 @@ import argparse
 import asyncio
 import base64
 import json
-import logging
 import os
 import tempfile
 import time
 import tracemalloc
 import uuid
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.storage import Counts, stand_ins
-from service.app import build
+from bench.storage import Counts, on_firestore, stand_ins
 from service.backends.firestore import FirestoreStore
-from service.backends.transport import Deliver, InProcessTransport
+from service.backends.transport import Deliver
 from service.dev.emulator import Emulator, find_firestore_emulator
 from service.engine.flow import load_flows
-from service.engine.outbound import http_clients
 from service.execution import Execution, ExecutionStatus, StepResult, StepStatus, Wait
-from service.logs import configure_logging
 from service.messages import PushEnvelope, PushMessage
-from service.settings import Settings
 from service.worker.wakes import Wakes
 
 TWO_CALLS = """
@@ -201,23 +195,10 @@ async def main_async(args: argparse.Namespace) -> None:
     (flows_dir / "with-sleep.yaml").write_text(WITH_SLEEP)
     (flows_dir / "with-sleep-long.yaml").write_text(WITH_SLEEP.replace("10ms", "1h"))
     flows = load_flows(flows_dir, {"BASE_URL": base})
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        google_cloud_project=project,
-        ml_auth="none",
-        execution_store="firestore",
-        log_format="console",
-        inline_wait_s=0,
-    )
-    store = FirestoreStore(project, "executions", timedelta(days=7))
-    counts = Counts(Counter())
-    counts.wrap(store._client._firestore_api)
-    configure_logging("console", level=logging.WARNING)
-    async with http_clients() as (http, sender):
-        parts = build(settings, flows, InProcessTransport(), store, http, sender)
+    async with on_firestore(project, flows, inline_wait_s=0) as (parts, store, counts):
         await cycle_costs(parts, store, counts, args.runs)
         await held(parts, args.held)
-    await many(store, counts, args.many)
+        await many(store, counts, args.many)
     await store.close()
     await runner.cleanup()
 

@@ -45,6 +45,7 @@ def test_the_dev_stack_prints_a_curl_that_completes_a_flow(
 ) -> None:
     ports = {name: str(free_port()) for name in ("PORT", "DEMO_PORT", "EMULATOR_PORT")}
     env = {**os.environ, **ports, "DEMO_DELAY_MS": "10", "LOG_FORMAT": "json"}
+    env |= {"DEMO_JOB_S": "1", "DEMO_REVIEW_S": "0.5"}  # the example's poll still waits 20 s
     if transport == "in-process":
         env["PUBSUB_EMULATOR_BIN"] = str(tmp_path / "no-emulator-here")
     log = tmp_path / "dev.log"
@@ -70,6 +71,13 @@ def test_the_dev_stack_prints_a_curl_that_completes_a_flow(
         # The default flow's result: the vacancies with the stand-ins' analyses.
         assert "[result: user_id, session_id, professions, vacancies]" in printed
         assert '"fit": 0.8' in printed
+        if transport == "in-process":  # the example of waits too: once is enough
+            example = text[text.index("curl -s", text.index("Or one that waits")) :]
+            example = example.split("\n\n")[0]
+            started = subprocess.run(["bash", "-c", example], capture_output=True, text=True)
+            assert '"flow":"batch-review"' in started.stdout, started
+            waited = wait_for(r"execution \S+ succeeded in \d+ ms \[start_batch", log, process)
+            assert "review=succeeded, publish=succeeded" in waited
     finally:
         process.send_signal(stop)
         process.wait(timeout=30)

@@ -80,12 +80,14 @@ async def serve(emulator: Emulator | None) -> None:
         )
     delay = float(os.environ.get("DEMO_DELAY_MS", "100"))
     vacancies = int(os.environ.get("DEMO_VACANCIES", "3"))
+    job_s = float(os.environ.get("DEMO_JOB_S", "20"))  # the example's batch job
+    review_s = float(os.environ.get("DEMO_REVIEW_S", "5"))  # and its reviewer
     servers = [
         uvicorn.Server(
             uvicorn.Config(
-                StandIns(delay_s=delay / 1000, vacancies=vacancies).app(
-                    WebhookReceiver(secret, echo=True)
-                ),
+                StandIns(
+                    delay_s=delay / 1000, vacancies=vacancies, job_s=job_s, review_s=review_s
+                ).app(WebhookReceiver(secret, echo=True)),
                 host="127.0.0.1",
                 port=DEMO_PORT,
                 log_level="warning",

@@ -11,6 +11,7 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
+from service.engine.expressions import EvaluationError, render_value
 from service.engine.flow import Step
 from service.engine.outbound import NoAnswer, Sender
 from service.engine.outbound_auth import NoTokens, TokenProvider
@@ -63,6 +64,15 @@ class MLCaller:
         self._per_host_limit = per_host_limit
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._budgets: dict[str, RetryBudget] = {}
+
+    async def call_with(self, step: Step, scope: dict[str, Any], deadline: float) -> CallResult:
+        """The step's call with its body made from `scope`; a body that cannot be made
+        fails the call, with no attempt."""
+        try:
+            body = render_value(step.body, scope)
+        except EvaluationError as exc:
+            return CallResult(None, str(exc), 0)
+        return await self.call(step, body, deadline)
 
     async def call(
         self, step: Step, body: Any, deadline: float, poll_url: str | None = None

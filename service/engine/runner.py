@@ -276,11 +276,7 @@ class FlowRunner:
 
     async def _call(self, step: Step, scope: dict[str, Any], deadline: float) -> CallResult:
         """One call with its body made from `scope`; its answer shaped by the step's `output`."""
-        try:
-            body = render_value(step.body, scope)
-        except EvaluationError as exc:
-            return CallResult(None, str(exc), 0)
-        call = await self._caller.call(step, body, deadline)
+        call = await self._caller.call_with(step, scope, deadline)
         if call.error is not None or step.output is None:
             return call
         try:

@@ -77,7 +77,7 @@ class Waits:
         if step.callback_timeout_s is not None:
             return await self._call_back(step, scope, execution, result, deadline, checkpoint)
         assert step.poll is not None
-        call = await self._call(step, scope, deadline)
+        call = await self._caller.call_with(step, scope, deadline)
         result.attempts = call.attempts
         if call.error is not None:
             return _failed(result, call.error)
@@ -140,11 +140,7 @@ class Waits:
         # Stored before the call: the callback may be posted before the call answers.
         await checkpoint(step.name, result)
         callback = {"url": f"{self._callback_base}/callbacks/{token}"}
-        try:
-            body = render_value(step.body, {**scope, "callback": callback})
-        except EvaluationError as exc:
-            return _failed(result, str(exc))
-        call = await self._caller.call(step, body, deadline)
+        call = await self._caller.call_with(step, {**scope, "callback": callback}, deadline)
         result.attempts = call.attempts
         if call.error is not None:
             return _failed(result, call.error)
@@ -209,13 +205,6 @@ class Waits:
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             return CallResult(None, f"poll.url: {str(url)[:200]!r} is not an http(s) URL", 0)
         return await self._caller.call(step, None, deadline, poll_url=url)
-
-    async def _call(self, step: Step, scope: dict[str, Any], deadline: float) -> CallResult:
-        try:
-            body = render_value(step.body, scope)
-        except EvaluationError as exc:
-            return CallResult(None, str(exc), 0)
-        return await self._caller.call(step, body, deadline)
 
     def _inline(self, wake_at: datetime, deadline: float) -> bool:
         """Whether a wait until `wake_at` stays in this push rather than suspending."""

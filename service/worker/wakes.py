@@ -56,8 +56,11 @@ class Wakes:
     async def resume_soon(self, execution: Execution) -> None:
         """Resume a waiting execution now (a callback answered, a cancel asked). If the
         broker refuses, its timer, which the store moved REWAKE_S ahead, resumes it."""
-        if execution.status != ExecutionStatus.WAITING:
-            return  # running: it is due as soon as that run suspends
+        if execution.status == ExecutionStatus.WAITING:  # running: due once it suspends
+            await self._resumed(execution)
+
+    async def _resumed(self, execution: Execution) -> bool:
+        """Publish its resume; False (logged) if the broker refused it."""
         try:
             await self.resume(execution)
         except OrchestratorError as exc:
@@ -66,6 +69,8 @@ class Wakes:
                 execution_id=execution.execution_id,
                 reason=str(exc),
             )
+            return False
+        return True
 
     async def wake(self) -> int:
         """Resume up to one batch of due executions; how many resumes were published."""
@@ -74,18 +79,9 @@ class Wakes:
 
         async def one(execution: Execution) -> bool:
             async with at_once:
-                try:
-                    await self.resume(execution)
-                except OrchestratorError as exc:
-                    log.warning(
-                        "resume not published; due again later",
-                        execution_id=execution.execution_id,
-                        reason=str(exc),
-                    )
-                    self._metrics.wakes.add(1, {"outcome": "not_published"})
-                    return False
-            self._metrics.wakes.add(1, {"outcome": "woken"})
-            return True
+                done = await self._resumed(execution)
+            self._metrics.wakes.add(1, {"outcome": "woken" if done else "not_published"})
+            return done
 
         published = sum(await asyncio.gather(*(one(execution) for execution in due)))
         if due:
