@@ -397,3 +397,20 @@ def test_a_callback_token_never_reaches_the_logs(
     logged = "".join(capfd.readouterr())
     assert '"/callbacks/(token)"' in logged and "answered 503" in logged
     assert token.rsplit(".", 1)[1] not in logged
+
+
+def test_the_resumed_run_continues_the_producer_s_trace(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The calls before and after a suspended wait carry the producer's trace id."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with running(monkeypatch, tmp_path, {"nap": _with(NAP, NAP="500ms")}) as stack:
+        body = {"flow": "nap", "user_id": "u1", "webhook_url": stack.webhook_url}
+        headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+        started = stack.client.post("/orchestrate", json=body, headers=headers)
+        execution_id = started.json()["execution_id"]
+        stack.reaches(execution_id, "waiting")
+        stack.reaches(execution_id, "succeeded")
+    calls = stack.functions.called("/publish-predictions")
+    assert [call.body["at"] for call in calls] == ["first", "second"]
+    assert all(call.traceparent and call.traceparent.split("-")[1] == trace_id for call in calls)
