@@ -147,7 +147,7 @@ def running(
         for name, value in functions.env(functions_url).items():
             monkeypatch.setenv(name, value)  # what the flows' ${env.NAME} read
         config = make_settings(
-            flows_dir=(PROJECT_FLOWS_DIR, folder),
+            flows_dir=(PROJECT_FLOWS_DIR, folder) if flows else PROJECT_FLOWS_DIR,
             public_url=f"http://127.0.0.1:{port}",
             webhook_allow_private_networks=True,
             **{"inline_wait_s": 0, "wake_interval_s": 0.1, **settings},
