@@ -63,6 +63,9 @@ class Attempt(Generic[T]):
     retryable: bool = False
     retry_after: float | None = None
     budget_refused: bool = False  # a retry could have helped; the target's budget said no
+    # The target said it is overloaded (429, 503) and the caller's adaptive limit paces
+    # what reaches it, retries included: the retry budget is not spent on it.
+    paced: bool = False
 
     @property
     def ok(self) -> bool:
@@ -115,7 +118,7 @@ async def with_retries(
         delay = policy.delay(number, outcome.retry_after)
         if loop.time() + delay >= deadline:
             return outcome, number
-        if budget is not None and not budget.try_retry():
+        if budget is not None and not outcome.paced and not budget.try_retry():
             error = f"{outcome.error} (not retried: retry budget of the target spent)"
             return Attempt(value=outcome.value, error=error, budget_refused=True), number
         await asyncio.sleep(delay)

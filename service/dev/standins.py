@@ -20,7 +20,7 @@ import json
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +78,9 @@ class StandIns:
     `script[path]` holds statuses to answer next (then 200). With `verify`, a call must
     carry an ID token whose audience is the called URL, else 401. `padding[path]` adds
     that many bytes to each answer of `path`, `extra[path]` fields. A call to a path in
-    `gates` answers once its event is set.
+    `gates` answers once its event is set. `capacity[path]`: calls beyond that many in
+    flight are answered 429 (with `retry_after`, if set) and counted in `refused`; `peak`
+    is the most calls in flight seen per path.
     """
 
     delay_s: float = 0.0
@@ -95,6 +97,11 @@ class StandIns:
     review_s: float | None = 5.0
     review: dict[str, Any] = field(default_factory=lambda: {"approved": True, "reviewer": "demo"})
     jobs: dict[str, float] = field(default_factory=dict)  # operation name -> its start
+    capacity: dict[str, int] = field(default_factory=dict)
+    retry_after: str | None = None
+    refused: Counter[str] = field(default_factory=Counter)
+    peak: Counter[str] = field(default_factory=Counter)
+    _in_flight: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _reviews: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -130,9 +137,19 @@ class StandIns:
             with self._lock:
                 self.calls.append(Call(path, body, audience, request.headers.get("traceparent")))
                 status = self.script[path].pop(0) if self.script[path] else 200
-            await asyncio.sleep(self.delay_s)
-            if path in self.gates:
-                await asyncio.to_thread(self.gates[path].wait, 30)
+                if self._in_flight[path] >= self.capacity.get(path, sys.maxsize):
+                    self.refused[path] += 1
+                    headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+                    return Response("over capacity", status_code=429, headers=headers)
+                self._in_flight[path] += 1
+                self.peak[path] = max(self.peak[path], self._in_flight[path])
+            try:
+                await asyncio.sleep(self.delay_s)
+                if path in self.gates:
+                    await asyncio.to_thread(self.gates[path].wait, 30)
+            finally:
+                with self._lock:
+                    self._in_flight[path] -= 1
             if status != 200:
                 return Response(f"scripted {status}", status_code=status)
             return Response(json.dumps(self.answer(path, body)), media_type="application/json")

@@ -11,6 +11,7 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
+from service.engine.adaptive import OVERLOADED, AdaptiveLimit
 from service.engine.expressions import EvaluationError, render_value
 from service.engine.flow import Step
 from service.engine.outbound import NoAnswer, Sender
@@ -39,8 +40,9 @@ class MLCaller:
     """Makes a step's HTTP call with its retry policy, inside the execution's deadline.
 
     Each target host gets at most `per_host_limit` calls in flight from this
-    instance, so a burst of executions queues here instead of flooding one
-    function, and a retry budget, so failing calls cannot multiply its load.
+    instance, fewer while it answers 429 or 503 (service/engine/adaptive.py), so a
+    burst of executions queues here instead of flooding one function, and a retry
+    budget, so failing calls cannot multiply its load.
     """
 
     def __init__(
@@ -62,7 +64,7 @@ class MLCaller:
         self._tracing = tracing or Tracing()
         self._metrics = metrics or Metrics()
         self._per_host_limit = per_host_limit
-        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._limits: dict[str, AdaptiveLimit] = {}
         self._budgets: dict[str, RetryBudget] = {}
 
     async def call_with(self, step: Step, scope: dict[str, Any], deadline: float) -> CallResult:
@@ -81,20 +83,26 @@ class MLCaller:
         loop = asyncio.get_running_loop()
         method, url = ("GET", poll_url) if poll_url is not None else (step.method, step.url)
         host = urlsplit(url).netloc
-        limit = self._limits.setdefault(host, asyncio.Semaphore(self._per_host_limit))
+        limit = self._limits.get(host)
+        if limit is None:
+            limit = self._limits[host] = AdaptiveLimit(host, self._per_host_limit)
         budget = self._budgets.setdefault(host, RetryBudget())
 
         async def attempt(number: int) -> Attempt[Any]:
-            async with limit:
+            async with limit.slot() as started_round:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return Attempt(error="execution deadline passed before the call")
                 attributes = {"step": step.name, "attempt": number, "server.address": host}
                 with self._tracing.span(f"call {step.name}", SpanKind.CLIENT, attributes) as span:
                     seconds = min(step.timeout_s, remaining)
-                    outcome = await self._attempt(step, method, url, body, seconds)
+                    outcome, status = await self._attempt(step, method, url, body, seconds)
                     if span is not None:
                         _record(span, outcome)
+            if status in OVERLOADED:
+                limit.overloaded(started_round, outcome.retry_after)
+            elif outcome.ok:
+                limit.succeeded()
             self._metrics.ml_calls.add(1, {"host": host, "outcome": _outcome(outcome)})
             if not outcome.ok:
                 log.warning(
@@ -113,28 +121,31 @@ class MLCaller:
 
     async def _attempt(
         self, step: Step, method: str, url: str, body: Any, seconds: float
-    ) -> Attempt[Any]:
+    ) -> tuple[Attempt[Any], int | None]:
+        """One try, and the HTTP status it was answered with (None: no answer)."""
         try:
             headers = await self._providers[step.auth].headers(step.audience)
         except Exception as exc:  # google-auth raises several unrelated types
             what = (
                 "access token" if step.auth == "access_token" else f"ID token for {step.audience}"
             )
-            return Attempt(error=f"no {what}: {exc}", retryable=True)
+            return Attempt(error=f"no {what}: {exc}", retryable=True), None
         headers = {**headers, **outgoing_headers()}
         try:
             answer = await self._sender.send(method, url, body, headers, seconds)
         except NoAnswer as exc:
-            return Attempt(error=str(exc), retryable=exc.retryable)
+            return Attempt(error=str(exc), retryable=exc.retryable), None
         trace.get_current_span().set_attribute("http.response.status_code", answer.status)
         if 200 <= answer.status < 300:
-            return Attempt(value=_output(answer.content))
+            return Attempt(value=_output(answer.content)), answer.status
         text = answer.content[:ERROR_BODY_CHARS].decode(errors="replace")
-        return Attempt(
+        refused: Attempt[Any] = Attempt(
             error=f"HTTP {answer.status}: {text}",
             retryable=answer.status in step.retry.retry_on,
             retry_after=parse_retry_after(answer.retry_after),
+            paced=answer.status in OVERLOADED,
         )
+        return refused, answer.status
 
 
 def _outcome(attempt: Attempt[Any]) -> str:
