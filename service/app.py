@@ -22,6 +22,7 @@ from service.api.problems import Problem
 from service.backends.pubsub import PubSubTransport
 from service.backends.store import ExecutionStore, MemoryStore
 from service.backends.transport import InProcessTransport, Transport
+from service.engine.caching import StepCache
 from service.engine.calls import MLCaller
 from service.engine.flow import Flow, load_flows
 from service.engine.outbound import Sender, http_clients
@@ -207,6 +208,7 @@ def build(
             tracing,
             metrics,
             Waits(caller, settings.inline_wait_s, settings.service_url),
+            StepCache(store, metrics),
         ),
         delivery=ResultDelivery(
             http,

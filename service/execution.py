@@ -96,6 +96,17 @@ class ItemResult(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    cached: bool = False  # its output came from the step's cache, not from a call
+    cached_from: str | None = None  # the execution whose call made it
+
+
+@dataclass(frozen=True, slots=True)
+class CachedOutput:
+    """A step's answer kept for `cache: {key, ttl}`, and the execution whose call made it."""
+
+    output: Any
+    made_by: str
+    expires_at: datetime
 
 
 class Wait(BaseModel):
@@ -121,6 +132,8 @@ class StepResult(BaseModel):
     items: list[ItemResult] | None = None  # for_each steps only
     wake_at: datetime | None = None  # a waiting step's next look (a poll, the sleep's end)
     wait: Wait | None = None
+    cached: bool = False  # its output came from the step's cache, not from a call
+    cached_from: str | None = None  # the execution whose call made it
 
 
 class ExecutionSummary(BaseModel):

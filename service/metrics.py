@@ -14,6 +14,8 @@
     orchestrator_wakes_total{outcome}                           due executions: woken, not_published
     orchestrator_callbacks_total{outcome}                       POST /callbacks answers: accepted,
                                                                 answered, gone, unknown
+    orchestrator_cache_total{flow,step,outcome}                 cached steps' lookups: hit, miss,
+                                                                joined (a miss under way here)
 
 Labels are low-cardinality on purpose: never an execution id. Each app has its own
 registry, so several apps in one process (tests) never mix their figures.
@@ -97,6 +99,9 @@ class Metrics:
         )
         self.callbacks = meter.create_counter(
             "orchestrator_callbacks", description="Callbacks posted, by outcome"
+        )
+        self.cache = meter.create_counter(
+            "orchestrator_cache", description="Step cache lookups, by flow, step and outcome"
         )
 
     def text(self) -> bytes:

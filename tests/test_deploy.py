@@ -149,7 +149,11 @@ def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -
         for args in result.commands()
         if args[3:6] == ["firestore", "fields", "ttls"]
     }
-    assert ttl_groups == {"ml-orchestrator-executions", "execution-parts"}
+    assert ttl_groups == {
+        "ml-orchestrator-executions",
+        "execution-parts",
+        "ml-orchestrator-executions-cache",
+    }
     indexes = [
         [value for n, value in enumerate(args) if args[n - 1] == "--field-config"]
         for args in result.commands()
@@ -172,6 +176,8 @@ def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -
     assert exempt == {(field, "ml-orchestrator-executions") for field in head} | {
         ("data", "execution-parts"),
         ("expire_at", "execution-parts"),
+    } | {
+        (field, "ml-orchestrator-executions-cache") for field in ("output", "made_by", "expire_at")
     }
 
 

@@ -26,7 +26,14 @@ from service.backends.store import (
     sort_key,
 )
 from service.errors import StoreRefused
-from service.execution import Execution, ExecutionStatus, StepResult, StepStatus, Wait
+from service.execution import (
+    CachedOutput,
+    Execution,
+    ExecutionStatus,
+    StepResult,
+    StepStatus,
+    Wait,
+)
 from service.waits import CallbackToken, new_callback_token, read_callback_token
 
 LEASE_S = 30.0
@@ -582,3 +589,21 @@ async def test_flow_versions_are_kept_once_and_counted_in_use(store: ExecutionSt
     ended.finish(ExecutionStatus.SUCCEEDED)
     await store.save(ended, delivered=True)
     assert await store.versions_in_use("f") == {"v1": 2, "v2": 1}
+
+
+async def test_a_cached_output_of_any_size_is_read_back_until_it_expires(
+    store: ExecutionStore,
+) -> None:
+    large = CachedOutput({"blob": "c" * 3_000_000}, "maker-1", datetime.now(UTC) + timedelta(1))
+    await store.cache("key-large", large)
+    assert await store.cached("key-large") == large
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    small = CachedOutput({"embedding": [0.1, 0.2]}, "maker-2", soon)
+    await store.cache("key-small", small)
+    assert await store.cached("key-small") == small
+    assert await store.cached("key-none") is None
+    await asyncio.sleep((soon - datetime.now(UTC)).total_seconds() + 0.1)
+    assert await store.cached("key-small") is None  # expired: whatever the TTL policy did yet
+    replaced = CachedOutput({"embedding": [0.3]}, "maker-3", soon + timedelta(hours=1))
+    await store.cache("key-small", replaced)
+    assert await store.cached("key-small") == replaced

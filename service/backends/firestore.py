@@ -38,6 +38,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from service.backends.firestore_calls import STORE_TIMEOUT_S, Contended, bounded
 from service.backends.firestore_layout import (
+    CACHE_SUFFIX,
     FLOWS_SUFFIX,
     INLINE_BYTES,
     PARTS_COLLECTION,
@@ -67,6 +68,7 @@ from service.backends.store import (
 from service.errors import StoreUnavailable
 from service.execution import (
     UNDERWAY,
+    CachedOutput,
     Execution,
     ExecutionStatus,
     ExecutionSummary,
@@ -106,10 +108,11 @@ class FirestoreStore:
         self._timeout_s = timeout_s
         self._collection = self._client.collection(collection)
         self._flows = self._client.collection(collection + FLOWS_SUFFIX)
+        self._cache = self._client.collection(collection + CACHE_SUFFIX)
         self._ttl = ttl
         self._inline_bytes = inline_bytes
         # Parts this instance wrote: a document saved again does not write them again.
-        self._written: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._written: OrderedDict[tuple[str, str], None] = OrderedDict()  # (document, part)
 
     async def enqueue(self, execution: Execution) -> None:
         fields, parts = self._document(execution)
@@ -391,6 +394,24 @@ class FirestoreStore:
         counted = Counter((s.to_dict() or {}).get("flow_version") or "unknown" for s in snapshots)
         return dict(counted)
 
+    async def cached(self, key: str) -> CachedOutput | None:
+        reference = self._cache.document(key)
+        snapshot = await self._call(reference.get())
+        if not snapshot.exists:
+            return None
+        data = snapshot.to_dict() or {}
+        if data["expire_at"] <= now():  # a TTL policy deletes it within a day: not yet, maybe
+            return None
+        texts = await self._read_slots(reference, {"output": data["output"]})
+        return CachedOutput(from_json(texts["output"]), data["made_by"], data["expire_at"])
+
+    async def cache(self, key: str, entry: CachedOutput) -> None:
+        reference = self._cache.document(key)
+        value, parts = self._slot("output", to_json(entry.output))
+        await self._write_parts_of(reference, parts, entry.expires_at - now())
+        fields = {"output": value, "made_by": entry.made_by, "expire_at": entry.expires_at}
+        await self._call(reference.set(fields))
+
     async def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
 
@@ -424,20 +445,46 @@ class FirestoreStore:
         return slot(name, text, self._inline_bytes)
 
     async def _write_parts(self, execution_id: str, parts: Parts) -> None:
-        todo = {k: data for k, data in parts.items() if (execution_id, k) not in self._written}
+        await self._write_parts_of(self._collection.document(execution_id), parts, self._ttl)
+
+    async def _write_parts_of(self, document: Any, parts: Parts, ttl: timedelta) -> None:
+        """Write the parts of `document`'s slots that this instance has not written."""
+        todo = {k: data for k, data in parts.items() if (document.path, k) not in self._written}
         if not todo:
             return
-        folder = self._collection.document(execution_id).collection(PARTS_COLLECTION)
-        expire_at = datetime.now(UTC) + self._ttl + PARTS_TTL_MARGIN
+        folder = document.collection(PARTS_COLLECTION)
+        expire_at = datetime.now(UTC) + ttl + PARTS_TTL_MARGIN
         for batch_keys in batches(todo):
             batch = self._client.batch()
             for key in batch_keys:
                 batch.set(folder.document(key), {"data": todo[key], "expire_at": expire_at})
             await self._call(batch.commit())
         for key in todo:
-            self._written[(execution_id, key)] = None
+            self._written[(document.path, key)] = None
             if len(self._written) > REMEMBERED_PARTS:
                 self._written.popitem(last=False)
+
+    async def _read_slots(self, document: Any, slots: dict[str, Any]) -> dict[str, str]:
+        """`slots` (name -> inline text or pointer) as text, the pointed ones read from
+        `document`'s parts."""
+        pointers = {name: value for name, value in slots.items() if isinstance(value, dict)}
+        if not pointers:
+            return slots
+        folder = document.collection(PARTS_COLLECTION)
+        keys = [
+            f"{name}.{pointer['digest']}.{n}"
+            for name, pointer in pointers.items()
+            for n in range(pointer["parts"])
+        ]
+        read = await self._call(_read_all(self._client, [folder.document(k) for k in keys]))
+        missing = [key for key in keys if key not in read]
+        if missing:
+            raise StoreUnavailable(f"execution store: part {missing[0]} is missing")
+        texts = dict(slots)
+        for name, pointer in pointers.items():
+            chunks = (read[f"{name}.{pointer['digest']}.{n}"] for n in range(pointer["parts"]))
+            texts[name] = b"".join(chunks).decode()
+        return texts
 
     async def _execution(
         self, execution_id: str, data: dict[str, Any], answers: bool = True
@@ -451,21 +498,7 @@ class FirestoreStore:
         slots |= {f"step.{name}": value for name, value in data.get("steps", {}).items()}
         if answers:
             slots |= {f"answer.{name}": value for name, value in data.get("answers", {}).items()}
-        pointers = {name: value for name, value in slots.items() if isinstance(value, dict)}
-        if pointers:
-            folder = self._collection.document(execution_id).collection(PARTS_COLLECTION)
-            keys = [
-                f"{name}.{pointer['digest']}.{n}"
-                for name, pointer in pointers.items()
-                for n in range(pointer["parts"])
-            ]
-            read = await self._call(_read_all(self._client, [folder.document(k) for k in keys]))
-            missing = [key for key in keys if key not in read]
-            if missing:
-                raise StoreUnavailable(f"execution store: part {missing[0]} is missing")
-            for name, pointer in pointers.items():
-                chunks = (read[f"{name}.{pointer['digest']}.{n}"] for n in range(pointer["parts"]))
-                slots[name] = b"".join(chunks).decode()
+        slots = await self._read_slots(self._collection.document(execution_id), slots)
         steps = {
             name.removeprefix("step."): StepResult.model_validate_json(text)
             for name, text in slots.items()

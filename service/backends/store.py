@@ -57,6 +57,7 @@ from service.execution import (
     REDRIVABLE,
     TERMINAL,
     UNDERWAY,
+    CachedOutput,
     Execution,
     ExecutionStatus,
     ExecutionSummary,
@@ -315,6 +316,12 @@ class ExecutionStore(Protocol):
     async def versions_in_use(self, name: str) -> dict[str, int]:
         """How many executions of flow `name` not ended run each version (at most 1000 read)."""
 
+    async def cached(self, key: str) -> CachedOutput | None:
+        """The output kept under `key` (a digest), unless there is none or it expired."""
+
+    async def cache(self, key: str, entry: CachedOutput) -> None:
+        """Keep `entry` under `key` until its `expires_at`."""
+
     async def close(self) -> None: ...
 
 
@@ -339,6 +346,7 @@ class MemoryStore:
         self._capacity = capacity
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._flows: dict[tuple[str, str], str] = {}
+        self._cache: OrderedDict[str, CachedOutput] = OrderedDict()
         self._lock = asyncio.Lock()
 
     async def enqueue(self, execution: Execution) -> None:
@@ -490,6 +498,19 @@ class MemoryStore:
             if entry.execution.flow == name and entry.execution.status in UNDERWAY
         )
         return dict(counted)
+
+    async def cached(self, key: str) -> CachedOutput | None:
+        entry = self._cache.get(key)
+        if entry is None or entry.expires_at <= now():
+            return None
+        self._cache.move_to_end(key)
+        return entry
+
+    async def cache(self, key: str, entry: CachedOutput) -> None:
+        self._cache[key] = entry
+        self._cache.move_to_end(key)
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)  # the least recently used
 
     async def close(self) -> None:
         return None

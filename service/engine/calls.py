@@ -34,6 +34,7 @@ class CallResult:
     output: Any
     error: str | None
     attempts: int
+    cached_from: str | None = None  # from the step cache: the execution whose call made it
 
 
 class MLCaller:

@@ -86,6 +86,15 @@ class CallbackSpec(BaseModel):
     timeout: Duration = 86_400.0
 
 
+class CacheSpec(BaseModel):
+    """`cache:` reuse a fresh answer of this step for the same `key` (CEL) for `ttl`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    ttl: Duration
+
+
 class StepSpec(BaseModel):
     """A step as written in YAML."""
 
@@ -97,6 +106,7 @@ class StepSpec(BaseModel):
     callback: CallbackSpec | None = None
     sleep: Duration | None = None
     sleep_until: str | None = None
+    cache: CacheSpec | None = None
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     body: Any = None
     after: list[str] = Field(default_factory=list)
@@ -133,6 +143,14 @@ class Poll:
 
 
 @dataclass(frozen=True, slots=True)
+class Cache:
+    """A compiled `cache:`: its key reads what the body reads."""
+
+    key: Template
+    ttl_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     """A step ready to run: expressions parsed, URL resolved.
 
@@ -158,6 +176,7 @@ class Step:
     callback_timeout_s: float | None = None
     sleep_s: float | None = None
     sleep_until: Template | None = None
+    cache: Cache | None = None
 
     @property
     def waits(self) -> bool:
@@ -342,6 +361,10 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
         )
     if spec.sleep_until is not None:
         sleep_until = Template.parse(spec.sleep_until, names.at("sleep_until"), env)
+    cache = None
+    if spec.cache is not None:
+        scope = Names("cache.key", names.roots | each, names.steps, names.flow_steps)
+        cache = Cache(Template.parse(spec.cache.key, scope, env), float(spec.cache.ttl))
     output = None
     if spec.output is not None:
         scope = Names("output", names.roots | each | {"response"}, names.steps, names.flow_steps)
@@ -366,6 +389,7 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
         callback_timeout_s=float(spec.callback.timeout) if spec.callback else None,
         sleep_s=float(spec.sleep) if spec.sleep is not None else None,
         sleep_until=sleep_until,
+        cache=cache,
     )
 
 
@@ -384,6 +408,8 @@ def _check_waits(spec: StepSpec, sleeps: bool) -> None:
         raise ExpressionError(
             f"{kinds[0]}: a for_each step does not wait; wait in a step of its own"
         )
+    if kinds and spec.cache is not None:
+        raise ExpressionError("cache: a step that waits is not cached")
 
 
 def _literal(field: str, text: str, env: Mapping[str, str]) -> str:

@@ -32,6 +32,8 @@ from typing import Any
 import structlog
 from opentelemetry.trace import StatusCode
 
+from service.backends.store import MemoryStore
+from service.engine.caching import StepCache
 from service.engine.calls import CallResult, MLCaller
 from service.engine.expressions import ITERATION_BUDGET, EvaluationError, render_value
 from service.engine.flow import Flow, Step
@@ -71,9 +73,11 @@ class FlowRunner:
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
         waits: Waits | None = None,
+        cache: StepCache | None = None,
     ) -> None:
         self._caller = caller
         self._waits = waits or Waits(caller)
+        self._cache = cache or StepCache(MemoryStore(), metrics)
         self._timeout_s = timeout_s
         self._tracing = tracing or Tracing()
         self._metrics = metrics or Metrics()
@@ -222,9 +226,10 @@ class FlowRunner:
             return await self._waits.start(step, scope, execution, result, deadline, checkpoint)
         started = time.perf_counter()
         if step.for_each is None:
-            call = await self._call(step, scope, deadline)
+            call = await self._call(step, scope, deadline, execution)
+            result.cached, result.cached_from = call.cached_from is not None, call.cached_from
         else:
-            call = await self._fan_out(step, scope, items, deadline, result, previous)
+            call = await self._fan_out(step, scope, items, deadline, result, previous, execution)
         result.finished_at = now()
         result.duration_ms = round((time.perf_counter() - started) * 1000)
         result.attempts = call.attempts
@@ -241,6 +246,7 @@ class FlowRunner:
         deadline: float,
         result: StepResult,
         previous: StepResult | None,
+        execution: Execution,
     ) -> CallResult:
         """One call per item; `result` shows each item's outcome as it ends."""
         if not isinstance(items, list):
@@ -262,9 +268,10 @@ class FlowRunner:
             async with limit:
                 record = records[index]
                 record.started_at = now()
-                call = await self._call(step, {**scope, "item": item}, deadline)
+                call = await self._call(step, {**scope, "item": item}, deadline, execution)
                 outputs[index] = call.output
                 record.attempts, record.error = call.attempts, call.error
+                record.cached, record.cached_from = call.cached_from is not None, call.cached_from
                 record.status = StepStatus.FAILED if call.error else StepStatus.SUCCEEDED
                 record.finished_at = now()
 
@@ -274,16 +281,28 @@ class FlowRunner:
         attempts = sum(records[i].attempts for i in range(len(items)) if i not in kept)
         return CallResult(output=outputs, error=error, attempts=attempts)
 
-    async def _call(self, step: Step, scope: dict[str, Any], deadline: float) -> CallResult:
-        """One call with its body made from `scope`; its answer shaped by the step's `output`."""
-        call = await self._caller.call_with(step, scope, deadline)
+    async def _call(
+        self, step: Step, scope: dict[str, Any], deadline: float, execution: Execution
+    ) -> CallResult:
+        """One call with its body made from `scope` (or the answer the step's cache kept);
+        the answer shaped by the step's `output`."""
+        if step.cache is None:
+            call = await self._caller.call_with(step, scope, deadline)
+        else:
+            call = await self._cache.through(
+                execution.flow,
+                step,
+                scope,
+                execution.execution_id,
+                lambda: self._caller.call_with(step, scope, deadline),
+            )
         if call.error is not None or step.output is None:
             return call
         try:
             output = render_value(step.output, {**scope, "response": call.output})
         except EvaluationError as exc:
             return CallResult(None, str(exc), call.attempts)
-        return CallResult(output, None, call.attempts)
+        return CallResult(output, None, call.attempts, call.cached_from)
 
 
 class Cancelled(Exception):

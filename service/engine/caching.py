@@ -1,0 +1,109 @@
+"""The step cache: a call step with `cache: {key, ttl}` reuses a fresh answer.
+
+An answer is kept under a digest of (flow, step, the key's value) in the store, so
+every instance reuses it, until its ttl ends; `output:` still shapes it per use. A
+hit records where the answer came from (the execution whose call made it). Misses of
+one key that overlap in one instance make one call: the others wait for it and use
+its answer (or its error). Failed calls are not kept. A store that cannot answer
+costs the cache, never the step: the call is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from service.backends.store import ExecutionStore
+from service.engine.calls import CallResult
+from service.engine.expressions import EvaluationError
+from service.engine.flow import Step
+from service.errors import OrchestratorError
+from service.execution import CachedOutput, now
+from service.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+
+class StepCache:
+    """Answers of cached steps, shared through the store."""
+
+    def __init__(self, store: ExecutionStore, metrics: Metrics | None = None) -> None:
+        self._store = store
+        self._metrics = metrics or Metrics()
+        self._calls: dict[str, asyncio.Future[CallResult]] = {}  # misses under way, by key
+
+    async def through(
+        self,
+        flow: str,
+        step: Step,
+        scope: dict[str, Any],
+        execution_id: str,
+        call: Callable[[], Awaitable[CallResult]],
+    ) -> CallResult:
+        """The step's answer for `scope`: kept, joined, or `call()`ed (and kept)."""
+        assert step.cache is not None
+        try:
+            value = step.cache.key.render(scope)
+        except EvaluationError as exc:
+            return CallResult(None, str(exc), 0)
+        key = _digest(flow, step.name, value)
+        labels = {"flow": flow, "step": step.name}
+        kept = await self._kept(key)
+        if kept is not None:
+            self._metrics.cache.add(1, labels | {"outcome": "hit"})
+            return CallResult(kept.output, None, 0, cached_from=kept.made_by)
+        under_way = self._calls.get(key)
+        if under_way is not None:
+            await asyncio.wait({under_way})
+            if not under_way.cancelled():
+                self._metrics.cache.add(1, labels | {"outcome": "joined"})
+                return under_way.result()
+        self._metrics.cache.add(1, labels | {"outcome": "miss"})
+        return await self._call(key, step.cache.ttl_s, execution_id, call)
+
+    async def _call(
+        self,
+        key: str,
+        ttl_s: float,
+        execution_id: str,
+        call: Callable[[], Awaitable[CallResult]],
+    ) -> CallResult:
+        answer = asyncio.get_running_loop().create_future()
+        self._calls[key] = answer
+        try:
+            result = await call()
+            if result.error is None:
+                expires_at = now() + timedelta(seconds=ttl_s)
+                await self._keep(key, CachedOutput(result.output, execution_id, expires_at))
+            joined = replace(result, attempts=0, cached_from=execution_id)
+            answer.set_result(joined if result.error is None else result)
+            return result
+        finally:
+            if not answer.done():
+                answer.cancel()  # the ones waiting make their own call
+            del self._calls[key]
+
+    async def _kept(self, key: str) -> CachedOutput | None:
+        try:
+            return await self._store.cached(key)
+        except OrchestratorError as exc:
+            log.warning("cache not read; calling", reason=str(exc))
+            return None
+
+    async def _keep(self, key: str, entry: CachedOutput) -> None:
+        try:
+            await self._store.cache(key, entry)
+        except OrchestratorError as exc:
+            log.warning("answer not cached", reason=str(exc))
+
+
+def _digest(flow: str, step: str, value: Any) -> str:
+    named = json.dumps([flow, step, value], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(named.encode()).hexdigest()
