@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: infra/setup.sh PROJECT REGION [SERVICE] [--firestore] [--monitoring] [--dry-run]
+# Usage: infra/setup.sh PROJECT REGION [SERVICE] [--firestore] [--monitoring] [--schedules] [--dry-run]
 #
 # Creates what the orchestrator needs around its Cloud Run service, and only what
 # is missing: running it again changes nothing. Run it before the first deploy.
@@ -26,6 +26,11 @@
 #                indexes GET /executions needs (status, flow, requested_at) and the
 #                due timers' (status, wake_at); no indexes on the JSON fields input,
 #                steps, answers and data
+#   --schedules  one Cloud Scheduler job SERVICE-schedule-FLOW-NAME per schedule the flows
+#                declare (`python -m service schedules`, with the project's .venv and
+#                FLOWS_DIR), created or updated: POST /orchestrate with the schedule's
+#                input, OIDC as SERVICE-push@; the SERVICE-schedule-* jobs no flow
+#                declares any more are deleted
 #   --monitoring the Cloud Monitoring dashboard infra/dashboard.json (rates, failures,
 #                step latency p50/p99, in flight, webhooks; needs the service to run
 #                with OTEL_METRICS_EXPORTER=gcp_monitoring)
@@ -40,6 +45,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 firestore=false
 monitoring=false
+schedules=false
 positional=()
 for argument in "$@"; do
     case "$argument" in
@@ -47,6 +53,7 @@ for argument in "$@"; do
         --dry-run) DRY_RUN=true ;;
         --firestore) firestore=true ;;
         --monitoring) monitoring=true ;;
+        --schedules) schedules=true ;;
         -*) die "unknown option $argument (see --help)" ;;
         *) positional+=("$argument") ;;
     esac
@@ -183,6 +190,44 @@ if [ "$firestore" = true ]; then
     for field in output made_by expire_at; do
         run "${g[@]}" firestore indexes fields update "$field" \
             --collection-group "${collection}-cache" --disable-indexes
+    done
+fi
+
+if [ "$schedules" = true ]; then
+    echo "== Schedules" >&2
+    python_bin="${PYTHON:-$here/../.venv/bin/python}"
+    [ -x "$python_bin" ] \
+        || die "--schedules reads the flows with the project's .venv: run ./scripts/dev.sh once"
+    listed="$(PYTHONPATH="$here/.." "$python_bin" -m service schedules --tsv)" \
+        || die "the flows' schedules could not be read (python -m service schedules)"
+    declared=" "
+    while IFS=$'\t' read -r id cron zone body; do
+        [ -n "$id" ] || continue
+        job="${service}-schedule-${id}"
+        declared+="$job "
+        if exists "${g[@]}" scheduler jobs describe "$job" --location "$region"; then
+            verb=update headers=--update-headers
+        else
+            verb=create headers=--headers
+        fi
+        run "${g[@]}" scheduler jobs "$verb" http "$job" \
+            --location "$region" \
+            --schedule "$cron" \
+            --time-zone "$zone" \
+            --uri "${url}/orchestrate" \
+            --http-method POST \
+            "$headers" Content-Type=application/json \
+            --message-body "$body" \
+            --oidc-service-account-email "$push_account" \
+            --oidc-token-audience "$url"
+    done <<<"$listed"
+    for job in $("${g[@]}" scheduler jobs list --location "$region" --format 'value(name.basename())'); do
+        case "$job" in
+            "${service}-schedule-"*)
+                [[ "$declared" == *" $job "* ]] \
+                    || run "${g[@]}" scheduler jobs delete "$job" --location "$region"
+                ;;
+        esac
     done
 fi
 

@@ -148,3 +148,23 @@ def test_run_refuses_bad_input_naming_the_field(tmp_path: Path) -> None:
     result = cli("run", "ml-orchestration", "--input", '{"session_id": "s"}', cwd=tmp_path)
     assert result.returncode == 2
     assert "user_id: Field required" in result.stderr
+
+
+def test_schedules_lists_what_the_flows_declare_without_their_environment(
+    tmp_path: Path,
+) -> None:
+    folders = f"{ROOT / 'flows'}:{ROOT / 'flows' / 'examples'}"
+    result = cli("schedules", cwd=tmp_path, FLOWS_DIR=folders)  # no BATCH_API_URL & co.
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "batch-review-nightly: '0 3 * * *' (Europe/Madrid) POST /orchestrate "
+        '{"flow":"batch-review","user_id":"nightly-batch"}\n'
+    )
+    tsv = cli("schedules", "--tsv", cwd=tmp_path, FLOWS_DIR=folders).stdout
+    assert tsv.split("\t") == [
+        "batch-review-nightly",
+        "0 3 * * *",
+        "Europe/Madrid",
+        '{"flow":"batch-review","user_id":"nightly-batch"}\n',
+    ]
+    assert cli("schedules", cwd=tmp_path).stdout == "no flow declares schedules\n"

@@ -127,6 +127,66 @@ def test_setup_creates_the_job_that_wakes_due_executions_every_minute(workdir: P
     assert "cloudscheduler.googleapis.com" in result.command("services", "enable")
 
 
+SCHEDULED = """
+input:
+  user_id: {type: string, required: true}
+steps:
+  report:
+    call: ${env.REPORT_URL}
+    body: {user_id: "${input.user_id}"}
+schedules:
+  - {name: report, cron: "CRON", time_zone: Europe/Madrid, input: {user_id: all}}
+  - {name: cleanup, cron: "0 3 * * *", input: {user_id: nobody}}
+"""
+
+
+def test_setup_keeps_one_scheduler_job_per_declared_schedule(workdir: Path) -> None:
+    """Created, then updated when a schedule changes and deleted when none declares it;
+    read without the flows' environment (REPORT_URL is unset)."""
+    flows = workdir / "flows"
+    flows.mkdir()
+    (flows / "nightly.yaml").write_text(SCHEDULED.replace("CRON", "0 6 * * 1-5"))
+    first = run(workdir, "infra/setup.sh", "proj", "us-east1", "--schedules", FLOWS_DIR=str(flows))
+    assert first.code == 0, first.err
+    job = first.command("scheduler", "jobs", "create", "ml-orchestrator-schedule-nightly-report")
+    assert flag(job, "--schedule") == "0 6 * * 1-5"
+    assert flag(job, "--time-zone") == "Europe/Madrid"
+    assert flag(job, "--uri") == f"{URL}/orchestrate"
+    assert flag(job, "--http-method") == "POST"
+    assert flag(job, "--headers") == "Content-Type=application/json"
+    assert json.loads(flag(job, "--message-body")) == {"flow": "nightly", "user_id": "all"}
+    assert flag(job, "--oidc-service-account-email") == PUSH_ACCOUNT
+    assert flag(job, "--oidc-token-audience") == URL
+    cleanup = first.command(
+        "scheduler", "jobs", "create", "ml-orchestrator-schedule-nightly-cleanup"
+    )
+    assert flag(cleanup, "--time-zone") == "Etc/UTC"
+
+    changed = SCHEDULED.replace("CRON", "30 7 * * *").split("  - {name: cleanup")[0]
+    (flows / "nightly.yaml").write_text(changed)
+    second = run(workdir, "infra/setup.sh", "proj", "us-east1", "--schedules", FLOWS_DIR=str(flows))
+    assert second.code == 0, second.err
+    update = second.command(
+        "scheduler", "jobs", "update", "ml-orchestrator-schedule-nightly-report"
+    )
+    assert flag(update, "--schedule") == "30 7 * * *"
+    assert flag(update, "--update-headers") == "Content-Type=application/json"
+    deletes = [args for args in second.commands() if args[3:6] == ["scheduler", "jobs", "delete"]]
+    assert [args[6] for args in deletes] == ["ml-orchestrator-schedule-nightly-cleanup"]
+
+
+def test_setup_refuses_a_schedule_that_does_not_fit_its_flow(workdir: Path) -> None:
+    flows = workdir / "flows"
+    flows.mkdir()
+    bad = SCHEDULED.replace("CRON", "0 6 * * *").replace("{user_id: all}", "{user: x}")
+    (flows / "nightly.yaml").write_text(bad)
+    result = run(workdir, "infra/setup.sh", "proj", "us-east1", "--schedules", FLOWS_DIR=str(flows))
+    assert result.code != 0
+    assert "schedules.0.input.user_id: Field required" in result.err
+    made = [args for args in result.commands() if args[3:6] == ["scheduler", "jobs", "create"]]
+    assert [args[7] for args in made] == ["ml-orchestrator-wake"]  # no schedule's job
+
+
 def test_setup_a_second_time_creates_nothing(workdir: Path) -> None:
     first = run(workdir, "infra/setup.sh", "proj", "us-east1", "--firestore")
     state = sorted(path.name for path in (workdir / "state").iterdir())

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,49 @@ def test_file_names_must_be_flow_names(tmp_path: Path) -> None:
 def test_an_empty_flows_dir_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FlowError, match="no flow files"):
         load_flows(tmp_path, {})
+
+
+SCHEDULED = """
+input:
+  user_id: {type: string, required: true}
+steps:
+  one:
+    call: https://fn.example/one
+    body: {user_id: "${input.user_id}"}
+schedules:
+  - SCHEDULE
+"""
+
+
+@pytest.mark.parametrize(
+    ("schedule", "reason"),
+    [
+        ("{name: a, cron: '0 6 * *', input: {user_id: x}}", "is not unix-cron (five fields"),
+        ("{name: a, cron: '0 6 * * *', time_zone: Mars/Base, input: {user_id: x}}", "tz database"),
+        ("{name: a, cron: '0 6 * * *', input: {}}", "schedules.0.input.user_id: Field required"),
+        ("{name: A_b, cron: '0 6 * * *', input: {user_id: x}}", "schedules.0.name"),
+        ("{name: a, cron: '@daily', input: {user_id: x}}", "is not unix-cron"),
+    ],
+)
+def test_a_schedule_is_checked_when_its_flow_loads(
+    tmp_path: Path, schedule: str, reason: str
+) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text(SCHEDULED.replace("SCHEDULE", schedule))
+    with pytest.raises(FlowError, match=re.escape(reason)):
+        load_flow(path, {})
+
+
+def test_a_flow_s_schedules_are_kept_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    twice = "{name: a, cron: '0  6 * * 1-5', time_zone: Europe/Madrid, input: {user_id: x}}"
+    path.write_text(SCHEDULED.replace("SCHEDULE", twice))
+    [schedule] = load_flow(path, {}).schedules
+    assert (schedule.name, schedule.cron, schedule.time_zone) == (
+        "a",
+        "0 6 * * 1-5",
+        "Europe/Madrid",
+    )
+    path.write_text(SCHEDULED.replace("SCHEDULE", twice + "\n  - " + twice))
+    with pytest.raises(FlowError, match="two schedules named 'a'"):
+        load_flow(path, {})

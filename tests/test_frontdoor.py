@@ -62,6 +62,26 @@ def test_an_idempotency_key_fixes_the_execution_id(client: httpx.Client) -> None
     assert plain.json()["execution_id"] != first.json()["execution_id"]
 
 
+def test_a_scheduler_job_s_retries_of_one_run_share_one_execution_id(
+    client: httpx.Client,
+) -> None:
+    """Cloud Scheduler names the job and the schedule time of each run, the same on its
+    retries: they give the execution id, so a retried job starts no second execution."""
+    job = "projects/p/locations/l/jobs/ml-orchestrator-schedule-nightly-report"
+
+    def run_of(at: str, name: str = job) -> str:
+        headers = {"X-CloudScheduler-JobName": name, "X-CloudScheduler-ScheduleTime": at}
+        response = client.post("/orchestrate", json=SEED, headers=headers)
+        assert response.status_code == 202, response.text
+        execution_id: str = response.json()["execution_id"]
+        return execution_id
+
+    first = run_of("2026-11-27T06:00:00Z")
+    assert run_of("2026-11-27T06:00:00Z") == first  # the job retried the same run
+    assert run_of("2026-11-28T06:00:00Z") != first  # the next run
+    assert run_of("2026-11-27T06:00:00Z", job + "-2") != first  # another job
+
+
 def assert_problem(response, status: int, field: str) -> dict:  # type: ignore[no-untyped-def]
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == MEDIA_TYPE

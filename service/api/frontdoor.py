@@ -110,10 +110,7 @@ async def _accept(request: Request, parts: Components) -> JSONResponse:
         except WebhookTargetRefused as exc:
             raise invalid([{"field": "webhook_url", "reason": str(exc)}]) from None
 
-    if idempotency_key is None:
-        execution_id = str(uuid.uuid4())
-    else:
-        execution_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{flow.name}\n{idempotency_key}"))
+    execution_id = _execution_id(request, flow.name, idempotency_key)
     message = RequestMessage(
         execution_id=execution_id,
         flow=flow.name,
@@ -172,6 +169,19 @@ async def _record_queued(store: ExecutionStore, message: RequestMessage) -> None
         log.warning("accepted execution not recorded as queued", reason="the store is slow")
     except OrchestratorError as exc:
         log.warning("accepted execution not recorded as queued", reason=str(exc))
+
+
+def _execution_id(request: Request, flow: str, idempotency_key: str | None) -> str:
+    """A new id; the same one for the same Idempotency-Key, or for the same Cloud Scheduler
+    job and schedule time (a job's retries of one run share them), so neither a
+    producer's retry nor a scheduler's starts a second execution."""
+    job = request.headers.get("x-cloudscheduler-jobname")
+    at = request.headers.get("x-cloudscheduler-scheduletime")
+    if job and at and len(job) + len(at) <= MAX_IDEMPOTENCY_KEY:
+        idempotency_key = f"cloud-scheduler\n{job}\n{at}"
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{flow}\n{idempotency_key}"))
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

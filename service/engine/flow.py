@@ -20,9 +20,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 from service.engine.expressions import (
     ExpressionError,
@@ -41,6 +50,7 @@ MAX_FLOW_FILE_BYTES = 256 * 1024
 # Bounds the execution document: each step's outcome takes at most 16 KiB of it inline.
 MAX_FLOW_STEPS = 50
 
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?-]+")
 _FIELD_TYPES: dict[str, Any] = {
     "string": str,
     "boolean": bool,
@@ -120,6 +130,34 @@ class StepSpec(BaseModel):
     output: Any = None
 
 
+class ScheduleSpec(BaseModel):
+    """`schedules:` an execution of the flow with `input` at each `cron` time (Cloud Scheduler)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+    cron: str = Field(description="unix-cron: minute hour day-of-month month day-of-week")
+    time_zone: str = "Etc/UTC"
+    input: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(field) for field in fields):
+            raise ValueError(f"{value!r} is not unix-cron (five fields, e.g. '0 6 * * 1-5')")
+        return " ".join(fields)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a tz database time zone") from None
+        return value
+
+
 class FlowSpec(BaseModel):
     """A flow file as written in YAML."""
 
@@ -129,6 +167,16 @@ class FlowSpec(BaseModel):
     input: dict[str, InputField] = Field(default_factory=dict)
     steps: dict[str, StepSpec] = Field(min_length=1, max_length=MAX_FLOW_STEPS)
     result: Any = None
+    schedules: list[ScheduleSpec] = Field(default_factory=list, max_length=20)
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_names(cls, value: list[ScheduleSpec]) -> list[ScheduleSpec]:
+        names = [schedule.name for schedule in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"two schedules named {repeated[0]!r}")
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +248,7 @@ class Flow:
     # The definition as loaded (canonical JSON) and its hash: what an execution is pinned to.
     source: str = "{}"
     version: str = ""
+    schedules: tuple[ScheduleSpec, ...] = ()
     # The steps right after each step: the runner starts them as it ends.
     dependents: Mapping[str, tuple[str, ...]] = dataclasses.field(init=False)
 
@@ -230,15 +279,26 @@ def load_flows(directory: Path, env: Mapping[str, str]) -> dict[str, Flow]:
     """
     if not directory.is_dir():
         raise FlowError(str(directory), "FLOWS_DIR is not a directory")
+    flows = [load_flow(path, env) for path in flow_files(directory)]
+    return {flow.name: flow for flow in flows}
+
+
+def flow_files(directory: Path) -> list[Path]:
+    """The flow files of a folder; FlowError when it holds none."""
     files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not files:
         raise FlowError(str(directory), "no flow files (*.yaml) in FLOWS_DIR")
-    flows = [load_flow(path, env) for path in files]
-    return {flow.name: flow for flow in flows}
+    return files
 
 
 def load_flow(path: Path, env: Mapping[str, str]) -> Flow:
     """Read, validate and compile one flow file."""
+    name, raw = read_definition(path)
+    return compile_flow(name, raw, env, str(path))
+
+
+def read_definition(path: Path) -> tuple[str, dict[str, Any]]:
+    """A flow file's name and its parsed YAML, not yet validated."""
     file = str(path)
     name = path.stem
     if not FLOW_NAME.fullmatch(name):
@@ -251,12 +311,34 @@ def load_flow(path: Path, env: Mapping[str, str]) -> Flow:
         raise FlowError(file, f"not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise FlowError(file, "must be a mapping with 'steps'")
-    return compile_flow(name, raw, env, file)
+    return name, raw
 
 
 def flow_version(source: str) -> str:
     """The version of a definition: a hash of its canonical JSON."""
     return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def parse_spec(name: str, raw: Any, file: str) -> FlowSpec:
+    """A definition as its spec: fields, types and schedules checked, nothing compiled."""
+    try:
+        spec = FlowSpec.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        location = error["loc"]
+        step = str(location[1]) if location[:1] == ("steps",) and len(location) > 1 else None
+        field = ".".join(str(part) for part in location)
+        reason = error["msg"].removeprefix("Value error, ")
+        raise FlowError(file, f"{field}: {reason}", step) from None
+    model = _input_model(name, spec.input)
+    for n, schedule in enumerate(spec.schedules):
+        try:
+            model.model_validate(schedule.input)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(part) for part in error["loc"])
+            raise FlowError(file, f"schedules.{n}.input.{field}: {error['msg']}") from None
+    return spec
 
 
 def compile_flow(name: str, raw: Any, env: Mapping[str, str], file: str) -> Flow:
@@ -265,16 +347,7 @@ def compile_flow(name: str, raw: Any, env: Mapping[str, str], file: str) -> Flow
         source = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError):
         raise FlowError(file, "holds values JSON cannot (use plain YAML scalars)") from None
-    try:
-        spec = FlowSpec.model_validate(raw)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        location = error["loc"]
-        step = str(location[1]) if location[:1] == ("steps",) and len(location) > 1 else None
-        field = ".".join(str(part) for part in location)
-        raise FlowError(
-            file, f"{field}: {error['msg'].removeprefix('Value error, ')}", step
-        ) from None
+    spec = parse_spec(name, raw, file)
     steps = _compile_steps(file, spec, env)
     result = None
     if spec.result is not None:
@@ -291,6 +364,7 @@ def compile_flow(name: str, raw: Any, env: Mapping[str, str], file: str) -> Flow
         result=result,
         source=source,
         version=flow_version(source),
+        schedules=tuple(spec.schedules),
     )
 
 
