@@ -24,7 +24,7 @@ from service.backends.store import ExecutionStore, MemoryStore
 from service.backends.transport import InProcessTransport, Transport
 from service.engine.caching import StepCache
 from service.engine.calls import MLCaller
-from service.engine.flow import Flow, load_flows
+from service.engine.flow import Flow, check_limits, load_flows
 from service.engine.outbound import Sender, http_clients
 from service.engine.outbound_auth import (
     GoogleAccessTokens,
@@ -32,6 +32,7 @@ from service.engine.outbound_auth import (
     NoTokens,
     TokenProvider,
 )
+from service.engine.quotas import Quotas
 from service.engine.runner import FlowRunner
 from service.engine.waiting import Waits
 from service.errors import BrokerUnavailable, ConfigError
@@ -90,6 +91,7 @@ def create_app(
                 if timers is not None:
                     timers.cancel()
                     await asyncio.gather(timers, return_exceptions=True)
+                await app.state.components.quotas.close()
                 await broker.close()
                 await executions.close()
                 traces.shutdown()
@@ -143,6 +145,7 @@ def load_checked_flows(settings: Settings) -> dict[str, Flow]:
             if name in flows:
                 raise ConfigError(f"FLOWS_DIR: two flows named {name!r} (one in {folder})")
             flows[name] = flow
+    check_limits(flows)
     if settings.default_flow not in flows:
         folders = os.pathsep.join(str(folder) for folder in settings.flows_dir)
         raise ConfigError(f"DEFAULT_FLOW: no flow named {settings.default_flow!r} in {folders}")
@@ -196,8 +199,15 @@ def build(
     targets = WebhookTargets(
         settings.webhook_allow_private_networks, settings.allowed_webhook_hosts
     )
+    quotas = Quotas(store, metrics)
     caller = MLCaller(
-        sender, id_tokens, settings.ml_max_concurrency_per_host, tracing, metrics, access_tokens
+        sender,
+        id_tokens,
+        settings.ml_max_concurrency_per_host,
+        tracing,
+        metrics,
+        access_tokens,
+        quotas,
     )
     handler = PushHandler(
         versions=FlowVersions(flows, store, settings.flow_env()),
@@ -254,4 +264,5 @@ def build(
         tracing=tracing,
         metrics=metrics,
         wakes=Wakes(store, transport, settings.orchestration_topic, metrics),
+        quotas=quotas,
     )

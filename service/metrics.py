@@ -16,6 +16,8 @@
                                                                 answered, gone, unknown
     orchestrator_cache_total{flow,step,outcome}                 cached steps' lookups: hit, miss,
                                                                 joined (a miss under way here)
+    orchestrator_limit_waiting{key}                             calls waiting for room in a limit
+    orchestrator_limit_wait_seconds{key}                        how long those waited
 
 Labels are low-cardinality on purpose: never an execution id. Each app has its own
 registry, so several apps in one process (tests) never mix their figures.
@@ -102,6 +104,15 @@ class Metrics:
         )
         self.cache = meter.create_counter(
             "orchestrator_cache", description="Step cache lookups, by flow, step and outcome"
+        )
+        self.limit_waiting = meter.create_up_down_counter(
+            "orchestrator_limit_waiting", description="Calls waiting for room in a limit, by key"
+        )
+        self.limit_wait = meter.create_histogram(
+            "orchestrator_limit_wait",
+            unit="s",
+            description="Time calls waited for room in a limit, by key",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
 
     def text(self) -> bytes:

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from service.backends.store import ExecutionStore
     from service.backends.transport import Transport
     from service.engine.flow import Flow
+    from service.engine.quotas import Quotas
     from service.metrics import Metrics
     from service.settings import Settings
     from service.telemetry import Tracing
@@ -35,6 +36,7 @@ class Components:
     tracing: Tracing
     metrics: Metrics
     wakes: Wakes
+    quotas: Quotas
 
 
 def components_of(request: Request) -> Components:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from service.backends.firestore_layout import (
     CACHE_SUFFIX,
     FLOWS_SUFFIX,
     INLINE_BYTES,
+    LIMITS_SUFFIX,
     PARTS_COLLECTION,
     PARTS_TTL_MARGIN,
     SUMMARY_FIELDS,
@@ -76,11 +78,15 @@ from service.execution import (
     StepResult,
     now,
 )
+from service.shares import Holder, Share, allot
 from service.waits import CallbackToken
 
 CLAIM_ATTEMPTS = 10
 REMEMBERED_PARTS = 1000
 VERSIONS_READ = 1000  # executions read to count the versions in use
+LEASE_ATTEMPTS = 10
+# What a conditioned write that lost to another instance's raises.
+LOST_RACE = (google_exceptions.FailedPrecondition, google_exceptions.AlreadyExists)
 
 
 class FirestoreStore:
@@ -109,6 +115,7 @@ class FirestoreStore:
         self._collection = self._client.collection(collection)
         self._flows = self._client.collection(collection + FLOWS_SUFFIX)
         self._cache = self._client.collection(collection + CACHE_SUFFIX)
+        self._limits = self._client.collection(collection + LIMITS_SUFFIX)
         self._ttl = ttl
         self._inline_bytes = inline_bytes
         # Parts this instance wrote: a document saved again does not write them again.
@@ -338,8 +345,8 @@ class FirestoreStore:
             try:
                 await self._call(snapshot.reference.update({"wake_at": due_again()}, option=option))
             except StoreUnavailable as exc:
-                if isinstance(exc.__cause__, google_exceptions.FailedPrecondition):
-                    return None
+                if isinstance(exc.__cause__, LOST_RACE):
+                    return None  # another waker took it
                 raise
             return await self._execution(snapshot.id, snapshot.to_dict() or {})
 
@@ -393,6 +400,37 @@ class FirestoreStore:
         snapshots = await self._call(found.get())
         counted = Counter((s.to_dict() or {}).get("flow_version") or "unknown" for s in snapshots)
         return dict(counted)
+
+    async def lease_share(
+        self, key: str, instance: str, total: Share, demand: Share, in_use: Share, lease_s: float
+    ) -> Share:
+        # A read, then a write conditioned on what was read (no transaction: the emulator
+        # queues transactions of one document for seconds); another instance's write in
+        # between makes it try again.
+        reference = self._limits.document(key)
+        for _ in range(LEASE_ATTEMPTS):
+            snapshot = await self._call(reference.get())
+            stored = ((snapshot.to_dict() or {}) if snapshot.exists else {}).get("holders", {})
+            moment = time.time()
+            others = {n: _holder(h) for n, h in stored.items() if n != instance}
+            granted = allot(total, others, demand, in_use, moment)
+            holders = {n: stored[n] for n, h in others.items() if h.expires_at > moment}
+            if granted != Share() or demand != Share():
+                holders[instance] = _stored(Holder(demand, granted, moment + lease_s))
+            try:
+                if snapshot.exists:
+                    option = self._client.write_option(last_update_time=snapshot.update_time)
+                    await self._call(reference.update({"holders": holders}, option=option))
+                else:
+                    await self._call(reference.create({"holders": holders}))
+            except StoreUnavailable as exc:
+                if isinstance(exc.__cause__, LOST_RACE):
+                    continue
+                raise
+            return granted
+        raise Contended(
+            f"execution store: limit {key!r} kept changing under {LEASE_ATTEMPTS} leases"
+        )
 
     async def cached(self, key: str) -> CachedOutput | None:
         reference = self._cache.document(key)
@@ -522,6 +560,24 @@ class FirestoreStore:
             if name.startswith("answer.")
         }
         return execution
+
+
+def _holder(stored: dict[str, float]) -> Holder:
+    return Holder(
+        Share(stored["demand_concurrency"], stored["demand_rate"]),
+        Share(stored["concurrency"], stored["rate"]),
+        stored["expires_at"],
+    )
+
+
+def _stored(holder: Holder) -> dict[str, float]:
+    return {
+        "demand_concurrency": holder.demand.concurrency,
+        "demand_rate": holder.demand.rate,
+        "concurrency": holder.granted.concurrency,
+        "rate": holder.granted.rate,
+        "expires_at": holder.expires_at,
+    }
 
 
 async def _read_all(client: Any, references: list[Any]) -> dict[str, bytes]:

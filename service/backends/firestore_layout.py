@@ -22,6 +22,8 @@ One head document per execution, always far under Firestore's 1 MiB:
     {collection}-flows/{flow}@{version}             a flow version's definition, kept once
     {collection}-cache/{digest}                     a cached step output (a slot, parts
         output, made_by, expire_at                  under it as above) until expire_at
+    {collection}-limits/{key}                       each instance's leased share of a limit
+        holders.INSTANCE                            (service/shares.py)
 
 Slots are JSON text, not Firestore maps: a map costs an index entry per leaf (a
 400-item answer passes Firestore's 40,000 per document), nests at most 20 deep, and
@@ -54,6 +56,7 @@ PARTS_TTL_MARGIN = timedelta(seconds=MAX_WAIT_S, hours=1)
 PARTS_COLLECTION = "execution-parts"
 FLOWS_SUFFIX = "-flows"  # the flow versions' collection: the executions' name + this
 CACHE_SUFFIX = "-cache"  # the step cache's collection
+LIMITS_SUFFIX = "-limits"  # the limits' shares, one document per limit key
 SUMMARY_FIELDS = tuple(name for name in ExecutionSummary.model_fields if name != "execution_id")
 # Everything else a head holds; infra/setup.sh exempts from indexing all but what is queried.
 HEAD_FIELDS = (

@@ -68,6 +68,7 @@ from service.execution import (
     is_execution_id,
     now,
 )
+from service.shares import Holder, Share, allot
 from service.waits import CallbackToken
 
 log = structlog.get_logger(__name__)
@@ -316,6 +317,12 @@ class ExecutionStore(Protocol):
     async def versions_in_use(self, name: str) -> dict[str, int]:
         """How many executions of flow `name` not ended run each version (at most 1000 read)."""
 
+    async def lease_share(
+        self, key: str, instance: str, total: Share, demand: Share, in_use: Share, lease_s: float
+    ) -> Share:
+        """`instance`'s share of limit `key` for the next `lease_s` (service/shares.py's
+        `allot`, against the other live holders); a zero share with no demand lets go."""
+
     async def cached(self, key: str) -> CachedOutput | None:
         """The output kept under `key` (a digest), unless there is none or it expired."""
 
@@ -347,6 +354,7 @@ class MemoryStore:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._flows: dict[tuple[str, str], str] = {}
         self._cache: OrderedDict[str, CachedOutput] = OrderedDict()
+        self._shares: dict[str, dict[str, Holder]] = {}
         self._lock = asyncio.Lock()
 
     async def enqueue(self, execution: Execution) -> None:
@@ -498,6 +506,20 @@ class MemoryStore:
             if entry.execution.flow == name and entry.execution.status in UNDERWAY
         )
         return dict(counted)
+
+    async def lease_share(
+        self, key: str, instance: str, total: Share, demand: Share, in_use: Share, lease_s: float
+    ) -> Share:
+        async with self._lock:
+            holders = self._shares.setdefault(key, {})
+            others = {name: holder for name, holder in holders.items() if name != instance}
+            moment = time.time()
+            granted = allot(total, others, demand, in_use, moment)
+            holders.clear()
+            holders.update({n: h for n, h in others.items() if h.expires_at > moment})
+            if granted != Share() or demand != Share():
+                holders[instance] = Holder(demand, granted, moment + lease_s)
+            return granted
 
     async def cached(self, key: str) -> CachedOutput | None:
         entry = self._cache.get(key)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +18,7 @@ from service.engine.expressions import EvaluationError, render_value
 from service.engine.flow import Step
 from service.engine.outbound import NoAnswer, Sender
 from service.engine.outbound_auth import NoTokens, TokenProvider
+from service.engine.quotas import NoCapacity, Quota, Quotas
 from service.limits import JSONRefused, parse_json
 from service.metrics import Metrics
 from service.retry import Attempt, RetryBudget, parse_retry_after, with_retries
@@ -54,8 +57,10 @@ class MLCaller:
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
         access_tokens: TokenProvider | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self._sender = sender
+        self._quotas = quotas
         # A step's `auth:` picks one: ID tokens (the default), access tokens, or none.
         self._providers: dict[str, TokenProvider] = {
             "id_token": tokens,
@@ -89,7 +94,16 @@ class MLCaller:
             limit = self._limits[host] = AdaptiveLimit(host, self._per_host_limit)
         budget = self._budgets.setdefault(host, RetryBudget())
 
+        quota = self._quotas.of(step.limit) if step.limit and self._quotas else None
+
         async def attempt(number: int) -> Attempt[Any]:
+            try:
+                async with self._quota_slot(quota, deadline):
+                    return await limited(number)
+            except NoCapacity as exc:
+                return Attempt(error=str(exc))
+
+        async def limited(number: int) -> Attempt[Any]:
             async with limit.slot() as started_round:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -119,6 +133,14 @@ class MLCaller:
         if outcome.budget_refused:
             self._metrics.ml_calls.add(1, {"host": host, "outcome": "budget_refused"})
         return CallResult(output=outcome.value, error=outcome.error, attempts=attempts)
+
+    @asynccontextmanager
+    async def _quota_slot(self, quota: Quota | None, deadline: float) -> AsyncIterator[None]:
+        if quota is None:
+            yield
+            return
+        async with quota.slot(deadline):
+            yield
 
     async def _attempt(
         self, step: Step, method: str, url: str, body: Any, seconds: float

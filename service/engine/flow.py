@@ -31,6 +31,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from service.engine.expressions import (
@@ -51,6 +52,7 @@ MAX_FLOW_FILE_BYTES = 256 * 1024
 MAX_FLOW_STEPS = 50
 
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?-]+")
+_RATE = re.compile(r"(\d+(?:\.\d+)?)/([smh])")
 _FIELD_TYPES: dict[str, Any] = {
     "string": str,
     "boolean": bool,
@@ -105,6 +107,37 @@ class CacheSpec(BaseModel):
     ttl: Duration
 
 
+class LimitSpec(BaseModel):
+    """`limit:` calls of every step with this `key` bounded across every instance together."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    concurrency: int | None = Field(None, ge=1, le=100_000, description="calls in flight")
+    rate: str | None = Field(None, description="calls started per second, minute or hour: 50/s")
+
+    @field_validator("rate")
+    @classmethod
+    def _per_unit(cls, value: str | None) -> str | None:
+        if value is not None and _RATE.fullmatch(value.strip()) is None:
+            raise ValueError(f"{value!r} is not a rate such as 50/s, 600/m or 1000/h")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds_something(self) -> LimitSpec:
+        if self.concurrency is None and self.rate is None:
+            raise ValueError("give concurrency, rate or both")
+        return self
+
+    @property
+    def per_second(self) -> float | None:
+        if self.rate is None:
+            return None
+        match = _RATE.fullmatch(self.rate.strip())
+        assert match is not None
+        return float(match.group(1)) / {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
 class StepSpec(BaseModel):
     """A step as written in YAML."""
 
@@ -117,6 +150,7 @@ class StepSpec(BaseModel):
     sleep: Duration | None = None
     sleep_until: str | None = None
     cache: CacheSpec | None = None
+    limit: LimitSpec | None = None
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     body: Any = None
     after: list[str] = Field(default_factory=list)
@@ -225,6 +259,7 @@ class Step:
     sleep_s: float | None = None
     sleep_until: Template | None = None
     cache: Cache | None = None
+    limit: LimitSpec | None = None
 
     @property
     def waits(self) -> bool:
@@ -270,6 +305,24 @@ class Flow:
             if not field.is_required()
         }
         return {**defaults, **data}
+
+
+def check_limits(flows: Mapping[str, Flow]) -> None:
+    """FlowError unless every step naming one limit key gives it the same numbers."""
+    seen: dict[str, tuple[str, LimitSpec]] = {}
+    for flow in flows.values():
+        for step in flow.steps.values():
+            if step.limit is None:
+                continue
+            where = f"{flow.name}.{step.name}"
+            first = seen.setdefault(step.limit.key, (where, step.limit))
+            if first[1] != step.limit:
+                raise FlowError(
+                    f"flow {flow.name}",
+                    f"limit {step.limit.key!r}: other numbers than {first[0]}'s "
+                    f"(concurrency {first[1].concurrency}, rate {first[1].rate})",
+                    step.name,
+                )
 
 
 def load_flows(directory: Path, env: Mapping[str, str]) -> dict[str, Flow]:
@@ -464,6 +517,7 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
         sleep_s=float(spec.sleep) if spec.sleep is not None else None,
         sleep_until=sleep_until,
         cache=cache,
+        limit=spec.limit,
     )
 
 
@@ -484,6 +538,8 @@ def _check_waits(spec: StepSpec, sleeps: bool) -> None:
         )
     if kinds and spec.cache is not None:
         raise ExpressionError("cache: a step that waits is not cached")
+    if sleeps and spec.limit is not None:
+        raise ExpressionError("limit: a sleep step makes no call to limit")
 
 
 def _literal(field: str, text: str, env: Mapping[str, str]) -> str:

@@ -1,0 +1,154 @@
+"""Limits across instances: each instance's leased share, never more than the total together."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from service.backends.firestore import FirestoreStore
+from service.backends.store import ExecutionStore, MemoryStore
+from service.dev.standins import StandIns
+from service.engine.calls import MLCaller
+from service.engine.flow import Step, check_limits, load_flow, load_flows
+from service.engine.outbound import http_clients
+from service.engine.outbound_auth import NoTokens
+from service.engine.quotas import Quotas
+from service.errors import FlowError
+from service.shares import Holder, Share, allot
+from tests.support.servers import serve
+
+LIMITED = """
+steps:
+  analyse:
+    call: URL/analyse
+    limit: {key: analysis, LIMIT}
+    body: {user_id: u}
+"""
+
+
+def test_a_share_is_fair_never_past_the_total_and_keeps_what_is_in_flight() -> None:
+    total = Share(concurrency=10, rate=100)
+    alone = allot(total, {}, Share(4, 30), Share(), now=0)
+    assert alone == Share(4, 30)  # what it asks, under the total
+    others = {"b": Holder(demand=Share(20, 200), granted=Share(10, 100), expires_at=5)}
+    assert allot(total, others, Share(20, 200), Share(), now=0) == Share(0, 0)  # none free
+    assert allot(total, others, Share(20, 200), Share(), now=6) == Share(10, 100)  # b expired
+    shrinking = {"b": Holder(demand=Share(20, 200), granted=Share(4, 40), expires_at=5)}
+    assert allot(total, shrinking, Share(20, 200), Share(), now=0) == Share(5, 50)  # fair half
+    assert allot(total, shrinking, Share(2, 10), Share(), now=0) == Share(2, 10)  # wants less
+    keeps = allot(total, shrinking, Share(1, 0), Share(6, 0), now=0)
+    assert keeps.concurrency == 6  # in flight: not taken away (and counted in its last share)
+    four = {n: Holder(Share(3, 0), Share(1, 0), 5) for n in "bc"}
+    assert allot(Share(3, 0), four, Share(3, 0), Share(), now=0) == Share(1, 0)  # 3 over 3: 1
+    empty = {n: Holder(Share(3, 0), Share(1, 0), 5) for n in "bcd"}
+    assert allot(Share(3, 0), empty, Share(3, 0), Share(), now=0) == Share(0, 0)
+
+
+def test_one_key_with_two_sets_of_numbers_is_a_load_error(tmp_path: Path) -> None:
+    flow = LIMITED.replace("URL", "https://x")
+    for name, limit in (("a", "concurrency: 3"), ("b", "concurrency: 4")):
+        (tmp_path / f"{name}.yaml").write_text(flow.replace("LIMIT", limit))
+    with pytest.raises(FlowError, match=r"limit 'analysis': other numbers than a\.analyse's"):
+        check_limits(load_flows(tmp_path, {}))
+    (tmp_path / "b.yaml").write_text(flow.replace(", LIMIT", ""))
+    with pytest.raises(FlowError, match="give concurrency, rate or both"):
+        load_flows(tmp_path, {})
+
+
+def limited_step(tmp_path: Path, url: str, limit: str) -> Step:
+    path = tmp_path / "limited.yaml"
+    path.write_text(LIMITED.replace("URL", url).replace("LIMIT", limit))
+    return load_flow(path, {}).steps["analyse"]
+
+
+async def calls(step: Step, quotas: Quotas, count: int, timeout_s: float = 30) -> list[str | None]:
+    """`count` calls of `step` at once from one instance; each one's error."""
+    async with http_clients() as (_, sender):
+        caller = MLCaller(sender, NoTokens(), quotas=quotas)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        body = {"user_id": "u"}
+        results = await asyncio.gather(*(caller.call(step, body, deadline) for _ in range(count)))
+    return [result.error for result in results]
+
+
+@pytest.fixture(params=["memory", pytest.param("firestore", marks=pytest.mark.emulator)])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[ExecutionStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    request.getfixturevalue("firestore_emulator")
+    shared = FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
+    # The emulator's first transaction in a new project takes seconds: not the one measured.
+    await shared.lease_share("warm-up", "test", Share(1, 0), Share(), Share(), 1.0)
+    yield shared
+    await shared.close()
+
+
+async def test_two_instances_never_have_more_calls_in_flight_than_the_limit(
+    store: ExecutionStore, tmp_path: Path
+) -> None:
+    """concurrency: 3 for two instances sharing the store, 15 calls at once from each,
+    against a function that records the calls in flight."""
+    functions = StandIns(delay_s=0.1)
+    with serve(functions.app()) as url:
+        step = limited_step(tmp_path, url, "concurrency: 3")
+        one, two = (Quotas(store, refresh_s=0.3, lease_s=1.0) for _ in range(2))
+        began = time.monotonic()
+        errors = await asyncio.gather(calls(step, one, 15), calls(step, two, 15))
+        took = time.monotonic() - began
+        await one.close()
+        await two.close()
+    print(
+        f"\n30 calls, concurrency 3 over 2 instances: peak {functions.peak['/analyse']}, {took:.1f} s"
+    )
+    assert errors == [[None] * 15, [None] * 15]
+    assert functions.peak["/analyse"] <= 3
+    assert len(functions.called("/analyse")) == 30
+
+
+async def test_a_rate_is_shared_too(store: ExecutionStore, tmp_path: Path) -> None:
+    functions = StandIns()
+    with serve(functions.app()) as url:
+        step = limited_step(tmp_path, url, "rate: 20/s")
+        one, two = (Quotas(store, refresh_s=0.3, lease_s=1.0) for _ in range(2))
+        began = time.monotonic()
+        errors = await asyncio.gather(calls(step, one, 20), calls(step, two, 20))
+        took = time.monotonic() - began
+        await one.close()
+        await two.close()
+    print(f"\n40 calls at 20/s over 2 instances: {took:.2f} s")
+    assert errors == [[None] * 20, [None] * 20]
+    assert took >= 0.9  # 40 calls at 20 a second, less a second's burst (20 in all)
+
+
+async def test_a_dead_instance_s_share_returns_within_its_lease(
+    store: ExecutionStore, tmp_path: Path
+) -> None:
+    """One instance holds the whole limit on calls that hang, then dies (its renewals stop,
+    nothing is given back); the other gets the limit once that lease ends."""
+    gate = threading.Event()
+    functions = StandIns(gates={"/analyse": gate})
+    with serve(functions.app()) as url:
+        step = limited_step(tmp_path, url, "concurrency: 2")
+        dying = Quotas(store, refresh_s=0.2, lease_s=1.0)
+        hung = asyncio.create_task(calls(step, dying, 2))
+        while len(functions.called("/analyse")) < 2:
+            await asyncio.sleep(0.01)
+        assert dying._task is not None
+        dying._task.cancel()  # killed: no renewal, no release
+        hung.cancel()
+        died = time.monotonic()
+        survivor = Quotas(store, refresh_s=0.2, lease_s=1.0)
+        gate.set()
+        assert await calls(step, survivor, 4) == [None] * 4
+        waited = time.monotonic() - died
+        await survivor.close()
+    print(f"\nthe dead instance's share came back after {waited:.2f} s (lease 1 s)")
+    assert 0.5 <= waited <= 3.0
