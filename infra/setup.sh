@@ -191,6 +191,11 @@ if [ "$firestore" = true ]; then
         run "${g[@]}" firestore indexes fields update "$field" \
             --collection-group "${collection}-cache" --disable-indexes
     done
+    # So are the limits' shares and the flow versions.
+    run "${g[@]}" firestore indexes fields update holders \
+        --collection-group "${collection}-limits" --disable-indexes
+    run "${g[@]}" firestore indexes fields update source \
+        --collection-group "${collection}-flows" --disable-indexes
 fi
 
 if [ "$schedules" = true ]; then
