@@ -238,6 +238,9 @@ def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -
         ("expire_at", "execution-parts"),
     } | {
         (field, "ml-orchestrator-executions-cache") for field in ("output", "made_by", "expire_at")
+    } | {
+        ("holders", "ml-orchestrator-executions-limits"),
+        ("source", "ml-orchestrator-executions-flows"),
     }
 
 
