@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from service.backends.store import ExecutionStore, MemoryStore
+from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine import adaptive
 from service.engine.caching import StepCache
@@ -36,7 +37,6 @@ from service.engine.quotas import REFRESH_S, Quotas
 from service.engine.runner import FlowRunner
 from service.execution import Execution, ExecutionStatus
 from service.logs import configure_logging
-from tests.support.servers import serve
 
 FAN_OUT = """
 input:

@@ -34,8 +34,8 @@ from service.dev.emulator import (  # noqa: E402
     find_emulator,
     find_firestore_emulator,
 )
+from service.dev.servers import serve  # noqa: E402
 from tests.support.identity import Identity, metadata_server  # noqa: E402
-from tests.support.servers import serve  # noqa: E402
 
 EMULATOR_MISSING = (
     "!!! {missing} NOT FOUND: the tests marked 'emulator' were NOT RUN. Install the Google "

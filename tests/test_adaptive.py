@@ -7,6 +7,7 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.adaptive import AdaptiveLimit
 from service.engine.calls import MLCaller
@@ -15,7 +16,6 @@ from service.engine.outbound import http_clients
 from service.engine.outbound_auth import NoTokens
 from service.engine.runner import FlowRunner
 from service.execution import Execution, ExecutionStatus
-from tests.support.servers import serve
 
 FAN_OUT = """
 input:

@@ -12,10 +12,10 @@ import pytest
 
 from service.api.inbound_auth import AuthRefused, GoogleCertificates, TokenAuth
 from service.app import create_app
+from service.dev.servers import serve
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import SERVICE_ACCOUNT, Identity, certs_server
 from tests.support.project import make_settings, project_flows
-from tests.support.servers import serve
 
 AUDIENCE = "https://orchestrator.example/pubsub/push"
 FLOWS = project_flows()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from service.backends.store import MemoryStore
+from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.caching import StepCache
 from service.engine.calls import MLCaller
@@ -20,7 +21,6 @@ from service.engine.outbound_auth import NoTokens
 from service.engine.runner import FlowRunner
 from service.execution import Execution, ExecutionStatus
 from service.metrics import Metrics
-from tests.support.servers import serve
 
 CACHED = """
 input:

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from service.dev.servers import serve
 from service.engine.outbound import MAX_ANSWER_BYTES, AiohttpSender, NoAnswer, http_clients
-from tests.support.servers import serve
 
 seen: list[dict[str, object]] = []
 

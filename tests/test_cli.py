@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.flow import load_flows
 from service.engine.graph import mermaid
-from tests.support.servers import serve
 
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.slow

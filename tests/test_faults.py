@@ -26,6 +26,7 @@ from service.backends.firestore import FirestoreStore
 from service.backends.pubsub import PubSubTransport
 from service.backends.store import ExecutionQuery, ExecutionStore, MemoryStore, page_token
 from service.dev.emulator import Emulator, EmulatorAdmin
+from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
 from service.engine.outbound import NoAnswer, http_clients
 from service.engine.outbound_auth import GoogleIdTokens
@@ -40,7 +41,6 @@ from tests.support.faults import Mode, proxy, trickling_server
 from tests.support.functions import Functions, run
 from tests.support.identity import STALLING_AUDIENCE
 from tests.support.project import WEBHOOK_SECRET, make_settings, project_flows
-from tests.support.servers import serve
 from tests.support.waits import until
 
 FLOWS = project_flows("http://fn")

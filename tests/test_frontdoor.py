@@ -9,10 +9,10 @@ import pytest
 
 from service.api.problems import MEDIA_TYPE
 from service.app import create_app
+from service.dev.servers import serve
 from service.messages import SEED_PAYLOAD
 from tests.support.fakes import RecordingTransport
 from tests.support.project import make_settings, project_flows
-from tests.support.servers import serve
 
 FLOWS = project_flows()
 SEED = SEED_PAYLOAD

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.app import create_app
+from service.dev.servers import serve
 from tests.support.fakes import RecordingTransport
 from tests.support.project import make_settings, project_flows
-from tests.support.servers import serve
 
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.slow

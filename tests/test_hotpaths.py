@@ -12,10 +12,10 @@ from service.api.hotpaths import HotPaths
 from service.api.problems import MEDIA_TYPE
 from service.api.push import push
 from service.app import create_app
+from service.dev.servers import serve
 from service.messages import SEED_PAYLOAD
 from tests.support.fakes import RecordingTransport
 from tests.support.project import make_settings, project_flows
-from tests.support.servers import serve
 
 
 class BrokenTransport(RecordingTransport):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from service.dev.emulator import free_port
+from service.dev.servers import serve
 from service.dev.standins import StandIns
-from tests.support.servers import serve
 from tests.support.service import ServiceProcess
 
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).

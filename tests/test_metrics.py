@@ -15,13 +15,13 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
+from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
 from service.errors import ConfigError
 from service.metrics import Metrics, metric_exporter_names, metric_exporters_from_environment
 from service.telemetry import process_resource
 from tests.support.otlp import otlp_receiver
 from tests.support.project import WEBHOOK_SECRET, make_settings, project_flows
-from tests.support.servers import serve
 
 
 def samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -21,12 +21,12 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.backends.store import MemoryStore
+from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
 from service.execution import Execution, ExecutionStatus
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import Identity, certs_server
 from tests.support.project import WEBHOOK_SECRET, full_seed, make_settings, project_flows
-from tests.support.servers import serve
 from tests.support.waits import until
 
 FLOWS = project_flows()

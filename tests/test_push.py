@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from service.app import create_app
+from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
 from tests.support.fakes import RecordingTransport
 from tests.support.project import WEBHOOK_SECRET, make_settings, project_flows
-from tests.support.servers import serve
 
 RESULTS = "results"
 

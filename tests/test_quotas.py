@@ -14,6 +14,7 @@ import pytest
 
 from service.backends.firestore import FirestoreStore
 from service.backends.store import ExecutionStore, MemoryStore
+from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.calls import MLCaller
 from service.engine.flow import Step, check_limits, load_flow, load_flows
@@ -22,7 +23,6 @@ from service.engine.outbound_auth import NoTokens
 from service.engine.quotas import Quotas
 from service.errors import FlowError
 from service.shares import Holder, Share, allot
-from tests.support.servers import serve
 
 LIMITED = """
 steps:

@@ -13,9 +13,9 @@ import pytest
 
 from service.app import create_app
 from service.dev.emulator import Emulator, EmulatorAdmin
+from service.dev.servers import serve
 from service.errors import ConfigError
 from service.settings import Settings, available_cpus
-from tests.support.servers import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 URLS = {

@@ -12,11 +12,11 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from service.app import create_app
+from service.dev.servers import serve
 from service.errors import WebhookTargetRefused
 from service.worker.targets import WebhookTargets
 from tests.support.fakes import RecordingTransport
 from tests.support.project import make_settings, project_flows
-from tests.support.servers import serve
 
 
 class Canary:

@@ -18,11 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from service.app import create_app
 from service.dev.emulator import Emulator, EmulatorAdmin, free_port
+from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
 from service.telemetry import Tracing, tracing_from_environment
 from tests.support.otlp import otlp_receiver
 from tests.support.project import WEBHOOK_SECRET, full_seed, make_settings, project_flows
-from tests.support.servers import serve
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PRODUCER = f"00-{TRACE}-00f067aa0ba902b7-01"

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI, Request
 
+from service.dev.servers import serve
 from service.engine.calls import MLCaller
 from service.engine.flow import Step, load_flow
 from service.engine.outbound import http_clients
 from service.engine.outbound_auth import GoogleAccessTokens, GoogleIdTokens, NoTokens
 from tests.support.identity import ACCESS_TOKEN, Identity
-from tests.support.servers import serve
 
 
 async def test_a_token_is_fetched_for_the_audience_and_reused(

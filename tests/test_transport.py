@@ -12,11 +12,11 @@ import pytest
 
 from service.app import create_app
 from service.backends.transport import InProcessTransport
+from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
 from service.messages import PushEnvelope
 from service.retry import RetryPolicy
 from tests.support.project import WEBHOOK_SECRET, make_settings, project_flows
-from tests.support.servers import serve
 
 
 class QuickTransport(InProcessTransport):

@@ -20,11 +20,11 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from service.app import create_app
 from service.dev.emulator import free_port
+from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
 from service.engine.flow import load_flows
 from service.settings import PROJECT_FLOWS_DIR
 from tests.support.project import WEBHOOK_SECRET, full_seed, make_settings, project_flows
-from tests.support.servers import serve
 
 # Drives Debian's chromium: the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.browser

@@ -20,13 +20,13 @@ import pytest
 from service.app import create_app
 from service.backends.store import Answer, MemoryStore
 from service.dev.emulator import free_port
+from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
 from service.errors import FlowError, StoreUnavailable
 from service.execution import Execution
 from service.settings import PROJECT_FLOWS_DIR
 from service.waits import CallbackToken, duration_s, new_callback_token, read_callback_token
 from tests.support.project import WEBHOOK_SECRET, make_settings
-from tests.support.servers import serve
 from tests.support.waits import until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "flows" / "examples"

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 
 from service.dev.emulator import Emulator, EmulatorAdmin, free_port
+from service.dev.servers import serve
 from service.dev.standins import Delivery, StandIns, WebhookReceiver
 from tests.support.project import WEBHOOK_SECRET
-from tests.support.servers import serve
 from tests.support.service import ServiceProcess
 from tests.support.waits import until
 

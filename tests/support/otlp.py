@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from tests.support.servers import serve
+from service.dev.servers import serve
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Real HTTP servers on loopback for tests: any ASGI app, served by uvicorn in a thread."""
+"""Real HTTP servers on loopback (tests, benchmarks): an ASGI app served by uvicorn in a thread."""
 
 from __future__ import annotations
 
