@@ -63,8 +63,8 @@ class Attempt(Generic[T]):
     retryable: bool = False
     retry_after: float | None = None
     budget_refused: bool = False  # a retry could have helped; the target's budget said no
-    # The target said it is overloaded (429, 503) and the caller's adaptive limit paces
-    # what reaches it, retries included: the retry budget is not spent on it.
+    # The target said it has too many requests (429) and the caller's adaptive limit
+    # paces what reaches it, retries included: the retry budget is not spent on it.
     paced: bool = False
 
     @property

@@ -166,7 +166,9 @@ class MLCaller:
             error=f"HTTP {answer.status}: {text}",
             retryable=answer.status in step.retry.retry_on,
             retry_after=parse_retry_after(answer.retry_after),
-            paced=answer.status in OVERLOADED,
+            # "Too many requests": the adaptive limit paces its retry, the budget is not
+            # spent. A 503 may mean the function is down: its retries stay budgeted.
+            paced=answer.status == 429,
         )
         return refused, answer.status
 
