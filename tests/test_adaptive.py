@@ -114,4 +114,6 @@ async def test_a_fan_out_at_four_times_a_function_s_capacity_succeeds(tmp_path: 
     print(f"\n200 items, capacity 4: {calls} calls, {refused} refused (429), {took:.1f} s")
     assert execution.status == ExecutionStatus.SUCCEEDED, execution.error
     assert functions.peak["/analyse"] <= 4
-    assert refused <= 20  # 10 % of the items: without adapting, most calls were refused
+    # 15 % of the items at most (17 here, most in the first round); without adapting,
+    # 52-55 of ~245 calls were refused and items failed (bench.protection)
+    assert refused <= 30
