@@ -23,9 +23,14 @@ Waiting executions: `suspend` stores a run that ended `waiting` and ends its lea
 its `wake_at` is its timer. `due` hands out the waiting executions whose timer has
 passed, each to one caller only (its timer moves REWAKE_S ahead, in case the resume
 it sends is lost); a claim resumes a waiting execution like a queued one. `answer`
-records what was posted to a step's callback URL (`callback_answer` decides) and
-makes the execution due. A cancelled waiting execution is flagged and made due, so
-its resume ends it `cancelled` and delivers it.
+records what was posted to a step's callback URL (`callback_answer` decides); a
+cancel flags a waiting execution. Either moves its timer to `due_again()` while the
+caller sends its resume at once (the resume ends a cancelled one `cancelled` and
+delivers it); a run that suspends with an answer or a cancel already stored is due
+at once.
+
+The step cache (`cached`, `cache`) and the limits' shares (`lease_share`,
+service/shares.py) are kept here too, so that every instance shares them.
 
 Flow versions: `keep_flow` stores a version's definition once, `flow_source` reads
 it back for an execution pinned to it, `versions_in_use` counts the executions not
