@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.processes import ROOT
 from service.app import build
-from service.backends.store import MemoryStore
+from service.backends.memory import MemoryStore
 from service.backends.transport import InProcessTransport
 from service.dev.standins import FUNCTIONS
 from service.engine.flow import load_flows

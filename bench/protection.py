@@ -24,7 +24,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from service.backends.store import ExecutionStore, MemoryStore
+from service.backends.memory import MemoryStore
+from service.backends.store import ExecutionStore
 from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine import adaptive

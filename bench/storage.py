@@ -36,7 +36,8 @@ from google.cloud.firestore_v1 import types
 from service.api.deps import Components
 from service.app import build
 from service.backends.firestore import FirestoreStore
-from service.backends.store import ExecutionStore, MemoryStore
+from service.backends.memory import MemoryStore
+from service.backends.store import ExecutionStore
 from service.backends.transport import InProcessTransport
 from service.dev.emulator import Emulator, find_firestore_emulator, free_port
 from service.dev.standins import FUNCTIONS

@@ -26,7 +26,8 @@ from pydantic import ValidationError
 
 from service.app import create_app, load_checked_flows, make_tokens
 from service.engine.calls import MLCaller
-from service.engine.flow import Flow, flow_files, parse_spec, read_definition
+from service.engine.flow import Flow, flow_files, read_definition
+from service.engine.flow_spec import parse_spec
 from service.engine.graph import mermaid
 from service.engine.outbound import http_clients
 from service.engine.runner import FlowRunner

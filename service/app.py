@@ -19,8 +19,9 @@ from service.api.deps import Components, ComponentsDep
 from service.api.hotpaths import HotPaths
 from service.api.inbound_auth import GoogleCertificates, OperatorAccess, TokenAuth
 from service.api.problems import Problem
+from service.backends.memory import MemoryStore
 from service.backends.pubsub import PubSubTransport
-from service.backends.store import ExecutionStore, MemoryStore
+from service.backends.store import ExecutionStore
 from service.backends.transport import InProcessTransport, Transport
 from service.engine.caching import StepCache
 from service.engine.calls import MLCaller

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.backends.store import MemoryStore
+from service.backends.memory import MemoryStore
 from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.caching import StepCache

@@ -20,7 +20,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.backends.store import MemoryStore
+from service.backends.memory import MemoryStore
 from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
 from service.execution import Execution, ExecutionStatus

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from service.backends.firestore import FirestoreStore
-from service.backends.store import ExecutionStore, MemoryStore
+from service.backends.memory import MemoryStore
+from service.backends.store import ExecutionStore
 from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.calls import MLCaller

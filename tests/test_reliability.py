@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from service.app import build
-from service.backends.store import ClaimState, MemoryStore
+from service.backends.memory import MemoryStore
+from service.backends.store import ClaimState
 from service.engine.calls import MLCaller
 from service.engine.outbound_auth import NoTokens
 from service.errors import StoreRefused, StoreUnavailable

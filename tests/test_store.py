@@ -15,13 +15,13 @@ import pytest
 
 from service.backends.firestore import FirestoreStore
 from service.backends.firestore_layout import HEAD_FIELDS
+from service.backends.memory import MemoryStore
 from service.backends.store import (
     Answer,
     ClaimState,
     Conflict,
     ExecutionQuery,
     ExecutionStore,
-    MemoryStore,
     PageTokenInvalid,
     sort_key,
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.backends.store import MemoryStore
+from service.backends.memory import MemoryStore
 from service.engine.flow import load_flow
 from service.execution import Execution, ExecutionStatus
 from service.worker.versions import FlowVersions, VersionMissing

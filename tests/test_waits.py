@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.backends.store import Answer, MemoryStore
+from service.backends.memory import MemoryStore
+from service.backends.store import Answer
 from service.dev.emulator import free_port
 from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver

@@ -1,4 +1,5 @@
-"""Flow definitions: YAML files validated into frozen models when the service starts.
+"""Flow definitions: YAML files validated (service/engine/flow_spec.py) and compiled into
+frozen models when the service starts.
 
 Every mistake a flow can hold is found here, not during an execution: unknown
 fields, unknown or cyclic `after` references, CEL expressions that do not compile
@@ -18,20 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    create_model,
-    field_validator,
-    model_validator,
 )
 
 from service.engine.expressions import (
@@ -41,176 +34,20 @@ from service.engine.expressions import (
     UnsetEnvironment,
     compile_value,
 )
+from service.engine.flow_spec import (
+    FlowSpec,
+    LimitSpec,
+    ScheduleSpec,
+    StepSpec,
+    input_model,
+    parse_spec,
+)
 from service.errors import FlowError
 from service.retry import RetryPolicy
-from service.waits import duration_s
 
 FLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 MAX_FLOW_FILE_BYTES = 256 * 1024
-# Bounds the execution document: each step's outcome takes at most 16 KiB of it inline.
-MAX_FLOW_STEPS = 50
-
-_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?-]+")
-_RATE = re.compile(r"(\d+(?:\.\d+)?)/([smh])")
-_FIELD_TYPES: dict[str, Any] = {
-    "string": str,
-    "boolean": bool,
-    "integer": int,
-    "number": float,
-    "object": dict[str, Any],
-    "array": list[Any],
-}
-
-
-class InputField(BaseModel):
-    """One declared field of a flow's input."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    type: Literal["string", "boolean", "integer", "number", "object", "array"]
-    required: bool = False
-    default: Any = None
-    max_length: int = Field(1000, ge=1, le=100_000)
-    description: str | None = None
-
-
-Duration = Annotated[str | float, AfterValidator(duration_s)]
-
-
-class PollSpec(BaseModel):
-    """`poll:` the step's answer is a long-running operation, read at `url` until done."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    url: str
-    until: str = "${response.done}"
-    every: Duration = 30.0
-    max_every: Duration | None = None
-    timeout: Duration = 86_400.0
-
-
-class CallbackSpec(BaseModel):
-    """`callback:` after the call, wait until `${callback.url}` is POSTed."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    timeout: Duration = 86_400.0
-
-
-class CacheSpec(BaseModel):
-    """`cache:` reuse a fresh answer of this step for the same `key` (CEL) for `ttl`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    key: str
-    ttl: Duration
-
-
-class LimitSpec(BaseModel):
-    """`limit:` calls of every step with this `key` bounded across every instance together."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    key: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
-    concurrency: int | None = Field(None, ge=1, le=100_000, description="calls in flight")
-    rate: str | None = Field(None, description="calls started per second, minute or hour: 50/s")
-
-    @field_validator("rate")
-    @classmethod
-    def _per_unit(cls, value: str | None) -> str | None:
-        if value is not None and _RATE.fullmatch(value.strip()) is None:
-            raise ValueError(f"{value!r} is not a rate such as 50/s, 600/m or 1000/h")
-        return value
-
-    @model_validator(mode="after")
-    def _bounds_something(self) -> LimitSpec:
-        if self.concurrency is None and self.rate is None:
-            raise ValueError("give concurrency, rate or both")
-        return self
-
-    @property
-    def per_second(self) -> float | None:
-        if self.rate is None:
-            return None
-        match = _RATE.fullmatch(self.rate.strip())
-        assert match is not None
-        return float(match.group(1)) / {"s": 1, "m": 60, "h": 3600}[match.group(2)]
-
-
-class StepSpec(BaseModel):
-    """A step as written in YAML."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    call: str | None = None
-    auth: Literal["id_token", "access_token", "none"] = "id_token"
-    poll: PollSpec | None = None
-    callback: CallbackSpec | None = None
-    sleep: Duration | None = None
-    sleep_until: str | None = None
-    cache: CacheSpec | None = None
-    limit: LimitSpec | None = None
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
-    body: Any = None
-    after: list[str] = Field(default_factory=list)
-    when: str | None = None
-    for_each: str | None = None
-    max_concurrency: int = Field(10, ge=1, le=1000)
-    timeout_s: float = Field(60, gt=0, le=600)
-    retry: RetryPolicy = RetryPolicy()
-    on_error: Literal["fail", "continue"] = "fail"
-    audience: str | None = None
-    output: Any = None
-
-
-class ScheduleSpec(BaseModel):
-    """`schedules:` an execution of the flow with `input` at each `cron` time (Cloud Scheduler)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
-    cron: str = Field(description="unix-cron: minute hour day-of-month month day-of-week")
-    time_zone: str = "Etc/UTC"
-    input: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("cron")
-    @classmethod
-    def _five_fields(cls, value: str) -> str:
-        fields = value.split()
-        if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(field) for field in fields):
-            raise ValueError(f"{value!r} is not unix-cron (five fields, e.g. '0 6 * * 1-5')")
-        return " ".join(fields)
-
-    @field_validator("time_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not a tz database time zone") from None
-        return value
-
-
-class FlowSpec(BaseModel):
-    """A flow file as written in YAML."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    description: str | None = None
-    input: dict[str, InputField] = Field(default_factory=dict)
-    steps: dict[str, StepSpec] = Field(min_length=1, max_length=MAX_FLOW_STEPS)
-    result: Any = None
-    schedules: list[ScheduleSpec] = Field(default_factory=list, max_length=20)
-
-    @field_validator("schedules")
-    @classmethod
-    def _unique_names(cls, value: list[ScheduleSpec]) -> list[ScheduleSpec]:
-        names = [schedule.name for schedule in value]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"two schedules named {repeated[0]!r}")
-        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,28 +209,6 @@ def flow_version(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def parse_spec(name: str, raw: Any, file: str) -> FlowSpec:
-    """A definition as its spec: fields, types and schedules checked, nothing compiled."""
-    try:
-        spec = FlowSpec.model_validate(raw)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        location = error["loc"]
-        step = str(location[1]) if location[:1] == ("steps",) and len(location) > 1 else None
-        field = ".".join(str(part) for part in location)
-        reason = error["msg"].removeprefix("Value error, ")
-        raise FlowError(file, f"{field}: {reason}", step) from None
-    model = _input_model(name, spec.input)
-    for n, schedule in enumerate(spec.schedules):
-        try:
-            model.model_validate(schedule.input)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            field = ".".join(str(part) for part in error["loc"])
-            raise FlowError(file, f"schedules.{n}.input.{field}: {error['msg']}") from None
-    return spec
-
-
 def compile_flow(name: str, raw: Any, env: Mapping[str, str], file: str) -> Flow:
     """Validate and compile a definition (a flow file's YAML, or a version kept in the store)."""
     try:
@@ -413,7 +228,7 @@ def compile_flow(name: str, raw: Any, env: Mapping[str, str], file: str) -> Flow
         name=name,
         description=spec.description,
         steps=MappingProxyType(steps),
-        input_model=_input_model(name, spec.input),
+        input_model=input_model(name, spec.input),
         result=result,
         source=source,
         version=flow_version(source),
@@ -563,19 +378,3 @@ def _typed(template: Template, where: str, accepted: tuple[str, ...]) -> Templat
         return template
     expected = accepted[0].lower()
     raise ExpressionError(f"{where}: {template.source!r} gives {kind.lower()}, not {expected}")
-
-
-def _input_model(flow: str, fields: Mapping[str, InputField]) -> type[BaseModel]:
-    definitions: dict[str, Any] = {}
-    for name, field in fields.items():
-        python_type = _FIELD_TYPES[field.type]
-        constraints: dict[str, Any] = {"description": field.description}
-        if field.type == "string":
-            constraints["max_length"] = field.max_length
-        default = ... if field.required else field.default
-        annotation = python_type if field.required or default is not None else python_type | None
-        definitions[name] = (annotation, Field(default, **constraints))
-    model: type[BaseModel] = create_model(
-        f"{flow}-input", __config__=ConfigDict(extra="allow"), **definitions
-    )
-    return model

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 import structlog
 
 from service.backends.store import ExecutionStore
-from service.engine.flow import LimitSpec
+from service.engine.flow_spec import LimitSpec
 from service.errors import OrchestratorError
 from service.metrics import Metrics
 from service.shares import Share

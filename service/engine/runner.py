@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
 from opentelemetry.trace import StatusCode
 
-from service.backends.store import MemoryStore
+from service.backends.memory import MemoryStore
 from service.engine.caching import StepCache
 from service.engine.calls import CallResult, MLCaller
 from service.engine.expressions import ITERATION_BUDGET, EvaluationError, render_value
 from service.engine.flow import Flow, Step
+from service.engine.progress import Cancelled, as_ready, unless
 from service.engine.waiting import Checkpoint, Waits
 from service.errors import StoreRefused
 from service.execution import (
@@ -107,9 +107,9 @@ class FlowRunner:
             if unknown:
                 raise FlowChanged(flow.name, unknown)
             async with asyncio.timeout_at(deadline):
-                await _unless(
+                await unless(
                     cancel,
-                    _as_ready(
+                    as_ready(
                         flow,
                         set(resumed),
                         lambda step: self._run_step(step, execution, deadline, checkpoint),
@@ -305,10 +305,6 @@ class FlowRunner:
         return CallResult(output, None, call.attempts, call.cached_from)
 
 
-class Cancelled(Exception):
-    """An operator cancelled the execution."""
-
-
 class FlowChanged(Exception):
     """The execution holds outcomes of steps its flow no longer has."""
 
@@ -317,24 +313,6 @@ class FlowChanged(Exception):
             f"flow {flow!r} no longer has these steps of the execution: {', '.join(steps)} "
             "(renamed or removed since it started); nothing ran"
         )
-
-
-async def _unless(cancel: asyncio.Event | None, work: Coroutine[Any, Any, None]) -> None:
-    """Await `work`, or abandon it (Cancelled) as soon as `cancel` is set."""
-    if cancel is None:
-        return await work
-    task = asyncio.ensure_future(work)
-    waiter = asyncio.ensure_future(cancel.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            if cancel.is_set():
-                raise Cancelled
-    return task.result()
 
 
 def _succeeded_items(previous: StepResult | None, count: int) -> set[int]:
@@ -354,45 +332,6 @@ def _ended(status: StepStatus, error: str | None) -> StepResult:
     """An outcome decided without a call: skipped, or failed by its own expressions."""
     moment = now()
     return StepResult(status=status, error=error, started_at=moment, finished_at=moment)
-
-
-async def _as_ready(flow: Flow, finished: set[str], run: Callable[[Step], Awaitable[bool]]) -> None:
-    """Run each step not `finished` once every step it comes after has run, concurrently.
-
-    `run` tells whether the step is done: the steps after one that waits do not start.
-
-    A step's task is made only when it can start: nothing waits on an Event
-    (memory per execution in flight, bench/). The first error is raised as itself,
-    the others cancelled; after an error no step starts.
-    """
-    waiting = {
-        step.name: len(set(step.after) - finished)
-        for step in flow.steps.values()
-        if step.name not in finished
-    }
-    try:
-        async with asyncio.TaskGroup() as group:
-
-            async def start(step: Step) -> None:
-                if not await run(step):
-                    return
-                for name in flow.dependents[step.name]:
-                    if name not in waiting:  # kept from an earlier run of another version
-                        continue
-                    waiting[name] -= 1
-                    if waiting[name] == 0:
-                        group.create_task(start(flow.steps[name]))
-
-            for name, count in waiting.items():
-                if count == 0:
-                    group.create_task(start(flow.steps[name]))
-    except BaseExceptionGroup as group:
-        raise _first(group) from None
-
-
-def _first(group: BaseExceptionGroup[Any]) -> BaseException:
-    error = group.exceptions[0]
-    return _first(error) if isinstance(error, BaseExceptionGroup) else error
 
 
 def _scope(execution: Execution) -> dict[str, Any]:

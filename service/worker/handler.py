@@ -53,6 +53,7 @@ from service.execution import TERMINAL, Execution, ExecutionStatus, StepResult
 from service.messages import ExecutionRequest, PushEnvelope, describe, field_errors
 from service.metrics import Metrics
 from service.telemetry import MESSAGE_ATTRIBUTE, Tracing, within
+from service.worker.cancels import CancelWatch
 from service.worker.delivery import ResultDelivery
 from service.worker.versions import FlowVersions, VersionMissing
 
@@ -63,8 +64,6 @@ NACK_BUSY = 409
 NACK_RETRY = 503
 
 DEFAULT_LEASE_S = 30.0
-# How often an instance running executions asks the store which to cancel.
-CANCEL_POLL_S = 1.0
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
 # Cloud Run gives an instance 10 s between SIGTERM and SIGKILL.
 DRAIN_GRACE_S = 8.0
@@ -99,8 +98,7 @@ class PushHandler:
         self._metrics = metrics or Metrics()
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = asyncio.Event()
-        self._running: dict[str, asyncio.Event] = {}  # execution id -> its cancel
-        self._cancel_watch: asyncio.Task[None] | None = None
+        self._cancels = CancelWatch(store)
 
     def drain(self) -> None:
         """The instance is stopping: take no new work, give running work a grace period."""
@@ -256,41 +254,13 @@ class PushHandler:
             async def checkpoint(name: str, result: StepResult) -> None:
                 await self._store.save_step(execution.execution_id, name, result)
 
-            cancel = self._cancellable(execution.execution_id, claim.cancel_requested)
-            try:
+            with self._cancels.watching(execution.execution_id, claim.cancel_requested) as cancel:
                 await self._runner.run(flow, execution, checkpoint, cancel)
-            finally:
-                if self._running.get(execution.execution_id) is cancel:
-                    del self._running[execution.execution_id]
             if execution.status == ExecutionStatus.WAITING and await self._suspend(execution):
                 return
             await self._save(execution)
         await self._deliver(execution, webhook_url, last)
         await self._save(execution, delivered=True)
-
-    def _cancellable(self, execution_id: str, asked: bool) -> asyncio.Event:
-        """The event that cancels this run: set by an operator's cancel, on any instance."""
-        cancel = asyncio.Event()
-        if asked:
-            cancel.set()
-        self._running[execution_id] = cancel
-        if self._cancel_watch is None or self._cancel_watch.done():
-            self._cancel_watch = asyncio.create_task(self._watch_cancels())
-        return cancel
-
-    async def _watch_cancels(self) -> None:
-        """While executions run here, ask the store every CANCEL_POLL_S which to cancel:
-        one query per instance, whatever the number of executions in flight."""
-        while self._running:
-            await asyncio.sleep(CANCEL_POLL_S)
-            try:
-                asked = await self._store.cancel_requests()
-            except OrchestratorError as exc:
-                log.warning("cancellations not read this time", reason=str(exc))
-                continue
-            for execution_id in asked & self._running.keys():
-                log.info("cancel asked; abandoning the execution", execution_id=execution_id)
-                self._running[execution_id].set()
 
     async def _deliver(self, execution: Execution, webhook_url: str | None, last: bool) -> None:
         try:

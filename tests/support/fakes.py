@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from service.backends.store import Claim, MemoryStore
+from service.backends.memory import MemoryStore
+from service.backends.store import Claim
 from service.backends.transport import Deliver
 from service.errors import BrokerUnavailable
 from service.execution import Execution, StepResult
