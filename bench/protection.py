@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import time
 import uuid
@@ -24,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.storage import on_emulator
 from service.backends.memory import MemoryStore
 from service.backends.store import ExecutionStore
 from service.dev.servers import serve
@@ -176,20 +176,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--firestore", action="store_true", help="on the Firestore emulator")
     args = parser.parse_args()
-    if not args.firestore:
+    if args.firestore:
+        on_emulator(main_async(args))
+    else:
         asyncio.run(main_async(args))
-        return
-    from service.dev.emulator import Emulator, find_firestore_emulator
-
-    jar = find_firestore_emulator()
-    if jar is None:
-        raise SystemExit("the Firestore emulator is not installed (see README, Prerequisites)")
-    emulator = Emulator.start_firestore(jar, log=Path(tempfile.mkdtemp()) / "firestore.log")
-    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-    try:
-        asyncio.run(main_async(args))
-    finally:
-        emulator.stop()
 
 
 if __name__ == "__main__":

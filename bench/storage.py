@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -227,20 +227,26 @@ async def main_async(args: argparse.Namespace) -> None:
     await runner.cleanup()
 
 
+def on_emulator(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` with a Firestore emulator of its own (FIRESTORE_EMULATOR_HOST)."""
+    jar = find_firestore_emulator()
+    if jar is None:
+        work.close()
+        raise SystemExit("the Firestore emulator is not installed (see README, Prerequisites)")
+    emulator = Emulator.start_firestore(jar, log=Path(tempfile.mkdtemp()) / "firestore.log")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+    try:
+        asyncio.run(work)
+    finally:
+        emulator.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--large-mb", type=float, default=3.0)
     args = parser.parse_args()
-    jar = find_firestore_emulator()
-    if jar is None:
-        raise SystemExit("the Firestore emulator is not installed (see README, Prerequisites)")
-    emulator = Emulator.start_firestore(jar, log=Path(tempfile.mkdtemp()) / "firestore.log")
-    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-    try:
-        asyncio.run(main_async(args))
-    finally:
-        emulator.stop()
+    on_emulator(main_async(args))
 
 
 if __name__ == "__main__":

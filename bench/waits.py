@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import tempfile
 import time
 import tracemalloc
@@ -25,10 +24,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.storage import Counts, on_firestore, stand_ins
+from bench.storage import Counts, on_emulator, on_firestore, stand_ins
 from service.backends.firestore import FirestoreStore
 from service.backends.transport import Deliver
-from service.dev.emulator import Emulator, find_firestore_emulator
 from service.engine.flow import load_flows
 from service.execution import Execution, ExecutionStatus, StepResult, StepStatus, Wait
 from service.messages import PushEnvelope, PushMessage
@@ -209,15 +207,7 @@ def main() -> None:
     parser.add_argument("--held", type=int, default=1000)
     parser.add_argument("--many", type=int, default=10_000)
     args = parser.parse_args()
-    jar = find_firestore_emulator()
-    if jar is None:
-        raise SystemExit("the Firestore emulator is not installed (see README, Prerequisites)")
-    emulator = Emulator.start_firestore(jar, log=Path(tempfile.mkdtemp()) / "firestore.log")
-    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-    try:
-        asyncio.run(main_async(args))
-    finally:
-        emulator.stop()
+    on_emulator(main_async(args))
 
 
 if __name__ == "__main__":
