@@ -41,6 +41,7 @@ from service.backends.firestore_layout import (
     SUMMARY_FIELDS,
     Parts,
     from_json,
+    head,
     to_json,
 )
 from service.backends.store import (
@@ -349,23 +350,7 @@ class FirestoreStore(FirestoreBase):
         return await self._call(function(self._client.transaction()))
 
     def _document(self, execution: Execution) -> tuple[dict[str, Any], Parts]:
-        """The head's fields for the whole execution, and the parts its slots need."""
-        now = datetime.now(UTC)
-        fields: dict[str, Any] = {
-            **execution.summary().model_dump(exclude={"execution_id"}),
-            "webhook_url": execution.webhook_url,
-            "traceparent": execution.traceparent,
-            "updated_at": now,
-            # A waiting execution is kept its TTL after it is due, not after it was saved.
-            "expire_at": max(now, execution.wake_at or now) + self._ttl,
-        }
-        fields["input"], parts = self._slot("input", to_json(execution.input))
-        fields["steps"] = {}
-        for name, result in execution.steps.items():
-            fields["steps"][name], more = self._slot(f"step.{name}", result.model_dump_json())
-            parts |= more
-        fields["result"], more = self._slot("result", to_json(execution.result))
-        return fields, parts | more
+        return head(execution, self._ttl, self._inline_bytes)
 
     async def _write_parts(self, execution_id: str, parts: Parts) -> None:
         await self._write_parts_of(self._collection.document(execution_id), parts, self._ttl)

@@ -37,10 +37,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from service.execution import ExecutionSummary
+from service.execution import Execution, ExecutionSummary
 from service.waits import MAX_WAIT_S
 
 # Each slot inline up to this; with at most MAX_FLOW_STEPS (50) steps a head stays < 1 MiB.
@@ -75,6 +75,27 @@ HEAD_FIELDS = (
     *("cancel_requested", "updated_at", "expire_at"),
 )
 Parts = dict[str, bytes]
+
+
+def head(execution: Execution, ttl: timedelta, inline_bytes: int) -> tuple[dict[str, Any], Parts]:
+    """The head's fields for the whole execution, and the parts its slots need."""
+    now = datetime.now(UTC)
+    fields: dict[str, Any] = {
+        **execution.summary().model_dump(exclude={"execution_id"}),
+        "webhook_url": execution.webhook_url,
+        "traceparent": execution.traceparent,
+        "updated_at": now,
+        # A waiting execution is kept its TTL after it is due, not after it was saved.
+        "expire_at": max(now, execution.wake_at or now) + ttl,
+    }
+    fields["input"], parts = slot("input", to_json(execution.input), inline_bytes)
+    fields["steps"] = {}
+    for name, result in execution.steps.items():
+        text = result.model_dump_json()
+        fields["steps"][name], more = slot(f"step.{name}", text, inline_bytes)
+        parts |= more
+    fields["result"], more = slot("result", to_json(execution.result), inline_bytes)
+    return fields, parts | more
 
 
 def slot(name: str, text: str, inline_bytes: int = INLINE_BYTES) -> tuple[Any, Parts]:
