@@ -11,6 +11,8 @@ Cases (stand-in ML functions answer after --delay-ms, in their own process):
   5. original     the seed's test payload run one call at a time (the monolith) vs ours
   6. emulator     end-to-end executions/s through the emulator vs its own push rate
   7. workers      front door and engine with two worker processes vs one (Firestore store)
+  8. store        an execution on Firestore vs the memory store: CPU, writes, reads;
+                  what a wake and a cache hit add
 --tiny runs every case at a small size (CI checks that the benchmark keeps working).
 """
 
@@ -22,7 +24,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench.cases import emulator, engine, fan_out, front_door, memory, original, workers
+from bench.cases import emulator, engine, fan_out, front_door, memory, original, store, workers
 from bench.processes import ROOT, Process
 from bench.run import Bench, write_outputs
 from service.dev.emulator import Emulator, find_emulator
@@ -36,6 +38,7 @@ CASES: dict[str, Case] = {
     "original": original.run,
     "emulator": emulator.run,
     "workers": workers.run,
+    "store": store.run,
 }
 
 

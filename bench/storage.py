@@ -61,35 +61,44 @@ steps:
 
 @dataclass
 class Counts:
-    """Firestore RPCs seen through the client: documents written and read, commit bytes."""
+    """Firestore RPCs the store makes, through the client or the wire: documents written
+    (`writes`, and the bytes of those commits), read by id (`reads`), and queries run
+    (`queries`: billed one read per document they return)."""
 
     rpcs: Counter[str]
 
-    def wrap(self, api: Any) -> None:
-        def counted(name: str, measure: Callable[[Any], tuple[int, int]]) -> None:
-            original = getattr(api, name)
+    def wrap(self, store: FirestoreStore) -> None:
+        api, wire = store._client._firestore_api, store._wire
+
+        def counted(target: Any, name: str, measure: Callable[..., tuple[str, int, int]]) -> None:
+            original = getattr(target, name)
 
             async def call(*args: Any, **kwargs: Any) -> Any:
-                documents, size = measure(kwargs.get("request"))
-                self.rpcs[f"{name}_docs"] += documents
-                self.rpcs[f"{name}_bytes"] += size
+                kind, count, size = measure(*args, **kwargs)
+                self.rpcs[kind] += count
+                self.rpcs[f"{kind}_bytes"] += size
                 return await original(*args, **kwargs)
 
-            setattr(api, name, call)
+            setattr(target, name, call)
 
-        def commit(request: Any) -> tuple[int, int]:
-            commit = types.CommitRequest(request)
-            return len(commit.writes), types.CommitRequest.pb(commit).ByteSize()
+        def commit(request: Any = None, **_: Any) -> tuple[str, int, int]:
+            commit = types.CommitRequest.pb(types.CommitRequest(request))
+            return "writes", len(commit.writes), commit.ByteSize()
 
-        def batch_get(request: Any) -> tuple[int, int]:
-            return len(types.BatchGetDocumentsRequest(request).documents), 0
+        def batch_get(request: Any = None, **_: Any) -> tuple[str, int, int]:
+            return "reads", len(types.BatchGetDocumentsRequest(request).documents), 0
 
-        def query(request: Any) -> tuple[int, int]:
-            return 1, 0
+        def wire_commit(writes: list[Any], *_: Any) -> tuple[str, int, int]:
+            return "writes", len(writes), sum(write.ByteSize() for write in writes)
 
-        counted("commit", commit)
-        counted("batch_get_documents", batch_get)
-        counted("run_query", query)
+        counted(api, "commit", commit)
+        counted(api, "batch_get_documents", batch_get)
+        counted(api, "run_query", lambda *_, **__: ("queries", 1, 0))
+        counted(wire, "commit", wire_commit)
+        counted(wire, "get", lambda *_: ("reads", 1, 0))
+
+    def per(self, runs: int) -> dict[str, float]:
+        return {key: value / runs for key, value in self.rpcs.items()}
 
 
 async def stand_ins(large_bytes: int) -> tuple[web.AppRunner, str]:
@@ -151,10 +160,10 @@ async def run_case(
             statuses[f"raised {type(exc).__name__}"] += 1
     ms = (time.perf_counter() - started) * 1000 / runs
     cpu_ms = (time.process_time() - cpu) * 1000 / runs
-    per = {key: value / runs for key, value in counts.rpcs.items()}
+    per = counts.per(runs)
     print(
-        f"{name:<28}{per.get('commit_docs', 0):>7.1f}{per.get('commit_bytes', 0) / 1024:>11.1f}"
-        f"{per.get('batch_get_documents_docs', 0) + per.get('run_query_docs', 0):>7.1f}"
+        f"{name:<28}{per.get('writes', 0):>7.1f}{per.get('writes_bytes', 0) / 1024:>11.1f}"
+        f"{per.get('reads', 0) + per.get('queries', 0):>7.1f}"
         f"{ms:>9.1f}{cpu_ms:>9.1f}  push answers {dict(statuses)}"
     )
 
@@ -194,7 +203,7 @@ async def on_firestore(
     )
     store = FirestoreStore(project, "executions", timedelta(days=7))
     counts = Counts(Counter())
-    counts.wrap(store._client._firestore_api)
+    counts.wrap(store)
     configure_logging("console", level=logging.WARNING)
     async with http_clients() as (http, sender):
         yield build(config, flows, InProcessTransport(), store, http, sender), store, counts

@@ -86,9 +86,9 @@ def resume_envelope(data: bytes, attributes: dict[str, str]) -> PushEnvelope:
 def per(counts: Counts, runs: int, returned: int = 0) -> tuple[float, float]:
     """Documents written and read per execution; a query is billed a read per document
     it returns (`returned`, at least one), which the counts see as one call."""
-    writes = counts.rpcs["commit_docs"] / runs
-    queries = counts.rpcs["run_query_docs"]
-    gets = counts.rpcs["batch_get_documents_docs"]
+    writes = counts.rpcs["writes"] / runs
+    queries = counts.rpcs["queries"]
+    gets = counts.rpcs["reads"]
     return writes, (gets + max(queries, returned)) / runs
 
 
@@ -173,8 +173,8 @@ async def many(store: FirestoreStore, counts: Counts, count: int) -> None:
     while await wakes.wake():
         calls += 1
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    writes = counts.rpcs["commit_docs"]
-    queries = counts.rpcs["run_query_docs"]
+    writes = counts.rpcs["writes"]
+    queries = counts.rpcs["queries"]
     # A query is billed one read per document it returns (at least one).
     print(
         f"\n{count} waiting executions (seeded in {seeded_s:.1f} s) woken by {calls} wake calls "
@@ -183,6 +183,46 @@ async def many(store: FirestoreStore, counts: Counts, count: int) -> None:
         f"(billed {count + 1} reads), {len(published.messages)} resumes published"
     )
     assert len(published.messages) == count
+
+
+CACHED = TWO_CALLS.replace(
+    "  second:\n    after: [first]",
+    "  second:\n    cache: {key: '${input.user_id}', ttl: 1h}\n    after: [first]",
+)
+
+
+async def counted_costs(runs: int = 20) -> dict[str, tuple[float, float]]:
+    """(reads, writes) per execution of a wake (FIRESTORE_EMULATOR_HOST's Firestore), and
+    what a cache hit adds to an execution against the same flow without a cache."""
+    runner, base = await stand_ins(0)
+    flows_dir = Path(tempfile.mkdtemp())
+    for name, text in (("two-calls", TWO_CALLS), ("with-sleep", WITH_SLEEP), ("cached", CACHED)):
+        (flows_dir / f"{name}.yaml").write_text(text)
+    flows = load_flows(flows_dir, {"BASE_URL": base})
+    project = f"bench-{uuid.uuid4().hex[:8]}"
+    costs: dict[str, tuple[float, float]] = {}
+    async with on_firestore(project, flows, inline_wait_s=0) as (parts, store, counts):
+        wakes = Wakes(store, published := Published(), "requests")
+        for _ in range(runs):
+            assert await parts.push.handle(envelope("with-sleep", str(uuid.uuid4()))) == 204
+        await asyncio.sleep(0.05)  # the 10 ms sleeps are due
+        counts.rpcs.clear()
+        while await wakes.wake():
+            pass
+        woken = len(published.messages)
+        costs["wake"] = per(counts, woken, woken)[::-1]
+        per_execution = {}
+        assert await parts.push.handle(envelope("cached", str(uuid.uuid4()))) == 204  # kept
+        for flow in ("two-calls", "cached"):
+            counts.rpcs.clear()
+            for _ in range(runs):
+                assert await parts.push.handle(envelope(flow, str(uuid.uuid4()))) == 204
+            per_execution[flow] = per(counts, runs)
+        (plain_writes, plain_reads), (hit_writes, hit_reads) = per_execution.values()
+        costs["cache hit"] = (hit_reads - plain_reads, hit_writes - plain_writes)
+    await store.close()
+    await runner.cleanup()
+    return costs
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -190,7 +190,7 @@ async def test_every_store_call_is_unavailable_within_its_bound_when_firestore_i
             "cancel": store.cancel(known.execution_id),
             "redrive": store.redrive(known.execution_id),
             "enqueue": store.enqueue(ended()),
-            "save_step": store.save_step(known.execution_id, "a", step),
+            "save_steps": store.save_steps(known.execution_id, {"a": step}),
             "save": store.save(ended()),
             "renew": store.renew(known.execution_id, "owner", 30),
             "release": store.release(known.execution_id, "owner"),

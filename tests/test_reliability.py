@@ -118,14 +118,14 @@ async def test_a_redelivered_execution_resumes_without_calling_finished_steps(
         input=INPUT,
     )
     await store.claim(crashed, "crashed-instance", lease_s=0.1)
-    await store.save_step(
-        execution_id, "create_user_embeddings", StepResult(status=StepStatus.SUCCEEDED, attempts=1)
+    await store.save_steps(
+        execution_id,
+        {"create_user_embeddings": StepResult(status=StepStatus.SUCCEEDED, attempts=1)},
     )
     vacancies = {"vacancies": [{"vacancy_id": "v1"}, {"vacancy_id": "v2"}, {"vacancy_id": "v3"}]}
-    await store.save_step(
+    await store.save_steps(
         execution_id,
-        "match_candidato",
-        StepResult(status=StepStatus.SUCCEEDED, attempts=1, output=vacancies),
+        {"match_candidato": StepResult(status=StepStatus.SUCCEEDED, attempts=1, output=vacancies)},
     )
     await asyncio.sleep(0.15)
 

@@ -95,7 +95,7 @@ async def test_an_expired_lease_is_taken_over_with_the_stored_steps(store: Execu
     execution = new_execution()
     await store.claim(execution, "crashed", lease_s=0.5)
     done = StepResult(status=StepStatus.SUCCEEDED, attempts=1, output={"v": [1, 2]})
-    await store.save_step(execution.execution_id, "step-one", done)
+    await store.save_steps(execution.execution_id, {"step-one": done})
     await asyncio.sleep(0.7)
     resumed = await store.claim(execution, "next", LEASE_S)
     assert resumed.state == ClaimState.CLAIMED
@@ -138,7 +138,7 @@ async def test_parallel_step_outcomes_are_all_kept(store: ExecutionStore) -> Non
     await store.claim(execution, "a", LEASE_S)
     results = {f"step-{n}": StepResult(status=StepStatus.SUCCEEDED, output=n) for n in range(10)}
     await asyncio.gather(
-        *(store.save_step(execution.execution_id, name, r) for name, r in results.items())
+        *(store.save_steps(execution.execution_id, {name: r}) for name, r in results.items())
     )
     stored = await store.get(execution.execution_id)
     assert stored is not None and stored.steps == results
@@ -163,7 +163,7 @@ async def test_a_firestore_head_holds_only_the_fields_setup_knows(
     store = fresh_firestore_store()
     execution = new_execution()
     await store.claim(execution, "a", LEASE_S)
-    await store.save_step(execution.execution_id, "a", step_with({"x": 1}))
+    await store.save_steps(execution.execution_id, {"a": step_with({"x": 1})})
     await store.cancel(execution.execution_id)
     execution.finish(ExecutionStatus.CANCELLED)
     await store.save(execution, delivered=True)
@@ -194,9 +194,9 @@ async def test_outputs_of_any_allowed_size_are_stored_and_resumed_whole(
     small = step_with({"ok": True})
     await store.claim(execution, "crashed", lease_s=0.5)
     await asyncio.gather(
-        store.save_step(execution.execution_id, "large", large),
-        store.save_step(execution.execution_id, "wide", wide),
-        store.save_step(execution.execution_id, "small", small),
+        store.save_steps(execution.execution_id, {"large": large}),
+        store.save_steps(execution.execution_id, {"wide": wide}),
+        store.save_steps(execution.execution_id, {"small": small}),
     )
     await asyncio.sleep(0.7)
     resumed = await store.claim(execution, "next", LEASE_S)
@@ -339,7 +339,7 @@ async def test_a_write_firestore_refuses_fails_with_store_refused(
     execution = new_execution()
     await store.claim(execution, "a", LEASE_S)
     with pytest.raises(StoreRefused, match="execution store"):
-        await store.save_step(execution.execution_id, "big", step_with("x" * 1_100_000))
+        await store.save_steps(execution.execution_id, {"big": step_with("x" * 1_100_000)})
     await store.close()
 
 
@@ -349,7 +349,7 @@ async def test_firestore_heads_stay_small_whatever_the_outputs(firestore_emulato
     execution = new_execution()
     await store.claim(execution, "a", LEASE_S)
     for n in range(10):
-        await store.save_step(execution.execution_id, f"s{n}", step_with("x" * 900_000))
+        await store.save_steps(execution.execution_id, {f"s{n}": step_with("x" * 900_000)})
     snapshot = await store._collection.document(execution.execution_id).get()
     head = len(json.dumps(snapshot.to_dict(), default=str))
     print(f"\nhead document with 10 outputs of 900 KB: {head} bytes")

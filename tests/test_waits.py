@@ -194,7 +194,8 @@ def test_a_wait_within_inline_wait_s_stays_in_the_push(
     with running(monkeypatch, tmp_path, {"nap": _with(NAP, NAP="300ms")}, inline_wait_s=5) as stack:
         execution_id = stack.start("nap")
         done = stack.reaches(execution_id, "succeeded")
-        assert done["steps"]["nap"]["duration_ms"] >= 300
+        # Its end is a wall-clock moment, its duration timed by perf_counter: 1 ms apart.
+        assert done["steps"]["nap"]["duration_ms"] >= 299
         assert "orchestrator_waits_total{" not in stack.client.get("/metrics").text
 
 

@@ -39,14 +39,13 @@ from service.backends.firestore_layout import (
     slot,
     to_json,
 )
+from service.backends.firestore_wire import LOST_RACE, Wire, python, write
 from service.errors import StoreUnavailable
 from service.execution import CachedOutput, now
 from service.shares import Holder, Share, allot
 
 REMEMBERED_PARTS = 1000
 LEASE_ATTEMPTS = 10
-# What a conditioned write that lost to another instance's raises.
-LOST_RACE = (google_exceptions.FailedPrecondition, google_exceptions.AlreadyExists)
 
 
 class FirestoreBase:
@@ -71,6 +70,7 @@ class FirestoreBase:
             self._client._emulator_host = emulator_host
         else:
             self._client = firestore.AsyncClient(project=project)
+        self._wire = Wire(self._client)  # the hot path's RPCs
         self._timeout_s = timeout_s
         self._collection = self._client.collection(collection)
         self._flows = self._client.collection(collection + FLOWS_SUFFIX)
@@ -126,14 +126,14 @@ class FirestoreBase:
         )
 
     async def cached(self, key: str) -> CachedOutput | None:
-        reference = self._cache.document(key)
-        snapshot = await self._call(reference.get())
-        if not snapshot.exists:
+        name = self._wire.path(self._cache.id, key)
+        document = await self._call(self._wire.get(name, self._timeout_s))
+        if document is None:
             return None
-        data = snapshot.to_dict() or {}
+        data = python(document.fields)
         if data["expire_at"] <= now():  # a TTL policy deletes it within a day: not yet, maybe
             return None
-        texts = await self._read_slots(reference, {"output": data["output"]})
+        texts = await self._read_slots(self._cache.document(key), {"output": data["output"]})
         return CachedOutput(from_json(texts["output"]), data["made_by"], data["expire_at"])
 
     async def cache(self, key: str, entry: CachedOutput) -> None:
@@ -141,7 +141,8 @@ class FirestoreBase:
         value, parts = self._slot("output", to_json(entry.output))
         await self._write_parts_of(reference, parts, entry.expires_at - now())
         fields = {"output": value, "made_by": entry.made_by, "expire_at": entry.expires_at}
-        await self._call(reference.set(fields))
+        kept = write(self._wire.path(self._cache.id, key), fields)
+        await self._call(self._wire.commit([kept], self._timeout_s))
 
     async def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]

@@ -79,15 +79,9 @@ Parts = dict[str, bytes]
 
 def head(execution: Execution, ttl: timedelta, inline_bytes: int) -> tuple[dict[str, Any], Parts]:
     """The head's fields for the whole execution, and the parts its slots need."""
-    now = datetime.now(UTC)
-    fields: dict[str, Any] = {
-        **execution.summary().model_dump(exclude={"execution_id"}),
-        "webhook_url": execution.webhook_url,
-        "traceparent": execution.traceparent,
-        "updated_at": now,
-        # A waiting execution is kept its TTL after it is due, not after it was saved.
-        "expire_at": max(now, execution.wake_at or now) + ttl,
-    }
+    fields = summary(execution, ttl)
+    fields["webhook_url"] = execution.webhook_url
+    fields["traceparent"] = execution.traceparent
     fields["input"], parts = slot("input", to_json(execution.input), inline_bytes)
     fields["steps"] = {}
     for name, result in execution.steps.items():
@@ -96,6 +90,16 @@ def head(execution: Execution, ttl: timedelta, inline_bytes: int) -> tuple[dict[
         parts |= more
     fields["result"], more = slot("result", to_json(execution.result), inline_bytes)
     return fields, parts | more
+
+
+def summary(execution: Execution, ttl: timedelta) -> dict[str, Any]:
+    """The head's summary fields, with when it was written and when it expires."""
+    now = datetime.now(UTC)
+    fields = execution.summary().model_dump(exclude={"execution_id"})
+    fields["updated_at"] = now
+    # A waiting execution is kept its TTL after it is due, not after it was saved.
+    fields["expire_at"] = max(now, execution.wake_at or now) + ttl
+    return fields
 
 
 def slot(name: str, text: str, inline_bytes: int = INLINE_BYTES) -> tuple[Any, Parts]:

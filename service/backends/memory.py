@@ -8,6 +8,7 @@ import asyncio
 import builtins
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,8 @@ class MemoryStore:
     readers: copying on every step was a fifth of the engine's CPU (bench/).
     """
 
+    write_window_s = 0.0  # a write costs nothing: outcomes of one loop turn share it
+
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self._capacity = capacity
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -98,17 +101,16 @@ class MemoryStore:
             entry.lease_until = time.monotonic() + lease_s
             return True
 
-    async def save_step(self, execution_id: str, name: str, result: StepResult) -> None:
+    async def save_steps(self, execution_id: str, results: Mapping[str, StepResult]) -> None:
         async with self._lock:
             entry = self._entries.get(execution_id)
             if entry is not None:
-                entry.execution.steps[name] = result
+                entry.execution.steps.update(results)
 
     async def save(self, execution: Execution, delivered: bool = False) -> None:
         async with self._lock:
             entry = self._entries.get(execution.execution_id) or _Entry(execution)
-            if not delivered:
-                cancel_wins(execution, entry.cancel_requested)
+            cancel_wins(execution, entry.cancel_requested)
             entry.execution = execution
             entry.delivered = delivered
             if delivered:

@@ -4,8 +4,9 @@
 from stored step outcomes), ignore it (finished), or send it back (running
 elsewhere under a live lease). A lease is short and renewed while the
 execution runs, so a crashed instance's execution is claimed again by the
-next delivery within about one lease. Each step's outcome is stored as it
-completes (`save_step`), so a resumed execution does not call it again.
+next delivery within about one lease. Step outcomes are stored as they
+complete (`save_steps`, several in one write), so a resumed execution does not
+call them again.
 
 The front door records each accepted execution as `queued` (`enqueue`), which
 never overwrites a copy that already started; the first claim replaces it.
@@ -45,7 +46,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -253,6 +254,9 @@ def sort_key(execution: ExecutionSummary) -> tuple[datetime, str]:
 class ExecutionStore(Protocol):
     """Execution documents by id, with leases so one delivery runs each execution."""
 
+    # How long a step's outcome waits for others to share its write (service/worker/checkpoints.py).
+    write_window_s: float
+
     async def enqueue(self, execution: Execution) -> None:
         """Record an accepted execution as queued, unless a copy of it is already stored."""
 
@@ -262,13 +266,14 @@ class ExecutionStore(Protocol):
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         """Extend `owner`'s lease; False if the lease was lost to another owner."""
 
-    async def save_step(self, execution_id: str, name: str, result: StepResult) -> None:
-        """Store one finished step's outcome."""
+    async def save_steps(self, execution_id: str, results: Mapping[str, StepResult]) -> None:
+        """Store these steps' outcomes, in one write."""
 
     async def save(self, execution: Execution, delivered: bool = False) -> None:
         """Store the whole document; once its result is delivered, the lease ends.
 
-        Not yet delivered, an ended run gives way to a cancel asked meanwhile (`cancel_wins`).
+        An ended run gives way to a cancel asked while it ran (`cancel_wins`); a cancel is
+        never asked of an execution once it is stored ended.
         """
 
     async def release(self, execution_id: str, owner: str) -> None:

@@ -4,7 +4,9 @@ The execution takes as long as its critical path. A skipped step counts as done
 for the steps after it; a failed step skips the steps that need it, and fails
 the execution (`on_error: fail`) or leaves it `partial` (`on_error: continue`).
 Steps that already have an outcome in the document (a resumed execution) are
-not run again; each new outcome is handed to `checkpoint` as soon as it exists.
+not run again; each new outcome is handed to `checkpoint` as soon as it exists,
+but for a skipped step's and the run's last (`_rides_along`): those go with the
+next write, or with the save that ends the run.
 A document holding a step the flow does not have (renamed or removed by a deploy
 since the execution started) runs nothing and fails, naming the steps.
 An outcome the store refuses for good (StoreRefused) fails its step, with the
@@ -57,6 +59,7 @@ log = structlog.get_logger(__name__)
 # Any list for_each takes can still be filtered by CEL, which refuses the 10,000th iteration.
 MAX_FOR_EACH_ITEMS = ITERATION_BUDGET - 1
 FINAL_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
+ENDED = FINAL_STEP_STATUSES | {StepStatus.WAITING}  # for this run
 
 
 async def _no_checkpoint(name: str, result: StepResult) -> None:
@@ -102,6 +105,10 @@ class FlowRunner:
             log.info("execution resumed", completed_steps=resumed)
         unknown = [name for name in execution.steps if name not in flow.steps]
 
+        async def own_write(name: str, result: StepResult) -> None:
+            if not _rides_along(flow, execution, name, result):
+                await checkpoint(name, result)
+
         self._metrics.in_flight.add(1)
         try:
             if unknown:
@@ -112,7 +119,7 @@ class FlowRunner:
                     as_ready(
                         flow,
                         set(resumed),
-                        lambda step: self._run_step(step, execution, deadline, checkpoint),
+                        lambda step: self._run_step(step, execution, deadline, own_write),
                     ),
                 )
         except TimeoutError:
@@ -322,6 +329,25 @@ def _succeeded_items(previous: StepResult | None, count: int) -> set[int]:
     if not isinstance(previous.output, list) or len(previous.output) != count:
         return set()
     return {i for i, item in enumerate(previous.items) if item.status == StepStatus.SUCCEEDED}
+
+
+def _rides_along(flow: Flow, execution: Execution, name: str, result: StepResult) -> bool:
+    """Whether an outcome is written with the run's next write, not one of its own: a
+    skipped step's (it is decided again, without a call, if it is lost), or the run's
+    last (every other step has ended or waits: the run's end writes it)."""
+    if result.status == StepStatus.SKIPPED:
+        return True
+    if result.status not in ENDED:
+        return False  # a step about to wait for a callback: its token is stored first
+    return all(
+        other == name
+        or ((ended := execution.steps.get(other)) is not None and ended.status in ENDED)
+        for other in flow.steps
+    )
+
+
+def _over(result: StepResult | None) -> bool:
+    return result is not None and result.status in ENDED
 
 
 def _skipped(error: str | None) -> StepResult:

@@ -74,6 +74,10 @@ class ResultDelivery:
         self._public_url = (public_url or "").rstrip("/")
         self._shaped_flows = shaped_flows  # the flows with `result:`
 
+    def goes_out(self, webhook_url: str | None) -> bool:
+        """Whether a result is sent anywhere: to `webhook_url`, or to a result topic."""
+        return bool(webhook_url or self._result_topic)
+
     async def deliver(self, execution: Execution, webhook_url: str | None) -> None:
         """Deliver everywhere the result is wanted; DeliveryFailed if a retry may still help.
 

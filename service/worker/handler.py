@@ -49,11 +49,12 @@ from service.errors import (
     StoreRefused,
     StoreUnavailable,
 )
-from service.execution import TERMINAL, Execution, ExecutionStatus, StepResult
+from service.execution import TERMINAL, Execution, ExecutionStatus
 from service.messages import ExecutionRequest, PushEnvelope, describe, field_errors
 from service.metrics import Metrics
 from service.telemetry import MESSAGE_ATTRIBUTE, Tracing, within
 from service.worker.cancels import CancelWatch
+from service.worker.checkpoints import Checkpoints
 from service.worker.delivery import ResultDelivery
 from service.worker.versions import FlowVersions, VersionMissing
 
@@ -249,16 +250,20 @@ class PushHandler:
                 execution.end_running(f"not run: {exc}")
                 execution.finish(ExecutionStatus.FAILED, str(exc))
                 claim = Claim(ClaimState.FINISHED, execution)
+        webhook_url = webhook_url or self._default_webhook_url
         if claim.state == ClaimState.CLAIMED:
-
-            async def checkpoint(name: str, result: StepResult) -> None:
-                await self._store.save_step(execution.execution_id, name, result)
-
+            checkpoint = Checkpoints(self._store, execution, self._store.write_window_s)
             with self._cancels.watching(execution.execution_id, claim.cancel_requested) as cancel:
-                await self._runner.run(flow, execution, checkpoint, cancel)
+                try:
+                    await self._runner.run(flow, execution, checkpoint, cancel)
+                finally:
+                    checkpoint.close()
             if execution.status == ExecutionStatus.WAITING and await self._suspend(execution):
                 return
-            await self._save(execution)
+            if not self._delivery.goes_out(webhook_url):
+                await self._save(execution, delivered=True)  # nowhere to go: one write ends it
+                return
+            await self._save(execution)  # readable before its result arrives anywhere
         await self._deliver(execution, webhook_url, last)
         await self._save(execution, delivered=True)
 
@@ -307,6 +312,10 @@ class PushHandler:
         if execution.status not in TERMINAL:
             execution.end_running("not finished when the execution was given up")
             execution.finish(ExecutionStatus.FAILED, f"gave up at the last delivery: {reason}")
+            try:  # its verdict (a cancel asked meanwhile wins) is stored before it goes out
+                await self._store.save(execution)
+            except Exception as exc:
+                log.error("given-up execution not stored", reason=_describe(exc))
         try:
             await self._deliver(execution, message.webhook_url, last=True)
         except Exception as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -59,10 +59,12 @@ class FaultyStore(MemoryStore):
             return claim
         return replace(claim, execution=claim.execution.model_copy(deep=True))
 
-    async def save_step(self, execution_id: str, name: str, result: StepResult) -> None:
-        if (error := self.save_step_fault(name, result)) is not None:
-            raise error
-        await super().save_step(execution_id, name, result.model_copy(deep=True))
+    async def save_steps(self, execution_id: str, results: Mapping[str, StepResult]) -> None:
+        for name, result in results.items():
+            if (error := self.save_step_fault(name, result)) is not None:
+                raise error
+        copies = {name: result.model_copy(deep=True) for name, result in results.items()}
+        await super().save_steps(execution_id, copies)
 
     async def save(self, execution: Execution, delivered: bool = False) -> None:
         if (error := self.save_fault(execution)) is not None:

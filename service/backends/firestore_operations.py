@@ -1,0 +1,246 @@
+"""The executions' operators' side on Firestore: listings, cancels, re-drives, timers,
+callbacks' answers and the versions in use; how a head document is read back.
+
+Cancels, re-drives and answers are transactions: rare, and each reads what it decides
+on. Running executions with a cancel asked are found by one query (`cancel_requests`),
+not one read per execution. Waiting executions are found by one query on (status,
+wake_at) and handed to one waker each by a write conditioned on the document's update
+time (service/backends/firestore_wire.py), not a transaction. The run's own path
+(claim, checkpoints, saves) is service/backends/firestore.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections import Counter
+from typing import Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from service.backends.firestore_base import FirestoreBase
+from service.backends.firestore_layout import (
+    SUMMARY_FIELDS,
+    Parts,
+    from_json,
+    head,
+    to_json,
+)
+from service.backends.firestore_wire import LOST_RACE, write
+from service.backends.store import (
+    Answer,
+    ExecutionQuery,
+    Page,
+    callback_answer,
+    cancelled,
+    due_again,
+    may_redrive,
+    page_key,
+    page_token,
+)
+from service.errors import StoreUnavailable
+from service.execution import (
+    UNDERWAY,
+    Execution,
+    ExecutionStatus,
+    ExecutionSummary,
+    FlowVersion,
+    StepResult,
+    now,
+)
+from service.waits import CallbackToken
+
+VERSIONS_READ = 1000  # executions read to count the versions in use
+
+
+class FirestoreOperations(FirestoreBase):
+    """What operators, timers and callbacks do to executions (see the module's docstring)."""
+
+    async def list(self, query: ExecutionQuery) -> Page:
+        found = self._collection.select(SUMMARY_FIELDS)
+        if query.statuses:
+            values = sorted(status.value for status in query.statuses)
+            found = found.where(filter=FieldFilter("status", "in", values))
+        if query.flow is not None:
+            found = found.where(filter=FieldFilter("flow", "==", query.flow))
+        if query.since is not None:
+            found = found.where(filter=FieldFilter("requested_at", ">=", query.since))
+        if query.until is not None:
+            found = found.where(filter=FieldFilter("requested_at", "<", query.until))
+        found = found.order_by("requested_at", direction="DESCENDING").order_by(
+            FieldPath.document_id(), direction="DESCENDING"
+        )
+        if query.page_token:
+            moment, execution_id = page_key(query.page_token)
+            last = self._collection.document(execution_id)
+            found = found.start_after({"requested_at": moment, FieldPath.document_id(): last})
+        snapshots = await self._call(found.limit(query.limit + 1).get())
+        page = [
+            ExecutionSummary.model_validate({"execution_id": s.id, **s.to_dict()})
+            for s in snapshots[: query.limit]
+        ]
+        more = len(snapshots) > query.limit
+        return Page(page, page_token(page[-1]) if more else None)
+
+    async def cancel(self, execution_id: str) -> ExecutionStatus | None:
+        reference = self._collection.document(execution_id)
+
+        @firestore.async_transactional
+        async def cancel_in(transaction: Any) -> ExecutionStatus | None:
+            snapshot = await reference.get(transaction=transaction)
+            if not snapshot.exists:
+                return None
+            execution = await self._execution(execution_id, snapshot.to_dict() or {})
+            status = cancelled(execution)
+            if status == ExecutionStatus.RUNNING:
+                transaction.update(reference, {"cancel_requested": True})
+            elif status == ExecutionStatus.WAITING:  # the caller sends its resume
+                transaction.update(reference, {"cancel_requested": True, "wake_at": due_again()})
+            else:
+                summary = execution.summary().model_dump(exclude={"execution_id"})
+                transaction.update(reference, summary)
+            return status
+
+        return await self._transact(cancel_in)  # type: ignore[no-any-return]
+
+    async def cancel_requests(self) -> set[str]:
+        asked = (
+            self._collection.where(filter=FieldFilter("cancel_requested", "==", True))
+            .where(filter=FieldFilter("status", "==", ExecutionStatus.RUNNING.value))
+            .select(["status"])
+        )
+        return {snapshot.id for snapshot in await self._call(asked.get())}
+
+    async def redrive(
+        self, execution_id: str, moved_to: FlowVersion | None = None
+    ) -> tuple[Execution, Execution] | None:
+        reference = self._collection.document(execution_id)
+
+        @firestore.async_transactional
+        async def redrive_in(transaction: Any) -> tuple[Execution, Execution] | None:
+            snapshot = await reference.get(transaction=transaction)
+            if not snapshot.exists:
+                return None
+            data = snapshot.to_dict() or {}
+            before = await self._execution(execution_id, data)
+            may_redrive(before, bool(data.get("delivered")))
+            after = before.redriven(moved_to)
+            fields, parts = self._document(after)
+            await self._write_parts(execution_id, parts)  # kept outputs: already written
+            transaction.set(reference, {**fields, "delivered": False})
+            return before, after
+
+        return await self._transact(redrive_in)  # type: ignore[no-any-return]
+
+    async def due(self, limit: int) -> builtins.list[Execution]:
+        found = (
+            self._collection.where(filter=FieldFilter("status", "==", "waiting"))
+            .where(filter=FieldFilter("wake_at", "<=", now()))
+            .order_by("wake_at")
+            .limit(limit)
+        )
+        snapshots = await self._call(found.get())
+
+        async def take(snapshot: Any) -> Execution | None:
+            # Conditioned on the version read: of several wakers, one moves each timer.
+            name = self._wire.path(self._collection.id, snapshot.id)
+            moved = write(
+                name,
+                {"wake_at": due_again()},
+                ["wake_at"],
+                update_time=snapshot.update_time.timestamp_pb(),
+            )
+            try:
+                await self._call(self._wire.commit([moved], self._timeout_s))
+            except StoreUnavailable as exc:
+                if isinstance(exc.__cause__, LOST_RACE):
+                    return None  # another waker took it
+                raise
+            return await self._execution(snapshot.id, snapshot.to_dict() or {})
+
+        taken = await asyncio.gather(*(take(snapshot) for snapshot in snapshots))
+        return [execution for execution in taken if execution is not None]
+
+    async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
+        reference = self._collection.document(token.execution_id)
+        value, parts = self._slot(f"answer.{token.step}", to_json(body))
+
+        @firestore.async_transactional
+        async def answer_in(transaction: Any) -> tuple[Answer, Execution | None]:
+            snapshot = await reference.get(transaction=transaction)
+            if not snapshot.exists:
+                return Answer.UNKNOWN, None
+            data = snapshot.to_dict() or {}
+            execution = await self._execution(token.execution_id, data, answers=False)
+            execution.callbacks = dict.fromkeys(data.get("answers") or {})
+            verdict = callback_answer(execution, token, bool(data.get("cancel_requested")))
+            if verdict == Answer.ACCEPTED:
+                await self._write_parts(token.execution_id, parts)
+                update = {FieldPath("answers", token.step).to_api_repr(): value}
+                if data.get("status") == ExecutionStatus.WAITING:
+                    update["wake_at"] = due_again()
+                transaction.update(reference, update)
+            return verdict, execution
+
+        return await self._transact(answer_in)  # type: ignore[no-any-return]
+
+    async def versions_in_use(self, name: str) -> dict[str, int]:
+        statuses = sorted(status.value for status in UNDERWAY)
+        found = (
+            self._collection.where(filter=FieldFilter("flow", "==", name))
+            .where(filter=FieldFilter("status", "in", statuses))
+            .select(["flow_version"])
+            .limit(VERSIONS_READ)
+        )
+        snapshots = await self._call(found.get())
+        counted = Counter((s.to_dict() or {}).get("flow_version") or "unknown" for s in snapshots)
+        return dict(counted)
+
+    async def _transact(self, function: Any) -> Any:
+        """Run a transactional function; Conflict passes through, contention is unavailable."""
+        return await self._call(function(self._client.transaction()))
+
+    def _document(self, execution: Execution) -> tuple[dict[str, Any], Parts]:
+        return head(execution, self._ttl, self._inline_bytes)
+
+    async def _write_parts(self, execution_id: str, parts: Parts) -> None:
+        await self._write_parts_of(self._collection.document(execution_id), parts, self._ttl)
+
+    async def _execution(
+        self, execution_id: str, data: dict[str, Any], answers: bool = True
+    ) -> Execution:
+        """The execution a head stands for, its spilled slots read back from their parts
+        (with the callbacks' answers unless `answers` is false)."""
+        if "input" not in data and "document" in data:
+            # Written before this layout (one map per execution): read until its TTL ends.
+            return Execution.model_validate(data["document"])
+        slots: dict[str, Any] = {"input": data["input"], "result": data.get("result", "null")}
+        slots |= {f"step.{name}": value for name, value in data.get("steps", {}).items()}
+        if answers:
+            slots |= {f"answer.{name}": value for name, value in data.get("answers", {}).items()}
+        slots = await self._read_slots(self._collection.document(execution_id), slots)
+        steps = {
+            name.removeprefix("step."): StepResult.model_validate_json(text)
+            for name, text in slots.items()
+            if name.startswith("step.")
+        }
+        summary = {name: data.get(name) for name in SUMMARY_FIELDS}
+        execution = Execution.model_validate(
+            {
+                **summary,
+                "execution_id": execution_id,
+                "input": from_json(slots["input"]),
+                "steps": steps,
+                "result": from_json(slots["result"]),
+            }
+        )
+        execution.webhook_url = data.get("webhook_url")
+        execution.traceparent = data.get("traceparent")
+        execution.callbacks = {
+            name.removeprefix("answer."): from_json(text)
+            for name, text in slots.items()
+            if name.startswith("answer.")
+        }
+        return execution
