@@ -170,6 +170,20 @@ def test_an_unreachable_broker_is_503_with_retry_after(
     assert response.headers["retry-after"] == "5"
 
 
+def test_a_request_the_broker_refuses_leaves_no_queued_record(
+    client: httpx.Client, transport: RecordingTransport
+) -> None:
+    """The queued record is written while the message is published: taken back on a 503."""
+    transport.down = True
+    headers = {"Idempotency-Key": "refused-once"}
+    assert client.post("/orchestrate", json=SEED, headers=headers).status_code == 503
+    transport.down = False
+    accepted = client.post("/orchestrate", json=SEED, headers={"Idempotency-Key": "other"})
+    assert client.get(accepted.json()["status_url"]).json()["status"] == "queued"
+    listed = client.get("/executions").json()["executions"]
+    assert [e["execution_id"] for e in listed] == [accepted.json()["execution_id"]]
+
+
 def test_health_ready_and_docs(client: httpx.Client, transport: RecordingTransport) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json() == {"status": "ready", "flows": ["ml-orchestration"]}

@@ -225,10 +225,24 @@ async def test_a_queued_execution_is_readable_and_replaced_by_its_first_claim(
 async def test_a_late_queued_record_never_overwrites_a_started_copy(store: ExecutionStore) -> None:
     execution = new_execution()
     await store.claim(execution, "a", LEASE_S)
-    await store.enqueue(execution.model_copy(update={"status": ExecutionStatus.QUEUED}))
+    late = execution.model_copy(update={"status": ExecutionStatus.QUEUED})
+    assert await store.enqueue(late) is False
+    await store.unqueue(execution.execution_id)  # a claimed execution is kept
     stored = await store.get(execution.execution_id)
     assert stored is not None and stored.status == ExecutionStatus.RUNNING
     assert (await store.claim(execution, "b", LEASE_S)).state == ClaimState.RUNNING
+
+
+async def test_a_queued_record_taken_back_is_gone_and_may_be_made_again(
+    store: ExecutionStore,
+) -> None:
+    execution = new_execution()
+    queued = execution.model_copy(update={"status": ExecutionStatus.QUEUED, "started_at": None})
+    assert await store.enqueue(queued) is True
+    await store.unqueue(execution.execution_id)
+    assert await store.get(execution.execution_id) is None
+    assert await store.enqueue(queued) is True  # a retried request
+    assert await store.get(execution.execution_id) == queued
 
 
 async def listed(store: ExecutionStore, query: ExecutionQuery) -> list[str]:
@@ -414,6 +428,26 @@ async def test_a_crashed_run_with_a_cancel_asked_is_claimed_with_the_cancel(
     await asyncio.sleep(0.5)
     claim = await store.claim(execution, "next", LEASE_S)
     assert claim.state == ClaimState.CLAIMED and claim.cancel_requested
+
+
+async def test_a_cancel_asked_between_checkpoints_wins_when_the_run_is_saved(
+    store: ExecutionStore,
+) -> None:
+    """On Firestore the holder's writes are conditioned on its own last one: the cancel's
+    write in between makes the next ones read it, and the save ends the run cancelled."""
+    execution = new_execution()
+    await store.claim(execution, "a", LEASE_S)
+    done = StepResult(status=StepStatus.SUCCEEDED, attempts=1)
+    await store.save_steps(execution.execution_id, {"one": done})
+    assert await store.cancel(execution.execution_id) == ExecutionStatus.RUNNING
+    await store.save_steps(execution.execution_id, {"two": done})
+    assert await store.renew(execution.execution_id, "a", LEASE_S)
+    execution.steps = {"one": done, "two": done}
+    execution.finish(ExecutionStatus.SUCCEEDED)
+    await store.save(execution)
+    stored = await store.get(execution.execution_id)
+    assert stored is not None and stored.status == ExecutionStatus.CANCELLED
+    assert stored.steps == {"one": done, "two": done}
 
 
 async def test_redrive_queues_the_next_run_keeping_what_succeeded(store: ExecutionStore) -> None:

@@ -118,8 +118,14 @@ async def _accept(request: Request, parts: Components) -> JSONResponse:
         webhook_url=webhook_url,
         requested_at=now(),
     )
-    await publish(parts, message, "the request was not accepted")
-    await _record_queued(parts.store, message)
+    recorded = asyncio.ensure_future(_record_queued(parts.store, message))
+    try:
+        await publish(parts, message, "the request was not accepted")
+    except BaseException:
+        if await recorded:  # not accepted: nothing is shown of it
+            await _take_back(parts.store, execution_id)
+        raise
+    await recorded
     status_url = f"{request.base_url}executions/{execution_id}"
     accepted = Accepted(execution_id=execution_id, flow=flow.name, status_url=status_url)
     return JSONResponse(accepted.model_dump(), 202, headers={"Location": status_url})
@@ -154,21 +160,34 @@ async def publish(parts: Components, message: RequestMessage, refusal: str, run:
         raise unavailable(exc, refusal) from None
 
 
-async def _record_queued(store: ExecutionStore, message: RequestMessage) -> None:
-    """Make the accepted execution readable as `queued` until a delivery claims it.
+async def _record_queued(store: ExecutionStore, message: RequestMessage) -> bool:
+    """Make the execution readable as `queued` until a delivery claims it; whether it
+    was recorded now.
 
-    After the publish, so that nothing unpublished is ever shown; a claim that came
-    first is kept. The broker has the message already: a store that fails or is slow
-    (past QUEUED_RECORD_WAIT_S) costs only the early view, so it is logged, not refused.
+    While its message is published (a round trip each: together, not one after the
+    other); taken back if the publish fails. A claim that came first is kept. A store
+    that fails or is slow (past QUEUED_RECORD_WAIT_S) costs only the early view: the
+    broker has the message, so it is logged, not refused.
     """
     queued = message.resolve(None, None).execution(ExecutionStatus.QUEUED)
     try:
         async with asyncio.timeout(QUEUED_RECORD_WAIT_S):
-            await store.enqueue(queued)
+            return await store.enqueue(queued)
     except TimeoutError:
         log.warning("accepted execution not recorded as queued", reason="the store is slow")
     except OrchestratorError as exc:
         log.warning("accepted execution not recorded as queued", reason=str(exc))
+    return False
+
+
+async def _take_back(store: ExecutionStore, execution_id: str) -> None:
+    """Remove the queued record of a request that was refused (its message not published)."""
+    try:
+        async with asyncio.timeout(QUEUED_RECORD_WAIT_S):
+            await store.unqueue(execution_id)
+    except (TimeoutError, OrchestratorError) as exc:
+        # Shown as queued until its TTL, though nothing will run it.
+        log.error("a refused request's queued record stays", reason=str(exc) or "slow store")
 
 
 def _execution_id(request: Request, flow: str, idempotency_key: str | None) -> str:

@@ -38,7 +38,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service.backends.firestore_calls import Contended
 from service.backends.firestore_layout import slot, summary
 from service.backends.firestore_operations import FirestoreOperations
-from service.backends.firestore_wire import LOST_RACE, later, python, write
+from service.backends.firestore_wire import LOST_RACE, deletion, later, python, write
 from service.backends.store import Claim, ClaimState, cancel_wins, claimed
 from service.errors import StoreUnavailable
 from service.execution import Execution, ExecutionStatus, StepResult
@@ -79,15 +79,29 @@ class FirestoreStore(FirestoreOperations):
         super().__init__(*args, **kwargs)
         self._held: OrderedDict[str, _Held] = OrderedDict()
 
-    async def enqueue(self, execution: Execution) -> None:
+    async def enqueue(self, execution: Execution) -> bool:
         fields, parts = self._document(execution)
         await self._write_parts(execution.execution_id, parts)
         created = write(self._name(execution.execution_id), fields, exists=False)
         try:
             await self._call(self._wire.commit([created], self._timeout_s))
         except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, LOST_RACE):
+                return False  # a copy is stored: it stays as it is
+            raise
+        return True
+
+    async def unqueue(self, execution_id: str) -> None:
+        name = self._name(execution_id)
+        document = await self._call(self._wire.get(name, self._timeout_s))
+        if document is None or python(document.fields).get("status") != ExecutionStatus.QUEUED:
+            return
+        try:
+            gone = deletion(name, document.update_time)
+            await self._call(self._wire.commit([gone], self._timeout_s))
+        except StoreUnavailable as exc:
             if not isinstance(exc.__cause__, LOST_RACE):
-                raise  # else a copy is stored: it stays as it is
+                raise  # else a claim came first: it is kept
 
     async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
         name = self._name(execution.execution_id)

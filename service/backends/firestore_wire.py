@@ -10,7 +10,8 @@ transactions of the operators' endpoints and everything else stay on the client.
     fields(...)         python values as Firestore `Value`s (a dict is a map)
     python(fields)      and back: timestamps as aware datetimes
     Wire.get(path)      one document (fields and update time), or None
-    Wire.commit(writes) one atomic commit; each write's update time
+    Wire.commit(writes) one atomic commit (of `write`s and `deletion`s); each one's
+                        update time
 
 A write's precondition (`exists`, `update_time`) makes a read-decide-write safe without
 a transaction: a write that lost to another is refused (FailedPrecondition, or
@@ -113,6 +114,14 @@ def write(
         change.current_document.update_time.CopyFrom(update_time)
     elif exists is not None:
         change.current_document.exists = exists
+    return change
+
+
+def deletion(name: str, update_time: Timestamp) -> Any:
+    """Delete document `name` if it is still at `update_time`."""
+    change = Write()
+    change.delete = name
+    change.current_document.update_time.CopyFrom(update_time)
     return change
 
 

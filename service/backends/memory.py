@@ -74,10 +74,18 @@ class MemoryStore:
         self._shares: dict[str, dict[str, Holder]] = {}
         self._lock = asyncio.Lock()
 
-    async def enqueue(self, execution: Execution) -> None:
+    async def enqueue(self, execution: Execution) -> bool:
         async with self._lock:
-            if execution.execution_id not in self._entries:
-                self._put(execution.execution_id, _Entry(execution))
+            if execution.execution_id in self._entries:
+                return False
+            self._put(execution.execution_id, _Entry(execution))
+            return True
+
+    async def unqueue(self, execution_id: str) -> None:
+        async with self._lock:
+            entry = self._entries.get(execution_id)
+            if entry is not None and entry.execution.status == ExecutionStatus.QUEUED:
+                del self._entries[execution_id]
 
     async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
         now = time.monotonic()

@@ -8,8 +8,9 @@ next delivery within about one lease. Step outcomes are stored as they
 complete (`save_steps`, several in one write), so a resumed execution does not
 call them again.
 
-The front door records each accepted execution as `queued` (`enqueue`), which
-never overwrites a copy that already started; the first claim replaces it.
+The front door records each accepted execution as `queued` (`enqueue`) while it
+publishes its message, never overwriting a copy that already started, and takes the
+record back (`unqueue`) if the publish fails; the first claim replaces it.
 `list` answers summaries newest first (by `requested_at`, then id) a page at a
 time; a page token is the last key of its page, so inserts never shift pages.
 
@@ -257,8 +258,13 @@ class ExecutionStore(Protocol):
     # How long a step's outcome waits for others to share its write (service/worker/checkpoints.py).
     write_window_s: float
 
-    async def enqueue(self, execution: Execution) -> None:
-        """Record an accepted execution as queued, unless a copy of it is already stored."""
+    async def enqueue(self, execution: Execution) -> bool:
+        """Record an accepted execution as queued, unless a copy of it is already stored;
+        whether it was recorded."""
+
+    async def unqueue(self, execution_id: str) -> None:
+        """Take back the queued record `enqueue` made (its message was not published),
+        unless a delivery has claimed the execution meanwhile."""
 
     async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
         """Take the lease on `execution` unless another holds it or its result was delivered."""

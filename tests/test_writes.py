@@ -1,0 +1,150 @@
+"""What an execution writes to the store: outcomes that end together share a write, a
+skipped step's and the run's last ride with the next one, and with nowhere to deliver
+the run's end is one write. Counted on both stores; on Firestore, documents committed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from service.app import build
+from service.backends.firestore import FirestoreStore
+from service.backends.memory import MemoryStore
+from service.backends.store import ExecutionStore
+from service.execution import Execution, ExecutionStatus
+from service.messages import SEED_PAYLOAD, PushEnvelope
+from tests.support.fakes import RecordingTransport
+from tests.support.functions import HttpxSender
+from tests.support.project import make_settings, project_flows
+from tests.test_store import fresh_firestore_store
+
+FLOWS = project_flows("http://fn")
+WEBHOOK = "http://hooks.example/hook"
+WITH_EMBEDDINGS = {**SEED_PAYLOAD, "create_user_embedding": True}
+
+
+class Counted:
+    """A store whose writes are counted by method, the outcomes of each `save_steps` kept."""
+
+    def __init__(self, store: ExecutionStore) -> None:
+        self.store = store
+        self.calls: Counter[str] = Counter()
+        self.step_writes: list[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+        if name not in {"enqueue", "claim", "save_steps", "save", "suspend", "renew"}:
+            return method
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            if name == "save_steps":
+                self.step_writes.append(sorted(args[1]))
+            return await method(*args, **kwargs)
+
+        return counted
+
+
+@pytest.fixture(params=["memory", pytest.param("firestore", marks=pytest.mark.emulator)])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[ExecutionStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    request.getfixturevalue("firestore_emulator")
+    firestore = fresh_firestore_store()
+    yield firestore
+    await firestore.close()
+
+
+def functions(delays: dict[str, float]) -> httpx.MockTransport:
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "hooks.example":
+            return httpx.Response(204)
+        await asyncio.sleep(delays.get(request.url.path, 0))
+        if request.url.path == "/match-candidato":
+            return httpx.Response(200, json={"vacancies": [{"vacancy_id": "v1"}]})
+        return httpx.Response(200, json={"ok": True})
+
+    return httpx.MockTransport(answer)
+
+
+async def run(
+    store: ExecutionStore,
+    flow_input: dict[str, Any],
+    webhook_url: str | None = None,
+    delays: dict[str, float] | None = None,
+) -> tuple[Counted, Counter[str]]:
+    """One execution from its queued record to its end: the store's writes by method, and
+    on Firestore the documents each commit wrote (`documents`)."""
+    counted, documents = Counted(store), Counter[str]()
+    if isinstance(store, FirestoreStore):
+        commit = store._wire.commit
+
+        async def counting(writes: list[Any], timeout_s: float) -> Any:
+            documents["documents"] += len(writes)
+            return await commit(writes, timeout_s)
+
+        store._wire.commit = counting  # type: ignore[method-assign]
+    execution_id = str(uuid.uuid4())
+    queued = Execution(
+        execution_id=execution_id,
+        flow="ml-orchestration",
+        status=ExecutionStatus.QUEUED,
+        input=flow_input,
+        started_at=None,
+    )
+    settings = make_settings(webhook_allow_private_networks=True)
+    async with httpx.AsyncClient(transport=functions(delays or {})) as http:
+        parts = build(settings, FLOWS, RecordingTransport(), counted, http, HttpxSender(http))  # type: ignore[arg-type]
+        await counted.enqueue(queued)
+        message = {
+            "execution_id": execution_id,
+            "flow": "ml-orchestration",
+            "input": flow_input,
+            "webhook_url": webhook_url,
+        }
+        data = base64.b64encode(json.dumps(message).encode()).decode()
+        pushed = PushEnvelope.model_validate({"message": {"data": data, "messageId": "m"}})
+        assert await parts.push.handle(pushed) == 204
+    stored = await store.get(execution_id)
+    assert stored is not None and stored.status == ExecutionStatus.SUCCEEDED
+    return counted, documents
+
+
+async def test_the_original_request_is_four_writes(store: ExecutionStore) -> None:
+    """Queued record, claim, one checkpoint (profession and matching, which end together,
+    with the skipped embeddings), and the analyses with the final state."""
+    counted, documents = await run(store, SEED_PAYLOAD)
+    assert counted.calls == {"enqueue": 1, "claim": 1, "save_steps": 1, "save": 1}
+    assert counted.step_writes == [
+        ["create_user_embeddings", "match_candidato", "profession_orchestrator"]
+    ]
+    if isinstance(store, FirestoreStore):
+        assert documents["documents"] == 4
+
+
+async def test_a_webhook_adds_the_write_that_says_it_went_out(store: ExecutionStore) -> None:
+    """The result is stored before it goes out (a receiver may read it back), then marked."""
+    counted, _ = await run(store, SEED_PAYLOAD, webhook_url=WEBHOOK)
+    assert counted.calls["save"] == 2
+
+
+async def test_steps_that_end_apart_are_written_apart(store: ExecutionStore) -> None:
+    """Embeddings end before the steps after them start; profession ends 100 ms after
+    matching and its analyses, past the write window, and last: it rides with the end."""
+    delays = {"/profession-orchestrator": 0.1}
+    counted, _ = await run(store, WITH_EMBEDDINGS, delays=delays)
+    assert counted.step_writes == [
+        ["create_user_embeddings"],
+        ["match_candidato"],
+        ["match_analysis_user_vacancy"],
+    ]
+    assert counted.calls["save"] == 1
