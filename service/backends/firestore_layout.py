@@ -35,12 +35,12 @@ documents and one pointer.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.execution import Execution, ExecutionSummary
+from service.limits import dump_json, parse_json
 from service.waits import MAX_WAIT_S
 
 # Each slot inline up to this; with at most MAX_FLOW_STEPS (50) steps a head stays < 1 MiB.
@@ -128,8 +128,8 @@ def batches(parts: Parts) -> Iterator[list[str]]:
 
 
 def to_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return dump_json(value).decode()
 
 
 def from_json(text: str) -> Any:
-    return json.loads(text)
+    return parse_json(text.encode())

@@ -9,7 +9,6 @@ address) and Google's certificates keep httpx's API over the same session.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from typing import Any, Protocol
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+
+from service.limits import dump_json
 
 # An answer is kept in the execution document: bound what one call may bring in.
 MAX_ANSWER_BYTES = 10 * 1024 * 1024
@@ -57,7 +58,7 @@ class Sender(Protocol):
 
 
 def encode_json(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return dump_json(body)
 
 
 async def read_bounded(chunks: AsyncIterator[bytes], declared: str | None) -> bytes:
