@@ -88,13 +88,13 @@ class Counts:
         def batch_get(request: Any = None, **_: Any) -> tuple[str, int, int]:
             return "reads", len(types.BatchGetDocumentsRequest(request).documents), 0
 
-        def wire_commit(writes: list[Any], *_: Any) -> tuple[str, int, int]:
-            return "writes", len(writes), sum(write.ByteSize() for write in writes)
+        def wire_write(change: Any, *_: Any) -> tuple[str, int, int]:
+            return "writes", 1, change.ByteSize()
 
         counted(api, "commit", commit)
         counted(api, "batch_get_documents", batch_get)
         counted(api, "run_query", lambda *_, **__: ("queries", 1, 0))
-        counted(wire, "commit", wire_commit)
+        counted(wire, "write", wire_write)
         counted(wire, "get", lambda *_: ("reads", 1, 0))
 
     def per(self, runs: int) -> dict[str, float]:

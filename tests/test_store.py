@@ -118,11 +118,11 @@ async def test_a_finished_execution_is_leased_until_its_result_is_delivered(
     store: ExecutionStore,
 ) -> None:
     execution = new_execution()
-    await store.claim(execution, "a", lease_s=0.5)
+    await store.claim(execution, "a", lease_s=1.5)
     execution.finish(ExecutionStatus.SUCCEEDED)
     await store.save(execution)
     assert (await store.claim(execution, "b", LEASE_S)).state == ClaimState.RUNNING
-    await asyncio.sleep(0.7)  # "a" died before delivering: "b" takes over the delivery
+    await asyncio.sleep(1.7)  # "a" died before delivering: "b" takes over the delivery
     undelivered = await store.claim(execution, "b", LEASE_S)
     assert (undelivered.state, undelivered.delivered) == (ClaimState.FINISHED, False)
     assert undelivered.execution == execution

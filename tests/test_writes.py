@@ -86,13 +86,13 @@ async def run(
     on Firestore the documents each commit wrote (`documents`)."""
     counted, documents = Counted(store), Counter[str]()
     if isinstance(store, FirestoreStore):
-        commit = store._wire.commit
+        write = store._wire.write
 
-        async def counting(writes: list[Any], timeout_s: float) -> Any:
-            documents["documents"] += len(writes)
-            return await commit(writes, timeout_s)
+        async def counting(change: Any, timeout_s: float) -> Any:
+            documents["documents"] += 1
+            return await write(change, timeout_s)
 
-        store._wire.commit = counting  # type: ignore[method-assign]
+        store._wire.write = counting  # type: ignore[method-assign]
     execution_id = str(uuid.uuid4())
     queued = Execution(
         execution_id=execution_id,

@@ -84,7 +84,7 @@ class FirestoreStore(FirestoreOperations):
         await self._write_parts(execution.execution_id, parts)
         created = write(self._name(execution.execution_id), fields, exists=False)
         try:
-            await self._call(self._wire.commit([created], self._timeout_s))
+            await self._call(self._wire.write(created, self._timeout_s))
         except StoreUnavailable as exc:
             if isinstance(exc.__cause__, LOST_RACE):
                 return False  # a copy is stored: it stays as it is
@@ -98,7 +98,7 @@ class FirestoreStore(FirestoreOperations):
             return
         try:
             gone = deletion(name, document.update_time)
-            await self._call(self._wire.commit([gone], self._timeout_s))
+            await self._call(self._wire.write(gone, self._timeout_s))
         except StoreUnavailable as exc:
             if not isinstance(exc.__cause__, LOST_RACE):
                 raise  # else a claim came first: it is kept
@@ -121,7 +121,7 @@ class FirestoreStore(FirestoreOperations):
                     break
                 change = write(name, fields, list(fields), update_time=document.update_time)
             try:
-                [version] = await self._call(self._wire.commit([change], self._timeout_s))
+                version = await self._call(self._wire.write(change, self._timeout_s))
             except StoreUnavailable as exc:
                 if isinstance(exc.__cause__, LOST_RACE):
                     continue  # another claim (or a cancel) wrote first: read again
@@ -227,7 +227,7 @@ class FirestoreStore(FirestoreOperations):
             expected = held.version
             try:
                 committed = write(name, fields, mask, update_time=expected)
-                [version] = await self._call(self._wire.commit([committed], self._timeout_s))
+                version = await self._call(self._wire.write(committed, self._timeout_s))
             except StoreUnavailable as exc:
                 if isinstance(exc.__cause__, LOST_RACE):
                     held.version = None  # another wrote since: read what changed

@@ -142,9 +142,10 @@ class FirestoreBase:
         await self._write_parts_of(reference, parts, entry.expires_at - now())
         fields = {"output": value, "made_by": entry.made_by, "expire_at": entry.expires_at}
         kept = write(self._wire.path(self._cache.id, key), fields)
-        await self._call(self._wire.commit([kept], self._timeout_s))
+        await self._call(self._wire.write(kept, self._timeout_s))
 
     async def close(self) -> None:
+        await self._wire.close()
         self._client.close()  # type: ignore[no-untyped-call]
 
     async def _call(self, awaitable: Awaitable[Any]) -> Any:

@@ -153,7 +153,7 @@ class FirestoreOperations(FirestoreBase):
                 update_time=snapshot.update_time.timestamp_pb(),
             )
             try:
-                await self._call(self._wire.commit([moved], self._timeout_s))
+                await self._call(self._wire.write(moved, self._timeout_s))
             except StoreUnavailable as exc:
                 if isinstance(exc.__cause__, LOST_RACE):
                     return None  # another waker took it
