@@ -152,3 +152,24 @@ def test_an_unknown_metrics_exporter_stops_start_up(monkeypatch: pytest.MonkeyPa
         metric_exporter_names()
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "gcp_monitoring, otlp")
     assert metric_exporter_names() == ["gcp_monitoring", "otlp"]
+
+
+def test_counters_are_cumulative_per_label_set_whatever_the_labels_order() -> None:
+    """Counters are plain numbers read by observable instruments at collection time."""
+    metrics = Metrics()
+    metrics.ml_calls.add(1, {"host": "a", "outcome": "success"})
+    metrics.ml_calls.add(2, {"outcome": "success", "host": "a"})
+    metrics.in_flight.add(1)
+    metrics.in_flight.add(1)
+    metrics.in_flight.add(-1)
+    found = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(metrics.text().decode())
+        for sample in family.samples
+    }
+    assert value(found, "orchestrator_ml_calls_total", host="a", outcome="success") == 3
+    assert value(found, "orchestrator_executions_in_flight") == 1
+    metrics.ml_calls.add(1, {"host": "a", "outcome": "success"})
+    again = text_string_to_metric_families(metrics.text().decode())
+    totals = [s.value for f in again for s in f.samples if s.name == "orchestrator_ml_calls_total"]
+    assert totals == [4]
