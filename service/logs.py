@@ -13,6 +13,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 from service.telemetry import current_ids
@@ -93,4 +94,7 @@ def _remove_meta(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
 
 
 def _dumps(value: Any, **_: Any) -> str:
-    return json.dumps(value, default=str, ensure_ascii=False)
+    try:  # orjson: a line in a quarter of json's time (a line per step and per execution)
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:  # an integer past 64 bits, a key that is not a string
+        return json.dumps(value, default=str, ensure_ascii=False)
