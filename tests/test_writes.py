@@ -10,6 +10,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,10 +20,14 @@ from service.app import build
 from service.backends.firestore import FirestoreStore
 from service.backends.memory import MemoryStore
 from service.backends.store import ExecutionStore
-from service.execution import Execution, ExecutionStatus
+from service.engine.calls import MLCaller
+from service.engine.outbound_auth import NoTokens
+from service.engine.runner import FlowRunner
+from service.engine.waiting import Waits
+from service.execution import Execution, ExecutionStatus, StepResult
 from service.messages import SEED_PAYLOAD, PushEnvelope
 from tests.support.fakes import RecordingTransport
-from tests.support.functions import HttpxSender
+from tests.support.functions import Functions, HttpxSender, flow_from
 from tests.support.project import make_settings, project_flows
 from tests.test_store import fresh_firestore_store
 
@@ -138,9 +143,9 @@ async def test_a_webhook_adds_the_write_that_says_it_went_out(store: ExecutionSt
 
 
 async def test_steps_that_end_apart_are_written_apart(store: ExecutionStore) -> None:
-    """Embeddings end before the steps after them start; profession ends 100 ms after
+    """Embeddings end before the steps after them start; profession ends 500 ms after
     matching and its analyses, past the write window, and last: it rides with the end."""
-    delays = {"/profession-orchestrator": 0.1}
+    delays = {"/profession-orchestrator": 0.5}
     counted, _ = await run(store, WITH_EMBEDDINGS, delays=delays)
     assert counted.step_writes == [
         ["create_user_embeddings"],
@@ -148,3 +153,38 @@ async def test_steps_that_end_apart_are_written_apart(store: ExecutionStore) -> 
         ["match_analysis_user_vacancy"],
     ]
     assert counted.calls["save"] == 1
+
+
+async def test_a_wait_s_outcomes_ride_with_the_suspend_and_the_next_write(
+    tmp_path: Path,
+) -> None:
+    """The waiting step is written by the suspend; on resume a sleep's end is decided again
+    without a call if lost, and the last step goes with the run's end: no own writes."""
+    flow = flow_from(
+        tmp_path,
+        """
+steps:
+  first: {call: 'http://fn/first'}
+  nap: {after: [first], sleep: 50ms}
+  second: {after: [nap], call: 'http://fn/second'}
+""",
+    )
+    written: list[str] = []
+
+    async def checkpoint(name: str, result: StepResult) -> None:
+        written.append(name)
+
+    execution = Execution(
+        execution_id="e1", flow=flow.name, status=ExecutionStatus.RUNNING, input={}
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(Functions())) as client:
+        caller = MLCaller(HttpxSender(client), NoTokens())
+        runner = FlowRunner(caller, 30, waits=Waits(caller, inline_wait_s=0))
+        await runner.run(flow, execution, checkpoint)
+        assert execution.status == ExecutionStatus.WAITING
+        assert written == ["first"]
+        await asyncio.sleep(0.1)  # its wake_at has passed
+        execution.status = ExecutionStatus.RUNNING  # claimed again
+        await runner.run(flow, execution, checkpoint)
+    assert execution.status == ExecutionStatus.SUCCEEDED
+    assert written == ["first"]

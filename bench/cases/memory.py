@@ -5,6 +5,7 @@ same load: what one in-flight execution costs beyond what its connections cost a
 from __future__ import annotations
 
 import asyncio
+import ctypes.util
 
 from bench.cases.engine import pusher
 from bench.load import Latencies, in_flight
@@ -14,12 +15,20 @@ from bench.run import FULL, Bench
 
 async def run(bench: Bench, functions: Process) -> None:
     slow = bench.functions(delay_ms=2000)
+    jemalloc = ctypes.util.find_library("jemalloc")
+    with_jemalloc = None
     try:
         service = bench.service(slow)
         try:
             ours = await peak_rss(service, bench.sizes.memory)
         finally:
             service.stop()
+        if jemalloc is not None:  # the same service on jemalloc's allocator instead of glibc's
+            service = bench.service(slow, LD_PRELOAD=jemalloc)  # a soname: the loader finds it
+            try:
+                with_jemalloc = await peak_rss(service, bench.sizes.memory)
+            finally:
+                service.stop()
         handwritten = bench.handwritten(slow)
         try:
             ceiling = await peak_rss(handwritten, bench.sizes.memory)
@@ -36,8 +45,18 @@ async def run(bench: Bench, functions: Process) -> None:
         f"RSS peak {peak:.0f} MB (idle {idle:.0f}), {per_execution:.0f} KB per execution"
         + (f", failures: {result.errors}" if result.errors else ""),
         f"hand-written endpoint {ceiling_per_execution:.0f} KB per execution",
-        f"+{per_execution - ceiling_per_execution:.0f} KB",
+        f"{per_execution / ceiling_per_execution:.2f}x (goal ≤ 1.3x)",
     )
+    if with_jemalloc is not None:
+        idle, peak, _ = with_jemalloc
+        jemalloc_per_execution = (peak - idle) * 1024 / count
+        bench.report.add(
+            f"memory, {count} executions in flight, jemalloc (LD_PRELOAD)",
+            f"RSS peak {peak:.0f} MB (idle {idle:.0f}), "
+            f"{jemalloc_per_execution:.0f} KB per execution",
+            f"glibc's malloc {per_execution:.0f} KB per execution",
+            f"{jemalloc_per_execution / per_execution:.2f}x",
+        )
 
 
 async def peak_rss(process: Process, count: int) -> tuple[float, float, Latencies]:

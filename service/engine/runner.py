@@ -332,22 +332,42 @@ def _succeeded_items(previous: StepResult | None, count: int) -> set[int]:
 
 
 def _rides_along(flow: Flow, execution: Execution, name: str, result: StepResult) -> bool:
-    """Whether an outcome is written with the run's next write, not one of its own: a
-    skipped step's (it is decided again, without a call, if it is lost), or the run's
-    last (every other step has ended or waits: the run's end writes it)."""
+    """Whether an outcome is written with the run's next write, not one of its own: one
+    decided again without a call if it is lost (a skipped step's, a sleep's or a
+    callback's end: its answer is stored), or the run's last (no step runs, none can
+    start but after a step that waits: the run's end, or its suspend, writes it)."""
+    step = flow.steps[name]
     if result.status == StepStatus.SKIPPED:
         return True
     if result.status not in ENDED:
         return False  # a step about to wait for a callback: its token is stored first
-    return all(
-        other == name
-        or ((ended := execution.steps.get(other)) is not None and ended.status in ENDED)
-        for other in flow.steps
-    )
+    if result.status == StepStatus.SUCCEEDED and not step.url:
+        return True  # a sleep that ended
+    if result.status == StepStatus.SUCCEEDED and step.callback_timeout_s is not None:
+        return True  # its answer is stored: a resume ends it again
+    steps = execution.steps
+
+    def held_back(other: str) -> bool:
+        """Whether `other`, not started, waits behind a step that waits."""
+        for before in flow.steps[other].after:
+            status = result.status if before == name else _status(steps.get(before))
+            if status == StepStatus.WAITING or (status is None and held_back(before)):
+                return True
+        return False
+
+    for other in flow.steps:
+        if other == name:
+            continue
+        status = _status(steps.get(other))
+        if status is None and not held_back(other):
+            return False  # it starts now, or after this one
+        if status is not None and status not in ENDED:
+            return False  # it runs
+    return True
 
 
-def _over(result: StepResult | None) -> bool:
-    return result is not None and result.status in ENDED
+def _status(result: StepResult | None) -> StepStatus | None:
+    return None if result is None else result.status
 
 
 def _skipped(error: str | None) -> StepResult:
