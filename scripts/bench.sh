@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmark: starts the Pub/Sub emulator, stand-in functions and the service
 # itself, prints a table of figures against ceilings measured in the same run, and
-# writes docs/performance/ (table.md, results.json, performance.png). About 6 minutes.
+# writes docs/performance/ (table.md, results.json, performance.png). About 8 minutes.
 # Arguments go to `python -m bench` (--tiny, --delay-ms MS, --out DIR).
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib/venv.sh

@@ -37,6 +37,9 @@ def test_the_benchmark_runs_every_case_at_a_tiny_size(tmp_path: Path) -> None:
         "through the emulator",
         "front door, max rate (50 connections), 2 workers",
         "engine at 100 in flight, 2 workers",
+        "store: default flow, the original request",
+        "store: a wake",
+        "store: a cache hit",
     ):
         assert case in table
     assert "not measured" not in table

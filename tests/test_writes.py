@@ -24,9 +24,10 @@ from service.engine.calls import MLCaller
 from service.engine.outbound_auth import NoTokens
 from service.engine.runner import FlowRunner
 from service.engine.waiting import Waits
+from service.errors import StoreRefused
 from service.execution import Execution, ExecutionStatus, StepResult
 from service.messages import SEED_PAYLOAD, PushEnvelope
-from tests.support.fakes import RecordingTransport
+from tests.support.fakes import FaultyStore, RecordingTransport
 from tests.support.functions import Functions, HttpxSender, flow_from
 from tests.support.project import make_settings, project_flows
 from tests.test_store import fresh_firestore_store
@@ -188,3 +189,22 @@ steps:
         await runner.run(flow, execution, checkpoint)
     assert execution.status == ExecutionStatus.SUCCEEDED
     assert written == ["first"]
+
+
+async def test_with_nowhere_to_deliver_a_refused_result_still_ends_the_execution_failed() -> None:
+    """The one write that ends the run is refused for good: the execution is stored
+    failed, with the reason, not left running."""
+    store = FaultyStore()
+    refused = [StoreRefused("execution store: 400 maximum entity size")]
+    store.save_fault = lambda execution: refused.pop() if refused else None
+    settings = make_settings()
+    execution_id = str(uuid.uuid4())
+    message = {"execution_id": execution_id, "flow": "ml-orchestration", "input": SEED_PAYLOAD}
+    data = base64.b64encode(json.dumps(message).encode()).decode()
+    pushed = PushEnvelope.model_validate({"message": {"data": data, "messageId": "m"}})
+    async with httpx.AsyncClient(transport=functions({})) as http:
+        parts = build(settings, FLOWS, RecordingTransport(), store, http, HttpxSender(http))
+        assert await parts.push.handle(pushed) == 204
+    stored = await store.get(execution_id)
+    assert stored is not None and stored.status == ExecutionStatus.FAILED
+    assert stored.error is not None and "result not stored" in stored.error

@@ -111,14 +111,15 @@ class FirestoreStore(FirestoreOperations):
             document = await self._call(self._wire.get(name, self._timeout_s))
             now = datetime.now(UTC)
             lease = {"owner": owner, "lease_until": now + timedelta(seconds=lease_s)}
-            if document is None:
-                decided: tuple[ClaimState, dict[str, Any] | None] = (ClaimState.CLAIMED, None)
-                change = write(name, fresh | lease, exists=False)
+            data = None if document is None else python(document.fields)
+            fields: dict[str, Any] | None
+            if data is None:
+                state, fields = ClaimState.CLAIMED, fresh | lease
+                change = write(name, fields, exists=False)
             else:
-                data = python(document.fields)
-                decided, fields = _claimed(data, execution, lease, now)
+                state, fields = _claimed(data, execution, lease, now)
                 if fields is None:
-                    break
+                    return await self._answer(state, data, execution)  # nothing to write
                 change = write(name, fields, list(fields), update_time=document.update_time)
             try:
                 version = await self._call(self._wire.write(change, self._timeout_s))
@@ -127,22 +128,24 @@ class FirestoreStore(FirestoreOperations):
                     continue  # another claim (or a cancel) wrote first: read again
                 raise
             held = self._holding(execution.execution_id, reset=True)
+            held.learn(data or {})
             held.version, held.owner = version, owner
-            if document is not None:
-                held.learn(data)
-                held.owner = owner
-            break
-        else:
-            return Claim(ClaimState.RUNNING)  # other deliveries are claiming it now
-        state, data_or_none = decided
+            return await self._answer(state, data, execution)
+        return Claim(ClaimState.RUNNING)  # other deliveries are claiming it now
+
+    async def _answer(
+        self, state: ClaimState, data: dict[str, Any] | None, execution: Execution
+    ) -> Claim:
+        """What a claim that decided `state` on the stored head `data` (None: it made the
+        head from `execution`) answers."""
         if state == ClaimState.RUNNING:
             return Claim(state)
-        if data_or_none is None:
+        if data is None:
             return Claim(ClaimState.CLAIMED, execution)
-        stored = await self._execution(execution.execution_id, data_or_none)
+        stored = await self._execution(execution.execution_id, data)
         if state == ClaimState.FINISHED:
             return Claim(ClaimState.FINISHED, stored, delivered=True)
-        return claimed(stored, bool(data_or_none.get("cancel_requested")), execution)
+        return claimed(stored, bool(data.get("cancel_requested")), execution)
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
         def renewed(held: _Held) -> tuple[dict[str, Any], list[str]] | None:
@@ -251,7 +254,7 @@ class FirestoreStore(FirestoreOperations):
 
 def _claimed(
     data: dict[str, Any], execution: Execution, lease: dict[str, Any], now: datetime
-) -> tuple[tuple[ClaimState, dict[str, Any] | None], dict[str, Any] | None]:
+) -> tuple[ClaimState, dict[str, Any] | None]:
     """What a claim of the stored head `data` decides, and the fields it writes (None:
     nothing)."""
     pinned = {
@@ -260,13 +263,13 @@ def _claimed(
     }
     if data.get("status") == ExecutionStatus.QUEUED:
         started = {"status": ExecutionStatus.RUNNING.value, "started_at": now}
-        return (ClaimState.CLAIMED, data), {**lease, **started, **pinned}
+        return ClaimState.CLAIMED, {**lease, **started, **pinned}
     if data.get("delivered"):
-        return (ClaimState.FINISHED, data), None
+        return ClaimState.FINISHED, None
     lease_until = data.get("lease_until")
     if lease_until is not None and lease_until > now:
-        return (ClaimState.RUNNING, None), None
+        return ClaimState.RUNNING, None
     if data.get("status") == ExecutionStatus.WAITING:
         resumed = {"status": ExecutionStatus.RUNNING.value, "wake_at": None}
-        return (ClaimState.CLAIMED, data), {**lease, **resumed}
-    return (ClaimState.CLAIMED, data), lease
+        return ClaimState.CLAIMED, {**lease, **resumed}
+    return ClaimState.CLAIMED, lease

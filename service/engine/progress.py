@@ -1,13 +1,18 @@
-"""How a run proceeds: each step as soon as the steps it comes after are done, and
-everything abandoned when the execution is cancelled."""
+"""How a run proceeds: each step as soon as the steps it comes after are done,
+everything abandoned when the execution is cancelled, and which outcomes need a
+write of their own (`rides_along`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from service.engine.flow import Flow, Step
+from service.execution import StepResult, StepStatus
+
+# What a step is once this run is done with it: ended, or waiting.
+ENDED = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.WAITING})
 
 
 class Cancelled(Exception):
@@ -69,3 +74,41 @@ async def as_ready(flow: Flow, finished: set[str], run: Callable[[Step], Awaitab
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     error = group.exceptions[0]
     return _first(error) if isinstance(error, BaseExceptionGroup) else error
+
+
+def rides_along(flow: Flow, steps: Mapping[str, StepResult], name: str, result: StepResult) -> bool:
+    """Whether an outcome is written with the run's next write, not one of its own: one
+    decided again without a call if it is lost (a skipped step's, a sleep's or a
+    callback's end: its answer is stored), or the run's last (no step runs, none can
+    start but after a step that waits: the run's end, or its suspend, writes it)."""
+    step = flow.steps[name]
+    if result.status == StepStatus.SKIPPED:
+        return True
+    if result.status not in ENDED:
+        return False  # a step about to wait for a callback: its token is stored first
+    if result.status == StepStatus.SUCCEEDED and not step.url:
+        return True  # a sleep that ended
+    if result.status == StepStatus.SUCCEEDED and step.callback_timeout_s is not None:
+        return True  # its answer is stored: a resume ends it again
+
+    def held_back(other: str) -> bool:
+        """Whether `other`, not started, waits behind a step that waits."""
+        for before in flow.steps[other].after:
+            status = result.status if before == name else _status(steps.get(before))
+            if status == StepStatus.WAITING or (status is None and held_back(before)):
+                return True
+        return False
+
+    for other in flow.steps:
+        if other == name:
+            continue
+        status = _status(steps.get(other))
+        if status is None and not held_back(other):
+            return False  # it starts now, or after this one
+        if status is not None and status not in ENDED:
+            return False  # it runs
+    return True
+
+
+def _status(result: StepResult | None) -> StepStatus | None:
+    return None if result is None else result.status

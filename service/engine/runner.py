@@ -5,8 +5,9 @@ for the steps after it; a failed step skips the steps that need it, and fails
 the execution (`on_error: fail`) or leaves it `partial` (`on_error: continue`).
 Steps that already have an outcome in the document (a resumed execution) are
 not run again; each new outcome is handed to `checkpoint` as soon as it exists,
-but for a skipped step's and the run's last (`_rides_along`): those go with the
-next write, or with the save that ends the run.
+but for those decided again without a call if lost (a skipped step's, a sleep's or
+a callback's end) and the run's last (`rides_along`): those go with the next
+write, or with the save (or suspend) that ends the run.
 A document holding a step the flow does not have (renamed or removed by a deploy
 since the execution started) runs nothing and fails, naming the steps.
 An outcome the store refuses for good (StoreRefused) fails its step, with the
@@ -38,7 +39,7 @@ from service.engine.caching import StepCache
 from service.engine.calls import CallResult, MLCaller
 from service.engine.expressions import ITERATION_BUDGET, EvaluationError, render_value
 from service.engine.flow import Flow, Step
-from service.engine.progress import Cancelled, as_ready, unless
+from service.engine.progress import Cancelled, as_ready, rides_along, unless
 from service.engine.waiting import Checkpoint, Waits
 from service.errors import StoreRefused
 from service.execution import (
@@ -59,7 +60,6 @@ log = structlog.get_logger(__name__)
 # Any list for_each takes can still be filtered by CEL, which refuses the 10,000th iteration.
 MAX_FOR_EACH_ITEMS = ITERATION_BUDGET - 1
 FINAL_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
-ENDED = FINAL_STEP_STATUSES | {StepStatus.WAITING}  # for this run
 
 
 async def _no_checkpoint(name: str, result: StepResult) -> None:
@@ -106,7 +106,7 @@ class FlowRunner:
         unknown = [name for name in execution.steps if name not in flow.steps]
 
         async def own_write(name: str, result: StepResult) -> None:
-            if not _rides_along(flow, execution, name, result):
+            if not rides_along(flow, execution.steps, name, result):
                 await checkpoint(name, result)
 
         self._metrics.in_flight.add(1)
@@ -329,45 +329,6 @@ def _succeeded_items(previous: StepResult | None, count: int) -> set[int]:
     if not isinstance(previous.output, list) or len(previous.output) != count:
         return set()
     return {i for i, item in enumerate(previous.items) if item.status == StepStatus.SUCCEEDED}
-
-
-def _rides_along(flow: Flow, execution: Execution, name: str, result: StepResult) -> bool:
-    """Whether an outcome is written with the run's next write, not one of its own: one
-    decided again without a call if it is lost (a skipped step's, a sleep's or a
-    callback's end: its answer is stored), or the run's last (no step runs, none can
-    start but after a step that waits: the run's end, or its suspend, writes it)."""
-    step = flow.steps[name]
-    if result.status == StepStatus.SKIPPED:
-        return True
-    if result.status not in ENDED:
-        return False  # a step about to wait for a callback: its token is stored first
-    if result.status == StepStatus.SUCCEEDED and not step.url:
-        return True  # a sleep that ended
-    if result.status == StepStatus.SUCCEEDED and step.callback_timeout_s is not None:
-        return True  # its answer is stored: a resume ends it again
-    steps = execution.steps
-
-    def held_back(other: str) -> bool:
-        """Whether `other`, not started, waits behind a step that waits."""
-        for before in flow.steps[other].after:
-            status = result.status if before == name else _status(steps.get(before))
-            if status == StepStatus.WAITING or (status is None and held_back(before)):
-                return True
-        return False
-
-    for other in flow.steps:
-        if other == name:
-            continue
-        status = _status(steps.get(other))
-        if status is None and not held_back(other):
-            return False  # it starts now, or after this one
-        if status is not None and status not in ENDED:
-            return False  # it runs
-    return True
-
-
-def _status(result: StepResult | None) -> StepStatus | None:
-    return None if result is None else result.status
 
 
 def _skipped(error: str | None) -> StepResult:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 
 from service.backends.store import ExecutionStore
-from service.engine.runner import ENDED
+from service.engine.progress import ENDED
 from service.errors import StoreRefused
 from service.execution import Execution, StepResult, StepStatus
 

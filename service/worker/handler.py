@@ -260,8 +260,8 @@ class PushHandler:
                     checkpoint.close()
             if execution.status == ExecutionStatus.WAITING and await self._suspend(execution):
                 return
-            if not self._delivery.goes_out(webhook_url):
-                await self._save(execution, delivered=True)  # nowhere to go: one write ends it
+            if not self._delivery.goes_out(webhook_url):  # nowhere to go: one write ends it
+                await self._save(execution, delivered=True, sent=False)
                 return
             await self._save(execution)  # readable before its result arrives anywhere
         await self._deliver(execution, webhook_url, last)
@@ -290,17 +290,20 @@ class PushHandler:
             return False
         return True
 
-    async def _save(self, execution: Execution, delivered: bool = False) -> None:
-        """Store the ended execution; if the store refuses it for good, it ends failed."""
+    async def _save(
+        self, execution: Execution, delivered: bool = False, sent: bool | None = None
+    ) -> None:
+        """Store the ended execution; if the store refuses it for good, it ends failed,
+        unless its result was `sent` already (by default: once `delivered`)."""
         try:
             await self._store.save(execution, delivered)
         except StoreRefused as exc:
             log.error("the execution store refused the result", reason=str(exc))
-            if delivered:
+            if delivered if sent is None else sent:
                 return  # delivered already; a redelivery would only find it unfinished
             execution.finish(ExecutionStatus.FAILED, f"result not stored: {exc}")
             with contextlib.suppress(StoreRefused):
-                await self._store.save(execution)
+                await self._store.save(execution, delivered)
 
     async def _give_up(self, message: ExecutionRequest, reason: str) -> None:
         """End the execution `failed` with `reason` and deliver it: nothing is pushed again."""
