@@ -55,6 +55,7 @@ class Tally:
     SDK's synchronous instrument (~10-16 us with its labels, bench/tracing.py's notes)."""
 
     def __init__(self, meter: Meter, name: str, description: str, up_down: bool = False) -> None:
+        self.name = name
         self._counts: dict[tuple[tuple[str, Any], ...], float] = {}
         make = (
             meter.create_observable_up_down_counter if up_down else meter.create_observable_counter

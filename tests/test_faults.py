@@ -339,6 +339,8 @@ def test_an_operator_body_is_refused_unread_unless_the_caller_may_operate() -> N
                 b"Content-Type: application/json\r\nContent-Length: 30000000\r\n\r\n["
             )
             answer = conn.recv(65536)
+            if b"\r\n\r\n" in answer and answer.endswith(b"\r\n\r\n"):
+                answer += conn.recv(65536)  # the body came in a segment of its own
     assert answer.startswith(b"HTTP/1.1 403")
     assert b"ADMIN_EMAILS is not set" in answer
 

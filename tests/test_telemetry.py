@@ -73,6 +73,16 @@ def untraced() -> Iterator[Traced]:
     yield from traced_service(Tracing())
 
 
+def pushed(exporter: InMemorySpanExporter) -> tuple[ReadableSpan, ...]:
+    """The finished spans once the push's own has ended: it ends after the webhook, when
+    the delivery is stored."""
+    deadline = time.monotonic() + 10
+    while not any(span.name == "push" for span in exporter.get_finished_spans()):
+        assert time.monotonic() < deadline, "the push span never ended"
+        time.sleep(0.02)
+    return exporter.get_finished_spans()
+
+
 def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, list[ReadableSpan]]:
     named: dict[str, list[ReadableSpan]] = {}
     for span in spans:
@@ -89,7 +99,7 @@ def test_one_trace_runs_from_the_producer_through_every_call_and_webhook(
 ) -> None:
     traced.functions.script["/match-candidato"] = [503]  # retried once
     traced.run({"traceparent": PRODUCER})
-    spans = exporter.get_finished_spans()
+    spans = pushed(exporter)
     assert {format(span.context.trace_id, "032x") for span in spans} == {TRACE}
     named = by_name(spans)
     [publish] = named["ml-orchestration-requests publish"]
