@@ -27,6 +27,7 @@ from service.messages import PushEnvelope
 from service.metrics import Metrics
 from service.retry import RetryPolicy
 from service.worker.handler import PushHandler
+from service.worker.leases import Leases
 from tests.support.fakes import FaultyStore, RecordingTransport
 from tests.support.functions import HttpxSender
 from tests.support.project import make_settings, project_flows
@@ -91,6 +92,12 @@ INPUT = {
     "process_profession_orchestrator": True,
     "process_vacancy_orchestrator": True,
 }
+
+
+def short_leases(handler: PushHandler, lease_s: float) -> None:
+    """Leases shorter than settings allow (3 s at least), for tests of their renewal."""
+    handler._lease_s = lease_s
+    handler._leases = Leases(handler._store, lease_s)
 
 
 def envelope(execution_id: str, attempt: int | None = None) -> PushEnvelope:
@@ -280,7 +287,7 @@ async def test_a_store_hiccup_while_renewing_does_not_let_another_instance_in(
         return await renew(execution_id, owner, lease_s)
 
     store.renew = flaky_renew  # type: ignore[method-assign]
-    handler._lease_s = 0.15  # renewals every 50 ms; the first one fails
+    short_leases(handler, 0.15)  # renewals every 50 ms; the first one fails
     world.delay_s = 0.1  # three steps deep: ~0.3 s, twice the lease
     settings = make_settings(webhook_allow_private_networks=True)
     async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
@@ -392,7 +399,7 @@ async def test_a_delivered_execution_is_acked_though_its_lease_ended_before_the_
     settings = make_settings(webhook_allow_private_networks=True, result_topic="results")
     async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
         parts = build(settings, FLOWS, results, store, http, HttpxSender(http))
-        parts.push._lease_s = 0.09  # renewed every 30 ms: it wakes inside the pause
+        short_leases(parts.push, 0.09)  # renewed every 30 ms: it wakes inside the pause
         with capture_logs() as logs:
             status = await parts.push.handle(envelope(str(uuid.uuid4())))
     assert status == 204

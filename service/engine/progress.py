@@ -19,20 +19,18 @@ class Cancelled(Exception):
     """An operator cancelled the execution."""
 
 
-async def unless(cancel: asyncio.Event | None, work: Coroutine[Any, Any, None]) -> None:
-    """Await `work`, or abandon it (Cancelled) as soon as `cancel` is set."""
+async def unless(cancel: asyncio.Future[None] | None, work: Coroutine[Any, Any, None]) -> None:
+    """Await `work`, or abandon it (Cancelled) as soon as `cancel` is done."""
     if cancel is None:
         return await work
     task = asyncio.ensure_future(work)
-    waiter = asyncio.ensure_future(cancel.wait())
     try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, cancel}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            if cancel.is_set():
+            if cancel.done():
                 raise Cancelled
     return task.result()
 

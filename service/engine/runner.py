@@ -90,7 +90,7 @@ class FlowRunner:
         flow: Flow,
         execution: Execution,
         checkpoint: Checkpoint = _no_checkpoint,
-        cancel: asyncio.Event | None = None,
+        cancel: asyncio.Future[None] | None = None,
     ) -> Execution:
         """Run the steps of `flow` that have no outcome yet and finish `execution` (in place)."""
         loop = asyncio.get_running_loop()

@@ -47,7 +47,6 @@ from service.errors import (
     RejectedMessage,
     ShuttingDown,
     StoreRefused,
-    StoreUnavailable,
 )
 from service.execution import TERMINAL, Execution, ExecutionStatus
 from service.messages import ExecutionRequest, PushEnvelope, describe, field_errors
@@ -56,6 +55,7 @@ from service.telemetry import MESSAGE_ATTRIBUTE, Tracing, within
 from service.worker.cancels import CancelWatch
 from service.worker.checkpoints import Checkpoints
 from service.worker.delivery import ResultDelivery
+from service.worker.leases import Leases
 from service.worker.versions import FlowVersions, VersionMissing
 
 log = structlog.get_logger(__name__)
@@ -98,12 +98,16 @@ class PushHandler:
         self._tracing = tracing or Tracing()
         self._metrics = metrics or Metrics()
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
-        self._stopping = asyncio.Event()
+        self._draining = False
+        self._stopping: asyncio.Future[None] | None = None  # made in the loop, on first use
         self._cancels = CancelWatch(store)
+        self._leases = Leases(store, lease_s)
 
     def drain(self) -> None:
         """The instance is stopping: take no new work, give running work a grace period."""
-        self._stopping.set()
+        self._draining = True
+        if self._stopping is not None and not self._stopping.done():
+            self._stopping.set_result(None)
 
     async def handle(self, envelope: PushEnvelope) -> int:
         """Process one delivery (in the producer's trace); the HTTP status that acks or nacks it."""
@@ -128,7 +132,7 @@ class PushHandler:
             flow=attributes.get("flow"),
             delivery_attempt=envelope.delivery_attempt,
         ):
-            if self._stopping.is_set():
+            if self._draining:
                 log.warning("delivery nacked", reason="the instance is stopping", retryable=True)
                 return NACK_RETRY
             try:
@@ -334,59 +338,32 @@ class PushHandler:
         On any failure the lease is released, so that a redelivery resumes at once.
         """
         task = asyncio.create_task(work)
-        lost = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_lease(execution_id, owner, task, lost))
-        stopping = asyncio.create_task(self._stopping.wait())
-        try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                grace = self._drain_grace_s
-                log.warning("instance stopping; waiting for the execution", grace_s=grace)
-                await asyncio.wait({task}, timeout=grace)
-            if not task.done():
-                raise ShuttingDown("the instance stopped before the execution ended")
-            if lost.is_set():
-                raise ExecutionBusy("the lease was lost to another delivery")
-            task.result()
-        except BaseException:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            if not lost.is_set():
-                await self._store.release(execution_id, owner)
-            raise
-        finally:
-            keeper.cancel()
-            stopping.cancel()
-
-    async def _keep_lease(
-        self, execution_id: str, owner: str, run: asyncio.Task[Any], lost: asyncio.Event
-    ) -> None:
-        while not run.done():
-            await asyncio.sleep(self._lease_s / 3)
-            if run.done():
-                return
+        with self._leases.holding(execution_id, owner, task) as lease:
             try:
-                renewed = await self._store.renew(execution_id, owner, self._lease_s)
-                # The run's last step, the delivered save (or the suspend), ends the lease
-                # itself: a busy loop can wake this keeper between that save and the run's end.
-                if not renewed and await self._ended(execution_id):
-                    return
-            except StoreUnavailable as exc:
-                # Two more tries before the lease runs out; the run goes on meanwhile.
-                log.warning("lease not renewed this time", reason=str(exc))
-                continue
-            if not renewed:
-                log.error("lease lost; stopping this run of the execution")
-                lost.set()
-                run.cancel()
-                return
+                await asyncio.wait({task, self._stopped()}, return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():
+                    grace = self._drain_grace_s
+                    log.warning("instance stopping; waiting for the execution", grace_s=grace)
+                    await asyncio.wait({task}, timeout=grace)
+                if not task.done():
+                    raise ShuttingDown("the instance stopped before the execution ended")
+                if lease.lost:
+                    raise ExecutionBusy("the lease was lost to another delivery")
+                task.result()
+            except BaseException:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                if not lease.lost:
+                    await self._store.release(execution_id, owner)
+                raise
 
-    async def _ended(self, execution_id: str) -> bool:
-        """Whether this run is over in the store: ended, or suspended while it waits."""
-        stored = await self._store.get(execution_id)
-        return stored is not None and (
-            stored.status in TERMINAL or stored.status == ExecutionStatus.WAITING
-        )
+    def _stopped(self) -> asyncio.Future[None]:
+        """Done once the instance is draining: every run waits on this one future."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_future()
+            if self._draining:
+                self._stopping.set_result(None)
+        return self._stopping
 
 
 def _describe(exc: BaseException) -> str:
