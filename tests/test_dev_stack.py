@@ -45,7 +45,7 @@ def test_the_dev_stack_prints_a_curl_that_completes_a_flow(
 ) -> None:
     ports = {name: str(free_port()) for name in ("PORT", "DEMO_PORT", "EMULATOR_PORT")}
     env = {**os.environ, **ports, "DEMO_DELAY_MS": "10", "LOG_FORMAT": "json"}
-    env |= {"DEMO_JOB_S": "1", "DEMO_REVIEW_S": "0.5"}  # the example's poll still waits 20 s
+    env |= {"DEMO_JOB_S": "1", "DEMO_REVIEW_S": "0.5"}  # the example's poll still waits 5 s
     if transport == "in-process":
         env["PUBSUB_EMULATOR_BIN"] = str(tmp_path / "no-emulator-here")
     log = tmp_path / "dev.log"

@@ -209,6 +209,28 @@ async def test_outputs_of_any_allowed_size_are_stored_and_resumed_whole(
     assert await store.get(execution.execution_id) == execution
 
 
+@pytest.mark.emulator
+async def test_writes_of_one_moment_past_a_request_s_size_go_in_several(
+    firestore_emulator: object,
+) -> None:
+    """Six 800 KB heads written at once: 4.8 MB, past what one BatchWrite request may carry
+    (the emulator's gRPC server takes 4 MiB): every one is stored whole."""
+    project = f"test-{uuid.uuid4().hex[:8]}"
+    store = FirestoreStore(project, "executions", timedelta(days=7), inline_bytes=900_000)
+    executions = [
+        new_execution().model_copy(
+            update={"status": ExecutionStatus.QUEUED, "input": {"notes": f"{n}" * 800_000}}
+        )
+        for n in range(6)
+    ]
+    try:
+        assert await asyncio.gather(*(store.enqueue(e) for e in executions)) == [True] * 6
+        for execution in executions:
+            assert await store.get(execution.execution_id) == execution
+    finally:
+        await store.close()
+
+
 async def test_a_queued_execution_is_readable_and_replaced_by_its_first_claim(
     store: ExecutionStore,
 ) -> None:

@@ -23,7 +23,7 @@ async def run(bench: Bench, functions: Process) -> None:
             ours = await peak_rss(service, bench.sizes.memory)
         finally:
             service.stop()
-        if jemalloc is not None:  # the same service on jemalloc's allocator instead of glibc's
+        if jemalloc is not None and not bench.args.tiny:  # the same on jemalloc's allocator
             service = bench.service(slow, LD_PRELOAD=jemalloc)  # a soname: the loader finds it
             try:
                 with_jemalloc = await peak_rss(service, bench.sizes.memory)

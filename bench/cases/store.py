@@ -89,7 +89,7 @@ async def run(bench: Bench, functions: Process) -> None:
                 f"memory store {memory:.2f} ms CPU",
                 f"{firestore / memory:.2f}x{'; ' + goal if goal else ''}",
             )
-        costs = await counted_costs()
+        costs = await counted_costs(5 if bench.args.tiny else 20)
     for name, (reads, writes), (read_goal, write_goal) in (
         ("a wake (each execution woken)", costs["wake"], WAKE_GOAL),
         ("a cache hit (against the call it replaces)", costs["cache hit"], CACHE_GOAL),

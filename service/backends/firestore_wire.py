@@ -37,6 +37,8 @@ from google.cloud.firestore_v1.services.firestore.transports.grpc_asyncio import
 from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from service.backends.firestore_layout import COMMIT_BYTES
+
 Value: Any = types.Value.pb()
 Document: Any = types.Document.pb()
 Write: Any = types.Write.pb()
@@ -159,6 +161,12 @@ class _Batch:
     futures: list[asyncio.Future[Timestamp]] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
     timeout_s: float = 0.0
+    size: int = 0
+
+    def takes(self, name: str, size: int) -> bool:
+        """Whether a write of `size` bytes to document `name` may join this request."""
+        fits = len(self.futures) < MAX_BATCH_WRITES and self.size + size <= COMMIT_BYTES
+        return name not in self.names and (fits or not self.futures)
 
 
 class Wire:
@@ -170,7 +178,8 @@ class Wire:
     per document and MAX_BATCH_WRITES a request), at most MAX_REQUESTS_IN_FLIGHT at a
     time, what comes meanwhile in the next. Idle, a write goes out at once; loaded,
     requests grow instead of multiplying: a request costs ~0.3 ms of CPU however few
-    writes it carries, 20 writes in one ~0.05 ms each (bench/storage.py's notes).
+    writes it carries, 20 writes in one ~0.05 ms each (PERFORMANCE.md). A request holds
+    at most COMMIT_BYTES of writes (the emulator's gRPC server takes 4 MiB).
     """
 
     def __init__(self, client: Any) -> None:
@@ -206,13 +215,15 @@ class Wire:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Timestamp] = loop.create_future()
         name = change.update.name or change.delete
+        size = change.ByteSize()
         batch = self._pending[-1] if self._pending else None
-        if batch is None or name in batch.names or len(batch.futures) >= MAX_BATCH_WRITES:
+        if batch is None or not batch.takes(name, size):
             batch = _Batch(_BatchWrite(database=self.database), timeout_s=timeout_s)
             self._pending.append(batch)
         batch.request.writes.append(change)
         batch.futures.append(future)
         batch.names.add(name)
+        batch.size += size
         if not self._scheduled and self._in_flight < MAX_REQUESTS_IN_FLIGHT:
             self._scheduled = True
             loop.call_soon(self._send_pending)  # after every write of this turn

@@ -80,7 +80,7 @@ async def serve(emulator: Emulator | None) -> None:
         )
     delay = float(os.environ.get("DEMO_DELAY_MS", "100"))
     vacancies = int(os.environ.get("DEMO_VACANCIES", "3"))
-    job_s = float(os.environ.get("DEMO_JOB_S", "20"))  # the example's batch job
+    job_s = float(os.environ.get("DEMO_JOB_S", "14"))  # the example's batch job
     review_s = float(os.environ.get("DEMO_REVIEW_S", "5"))  # and its reviewer
     servers = [
         uvicorn.Server(
@@ -121,7 +121,7 @@ def announce(emulator: Emulator | None, delay: float) -> None:
         f"({delay:g} ms each) and webhook receiver on http://127.0.0.1:{DEMO_PORT}.\n"
         f"Dashboard: http://127.0.0.1:{PORT}/ui/  API docs: http://127.0.0.1:{PORT}/docs.\n"
         f"Start a flow:\n\n{CURL}\n\n"
-        "Or one that waits for a batch job (~20 s) and a review (~5 s later), suspended "
+        "Or one that waits for a batch job (~15 s) and a review (~5 s later), suspended "
         f"meanwhile (watch it on the dashboard):\n\n{EXAMPLE_CURL}\n",
         file=sys.stderr,
         flush=True,

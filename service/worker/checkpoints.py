@@ -1,13 +1,13 @@
 """A run's step outcomes on their way to the store, several in one write.
 
-The runner hands over each outcome that needs a write (service/engine/runner.py keeps
-a skipped step's, and the run's last, for the next write or for the save that ends
-the run). An outcome waits up to `window_s` for others to end with it, then goes in
-one commit with every ended outcome not yet written; one commit is in flight at a
-time, and what ends meanwhile goes in the next. Each caller awaits the commit that
-carries its outcome, and hears its error; a commit the store refuses for good
-(StoreRefused) is tried again an outcome at a time, so that only the outcome refused
-fails its step.
+The runner hands over each outcome that needs a write of its own (the others, by
+service/engine/progress.py's `rides_along`, wait for the next write, or for the save
+or suspend that ends the run). An outcome waits up to `window_s` for others to end
+with it, then goes in one commit with every ended outcome not yet written; one commit
+is in flight at a time, and what ends meanwhile goes in the next. Each caller awaits
+the commit that carries its outcome, and hears its error; a commit the store refuses
+for good (StoreRefused) is tried again an outcome at a time, so that only the outcome
+refused fails its step.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ class Checkpoints:
         self._window_s = window_s
         self._asked: dict[str, StepResult] = {}  # handed over, for the next commit
         self._written: dict[str, tuple[int, StepStatus]] = {}  # each step's outcome, as written
-        self._next: asyncio.Future[dict[str, StoreRefused]] | None = (
-            None  # the commit outcomes join now
-        )
+        # The commit that outcomes join now; it answers with those the store refused.
+        self._next: asyncio.Future[dict[str, StoreRefused]] | None = None
         self._committing: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
