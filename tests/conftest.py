@@ -23,12 +23,14 @@ os.environ["GCE_METADATA_IP"] = f"127.0.0.1:{METADATA_PORT}"
 os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
 
 from collections import Counter  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
+from service.backends.memory import MemoryStore  # noqa: E402
+from service.backends.store import ExecutionStore  # noqa: E402
 from service.dev.emulator import (  # noqa: E402
     Emulator,
     find_emulator,
@@ -36,6 +38,7 @@ from service.dev.emulator import (  # noqa: E402
 )
 from service.dev.servers import serve  # noqa: E402
 from tests.support.identity import Identity, metadata_server  # noqa: E402
+from tests.support.project import fresh_firestore_store  # noqa: E402
 
 EMULATOR_MISSING = (
     "!!! {missing} NOT FOUND: the tests marked 'emulator' were NOT RUN. Install the Google "
@@ -109,6 +112,19 @@ def firestore_emulator(
     yield running
     os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
     running.stop()
+
+
+@pytest.fixture(params=["memory", pytest.param("firestore", marks=pytest.mark.emulator)])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[ExecutionStore]:
+    """Each store in turn: in memory, and on the Firestore emulator (a project of its own).
+    A module that needs another (a faulty one, say) defines its own `store`."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    request.getfixturevalue("firestore_emulator")
+    firestore = fresh_firestore_store()
+    yield firestore
+    await firestore.close()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -35,24 +34,9 @@ from service.execution import (
     Wait,
 )
 from service.waits import CallbackToken, new_callback_token, read_callback_token
+from tests.support.project import fresh_firestore_store
 
 LEASE_S = 30.0
-
-
-@pytest.fixture(params=["memory", pytest.param("firestore", marks=pytest.mark.emulator)])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[ExecutionStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    request.getfixturevalue("firestore_emulator")
-    firestore_store = fresh_firestore_store()
-    yield firestore_store
-    await firestore_store.close()
-
-
-def fresh_firestore_store() -> FirestoreStore:
-    """A store on the emulator in a project of its own (FIRESTORE_EMULATOR_HOST is set)."""
-    return FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
 
 
 def new_execution() -> Execution:

@@ -9,16 +9,13 @@ import base64
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from service.app import build
 from service.backends.firestore import FirestoreStore
-from service.backends.memory import MemoryStore
 from service.backends.store import ExecutionStore
 from service.engine.calls import MLCaller
 from service.engine.outbound_auth import NoTokens
@@ -30,7 +27,6 @@ from service.messages import SEED_PAYLOAD, PushEnvelope
 from tests.support.fakes import FaultyStore, RecordingTransport
 from tests.support.functions import Functions, HttpxSender, flow_from
 from tests.support.project import make_settings, project_flows
-from tests.test_store import fresh_firestore_store
 
 FLOWS = project_flows("http://fn")
 WEBHOOK = "http://hooks.example/hook"
@@ -57,17 +53,6 @@ class Counted:
             return await method(*args, **kwargs)
 
         return counted
-
-
-@pytest.fixture(params=["memory", pytest.param("firestore", marks=pytest.mark.emulator)])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[ExecutionStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    request.getfixturevalue("firestore_emulator")
-    firestore = fresh_firestore_store()
-    yield firestore
-    await firestore.close()
 
 
 def functions(delays: dict[str, float]) -> httpx.MockTransport:

@@ -4,11 +4,14 @@ nowhere but the test, the original guide's payload with every step on."""
 from __future__ import annotations
 
 import tempfile
+import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from service.backends.firestore import FirestoreStore
 from service.dev.standins import FUNCTIONS
 from service.engine.flow import Flow, load_flow, load_flows
 from service.messages import SEED_PAYLOAD
@@ -49,3 +52,8 @@ def make_settings(**overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+def fresh_firestore_store() -> FirestoreStore:
+    """A store on the emulator in a project of its own (FIRESTORE_EMULATOR_HOST is set)."""
+    return FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
