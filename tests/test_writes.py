@@ -67,6 +67,20 @@ def functions(delays: dict[str, float]) -> httpx.MockTransport:
     return httpx.MockTransport(answer)
 
 
+def pushed(
+    execution_id: str, flow_input: dict[str, Any], webhook_url: str | None = None
+) -> PushEnvelope:
+    """The push of the default flow's request message for `execution_id`."""
+    message = {
+        "execution_id": execution_id,
+        "flow": "ml-orchestration",
+        "input": flow_input,
+        "webhook_url": webhook_url,
+    }
+    data = base64.b64encode(json.dumps(message).encode()).decode()
+    return PushEnvelope.model_validate({"message": {"data": data, "messageId": "m"}})
+
+
 async def run(
     store: ExecutionStore,
     flow_input: dict[str, Any],
@@ -96,15 +110,7 @@ async def run(
     async with httpx.AsyncClient(transport=functions(delays or {})) as http:
         parts = build(settings, FLOWS, RecordingTransport(), counted, http, HttpxSender(http))  # type: ignore[arg-type]
         await counted.enqueue(queued)
-        message = {
-            "execution_id": execution_id,
-            "flow": "ml-orchestration",
-            "input": flow_input,
-            "webhook_url": webhook_url,
-        }
-        data = base64.b64encode(json.dumps(message).encode()).decode()
-        pushed = PushEnvelope.model_validate({"message": {"data": data, "messageId": "m"}})
-        assert await parts.push.handle(pushed) == 204
+        assert await parts.push.handle(pushed(execution_id, flow_input, webhook_url)) == 204
     stored = await store.get(execution_id)
     assert stored is not None and stored.status == ExecutionStatus.SUCCEEDED
     return counted, documents
@@ -184,12 +190,9 @@ async def test_with_nowhere_to_deliver_a_refused_result_still_ends_the_execution
     store.save_fault = lambda execution: refused.pop() if refused else None
     settings = make_settings()
     execution_id = str(uuid.uuid4())
-    message = {"execution_id": execution_id, "flow": "ml-orchestration", "input": SEED_PAYLOAD}
-    data = base64.b64encode(json.dumps(message).encode()).decode()
-    pushed = PushEnvelope.model_validate({"message": {"data": data, "messageId": "m"}})
     async with httpx.AsyncClient(transport=functions({})) as http:
         parts = build(settings, FLOWS, RecordingTransport(), store, http, HttpxSender(http))
-        assert await parts.push.handle(pushed) == 204
+        assert await parts.push.handle(pushed(execution_id, SEED_PAYLOAD)) == 204
     stored = await store.get(execution_id)
     assert stored is not None and stored.status == ExecutionStatus.FAILED
     assert stored.error is not None and "result not stored" in stored.error
