@@ -82,6 +82,26 @@ def test_a_scheduler_job_s_retries_of_one_run_share_one_execution_id(
     assert run_of("2026-11-27T06:00:00Z", job + "-2") != first  # another job
 
 
+def test_a_scheduler_job_name_of_any_allowed_length_is_its_key_and_a_longer_one_refused(
+    client: httpx.Client,
+) -> None:
+    """A job id may be 500 characters: its retries still share one execution; a header
+    past the bound is a 422 naming it, never ignored (each retry would start another)."""
+    job = "projects/p/locations/l/jobs/" + "j" * 500
+    headers = {
+        "X-CloudScheduler-JobName": job,
+        "X-CloudScheduler-ScheduleTime": "2026-11-27T06:00:00Z",
+    }
+    first = client.post("/orchestrate", json=SEED, headers=headers)
+    again = client.post("/orchestrate", json=SEED, headers=headers)
+    assert first.status_code == again.status_code == 202, first.text
+    assert first.json()["execution_id"] == again.json()["execution_id"]
+    too_long = {**headers, "X-CloudScheduler-JobName": "j" * 1025}
+    assert_problem(client.post("/orchestrate", json=SEED, headers=too_long), 422, "JobName")
+    odd_time = {**headers, "X-CloudScheduler-ScheduleTime": "t" * 65}
+    assert_problem(client.post("/orchestrate", json=SEED, headers=odd_time), 422, "ScheduleTime")
+
+
 def assert_problem(response, status: int, field: str) -> dict:  # type: ignore[no-untyped-def]
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == MEDIA_TYPE

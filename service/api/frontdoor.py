@@ -28,6 +28,10 @@ router = APIRouter()
 # Idempotency keys map to execution ids in their own namespace: uuid5(namespace, flow + key).
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c1a52-3b8e-4a3c-9a51-2d1b6e0f7c11")
 MAX_IDEMPOTENCY_KEY = 255
+# A job's full name (projects/P/locations/L/jobs/ID, its ID up to 500 characters), and
+# an RFC 3339 time.
+MAX_SCHEDULER_JOB_NAME = 1024
+MAX_SCHEDULE_TIME = 64
 # The accepted answer waits this long at most for the `queued` record (a write takes
 # milliseconds); past it the record is given up, and the claim records the execution.
 QUEUED_RECORD_WAIT_S = 2.0
@@ -196,7 +200,14 @@ def _execution_id(request: Request, flow: str, idempotency_key: str | None) -> s
     producer's retry nor a scheduler's starts a second execution."""
     job = request.headers.get("x-cloudscheduler-jobname")
     at = request.headers.get("x-cloudscheduler-scheduletime")
-    if job and at and len(job) + len(at) <= MAX_IDEMPOTENCY_KEY:
+    if job and at:
+        # Refused, never ignored: each retry of the job would start another execution.
+        for header, value, bound in (
+            ("X-CloudScheduler-JobName", job, MAX_SCHEDULER_JOB_NAME),
+            ("X-CloudScheduler-ScheduleTime", at, MAX_SCHEDULE_TIME),
+        ):
+            if len(value) > bound:
+                raise invalid([{"field": header, "reason": f"at most {bound} characters"}])
         idempotency_key = f"cloud-scheduler\n{job}\n{at}"
     if idempotency_key is None:
         return str(uuid.uuid4())
