@@ -19,12 +19,19 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 # Also keeps every id a valid Firestore document id: no "/", never "." or "..", no "__x__".
 EXECUTION_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _EXECUTION_ID = re.compile(EXECUTION_ID)
+# A step's name: a key of `steps` and a Firestore field path segment, never quoted.
+STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 MAX_ERROR_CHARS = 2000
 
 
 def is_execution_id(value: str) -> bool:
     """Whether `value` can name an execution (a message's, a path's, a page token's)."""
-    return _EXECUTION_ID.match(value) is not None
+    return _EXECUTION_ID.fullmatch(value) is not None  # match's "$" lets a "\n" end it
+
+
+def is_step_name(value: str) -> bool:
+    """Whether `value` can name a step of a flow."""
+    return STEP_NAME.fullmatch(value) is not None
 
 
 def in_utc(moment: datetime) -> datetime:

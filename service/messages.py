@@ -20,6 +20,7 @@ from service.execution import (
     ExecutionStatus,
     Moment,
     in_utc,
+    is_execution_id,
     now,
 )
 from service.limits import JSONRefused, parse_json
@@ -75,6 +76,8 @@ class RequestMessage(BaseModel):
         execution_id = self.execution_id or message_id
         if execution_id is None:
             raise ValueError("execution_id: required when the message has no messageId")
+        if not is_execution_id(execution_id):  # the message id stands for it: no store takes it
+            raise ValueError("execution_id: required, the messageId is not an execution id")
         return ExecutionRequest(
             execution_id=execution_id,
             flow=self.flow,

@@ -17,10 +17,13 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from service.execution import is_execution_id, is_step_name
+
 MAX_WAIT_S = 30 * 86_400
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 MAX_TOKEN_CHARS = 1024
+MAX_RUN = 1_000_000  # runs of one execution (re-drives): far past any real count
 
 
 def duration_s(value: str | float) -> float:
@@ -61,7 +64,8 @@ def new_callback_token(execution_id: str, step: str, run: int) -> tuple[str, str
 
 
 def read_callback_token(token: str) -> CallbackToken | None:
-    """The token's parts; None for anything no `new_callback_token` could have made."""
+    """The token's parts; None for anything no `new_callback_token` could have made: its
+    execution id, step name and run are checked here, before any store reads them."""
     head, _, secret = token.rpartition(".")
     if not head or len(token) > MAX_TOKEN_CHARS or len(secret) < 32:
         return None
@@ -73,8 +77,11 @@ def read_callback_token(token: str) -> CallbackToken | None:
         isinstance(named, list)
         and len(named) == 3
         and isinstance(named[0], str)
+        and is_execution_id(named[0])
         and isinstance(named[1], str)
-        and isinstance(named[2], int)
+        and is_step_name(named[1])
+        and type(named[2]) is int
+        and 1 <= named[2] <= MAX_RUN
     ):
         return None
     return CallbackToken(named[0], named[1], named[2], _sha256(secret))

@@ -384,6 +384,20 @@ def test_durations_and_tokens() -> None:
     assert read_callback_token(token.replace(".", "!")) is None
 
 
+def test_a_token_naming_what_no_execution_or_step_can_be_is_not_a_token() -> None:
+    """Its parts are checked before any store reads them: on Firestore these were path
+    errors or refusals (500)."""
+    for execution_id in ("a/b", "/", "", ".", "..", "__x__", "../../etc/passwd", "abc\n"):
+        token, _ = new_callback_token(execution_id, "review", 1)
+        assert read_callback_token(token) is None, execution_id
+    for step in ("a.b", "`x`", "", "a/b"):
+        token, _ = new_callback_token("e1", step, 1)
+        assert read_callback_token(token) is None, step
+    for run in (0, -1, 10**30, True):
+        token, _ = new_callback_token("e1", "review", run)
+        assert read_callback_token(token) is None, run
+
+
 class UnreachableStore(MemoryStore):
     async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
         raise StoreUnavailable("execution store: no answer in 10 s")

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.errors import BrokerUnavailable, StoreUnavailable
+from service.errors import BrokerUnavailable, StoreRefused, StoreUnavailable
 from service.messages import describe
 
 log = structlog.get_logger(__name__)
@@ -97,6 +97,12 @@ def install(app: FastAPI) -> None:
         log.warning("answered 503", path=loggable(request.url.path), reason=str(exc))
         return unavailable(exc).response(request.url.path)
 
+    async def on_refused(request: Request, exc: Exception) -> JSONResponse:
+        # What the request carried cannot be stored (too large, or not a valid name):
+        # routes check their inputs first, so this is the net under them, never a 500.
+        log.warning("refused by the store", path=loggable(request.url.path), reason=str(exc))
+        return Problem(422, "Refused by the execution store", str(exc)).response(request.url.path)
+
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", path=loggable(request.url.path))
         problem = Problem(500, "Internal Server Error", "the error was logged")
@@ -107,4 +113,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(BrokerUnavailable, on_unavailable)
     app.add_exception_handler(StoreUnavailable, on_unavailable)
+    app.add_exception_handler(StoreRefused, on_refused)
     app.add_exception_handler(Exception, on_error)

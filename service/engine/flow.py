@@ -43,10 +43,10 @@ from service.engine.flow_spec import (
     parse_spec,
 )
 from service.errors import FlowError
+from service.execution import is_step_name
 from service.retry import RetryPolicy
 
 FLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 MAX_FLOW_FILE_BYTES = 256 * 1024
 
 
@@ -238,7 +238,7 @@ def compile_flow(name: str, raw: Any, env: Mapping[str, str], file: str) -> Flow
 
 def _compile_steps(file: str, spec: FlowSpec, env: Mapping[str, str]) -> dict[str, Step]:
     for name, step in spec.steps.items():
-        if not STEP_NAME.fullmatch(name):
+        if not is_step_name(name):
             raise FlowError(file, "step names use letters, digits, - and _", name)
         for dependency in step.after:
             if dependency not in spec.steps:

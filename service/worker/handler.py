@@ -48,7 +48,7 @@ from service.errors import (
     ShuttingDown,
     StoreRefused,
 )
-from service.execution import TERMINAL, Execution, ExecutionStatus
+from service.execution import TERMINAL, Execution, ExecutionStatus, is_execution_id
 from service.messages import ExecutionRequest, PushEnvelope, describe, field_errors
 from service.metrics import Metrics
 from service.telemetry import MESSAGE_ATTRIBUTE, Tracing, within
@@ -164,7 +164,8 @@ class PushHandler:
     ) -> None:
         """Ack-and-report a message that can never succeed: logged, stored and published."""
         log.error("message rejected", reason=exc.reason)
-        execution_id = exc.execution_id or f"message-{message_id or 'unknown'}"
+        named = f"message-{message_id}"  # the sender's string: an id only if it can be one
+        execution_id = exc.execution_id or (named if is_execution_id(named) else "message-unknown")
         execution = Execution(
             execution_id=execution_id,
             flow=flow or "unknown",
