@@ -210,6 +210,7 @@ def build(
         access_tokens,
         quotas,
     )
+    wakes = Wakes(store, transport, settings.orchestration_topic, metrics)
     handler = PushHandler(
         versions=FlowVersions(flows, store, settings.flow_env()),
         store=store,
@@ -233,6 +234,7 @@ def build(
             metrics,
             frozenset(name for name, flow in flows.items() if flow.result is not None),
         ),
+        wakes=wakes,
         default_webhook_url=settings.default_webhook_url,
         lease_s=settings.execution_lease_s,
         max_delivery_attempts=settings.push_max_delivery_attempts,
@@ -264,6 +266,6 @@ def build(
         operators=operators,
         tracing=tracing,
         metrics=metrics,
-        wakes=Wakes(store, transport, settings.orchestration_topic, metrics),
+        wakes=wakes,
         quotas=quotas,
     )

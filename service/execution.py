@@ -208,15 +208,15 @@ class Execution(ExecutionSummary):
             }
         )
 
-    def suspend(self, answered: Collection[str] = (), cancel_requested: bool = False) -> None:
-        """Waiting steps, none running: the execution waits until the first one's wake_at,
-        or is due now when a callback it waits for was `answered` or a cancel was asked."""
+    def suspend(self, answered: Collection[str] = (), cancel_requested: bool = False) -> bool:
+        """Waiting steps, none running: the execution waits until the first one's wake_at.
+        True if it must resume now instead: a callback it waits for was `answered`, or a
+        cancel was asked, while it ran (the caller sends the resume and sets the timer)."""
         waiting = {n: r for n, r in self.steps.items() if r.status == StepStatus.WAITING}
         self.status = ExecutionStatus.WAITING
         moments = [r.wake_at for r in waiting.values() if r.wake_at is not None]
         self.wake_at = min(moments) if moments else now()
-        if cancel_requested or any(name in answered for name in waiting):
-            self.wake_at = now()
+        return cancel_requested or any(name in answered for name in waiting)
 
     def finish(self, status: ExecutionStatus, error: str | None = None) -> None:
         self.status, self.wake_at = status, None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from service.app import create_app
 from service.backends.memory import MemoryStore
-from service.backends.store import Answer
+from service.backends.store import Answer, ExecutionStore
 from service.dev.emulator import free_port
 from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
@@ -84,13 +85,34 @@ steps:
 """
 
 
+TWO_REVIEWS = """
+input:
+  user_id: {type: string, required: true}
+steps:
+  legal:
+    call: ${env.REVIEW_URL}
+    body: {user_id: "${input.user_id}", approve_url: "${callback.url}"}
+    callback: {timeout: 1h}
+  product:
+    call: ${env.REVIEW_URL}
+    body: {user_id: "${input.user_id}", approve_url: "${callback.url}"}
+    callback: {timeout: 1h}
+  publish:
+    after: [legal, product]
+    call: ${env.PUBLISH_URL}
+    body:
+      user_id: ${input.user_id}
+      reviewers: ${[steps.legal.output.reviewer, steps.product.output.reviewer]}
+"""
+
+
 @dataclass
 class Stack:
     url: str
     functions: StandIns
     webhook: WebhookReceiver
     webhook_url: str
-    store: MemoryStore
+    store: ExecutionStore
     client: httpx.Client
 
     def start(self, flow: str, **fields: Any) -> str:
@@ -107,12 +129,14 @@ class Stack:
         return document
 
     def reaches(self, execution_id: str, status: str, timeout_s: float = 10) -> dict[str, Any]:
-        until(
-            lambda: self.document(execution_id)["status"] == status,
-            timeout_s,
-            f"{execution_id} never {status}: {self.document(execution_id)}",
-        )
-        return self.document(execution_id)
+        seen: dict[str, Any] = {}
+
+        def there() -> bool:
+            seen.update(self.document(execution_id))
+            return seen["status"] == status
+
+        until(there, timeout_s, lambda: f"{execution_id} never {status}, last: {seen}")
+        return seen
 
     def calls(self, path: str) -> list[Any]:
         return [call.body for call in self.functions.called(path)]
@@ -132,7 +156,7 @@ def running(
     tmp_path: Path,
     flows: dict[str, str],
     functions: StandIns | None = None,
-    store: MemoryStore | None = None,
+    store: ExecutionStore | None = None,
     **settings: Any,
 ) -> Iterator[Stack]:
     """The service with `flows` (name -> YAML) beside the project's, and the stand-ins;
@@ -263,6 +287,49 @@ def test_a_callback_resumes_the_execution_once_and_its_body_is_the_output(
         again = httpx.post(url, json={"approved": False, "reviewer": "bob"})
         assert again.status_code == 409, again.text
         assert stack.document(execution_id)["steps"]["review"]["output"] == verdict
+
+
+def test_a_callback_answered_before_its_call_returns_resumes_the_execution_at_once(
+    store: ExecutionStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The reviewer posts its verdict before it answers the call that sent it the URL: the
+    verdict is taken (the wait is stored before the call, on every store) and, with no
+    timer running (WAKE_INTERVAL_S=0, as on Cloud Run), the run that suspends with it
+    sends its own resume."""
+    functions = StandIns(review_first=True)
+    flows = {"review": _with(REVIEW, TIMEOUT="1h")}
+    with running(monkeypatch, tmp_path, flows, functions, store=store, wake_interval_s=0) as stack:
+        execution_id = stack.start("review")
+        done = stack.reaches(execution_id, "succeeded")
+    assert functions.reviewed == [200]
+    assert done["steps"]["review"]["output"] == functions.review
+    assert done["run"] == 1
+
+
+def test_concurrent_answers_each_get_one_verdict_and_the_execution_resumes_at_once(
+    store: ExecutionStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two waiting callbacks of one execution, each answered four times at once: per step
+    one 200 and three 409 (never a 503 for a write that went in), and the execution goes
+    on at once, with no timer running (WAKE_INTERVAL_S=0)."""
+    functions = StandIns(review_s=None)
+    with running(
+        monkeypatch, tmp_path, {"two": TWO_REVIEWS}, functions, store=store, wake_interval_s=0
+    ) as stack:
+        execution_id = stack.start("two")
+        urls = [stack.callback_url(0), stack.callback_url(1)]
+        stack.reaches(execution_id, "waiting")
+        posts = [(url, {"reviewer": f"r{n}"}) for url in urls for n in range(4)]
+        with ThreadPoolExecutor(len(posts)) as pool:
+            answers = list(pool.map(lambda p: httpx.post(p[0], json=p[1], timeout=20), posts))
+        done = stack.reaches(execution_id, "succeeded")
+    for url in urls:
+        statuses = sorted(
+            a.status_code for (u, _), a in zip(posts, answers, strict=True) if u == url
+        )
+        assert statuses == [200, 409, 409, 409], [a.text for a in answers]
+    taken = {name: done["steps"][name]["output"]["reviewer"] for name in ("legal", "product")}
+    assert stack.calls("/publish-predictions")[0]["reviewers"] == [taken["legal"], taken["product"]]
 
 
 def test_forged_and_unknown_callback_tokens_answer_404(

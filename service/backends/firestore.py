@@ -39,7 +39,7 @@ from service.backends.firestore_calls import Contended
 from service.backends.firestore_layout import slot, summary
 from service.backends.firestore_operations import FirestoreOperations
 from service.backends.firestore_wire import LOST_RACE, deletion, later, python, write
-from service.backends.store import Claim, ClaimState, cancel_wins, claimed
+from service.backends.store import Claim, ClaimState, cancel_wins, claimed, due_again
 from service.errors import StoreUnavailable
 from service.execution import Execution, ExecutionStatus, StepResult
 
@@ -183,18 +183,24 @@ class FirestoreStore(FirestoreOperations):
         if delivered:
             self._held.pop(execution.execution_id, None)
 
-    async def suspend(self, execution: Execution) -> None:
+    async def suspend(self, execution: Execution) -> bool:
         fields, parts = self._document(execution)
         fields |= LEASE_ENDED | {"delivered": False}
         await self._write_parts(execution.execution_id, parts)
+        resume = False
 
         def suspended(held: _Held) -> tuple[dict[str, Any], list[str]]:
-            execution.suspend(held.answered | execution.callbacks.keys(), held.cancel_requested)
+            nonlocal resume
+            answered = held.answered | execution.callbacks.keys()
+            resume = execution.suspend(answered, held.cancel_requested)
+            if resume:
+                execution.wake_at = due_again()
             fields.update(summary(execution, self._ttl))  # its timer, and its expiry
             return fields, list(fields)
 
         await self._as_holder(execution.execution_id, suspended, blind=True)
         self._held.pop(execution.execution_id, None)
+        return resume
 
     async def release(self, execution_id: str, owner: str) -> None:
         def released(held: _Held) -> tuple[dict[str, Any], list[str]] | None:

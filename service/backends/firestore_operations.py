@@ -1,8 +1,10 @@
 """The executions' operators' side on Firestore: listings, cancels, re-drives, timers,
 callbacks' answers and the versions in use; how a head document is read back.
 
-Cancels, re-drives and answers are transactions: rare, and each reads what it decides
-on. Running executions with a cancel asked are found by one query (`cancel_requests`),
+Cancels and re-drives are transactions: rare, and each reads what it decides on. A
+callback's answer is a read and a write conditioned on the update time it read (answers
+come at once, from several reviewers: the emulator queued their transactions for
+seconds). Running executions with a cancel asked are found by one query (`cancel_requests`),
 not one read per execution. Waiting executions are found by one query on (status,
 wake_at) and handed to one waker each by a write conditioned on the document's update
 time (service/backends/firestore_wire.py), not a transaction. The run's own path
@@ -21,6 +23,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from service.backends.firestore_base import FirestoreBase
+from service.backends.firestore_calls import Contended
 from service.backends.firestore_layout import (
     SUMMARY_FIELDS,
     Parts,
@@ -28,7 +31,7 @@ from service.backends.firestore_layout import (
     head,
     to_json,
 )
-from service.backends.firestore_wire import LOST_RACE, write
+from service.backends.firestore_wire import LOST_RACE, python, write
 from service.backends.store import (
     Answer,
     ExecutionQuery,
@@ -53,6 +56,7 @@ from service.execution import (
 from service.waits import CallbackToken
 
 VERSIONS_READ = 1000  # executions read to count the versions in use
+ANSWER_ATTEMPTS = 10
 
 
 class FirestoreOperations(FirestoreBase):
@@ -164,27 +168,37 @@ class FirestoreOperations(FirestoreBase):
         return [execution for execution in taken if execution is not None]
 
     async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
-        reference = self._collection.document(token.execution_id)
+        # A read and a write conditioned on it, like a claim: of answers at once, each
+        # write either lands (and is answered so) or lost to another and decides again. A
+        # transaction here queued behind the others and could land after its caller had
+        # been told 503.
+        name = self._wire.path(self._collection.id, token.execution_id)
         value, parts = self._slot(f"answer.{token.step}", to_json(body))
-
-        @firestore.async_transactional
-        async def answer_in(transaction: Any) -> tuple[Answer, Execution | None]:
-            snapshot = await reference.get(transaction=transaction)
-            if not snapshot.exists:
+        for _ in range(ANSWER_ATTEMPTS):
+            document = await self._call(self._wire.get(name, self._timeout_s))
+            if document is None:
                 return Answer.UNKNOWN, None
-            data = snapshot.to_dict() or {}
+            data = python(document.fields)
             execution = await self._execution(token.execution_id, data, answers=False)
             execution.callbacks = dict.fromkeys(data.get("answers") or {})
             verdict = callback_answer(execution, token, bool(data.get("cancel_requested")))
-            if verdict == Answer.ACCEPTED:
-                await self._write_parts(token.execution_id, parts)
-                update = {FieldPath("answers", token.step).to_api_repr(): value}
-                if data.get("status") == ExecutionStatus.WAITING:
-                    update["wake_at"] = due_again()
-                transaction.update(reference, update)
+            if verdict != Answer.ACCEPTED:
+                return verdict, execution
+            await self._write_parts(token.execution_id, parts)
+            fields: dict[str, Any] = {"answers": {token.step: value}}
+            mask = [FieldPath("answers", token.step).to_api_repr()]
+            if data.get("status") == ExecutionStatus.WAITING:
+                fields["wake_at"] = due_again()
+                mask.append("wake_at")
+            answered = write(name, fields, mask, update_time=document.update_time)
+            try:
+                await self._call(self._wire.write(answered, self._timeout_s))
+            except StoreUnavailable as exc:
+                if isinstance(exc.__cause__, LOST_RACE):
+                    continue  # another wrote first (an answer, the run): decide again
+                raise
             return verdict, execution
-
-        return await self._transact(answer_in)  # type: ignore[no-any-return]
+        raise Contended(f"execution store: {token.execution_id} kept changing under its answers")
 
     async def versions_in_use(self, name: str) -> dict[str, int]:
         statuses = sorted(status.value for status in UNDERWAY)

@@ -179,15 +179,19 @@ class MemoryStore:
             self._entries[execution_id] = _Entry(after)
             return before, after
 
-    async def suspend(self, execution: Execution) -> None:
+    async def suspend(self, execution: Execution) -> bool:
         async with self._lock:
             entry = self._entries.get(execution.execution_id) or _Entry(execution)
             stored = entry.execution.callbacks
-            execution.suspend(stored.keys() | execution.callbacks.keys(), entry.cancel_requested)
+            answered = stored.keys() | execution.callbacks.keys()
+            resume = execution.suspend(answered, entry.cancel_requested)
+            if resume:
+                execution.wake_at = due_again()
             execution.callbacks = {**stored, **execution.callbacks}
             entry.execution, entry.delivered = execution, False
             entry.owner, entry.lease_until = None, 0.0
             self._put(execution.execution_id, entry)
+            return resume
 
     async def due(self, limit: int) -> builtins.list[Execution]:
         moment = now()

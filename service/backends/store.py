@@ -28,8 +28,8 @@ it sends is lost); a claim resumes a waiting execution like a queued one. `answe
 records what was posted to a step's callback URL (`callback_answer` decides); a
 cancel flags a waiting execution. Either moves its timer to `due_again()` while the
 caller sends its resume at once (the resume ends a cancelled one `cancelled` and
-delivers it); a run that suspends with an answer or a cancel already stored is due
-at once.
+delivers it); a run that suspends with an answer or a cancel already stored does the
+same: its timer moves to `due_again()` and the suspending worker sends the resume.
 
 The step cache (`cached`, `cache`) and the limits' shares (`lease_share`,
 service/shares.py) are kept here too, so that every instance shares them.
@@ -305,9 +305,10 @@ class ExecutionStore(Protocol):
         """Store the next run (`may_redrive`, then `Execution.redriven`) as queued:
         (before, after); None if unknown. `moved_to`: see `Execution.redriven`."""
 
-    async def suspend(self, execution: Execution) -> None:
+    async def suspend(self, execution: Execution) -> bool:
         """Store a run that ended `waiting` (`Execution.suspend` with what is stored:
-        callbacks answered, a cancel asked) and end its lease."""
+        callbacks answered, a cancel asked) and end its lease. True if an answer or a
+        cancel came while it ran: its timer is `due_again()`, the caller sends its resume."""
 
     async def due(self, limit: int) -> builtins.list[Execution]:
         """Up to `limit` waiting executions whose wake_at has passed, each given to this

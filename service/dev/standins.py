@@ -10,7 +10,9 @@ For the example flow of waits (flows/examples/batch-review.yaml) they also play 
 Vertex-AI-like batch API (`/v1/batchPredictionJobs` answers a long-running operation,
 done after `job_s`; with `access_token` set, a call must carry it) and a reviewer
 (`/review`, which posts its verdict to the callback URL it was sent after `review_s`,
-unless that is None).
+unless that is None; with `review_first`, before it answers the call itself, as a fast
+reviewer or an outside system that answers at once would; `reviewed` keeps the status
+each verdict was answered with).
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class StandIns:
     access_token: str | None = None
     review_s: float | None = 5.0
     review: dict[str, Any] = field(default_factory=lambda: {"approved": True, "reviewer": "demo"})
+    review_first: bool = False
+    reviewed: list[int] = field(default_factory=list)
     jobs: dict[str, float] = field(default_factory=dict)  # operation name -> its start
     capacity: dict[str, int] = field(default_factory=dict)
     retry_after: str | None = None
@@ -188,17 +192,20 @@ class StandIns:
         body = await request.json()
         with self._lock:
             self.calls.append(Call("/review", body, None))
-        if self.review_s is not None:
-            task = asyncio.create_task(self._post_review(body["approve_url"]))
+        if self.review_first:
+            await self._post_review(body["approve_url"], 0.0)
+        elif self.review_s is not None:
+            task = asyncio.create_task(self._post_review(body["approve_url"], self.review_s))
             self._reviews.add(task)
             task.add_done_callback(self._reviews.discard)
         return _json({"queued": True})
 
-    async def _post_review(self, url: str) -> None:
-        assert self.review_s is not None
-        await asyncio.sleep(self.review_s)
+    async def _post_review(self, url: str, after_s: float) -> None:
+        await asyncio.sleep(after_s)
         async with httpx.AsyncClient(timeout=10) as client:
-            await client.post(url, json=self.review)
+            answered = await client.post(url, json=self.review)
+        with self._lock:
+            self.reviewed.append(answered.status_code)
 
     def _refused(self, request: Request) -> Response | None:
         """401 unless the call carries the expected access token (when one is set)."""

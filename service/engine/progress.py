@@ -83,7 +83,7 @@ def rides_along(flow: Flow, steps: Mapping[str, StepResult], name: str, result: 
     if result.status == StepStatus.SKIPPED:
         return True
     if result.status not in ENDED:
-        return False  # a step about to wait for a callback: its token is stored first
+        return False
     if result.status == StepStatus.SUCCEEDED and not step.url:
         return True  # a sleep that ended
     if result.status == StepStatus.SUCCEEDED and step.callback_timeout_s is not None:

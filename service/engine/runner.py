@@ -105,10 +105,6 @@ class FlowRunner:
             log.info("execution resumed", completed_steps=resumed)
         unknown = [name for name in execution.steps if name not in flow.steps]
 
-        async def own_write(name: str, result: StepResult) -> None:
-            if not rides_along(flow, execution.steps, name, result):
-                await checkpoint(name, result)
-
         self._metrics.in_flight.add(1)
         try:
             if unknown:
@@ -119,7 +115,7 @@ class FlowRunner:
                     as_ready(
                         flow,
                         set(resumed),
-                        lambda step: self._run_step(step, execution, deadline, own_write),
+                        lambda step: self._run_step(flow, step, execution, deadline, checkpoint),
                     ),
                 )
         except TimeoutError:
@@ -161,6 +157,7 @@ class FlowRunner:
 
     async def _run_step(
         self,
+        flow: Flow,
         step: Step,
         execution: Execution,
         deadline: float,
@@ -168,7 +165,7 @@ class FlowRunner:
     ) -> bool:
         """Run one step; whether it is done (else it waits, and so do the steps after it)."""
         with self._tracing.span(f"step {step.name}", attributes={"step": step.name}) as span:
-            result = await self._stored_outcome(step, execution, deadline, checkpoint)
+            result = await self._stored_outcome(flow, step, execution, deadline, checkpoint)
             if span is not None:
                 span.set_attribute("status", result.status.value)
                 if result.status == StepStatus.FAILED:
@@ -191,11 +188,15 @@ class FlowRunner:
         return True
 
     async def _stored_outcome(
-        self, step: Step, execution: Execution, deadline: float, checkpoint: Checkpoint
+        self, flow: Flow, step: Step, execution: Execution, deadline: float, checkpoint: Checkpoint
     ) -> StepResult:
-        """The step's outcome, handed to `checkpoint`; refused for good, it fails the step."""
+        """The step's outcome, handed to `checkpoint` unless it rides along with the next
+        write; refused for good, it fails the step. A wait hands over what it must store
+        before its call itself (`checkpoint`, unfiltered)."""
         result = await self._outcome(step, execution, deadline, checkpoint)
         execution.steps[step.name] = result
+        if rides_along(flow, execution.steps, step.name, result):
+            return result
         try:
             await checkpoint(step.name, result)
         except StoreRefused as exc:

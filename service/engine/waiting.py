@@ -137,7 +137,8 @@ class Waits:
         result.wait = Wait(
             kind="callback", timeout_at=timeout_at, callback_sha256=digest, run=execution.run
         )
-        # Stored before the call: the callback may be posted before the call answers.
+        # Written before the call, whatever else runs (it rides with nothing): the callback
+        # may be posted before the call answers, and must find its wait.
         await checkpoint(step.name, result)
         callback = {"url": f"{self._callback_base}/callbacks/{token}"}
         call = await self._caller.call_with(step, {**scope, "callback": callback}, deadline)

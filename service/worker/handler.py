@@ -18,7 +18,8 @@ or the execution, whose result is delivered.
 
 A run that ends `waiting` is suspended in the store and acked, with nothing
 delivered: a wake or a callback sends its resume, a request message under the
-same id, through the broker. Each execution runs its pinned flow version
+same id, through the broker (or this handler, when a callback's answer or a cancel
+came while the run went on). Each execution runs its pinned flow version
 (service/worker/versions.py); a message for an execution already stored is taken
 even when today's flow is gone or its input no longer fits today's definition.
 """
@@ -57,6 +58,7 @@ from service.worker.checkpoints import Checkpoints
 from service.worker.delivery import ResultDelivery
 from service.worker.leases import Leases
 from service.worker.versions import FlowVersions, VersionMissing
+from service.worker.wakes import Wakes
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +81,7 @@ class PushHandler:
         store: ExecutionStore,
         runner: FlowRunner,
         delivery: ResultDelivery,
+        wakes: Wakes,
         default_webhook_url: str | None,
         lease_s: float = DEFAULT_LEASE_S,
         max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS,
@@ -91,6 +94,7 @@ class PushHandler:
         self._store = store
         self._runner = runner
         self._delivery = delivery
+        self._wakes = wakes
         self._default_webhook_url = default_webhook_url
         self._lease_s = lease_s
         self._max_delivery_attempts = max_delivery_attempts
@@ -287,12 +291,14 @@ class PushHandler:
         """Store the waiting execution and end its lease; if the store refuses it for
         good, it ends failed (False: to save and deliver)."""
         try:
-            await self._store.suspend(execution)
+            resume = await self._store.suspend(execution)
         except StoreRefused as exc:
             log.error("the execution store refused the waiting execution", reason=str(exc))
             execution.end_running(f"not suspended: {exc}")
             execution.finish(ExecutionStatus.FAILED, f"not suspended: {exc}")
             return False
+        if resume:  # answered or cancelled while it ran: no timer will, so it goes on now
+            await self._wakes.resume_soon(execution)
         return True
 
     async def _save(

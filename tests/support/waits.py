@@ -7,9 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 
-def until(condition: Callable[[], Any], timeout_s: float = 10, what: str = "not in time") -> None:
-    """Return once `condition()` is true; AssertionError naming `what` after `timeout_s`."""
+def until(
+    condition: Callable[[], Any],
+    timeout_s: float = 10,
+    what: str | Callable[[], str] = "not in time",
+) -> None:
+    """Return once `condition()` is true; AssertionError naming `what` (or what `what()`
+    says then) after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, what
+        if time.monotonic() >= deadline:
+            raise AssertionError(what() if callable(what) else what)
         time.sleep(0.01)
