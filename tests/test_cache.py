@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from service.backends.memory import MemoryStore
+from service.backends.store import ExecutionStore
 from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.caching import StepCache
@@ -124,6 +125,37 @@ async def test_a_failed_call_is_not_kept(functions: tuple[StandIns, str], tmp_pa
     assert failed.steps["embed"].status == "failed"
     succeeded = await run(flow, cache, metrics)
     assert succeeded.steps["embed"].status == "succeeded" and not succeeded.steps["embed"].cached
+
+
+UNSHAPED = """
+input:
+  user_id: {type: string, required: true}
+steps:
+  embed:
+    call: URL/create-user-embeddings
+    cache: {key: "${input.user_id}", ttl: 1h}
+    body: {user_id: "${input.user_id}"}
+    output: ${response.user_id + 1}  # a string plus a number: no output
+"""
+
+
+async def test_an_answer_whose_output_cannot_be_made_is_not_kept(
+    functions: tuple[StandIns, str], store: ExecutionStore, tmp_path: Path
+) -> None:
+    """A 200 that `output:` cannot shape fails the step; kept, it failed every execution of
+    the key for the whole ttl with no call. It is not kept: each execution calls."""
+    stand_ins, url = functions
+    path = tmp_path / "unshaped.yaml"
+    path.write_text(UNSHAPED.replace("URL", url))
+    flow = load_flow(path, {})
+    metrics = Metrics()
+    cache = StepCache(store, metrics)
+    first, second = [await run(flow, cache, metrics) for _ in range(2)]
+    for execution in (first, second):
+        step = execution.steps["embed"]
+        assert step.status == "failed" and step.error, step
+        assert (step.cached, step.attempts) == (False, 1)
+    assert len(stand_ins.called("/create-user-embeddings")) == 2
 
 
 def test_a_cache_on_a_step_that_waits_is_a_load_error(tmp_path: Path) -> None:

@@ -1,11 +1,13 @@
 """The step cache: a call step with `cache: {key, ttl}` reuses a fresh answer.
 
 An answer is kept under a digest of (flow, step, the key's value) in the store, so
-every instance reuses it, until its ttl ends; `output:` still shapes it per use. A
-hit records where the answer came from (the execution whose call made it). Misses of
-one key that overlap in one instance make one call: the others wait for it and use
-its answer (or its error). Failed calls are not kept. A store that cannot answer
-costs the cache, never the step: the call is made.
+every instance reuses it, until its ttl ends; `output:` still shapes it per use (`shape`).
+A hit records where the answer came from (the execution whose call made it). Misses of
+one key that overlap in one instance make one call: the others wait for it and shape
+its answer (or take its error). Failed calls are not kept, nor an answer that the step's
+`output:` could not shape (that failed the step: kept, it would fail every execution of
+the key for the ttl without a call). A store that cannot answer costs the cache, never
+the step: the call is made.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ class StepCache:
         scope: dict[str, Any],
         execution_id: str,
         call: Callable[[], Awaitable[CallResult]],
+        shape: Callable[[CallResult], CallResult],
     ) -> CallResult:
-        """The step's answer for `scope`: kept, joined, or `call()`ed (and kept)."""
+        """The step's answer for `scope`, shaped by `shape`: kept, joined, or `call()`ed
+        (and kept if `shape` took it)."""
         assert step.cache is not None
         try:
             value = step.cache.key.render(scope)
@@ -58,15 +62,15 @@ class StepCache:
         kept = await self._kept(key)
         if kept is not None:
             self._metrics.cache.add(1, labels | {"outcome": "hit"})
-            return CallResult(kept.output, None, 0, cached_from=kept.made_by)
+            return shape(CallResult(kept.output, None, 0, cached_from=kept.made_by))
         under_way = self._calls.get(key)
         if under_way is not None:
             await asyncio.wait({under_way})
             if not under_way.cancelled():
                 self._metrics.cache.add(1, labels | {"outcome": "joined"})
-                return under_way.result()
+                return shape(under_way.result())
         self._metrics.cache.add(1, labels | {"outcome": "miss"})
-        return await self._call(key, step.cache.ttl_s, execution_id, call)
+        return await self._call(key, step.cache.ttl_s, execution_id, call, shape)
 
     async def _call(
         self,
@@ -74,17 +78,19 @@ class StepCache:
         ttl_s: float,
         execution_id: str,
         call: Callable[[], Awaitable[CallResult]],
+        shape: Callable[[CallResult], CallResult],
     ) -> CallResult:
         answer = asyncio.get_running_loop().create_future()
         self._calls[key] = answer
         try:
             result = await call()
-            if result.error is None:
+            shaped = shape(result)
+            if shaped.error is None:
                 expires_at = now() + timedelta(seconds=ttl_s)
                 await self._keep(key, CachedOutput(result.output, execution_id, expires_at))
             joined = replace(result, attempts=0, cached_from=execution_id)
             answer.set_result(joined if result.error is None else result)
-            return result
+            return shaped
         finally:
             if not answer.done():
                 answer.cancel()  # the ones waiting make their own call

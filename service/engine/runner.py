@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -294,23 +295,26 @@ class FlowRunner:
     ) -> CallResult:
         """One call with its body made from `scope` (or the answer the step's cache kept);
         the answer shaped by the step's `output`."""
+
+        def shaped(call: CallResult) -> CallResult:
+            if call.error is not None or step.output is None:
+                return call
+            try:
+                output = render_value(step.output, {**scope, "response": call.output})
+            except EvaluationError as exc:
+                return replace(call, output=None, error=str(exc))
+            return replace(call, output=output)
+
         if step.cache is None:
-            call = await self._caller.call_with(step, scope, deadline)
-        else:
-            call = await self._cache.through(
-                execution.flow,
-                step,
-                scope,
-                execution.execution_id,
-                lambda: self._caller.call_with(step, scope, deadline),
-            )
-        if call.error is not None or step.output is None:
-            return call
-        try:
-            output = render_value(step.output, {**scope, "response": call.output})
-        except EvaluationError as exc:
-            return CallResult(None, str(exc), call.attempts)
-        return CallResult(output, None, call.attempts, call.cached_from)
+            return shaped(await self._caller.call_with(step, scope, deadline))
+        return await self._cache.through(
+            execution.flow,
+            step,
+            scope,
+            execution.execution_id,
+            lambda: self._caller.call_with(step, scope, deadline),
+            shaped,
+        )
 
 
 class FlowChanged(Exception):
