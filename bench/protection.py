@@ -84,7 +84,7 @@ async def adaptation(items: int) -> None:
             run = execution(flow, items=list(range(items)))
             original = adaptive.AdaptiveLimit.overloaded
             if not adapts:
-                adaptive.AdaptiveLimit.overloaded = lambda self, started, after: None  # type: ignore[method-assign]
+                adaptive.AdaptiveLimit.overloaded = lambda self, started: None  # type: ignore[method-assign]
             try:
                 async with http_clients() as (_, sender):
                     runner = FlowRunner(MLCaller(sender, NoTokens()), timeout_s=300)

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+# A Retry-After longer than this is read as this: one answer must not hold calls for hours.
+MAX_RETRY_AFTER_S = 60.0
 
 
 class RetryPolicy(BaseModel):
@@ -39,19 +41,20 @@ class RetryPolicy(BaseModel):
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date), None if absent or bad."""
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), at most
+    MAX_RETRY_AFTER_S; None if absent or bad."""
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        return min(float(value[:12]), MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER_S)
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,8 +81,8 @@ class StandIns:
     carry an ID token whose audience is the called URL, else 401. `padding[path]` adds
     that many bytes to each answer of `path`, `extra[path]` fields. A call to a path in
     `gates` answers once its event is set. `capacity[path]`: calls beyond that many in
-    flight are answered 429 (with `retry_after`, if set) and counted in `refused`; `peak`
-    is the most calls in flight seen per path.
+    flight are answered 429 (with `retry_after`, if set, as scripted 429s and 503s are) and
+    counted in `refused`; `peak` is the most calls in flight seen per path.
     """
 
     delay_s: float = 0.0
@@ -155,7 +155,9 @@ class StandIns:
                 with self._lock:
                     self._in_flight[path] -= 1
             if status != 200:
-                return Response(f"scripted {status}", status_code=status)
+                overloaded = status in (429, 503) and self.retry_after is not None
+                headers = {"Retry-After": self.retry_after or ""} if overloaded else {}
+                return Response(f"scripted {status}", status_code=status, headers=headers)
             return Response(json.dumps(self.answer(path, body)), media_type="application/json")
 
         return app

@@ -13,7 +13,7 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
-from service.engine.adaptive import OVERLOADED, AdaptiveLimit
+from service.engine.adaptive import OVERLOADED, AdaptiveLimit, Pauses
 from service.engine.expressions import EvaluationError, render_value
 from service.engine.flow import Step
 from service.engine.outbound import NoAnswer, Sender
@@ -46,7 +46,8 @@ class MLCaller:
     Each target host gets at most `per_host_limit` calls in flight from this
     instance, fewer while it answers 429 or 503 (service/engine/adaptive.py), so a
     burst of executions queues here instead of flooding one function, and a retry
-    budget, so failing calls cannot multiply its load.
+    budget, so failing calls cannot multiply its load. A function's Retry-After holds
+    back new calls to that function only, and never past a call's deadline.
     """
 
     def __init__(
@@ -72,6 +73,11 @@ class MLCaller:
         self._per_host_limit = per_host_limit
         self._limits: dict[str, AdaptiveLimit] = {}
         self._budgets: dict[str, RetryBudget] = {}
+        self._pauses = Pauses()
+
+    def paused_for(self, url: str) -> float:
+        """Seconds until new calls to the function at `url` may go out (its Retry-After)."""
+        return self._pauses.remaining(url)
 
     async def call_with(self, step: Step, scope: dict[str, Any], deadline: float) -> CallResult:
         """The step's call with its body made from `scope`; a body that cannot be made
@@ -97,6 +103,11 @@ class MLCaller:
         quota = self._quotas.of(step.limit) if step.limit and self._quotas else None
 
         async def attempt(number: int) -> Attempt[Any]:
+            pause = self._pauses.remaining(url)
+            if pause > 0:
+                if loop.time() + pause >= deadline:
+                    return Attempt(error=_paused_past(pause))
+                await asyncio.sleep(pause)  # before any slot: the others go on meanwhile
             try:
                 async with self._quota_slot(quota, deadline):
                     return await limited(number)
@@ -115,7 +126,9 @@ class MLCaller:
                     if span is not None:
                         _record(span, outcome)
             if status in OVERLOADED:
-                limit.overloaded(started_round, outcome.retry_after)
+                limit.overloaded(started_round)
+                if outcome.retry_after:
+                    self._pauses.asked(url, outcome.retry_after)
             elif outcome.ok:
                 limit.succeeded()
             self._metrics.ml_calls.add(1, {"host": host, "outcome": _outcome(outcome)})
@@ -171,6 +184,13 @@ class MLCaller:
             paced=answer.status == 429,
         )
         return refused, answer.status
+
+
+def _paused_past(pause: float) -> str:
+    return (
+        f"not called: the function asked for a pause (Retry-After) that ends in {pause:.0f} s, "
+        "past the execution's deadline"
+    )
 
 
 def _outcome(attempt: Attempt[Any]) -> str:
