@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -19,11 +21,12 @@ from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.calls import MLCaller
 from service.engine.flow import Step, check_limits, load_flow, load_flows
+from service.engine.flow_spec import LimitSpec
 from service.engine.outbound import http_clients
 from service.engine.outbound_auth import NoTokens
-from service.engine.quotas import Quotas
+from service.engine.quotas import Quota, Quotas
 from service.errors import FlowError
-from service.shares import Holder, Share, allot
+from service.shares import Ask, Holder, Share, allot
 
 LIMITED = """
 steps:
@@ -50,6 +53,10 @@ def test_a_share_is_fair_never_past_the_total_and_keeps_what_is_in_flight() -> N
     assert allot(Share(3, 0), four, Share(3, 0), Share(), now=0) == Share(1, 0)  # 3 over 3: 1
     empty = {n: Holder(Share(3, 0), Share(1, 0), 5) for n in "bcd"}
     assert allot(Share(3, 0), empty, Share(3, 0), Share(), now=0) == Share(0, 0)
+    # What the store keeps while the asker goes on under its old grant: the larger one.
+    shrinks = Ask(total, demand=Share(1, 5), in_use=Share(), held=Share(4, 40))
+    assert shrinks.kept(Share(1, 5)) == Share(4, 40) and not shrinks.lets_go
+    assert Ask(total, Share(), Share(), Share()).lets_go
 
 
 def test_one_key_with_two_sets_of_numbers_is_a_load_error(tmp_path: Path) -> None:
@@ -87,7 +94,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[ExecutionStore]
     request.getfixturevalue("firestore_emulator")
     shared = FirestoreStore(f"test-{uuid.uuid4().hex[:8]}", "executions", timedelta(days=7))
     # The emulator's first transaction in a new project takes seconds: not the one measured.
-    await shared.lease_share("warm-up", "test", Share(1, 0), Share(), Share(), 1.0)
+    await shared.lease_share("warm-up", "test", Ask(Share(1, 0), Share(), Share(), Share()), 1.0)
     yield shared
     await shared.close()
 
@@ -152,3 +159,52 @@ async def test_a_dead_instance_s_share_returns_within_its_lease(
         await survivor.close()
     print(f"\nthe dead instance's share came back after {waited:.2f} s (lease 1 s)")
     assert 0.5 <= waited <= 3.0
+
+
+class Slow:
+    """A store whose limit leases take `latency_s` each way (the request, then the answer),
+    as a far Firestore's do: grants land while calls go on."""
+
+    def __init__(self, store: ExecutionStore, latency_s: float) -> None:
+        self._store, self._latency_s = store, latency_s
+
+    async def lease_share(self, *args: Any) -> Share:
+        await asyncio.sleep(self._latency_s * random.uniform(0.5, 1.5))
+        granted = await self._store.lease_share(*args)
+        await asyncio.sleep(self._latency_s * random.uniform(0.5, 1.5))
+        return granted
+
+
+async def test_shares_never_add_up_past_the_limit_while_grants_move_under_calls(
+    store: ExecutionStore,
+) -> None:
+    """concurrency: 3 across three instances, each in timed bursts of 1 to 6 calls that
+    shift the demands (so grants grow and shrink while calls are in flight), renewing
+    every 30 ms through a store 20 ms away each way: never 4 calls in flight at once."""
+    spec = LimitSpec(key="bursts", concurrency=3)
+    slow = cast(ExecutionStore, Slow(store, latency_s=0.02))
+    instances = [Quotas(slow, refresh_s=0.03, lease_s=2.0) for _ in range(3)]
+    in_flight, peaks, calls_made = 0, [], 0
+    random.seed(7)
+
+    async def call(quota: Quota) -> None:
+        nonlocal in_flight, calls_made
+        async with quota.slot(asyncio.get_running_loop().time() + 30):
+            in_flight += 1
+            calls_made += 1
+            peaks.append(in_flight)
+            await asyncio.sleep(random.uniform(0.005, 0.04))
+            in_flight -= 1
+
+    async def bursts(quotas: Quotas) -> None:
+        quota = quotas.of(spec)
+        for _ in range(10):
+            await asyncio.gather(*(call(quota) for _ in range(random.randint(1, 6))))
+            await asyncio.sleep(random.uniform(0, 0.08))
+
+    await asyncio.gather(*(bursts(quotas) for quotas in instances))
+    for quotas in instances:
+        await quotas.close()
+    print(f"\n{calls_made} calls in bursts over 3 instances: peak {max(peaks)} (limit 3)")
+    assert calls_made >= 30
+    assert max(peaks) <= 3

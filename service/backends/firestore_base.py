@@ -42,7 +42,7 @@ from service.backends.firestore_layout import (
 from service.backends.firestore_wire import LOST_RACE, Wire, python, write
 from service.errors import StoreUnavailable
 from service.execution import CachedOutput, now
-from service.shares import Holder, Share, allot
+from service.shares import Ask, Holder, Share, allot
 
 REMEMBERED_PARTS = 1000
 LEASE_ATTEMPTS = 10
@@ -94,9 +94,7 @@ class FirestoreBase:
         snapshot = await self._call(self._flows.document(f"{name}@{version}").get())
         return snapshot.get("source") if snapshot.exists else None
 
-    async def lease_share(
-        self, key: str, instance: str, total: Share, demand: Share, in_use: Share, lease_s: float
-    ) -> Share:
+    async def lease_share(self, key: str, instance: str, ask: Ask, lease_s: float) -> Share:
         # A read, then a write conditioned on what was read (no transaction: the emulator
         # queues transactions of one document for seconds); another instance's write in
         # between makes it try again.
@@ -106,10 +104,11 @@ class FirestoreBase:
             stored = ((snapshot.to_dict() or {}) if snapshot.exists else {}).get("holders", {})
             moment = time.time()
             others = {n: _holder(h) for n, h in stored.items() if n != instance}
-            granted = allot(total, others, demand, in_use, moment)
+            granted = allot(ask.total, others, ask.demand, ask.in_use, moment)
             holders = {n: stored[n] for n, h in others.items() if h.expires_at > moment}
-            if granted != Share() or demand != Share():
-                holders[instance] = _stored(Holder(demand, granted, moment + lease_s))
+            if granted != Share() or not ask.lets_go:
+                kept = Holder(ask.demand, ask.kept(granted), moment + lease_s)
+                holders[instance] = _stored(kept)
             try:
                 if snapshot.exists:
                     option = self._client.write_option(last_update_time=snapshot.update_time)

@@ -39,7 +39,7 @@ from service.execution import (
     StepResult,
     now,
 )
-from service.shares import Holder, Share, allot
+from service.shares import Ask, Holder, Share, allot
 from service.waits import CallbackToken
 
 DEFAULT_CAPACITY = 10_000
@@ -235,18 +235,16 @@ class MemoryStore:
         )
         return dict(counted)
 
-    async def lease_share(
-        self, key: str, instance: str, total: Share, demand: Share, in_use: Share, lease_s: float
-    ) -> Share:
+    async def lease_share(self, key: str, instance: str, ask: Ask, lease_s: float) -> Share:
         async with self._lock:
             holders = self._shares.setdefault(key, {})
             others = {name: holder for name, holder in holders.items() if name != instance}
             moment = time.time()
-            granted = allot(total, others, demand, in_use, moment)
+            granted = allot(ask.total, others, ask.demand, ask.in_use, moment)
             holders.clear()
             holders.update({n: h for n, h in others.items() if h.expires_at > moment})
-            if granted != Share() or demand != Share():
-                holders[instance] = Holder(demand, granted, moment + lease_s)
+            if granted != Share() or not ask.lets_go:
+                holders[instance] = Holder(ask.demand, ask.kept(granted), moment + lease_s)
             return granted
 
     async def cached(self, key: str) -> CachedOutput | None:

@@ -71,7 +71,7 @@ from service.execution import (
     is_execution_id,
     now,
 )
-from service.shares import Share
+from service.shares import Ask, Share
 from service.waits import CallbackToken
 
 log = structlog.get_logger(__name__)
@@ -327,11 +327,10 @@ class ExecutionStore(Protocol):
     async def versions_in_use(self, name: str) -> dict[str, int]:
         """How many executions of flow `name` not ended run each version (at most 1000 read)."""
 
-    async def lease_share(
-        self, key: str, instance: str, total: Share, demand: Share, in_use: Share, lease_s: float
-    ) -> Share:
+    async def lease_share(self, key: str, instance: str, ask: Ask, lease_s: float) -> Share:
         """`instance`'s share of limit `key` for the next `lease_s` (service/shares.py's
-        `allot`, against the other live holders); a zero share with no demand lets go."""
+        `allot`, against the other live holders), recorded as `ask.kept` of it; a zero
+        share with nothing asked or held lets go."""
 
     async def cached(self, key: str) -> CachedOutput | None:
         """The output kept under `key` (a digest), unless there is none or it expired."""

@@ -3,10 +3,11 @@
 Each instance enforces its own share of each limit (calls in flight, and a token
 bucket of calls per second with a second's burst) and leases that share in the store
 every REFRESH_S, asking with its demand of the last period (service/shares.py has the
-rule): no store write per call, a few per instance and limit a minute. A call that
-finds no room waits, within the execution's deadline, and asks for a renewal at once;
-past the deadline the attempt fails. An instance that cannot renew stops calling once
-its lease has run out (another may hold that share by then); one that stops gives its
+rule, and why the shares never add up past the limit): no store write per call, a few
+per instance and limit a minute. A call that finds no room waits, within the
+execution's deadline, and asks for a renewal at once; past the deadline the attempt
+fails. An instance that cannot renew stops calling once its lease has run out, counted
+from when it asked (another may hold that share by then); one that stops gives its
 share back, one that dies loses it when its lease ends (LEASE_S).
 """
 
@@ -27,7 +28,7 @@ from service.backends.store import ExecutionStore
 from service.engine.flow_spec import LimitSpec
 from service.errors import OrchestratorError
 from service.metrics import Metrics
-from service.shares import Share
+from service.shares import Ask, Share
 
 log = structlog.get_logger(__name__)
 
@@ -172,8 +173,8 @@ class Quotas:
             await asyncio.gather(self._task, return_exceptions=True)
         for quota in self._quotas.values():
             if quota.granted != Share():
-                try:
-                    await self._lease(quota, Share(), Share())
+                try:  # no call starts after this: nothing is held
+                    await self._lease(quota, Ask(quota.total, Share(), Share(), Share()))
                 except OrchestratorError as exc:
                     log.warning("limit share not given back", key=quota.spec.key, reason=str(exc))
 
@@ -190,17 +191,21 @@ class Quotas:
                     await asyncio.wait_for(self._soon.wait(), left)
 
     async def _renew(self, quota: Quota) -> None:
-        period = max(self._refresh_s, time.monotonic() - quota.renewed_at)
+        asked_at = time.monotonic()
+        period = max(self._refresh_s, asked_at - quota.renewed_at)
         demand = quota.demand(period)
         in_use = Share(float(quota.in_flight) if quota.spec.concurrency else 0.0, 0.0)
+        held = quota.granted  # applied until the answer lands: the store keeps it meanwhile
         try:
-            granted = await self._lease(quota, demand, in_use)
+            granted = await self._lease(quota, Ask(quota.total, demand, in_use, held))
         except OrchestratorError as exc:
             log.warning("limit share not renewed", key=quota.spec.key, reason=str(exc))
             if time.monotonic() - quota.renewed_at >= self._lease_s:
                 await quota.grant(Share())  # the lease has run out: it may be another's now
             return
-        quota.renewed_at = time.monotonic()
+        quota.renewed_at = asked_at  # the store counts the lease from about then, not later
+        if granted.concurrency < held.concurrency or granted.rate < held.rate:
+            self._soon.set()  # the store still records `held`: the next lease gives it back
         if granted != quota.granted:
             log.info(
                 "limit share",
@@ -211,7 +216,5 @@ class Quotas:
             )
         await quota.grant(granted)
 
-    async def _lease(self, quota: Quota, demand: Share, in_use: Share) -> Share:
-        return await self._store.lease_share(
-            quota.spec.key, self.instance, quota.total, demand, in_use, self._lease_s
-        )
+    async def _lease(self, quota: Quota, ask: Ask) -> Share:
+        return await self._store.lease_share(quota.spec.key, self.instance, ask, self._lease_s)
