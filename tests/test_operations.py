@@ -23,7 +23,7 @@ from service.app import create_app
 from service.backends.memory import MemoryStore
 from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
-from service.execution import Execution, ExecutionStatus
+from service.execution import Execution, ExecutionStatus, StepResult, StepStatus
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import Identity, certs_server
 from tests.support.project import WEBHOOK_SECRET, full_seed, make_settings, project_flows
@@ -432,3 +432,33 @@ def test_a_re_drive_the_broker_cannot_take_is_undone() -> None:
     [(_, _, attributes)] = transport.published
     attributes.pop("googclient_traceparent")
     assert attributes == {"execution_id": failed.execution_id, "flow": failed.flow, "run": "2"}
+
+
+def test_a_wake_the_broker_cannot_take_is_a_503_naming_what_was_woken() -> None:
+    """Due executions whose resumes the broker refuses: 503 with Retry-After, never a
+    200 that says nothing was due; their timers come due again after REWAKE_S."""
+    store = MemoryStore()
+    for n in range(3):
+        waiting = Execution(
+            execution_id=f"w-{n}",
+            flow="ml-orchestration",
+            status=ExecutionStatus.RUNNING,
+            input={"user_id": "u"},
+        )
+        waiting.steps["nap"] = StepResult(
+            status=StepStatus.WAITING, wake_at=datetime.now(UTC) - timedelta(seconds=1)
+        )
+        asyncio.run(store.suspend(waiting))
+    transport = RecordingTransport()
+    transport.down = True
+    with serve(create_app(make_settings(wake_interval_s=0), FLOWS, transport, store)) as url:
+        refused = httpx.post(f"{url}/executions/wake")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5", refused.text
+        assert "0 of 3" in refused.json()["detail"]
+        transport.down = False
+        assert httpx.post(f"{url}/executions/wake").json() == {"woken": 0}  # not due yet
+    assert transport.published == []
+    for n in range(3):
+        execution = asyncio.run(store.get(f"w-{n}"))
+        assert execution is not None and execution.wake_at is not None
+        assert execution.wake_at > datetime.now(UTC)  # due again after REWAKE_S

@@ -14,9 +14,9 @@ import asyncio
 
 import structlog
 
-from service.backends.store import ExecutionStore
+from service.backends.store import REWAKE_S, ExecutionStore
 from service.backends.transport import Transport
-from service.errors import OrchestratorError
+from service.errors import BrokerUnavailable, OrchestratorError
 from service.execution import Execution, ExecutionStatus
 from service.messages import RequestMessage
 from service.metrics import Metrics
@@ -56,11 +56,8 @@ class Wakes:
     async def resume_soon(self, execution: Execution) -> None:
         """Resume a waiting execution now (a callback answered, a cancel asked). If the
         broker refuses, its timer, which the store moved REWAKE_S ahead, resumes it."""
-        if execution.status == ExecutionStatus.WAITING:  # running: due once it suspends
-            await self._resumed(execution)
-
-    async def _resumed(self, execution: Execution) -> bool:
-        """Publish its resume; False (logged) if the broker refused it."""
+        if execution.status != ExecutionStatus.WAITING:
+            return  # running: it resumes itself when it suspends
         try:
             await self.resume(execution)
         except OrchestratorError as exc:
@@ -69,23 +66,35 @@ class Wakes:
                 execution_id=execution.execution_id,
                 reason=str(exc),
             )
-            return False
-        return True
 
     async def wake(self) -> int:
-        """Resume up to one batch of due executions; how many resumes were published."""
+        """Resume up to one batch of due executions; how many resumes were published.
+
+        BrokerUnavailable, naming how many went out, if the broker refused any: those are
+        due again after REWAKE_S (their timers moved when they were handed out)."""
         due = await self._store.due(self._batch)
         at_once = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+        refusals: list[str] = []
 
         async def one(execution: Execution) -> bool:
             async with at_once:
-                done = await self._resumed(execution)
+                try:
+                    await self.resume(execution)
+                    done = True
+                except OrchestratorError as exc:
+                    refusals.append(str(exc))
+                    done = False
             self._metrics.wakes.add(1, {"outcome": "woken" if done else "not_published"})
             return done
 
         published = sum(await asyncio.gather(*(one(execution) for execution in due)))
         if due:
             log.info("waiting executions woken", woken=published, due=len(due))
+        if refusals:
+            raise BrokerUnavailable(
+                f"{published} of {len(due)} due executions woken; the others are due again "
+                f"in {REWAKE_S:g} s: {refusals[0]}"
+            )
         return published
 
     async def every(self, interval_s: float) -> None:
@@ -95,5 +104,5 @@ class Wakes:
                 while await self.wake() == self._batch:
                     pass
             except OrchestratorError as exc:
-                log.warning("due executions not read this time", reason=str(exc))
+                log.warning("due executions not all woken this time", reason=str(exc))
             await asyncio.sleep(interval_s)
