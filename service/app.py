@@ -81,17 +81,20 @@ def create_app(
                 orchestration_topic=config.orchestration_topic,
                 pid=os.getpid(),  # one line per worker process (WEB_CONCURRENCY)
             )
-            undo_signals = on_stop_signals(app.state.components.push.drain)
-            timers = None
+            parts = app.state.components
+            undo_signals = on_stop_signals(parts.push.drain)
+            steps = [step for flow in loaded.values() for step in flow.steps.values()]
+            # The flows' tokens, fetched while the instance starts: readiness does not wait.
+            background = [asyncio.create_task(parts.caller.warm(steps))]
             if config.wake_every_s > 0:
-                timers = asyncio.create_task(app.state.components.wakes.every(config.wake_every_s))
+                background.append(asyncio.create_task(parts.wakes.every(config.wake_every_s)))
             try:
                 yield
             finally:
                 undo_signals()
-                if timers is not None:
-                    timers.cancel()
-                    await asyncio.gather(timers, return_exceptions=True)
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
                 await app.state.components.quotas.close()
                 await broker.close()
                 await executions.close()
@@ -268,4 +271,5 @@ def build(
         metrics=metrics,
         wakes=wakes,
         quotas=quotas,
+        caller=caller,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import uuid
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -12,12 +13,16 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI, Request
 
+from service.app import create_app
 from service.dev.servers import serve
 from service.engine.calls import MLCaller
 from service.engine.flow import Step, load_flow
 from service.engine.outbound import http_clients
 from service.engine.outbound_auth import GoogleAccessTokens, GoogleIdTokens, NoTokens
+from tests.support.fakes import RecordingTransport
 from tests.support.identity import ACCESS_TOKEN, Identity
+from tests.support.project import make_settings, project_flows
+from tests.support.waits import until
 
 
 async def test_a_token_is_fetched_for_the_audience_and_reused(
@@ -122,3 +127,16 @@ def _step(url: str) -> Step:
     flow = Path(tempfile.mkdtemp()) / "one.yaml"
     flow.write_text(f"steps:\n  one:\n    call: {url}\n")
     return load_flow(flow, {}).steps["one"]
+
+
+def test_the_tokens_of_every_audience_the_flows_call_are_fetched_at_start(
+    metadata: Counter[str],
+) -> None:
+    """A new instance fetches each audience's ID token while it starts, all at once, so
+    its first execution does not wait for them one step after another."""
+    flows = project_flows(f"https://warm-{uuid.uuid4().hex[:8]}.example")
+    audiences = {s.audience for f in flows.values() for s in f.steps.values() if s.url}
+    app = create_app(make_settings(ml_auth="id_token"), flows, RecordingTransport())
+    with serve(app):
+        until(lambda: all(metadata[a] == 1 for a in audiences), 10, "not fetched at start")
+    assert len(audiences) >= 4

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from service.api.inbound_auth import OperatorAccess, TokenAuth
     from service.backends.store import ExecutionStore
     from service.backends.transport import Transport
+    from service.engine.calls import MLCaller
     from service.engine.flow import Flow
     from service.engine.quotas import Quotas
     from service.metrics import Metrics
@@ -37,6 +38,7 @@ class Components:
     metrics: Metrics
     wakes: Wakes
     quotas: Quotas
+    caller: MLCaller
 
 
 def components_of(request: Request) -> Components:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +74,20 @@ class MLCaller:
         self._limits: dict[str, AdaptiveLimit] = {}
         self._budgets: dict[str, RetryBudget] = {}
         self._pauses = Pauses()
+
+    async def warm(self, steps: Iterable[Step]) -> None:
+        """Fetch the token of every audience `steps` call, all at once: on a new instance
+        the first execution then waits for none of them, one step after another. A fetch
+        that fails is tried again at the call, as any other."""
+        wanted = {(step.auth, step.audience) for step in steps if step.url and step.auth != "none"}
+
+        async def one(auth: str, audience: str) -> None:
+            try:
+                await self._providers[auth].headers(audience)
+            except Exception as exc:  # google-auth raises several unrelated types
+                log.warning("token not fetched ahead; fetched at the call", reason=str(exc))
+
+        await asyncio.gather(*(one(auth, audience) for auth, audience in wanted))
 
     def paused_for(self, url: str) -> float:
         """Seconds until new calls to the function at `url` may go out (its Retry-After)."""
