@@ -33,7 +33,7 @@ from service.engine.outbound import NoAnswer, http_clients
 from service.engine.outbound_auth import GoogleIdTokens
 from service.engine.runner import MAX_FOR_EACH_ITEMS
 from service.errors import BrokerUnavailable, DeliveryFailed
-from service.execution import Execution, ExecutionStatus, StepResult, StepStatus
+from service.execution import Execution, ExecutionStatus, StepResult, StepStatus, now
 from service.messages import RequestMessage
 from service.worker.delivery import ResultDelivery
 from service.worker.targets import WebhookTargets
@@ -159,6 +159,34 @@ async def test_a_publish_refused_while_the_broker_stalls_is_never_sent_later(
     assert {b"before", b"after"} <= arrived
     # The in-flight one was cut on its way: the broker may have taken it (documented).
     assert not [data for data in arrived if data.startswith(b"waiting")]
+
+
+@pytest.mark.emulator
+def test_a_wake_while_the_broker_refuses_is_a_503_within_the_bound(emulator: Emulator) -> None:
+    """Before: 200 {"woken": 0}, so Cloud Scheduler saw success while nothing resumed."""
+    admin = EmulatorAdmin(emulator.host, f"wake-{uuid.uuid4().hex[:8]}")
+    admin.topic("ml-orchestration-requests")
+    store = MemoryStore()
+    waiting = Execution(
+        execution_id="due-1",
+        flow="ml-orchestration",
+        status=ExecutionStatus.RUNNING,
+        input={"user_id": "u", "session_id": "s"},
+    )
+    waiting.steps["nap"] = StepResult(status=StepStatus.WAITING, wake_at=now() - DAY)
+    asyncio.run(store.suspend(waiting))
+    with proxy(emulator.host) as broker:
+        transport = PubSubTransport(admin.project, timeout_s=1.0, emulator_host=broker.address)
+        settings = make_settings(google_cloud_project=admin.project, wake_interval_s=0)
+        with serve(create_app(settings, FLOWS, transport, store)) as url:
+            broker.mode = Mode.REFUSE
+            began = time.monotonic()
+            refused = httpx.post(f"{url}/executions/wake", timeout=30)
+            took = time.monotonic() - began
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "5"
+    assert "0 of 1" in refused.json()["detail"]
+    assert took < 5
 
 
 # 3. Firestore down: 503 with Retry-After within the bound, everywhere.
