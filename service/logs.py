@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 import structlog
@@ -44,7 +44,9 @@ def configure_logging(
 
     `project` makes trace ids Cloud Logging's `projects/PROJECT/traces/ID`.
     """
-    stream = stream or sys.stdout
+    # Standard output as it is at each line, not as it was now: whoever replaces
+    # sys.stdout later (a test's capture, then closed) must not take the logs with it.
+    stream = stream or cast(TextIO, _StandardOutput())
 
     def add_trace(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
         ids = current_ids()
@@ -85,6 +87,16 @@ def configure_logging(
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+
+
+class _StandardOutput:
+    """sys.stdout, looked up at every write."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
 
 
 def _remove_meta(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
