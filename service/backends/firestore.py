@@ -39,7 +39,7 @@ from service.backends.firestore_calls import Contended
 from service.backends.firestore_layout import slot, summary
 from service.backends.firestore_operations import FirestoreOperations
 from service.backends.firestore_wire import LOST_RACE, deletion, later, python, write
-from service.backends.store import Claim, ClaimState, cancel_wins, claimed, due_again
+from service.backends.store import Claim, ClaimState, cancel_wins, claimed, suspended
 from service.errors import StoreUnavailable
 from service.execution import Execution, ExecutionStatus, StepResult
 
@@ -189,16 +189,14 @@ class FirestoreStore(FirestoreOperations):
         await self._write_parts(execution.execution_id, parts)
         resume = False
 
-        def suspended(held: _Held) -> tuple[dict[str, Any], list[str]]:
+        def suspending(held: _Held) -> tuple[dict[str, Any], list[str]]:
             nonlocal resume
             answered = held.answered | execution.callbacks.keys()
-            resume = execution.suspend(answered, held.cancel_requested)
-            if resume:
-                execution.wake_at = due_again()
+            resume = suspended(execution, answered, held.cancel_requested)
             fields.update(summary(execution, self._ttl))  # its timer, and its expiry
             return fields, list(fields)
 
-        await self._as_holder(execution.execution_id, suspended, blind=True)
+        await self._as_holder(execution.execution_id, suspending, blind=True)
         self._held.pop(execution.execution_id, None)
         return resume
 

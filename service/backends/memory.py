@@ -28,6 +28,7 @@ from service.backends.store import (
     page_key,
     page_token,
     sort_key,
+    suspended,
 )
 from service.execution import (
     TERMINAL,
@@ -184,9 +185,7 @@ class MemoryStore:
             entry = self._entries.get(execution.execution_id) or _Entry(execution)
             stored = entry.execution.callbacks
             answered = stored.keys() | execution.callbacks.keys()
-            resume = execution.suspend(answered, entry.cancel_requested)
-            if resume:
-                execution.wake_at = due_again()
+            resume = suspended(execution, answered, entry.cancel_requested)
             execution.callbacks = {**stored, **execution.callbacks}
             entry.execution, entry.delivered = execution, False
             entry.owner, entry.lease_until = None, 0.0

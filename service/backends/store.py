@@ -184,6 +184,15 @@ def due_again() -> datetime:
     return now() + timedelta(seconds=REWAKE_S)
 
 
+def suspended(execution: Execution, answered: Collection[str], cancel_requested: bool) -> bool:
+    """`Execution.suspend` as stored: one that must resume now (answered or cancelled
+    while it ran) is handed to the caller, its timer `due_again()`; whether it is."""
+    resume = execution.suspend(answered, cancel_requested)
+    if resume:
+        execution.wake_at = due_again()
+    return resume
+
+
 def may_redrive(execution: Execution, delivered: bool) -> None:
     """Conflict unless `execution` ended failed, partial or cancelled and went out.
 

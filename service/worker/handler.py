@@ -168,7 +168,7 @@ class PushHandler:
     ) -> None:
         """Ack-and-report a message that can never succeed: logged, stored and published."""
         log.error("message rejected", reason=exc.reason)
-        named = f"message-{message_id}"  # the sender's string: an id only if it can be one
+        named = f"message-{message_id or 'unknown'}"  # the sender's: an id if it can be one
         execution_id = exc.execution_id or (named if is_execution_id(named) else "message-unknown")
         execution = Execution(
             execution_id=execution_id,
