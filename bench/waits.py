@@ -26,10 +26,14 @@ from typing import Any
 
 from bench.storage import Counts, on_emulator, on_firestore, stand_ins
 from service.backends.firestore import FirestoreStore
+from service.backends.store import ExecutionStore
 from service.backends.transport import Deliver
 from service.engine.flow import load_flows
 from service.execution import Execution, ExecutionStatus, StepResult, StepStatus, Wait
 from service.messages import PushEnvelope, PushMessage
+from service.metrics import Metrics
+from service.telemetry import Tracing
+from service.worker.publisher import RequestPublisher
 from service.worker.wakes import Wakes
 
 TWO_CALLS = """
@@ -48,6 +52,11 @@ WITH_SLEEP = TWO_CALLS.replace(
     "  second:\n    after: [first]",
     "  nap:\n    after: [first]\n    sleep: 10ms\n  second:\n    after: [nap]",
 )
+
+
+def waker(store: ExecutionStore, published: Published) -> Wakes:
+    """The wakes of one instance, publishing to `published`."""
+    return Wakes(store, RequestPublisher(published, "requests", Tracing()), Metrics())
 
 
 class Published:
@@ -94,7 +103,7 @@ def per(counts: Counts, runs: int, returned: int = 0) -> tuple[float, float]:
 
 async def cycle_costs(parts: Any, store: FirestoreStore, counts: Counts, runs: int) -> None:
     """Two calls, then two calls with a suspended wait between them."""
-    wakes = Wakes(store, published := Published(), "requests")
+    wakes = waker(store, published := Published())
     print(f"{'per execution':<34}{'writes':>7}{'reads':>7}{'CPU ms':>8}{'wall ms':>9}")
     for name in ("two-calls", "with-sleep"):
         ids = [str(uuid.uuid4()) for _ in range(runs)]
@@ -166,7 +175,7 @@ async def many(store: FirestoreStore, counts: Counts, count: int) -> None:
         await batch.commit()
     seeded_s = time.perf_counter() - started
     published = Published()
-    wakes = Wakes(store, published, "requests")
+    wakes = waker(store, published)
     counts.rpcs.clear()
     calls = 0
     cpu, wall = time.process_time(), time.perf_counter()
@@ -202,7 +211,7 @@ async def counted_costs(runs: int = 20) -> dict[str, tuple[float, float]]:
     project = f"bench-{uuid.uuid4().hex[:8]}"
     costs: dict[str, tuple[float, float]] = {}
     async with on_firestore(project, flows, inline_wait_s=0) as (parts, store, counts):
-        wakes = Wakes(store, published := Published(), "requests")
+        wakes = waker(store, published := Published())
         for _ in range(runs):
             assert await parts.push.handle(envelope("with-sleep", str(uuid.uuid4()))) == 204
         await asyncio.sleep(0.05)  # the 10 ms sleeps are due

@@ -44,6 +44,7 @@ from service.settings import MLAuth, Settings, StoreKind
 from service.telemetry import TraceContext, Tracing, tracing_from_environment
 from service.worker.delivery import ResultDelivery
 from service.worker.handler import PushHandler
+from service.worker.publisher import RequestPublisher
 from service.worker.targets import WebhookTargets
 from service.worker.versions import FlowVersions
 from service.worker.wakes import Wakes
@@ -213,7 +214,8 @@ def build(
         access_tokens,
         quotas,
     )
-    wakes = Wakes(store, transport, settings.orchestration_topic, metrics)
+    requests = RequestPublisher(transport, settings.orchestration_topic, tracing)
+    wakes = Wakes(store, requests, metrics)
     handler = PushHandler(
         versions=FlowVersions(flows, store, settings.flow_env()),
         store=store,
@@ -269,6 +271,7 @@ def build(
         operators=operators,
         tracing=tracing,
         metrics=metrics,
+        requests=requests,
         wakes=wakes,
         quotas=quotas,
         caller=caller,

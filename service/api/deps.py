@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from service.settings import Settings
     from service.telemetry import Tracing
     from service.worker.handler import PushHandler
+    from service.worker.publisher import RequestPublisher
     from service.worker.targets import WebhookTargets
     from service.worker.wakes import Wakes
 
@@ -36,6 +37,7 @@ class Components:
     operators: OperatorAccess
     tracing: Tracing
     metrics: Metrics
+    requests: RequestPublisher
     wakes: Wakes
     quotas: Quotas
     caller: MLCaller

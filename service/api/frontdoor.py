@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
-from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from service.api.bodies import json_body, json_body_read_here, read_body
@@ -20,7 +19,6 @@ from service.errors import BrokerUnavailable, OrchestratorError, WebhookTargetRe
 from service.execution import EXECUTION_ID, Execution, ExecutionStatus, now
 from service.limits import MAX_REQUEST_BYTES
 from service.messages import Accepted, OrchestrateRequest, RequestMessage, field_errors
-from service.telemetry import message_attributes
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
@@ -154,12 +152,8 @@ async def get_execution(execution_id: ExecutionId, parts: ComponentsDep) -> Exec
 
 async def publish(parts: Components, message: RequestMessage, refusal: str, run: int = 1) -> None:
     """Hand a request message to the broker; 503 with Retry-After when it cannot take it."""
-    attributes = message.attributes(run)
-    topic = parts.settings.orchestration_topic
     try:
-        with parts.tracing.span(f"{topic} publish", SpanKind.PRODUCER, attributes):
-            attributes |= message_attributes()  # the producer's trace, for the push
-            await parts.transport.publish(topic, message.model_dump_json().encode(), attributes)
+        await parts.requests.publish(message, run)
     except BrokerUnavailable as exc:
         raise unavailable(exc, refusal) from None
 

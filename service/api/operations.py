@@ -189,12 +189,8 @@ _ON_ONE: dict[str, Any] = {"status_code": 202, "responses": {**_UNKNOWN, **_CONF
     **_ON_ONE,
 )
 async def cancel(execution_id: ExecutionId, parts: ComponentsDep) -> Cancelling:
-    before = await _on_one(parts.store.cancel(execution_id), execution_id)
+    before = await _on_one(parts.wakes.cancel(execution_id), execution_id)
     log.info("cancel asked by an operator", execution_id=execution_id, was=before)
-    if before == ExecutionStatus.WAITING:  # its resume ends it cancelled and delivers it
-        waiting = await parts.store.get(execution_id)
-        if waiting is not None:
-            await parts.wakes.resume_soon(waiting)
     done = before == ExecutionStatus.QUEUED
     return Cancelling(execution_id=execution_id, status="cancelled" if done else "cancelling")
 

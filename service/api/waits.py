@@ -3,8 +3,8 @@
 POST /callbacks/{token} needs no other credential: the token is unguessable and
 names one step of one run (service/waits.py). POST /executions/wake is for
 operators and for the push service account (PUSH_AUTH_SERVICE_ACCOUNT: the
-identity Cloud Scheduler calls it with on Cloud Run). An accepted callback sends the
-execution's resume at once.
+identity Cloud Scheduler calls it with on Cloud Run). What they do is the worker's
+(service/worker/wakes.py): an accepted callback sends the execution's resume at once.
 """
 
 from __future__ import annotations
@@ -70,14 +70,12 @@ async def callback(token: str, request: Request) -> CallbackAccepted:
         posted = parse_json(body) if body.strip() else None
     except JSONRefused as exc:
         raise Problem(400, "Body is not JSON", f"(body): {exc}") from None
-    verdict, execution = await parts.store.answer(named, posted)
+    verdict = await parts.wakes.answer(named, posted)
     parts.metrics.callbacks.add(1, {"outcome": verdict.value})
     log.info("callback", execution_id=named.execution_id, step=named.step, outcome=verdict.value)
     if verdict != Answer.ACCEPTED:
         status, title, detail = _REFUSALS[verdict]
         raise Problem(status, title, f"token: {detail}")
-    assert execution is not None
-    await parts.wakes.resume_soon(execution)
     return CallbackAccepted(execution_id=named.execution_id, step=named.step)
 
 

@@ -1,26 +1,30 @@
-"""Resuming waiting executions: each due one gets a request message, through the broker.
+"""Waiting executions go on: due timers woken, and a callback's answer or a cancel that
+resumes one at once.
 
 `wake` asks the store for the due executions (each handed to one caller only, so
 callers on several instances at once never resume one twice) and publishes their
-resume: the request message of the execution, under its id, carrying the producer's
-trace context. A resume not published is due again after the store's REWAKE_S.
-POST /executions/wake calls it (Cloud Scheduler every minute on Cloud Run); `every`
-calls it in a loop where no scheduler runs (WAKE_INTERVAL_S).
+resume: the request message of the execution, under its id, in the producer's trace
+(service/worker/publisher.py). `answer` records a callback's answer (the store's
+`callback_answer` decides) and `cancel` flags an execution; either resumes a waiting one
+at once (a cancelled one's run ends it `cancelled` and delivers it). A resume not
+published is due again after the store's REWAKE_S. The HTTP routes (POST
+/executions/wake, /callbacks/{token}, /executions/{id}/cancel) only call these; `every`
+wakes in a loop where no scheduler runs (WAKE_INTERVAL_S).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import structlog
 
-from service.backends.store import REWAKE_S, ExecutionStore
-from service.backends.transport import Transport
+from service.backends.store import REWAKE_S, Answer, ExecutionStore
 from service.errors import BrokerUnavailable, OrchestratorError
 from service.execution import Execution, ExecutionStatus
-from service.messages import RequestMessage
 from service.metrics import Metrics
-from service.telemetry import MESSAGE_ATTRIBUTE
+from service.waits import CallbackToken
+from service.worker.publisher import RequestPublisher
 
 log = structlog.get_logger(__name__)
 
@@ -34,24 +38,32 @@ class Wakes:
     def __init__(
         self,
         store: ExecutionStore,
-        transport: Transport,
-        topic: str,
-        metrics: Metrics | None = None,
+        requests: RequestPublisher,
+        metrics: Metrics,
         batch: int = WAKE_BATCH,
     ) -> None:
         self._store = store
-        self._transport = transport
-        self._topic = topic
-        self._metrics = metrics or Metrics()
+        self._requests = requests
+        self._metrics = metrics
         self._batch = batch
 
-    async def resume(self, execution: Execution) -> None:
-        """Publish the request message that resumes `execution` (BrokerUnavailable if not)."""
-        message = RequestMessage.of(execution)
-        attributes = message.attributes(execution.run)
-        if execution.traceparent:
-            attributes[MESSAGE_ATTRIBUTE] = execution.traceparent
-        await self._transport.publish(self._topic, message.model_dump_json().encode(), attributes)
+    async def answer(self, token: CallbackToken, body: Any) -> Answer:
+        """Record `body` as the answer to the token's wait; accepted, the execution goes on."""
+        verdict, execution = await self._store.answer(token, body)
+        if verdict == Answer.ACCEPTED:
+            assert execution is not None
+            await self.resume_soon(execution)
+        return verdict
+
+    async def cancel(self, execution_id: str) -> ExecutionStatus | None:
+        """Cancel it (the store's `cancel`: the status it had, None if unknown, or
+        Conflict); a waiting one is resumed, so that its run ends it and delivers it."""
+        before = await self._store.cancel(execution_id)
+        if before == ExecutionStatus.WAITING:
+            waiting = await self._store.get(execution_id)
+            if waiting is not None:
+                await self.resume_soon(waiting)
+        return before
 
     async def resume_soon(self, execution: Execution) -> None:
         """Resume a waiting execution now (a callback answered, a cancel asked). If the
@@ -59,7 +71,7 @@ class Wakes:
         if execution.status != ExecutionStatus.WAITING:
             return  # running: it resumes itself when it suspends
         try:
-            await self.resume(execution)
+            await self._requests.resume(execution)
         except OrchestratorError as exc:
             log.warning(
                 "resume not published; due again later",
@@ -79,7 +91,7 @@ class Wakes:
         async def one(execution: Execution) -> bool:
             async with at_once:
                 try:
-                    await self.resume(execution)
+                    await self._requests.resume(execution)
                     done = True
                 except OrchestratorError as exc:
                     refusals.append(str(exc))
