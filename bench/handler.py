@@ -21,6 +21,7 @@ from service.engine.flow import load_flows
 from service.engine.outbound import http_clients
 from service.execution import Execution, ExecutionStatus
 from service.messages import SEED_PAYLOAD, PushEnvelope, PushMessage
+from service.metrics import Metrics
 from service.settings import Settings
 from service.telemetry import Tracing
 
@@ -72,7 +73,17 @@ async def cpu_per_execution(
     flows = load_flows(flows_dir, env)
     settings = Settings(_env_file=None, ml_auth="none", log_format="json")  # type: ignore[call-arg]
     async with http_clients() as (http, sender):
-        handler = build(settings, flows, InProcessTransport(), store, http, sender, tracing).push
+        parts = build(
+            settings,
+            flows,
+            InProcessTransport(),
+            store,
+            http,
+            sender,
+            tracing=tracing,
+            metrics=Metrics(),
+        )
+        handler = parts.push
 
         async def one() -> None:
             execution_id = None

@@ -18,7 +18,6 @@ import asyncio
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,15 @@ from service.engine import adaptive
 from service.engine.caching import StepCache
 from service.engine.calls import MLCaller
 from service.engine.flow import Flow, load_flow
-from service.engine.outbound import http_clients
+from service.engine.outbound import Sender, http_clients
 from service.engine.outbound_auth import NoTokens
 from service.engine.quotas import REFRESH_S, Quotas
 from service.engine.runner import FlowRunner
+from service.engine.waiting import Waits
 from service.execution import Execution, ExecutionStatus
 from service.logs import configure_logging
+from service.metrics import Metrics
+from service.telemetry import Tracing
 
 FAN_OUT = """
 input:
@@ -87,7 +89,7 @@ async def adaptation(items: int) -> None:
                 adaptive.AdaptiveLimit.overloaded = lambda self, started: None  # type: ignore[method-assign]
             try:
                 async with http_clients() as (_, sender):
-                    runner = FlowRunner(MLCaller(sender, NoTokens()), timeout_s=300)
+                    runner = runner_of(sender, timeout_s=300)
                     began = time.monotonic()
                     await runner.run(flow, run)
                     took = time.monotonic() - began
@@ -101,12 +103,39 @@ async def adaptation(items: int) -> None:
         )
 
 
+def runner_of(
+    sender: Sender,
+    timeout_s: float,
+    quotas: Quotas | None = None,
+    cache: StepCache | None = None,
+) -> FlowRunner:
+    """A runner of this process: no tokens, no exporter; limits and cache in memory
+    unless given."""
+    metrics, tracing = Metrics(), Tracing()
+    caller = MLCaller(
+        sender,
+        id_tokens=NoTokens(),
+        access_tokens=NoTokens(),
+        quotas=quotas or Quotas(MemoryStore(), metrics),
+        tracing=tracing,
+        metrics=metrics,
+    )
+    return FlowRunner(
+        caller=caller,
+        waits=Waits(caller),
+        cache=cache or StepCache(MemoryStore(), metrics),
+        timeout_s=timeout_s,
+        tracing=tracing,
+        metrics=metrics,
+    )
+
+
 async def cpu_per_call(
-    flow: Flow, count: int, make: Callable[[], Any], quotas: Quotas | None
+    flow: Flow, count: int, quotas: Quotas | None = None, cache: StepCache | None = None
 ) -> tuple[float, float]:
     """CPU (engine thread) and wall ms per execution of `flow`, `count` one after another."""
     async with http_clients() as (_, sender):
-        runner = FlowRunner(MLCaller(sender, NoTokens(), quotas=quotas), timeout_s=60, **make())
+        runner = runner_of(sender, 60, quotas, cache)
         await runner.run(flow, execution(flow, user_id="warm-up"))
         cpu, wall = time.thread_time(), time.perf_counter()
         for n in range(count):
@@ -138,14 +167,14 @@ async def limit_and_cache(calls: int, store: ExecutionStore) -> None:
         limited = flow_of(ONE_CALL, url, "limit: {key: bench, concurrency: 20, rate: 10000/s}")
         cached = flow_of(ONE_CALL, url, 'cache: {key: "${input.user_id}", ttl: 1h}')
         counted = CountedStore(store)
-        quotas = Quotas(counted)  # type: ignore[arg-type]
-        plain_cpu, plain_ms = await cpu_per_call(plain, calls, dict, None)
+        quotas = Quotas(counted, Metrics())
+        plain_cpu, plain_ms = await cpu_per_call(plain, calls)
         began = time.monotonic()
-        limit_cpu, limit_ms = await cpu_per_call(limited, calls, dict, quotas)
+        limit_cpu, limit_ms = await cpu_per_call(limited, calls, quotas)
         seconds = time.monotonic() - began
         await quotas.close()
-        cache = StepCache(store)
-        hit_cpu, hit_ms = await cpu_per_call(cached, calls, lambda: {"cache": cache}, None)
+        cache = StepCache(store, Metrics())
+        hit_cpu, hit_ms = await cpu_per_call(cached, calls, cache=cache)
     print(f"\n{calls} executions of one call each, one after another ({type(store).__name__}):")
     print(f"  {'a call':<34} {plain_cpu:6.2f} ms CPU {plain_ms:6.2f} ms wall")
     print(

@@ -46,7 +46,9 @@ from service.engine.outbound import http_clients
 from service.execution import Execution, ExecutionStatus
 from service.logs import configure_logging
 from service.messages import SEED_PAYLOAD, PushEnvelope, PushMessage
+from service.metrics import Metrics
 from service.settings import Settings
+from service.telemetry import Tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL = {**SEED_PAYLOAD, "create_user_embedding": True}
@@ -206,7 +208,17 @@ async def on_firestore(
     counts.wrap(store)
     configure_logging("console", level=logging.WARNING)
     async with http_clients() as (http, sender):
-        yield build(config, flows, InProcessTransport(), store, http, sender), store, counts
+        parts = build(
+            config,
+            flows,
+            InProcessTransport(),
+            store,
+            http,
+            sender,
+            tracing=Tracing(),
+            metrics=Metrics(),
+        )
+        yield parts, store, counts
 
 
 async def main_async(args: argparse.Namespace) -> None:

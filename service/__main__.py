@@ -24,19 +24,19 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app, load_checked_flows, make_tokens
-from service.engine.calls import MLCaller
+from service.app import create_app, load_checked_flows, make_engine
+from service.backends.memory import MemoryStore
 from service.engine.flow import Flow, flow_files, read_definition
 from service.engine.flow_spec import parse_spec
 from service.engine.graph import mermaid
 from service.engine.outbound import http_clients
-from service.engine.runner import FlowRunner
 from service.errors import ConfigError
 from service.execution import Execution, ExecutionStatus
 from service.logs import configure_logging
 from service.messages import describe, field_errors
-from service.metrics import metric_exporter_names
+from service.metrics import Metrics, metric_exporter_names
 from service.settings import Settings
+from service.telemetry import Tracing
 from service.worker.handler import DRAIN_GRACE_S
 
 
@@ -119,10 +119,11 @@ def run(settings: Settings, flows: dict[str, Flow], name: str, raw_input: str) -
 
     async def execute() -> Execution:
         async with http_clients() as (_, sender):
-            id_tokens, access_tokens = make_tokens(settings)
-            limit = settings.ml_max_concurrency_per_host
-            caller = MLCaller(sender, id_tokens, limit, access_tokens=access_tokens)
-            return await FlowRunner(caller, settings.flow_timeout_s).run(flow, execution)
+            engine = make_engine(settings, MemoryStore(), sender, Tracing(), Metrics())
+            try:
+                return await engine.runner.run(flow, execution)
+            finally:
+                await engine.quotas.close()
 
     finished = asyncio.run(execute())
     print(finished.model_dump_json(indent=2))

@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
@@ -72,7 +73,7 @@ def create_app(
         metrics = Metrics(metric_exporters_from_environment())
         async with http_clients() as (http, sender):
             app.state.components = build(
-                config, loaded, broker, executions, http, sender, traces, metrics
+                config, loaded, broker, executions, http, sender, tracing=traces, metrics=metrics
             )
             log.info(
                 "service started",
@@ -194,50 +195,32 @@ def build(
     store: ExecutionStore,
     http: httpx.AsyncClient,
     sender: Sender,
-    tracing: Tracing | None = None,
-    metrics: Metrics | None = None,
+    *,
+    tracing: Tracing,
+    metrics: Metrics,
 ) -> Components:
     """Wire the parts together."""
-    tracing = tracing or Tracing()
-    metrics = metrics or Metrics()
-    id_tokens, access_tokens = make_tokens(settings)
     targets = WebhookTargets(
         settings.webhook_allow_private_networks, settings.allowed_webhook_hosts
     )
-    quotas = Quotas(store, metrics)
-    caller = MLCaller(
-        sender,
-        id_tokens,
-        settings.ml_max_concurrency_per_host,
-        tracing,
-        metrics,
-        access_tokens,
-        quotas,
-    )
+    engine = make_engine(settings, store, sender, tracing, metrics)
     requests = RequestPublisher(transport, settings.orchestration_topic, tracing)
     wakes = Wakes(store, requests, metrics)
     handler = PushHandler(
         versions=FlowVersions(flows, store, settings.flow_env()),
         store=store,
-        runner=FlowRunner(
-            caller,
-            settings.flow_timeout_s,
-            tracing,
-            metrics,
-            Waits(caller, settings.inline_wait_s, settings.service_url),
-            StepCache(store, metrics),
-        ),
+        runner=engine.runner,
         delivery=ResultDelivery(
-            http,
-            transport,
-            targets,
-            settings.webhook_secret,
-            settings.result_topic,
-            settings.webhook_max_bytes,
-            settings.service_url,
-            tracing,
-            metrics,
-            frozenset(name for name, flow in flows.items() if flow.result is not None),
+            client=http,
+            transport=transport,
+            targets=targets,
+            secret=settings.webhook_secret,
+            result_topic=settings.result_topic,
+            tracing=tracing,
+            metrics=metrics,
+            webhook_max_bytes=settings.webhook_max_bytes,
+            public_url=settings.service_url,
+            shaped_flows=frozenset(name for name, flow in flows.items() if flow.result is not None),
         ),
         wakes=wakes,
         default_webhook_url=settings.default_webhook_url,
@@ -273,6 +256,41 @@ def build(
         metrics=metrics,
         requests=requests,
         wakes=wakes,
-        quotas=quotas,
-        caller=caller,
+        quotas=engine.quotas,
+        caller=engine.caller,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """What runs flows: the calls out, the limits they share, the runner."""
+
+    caller: MLCaller
+    quotas: Quotas
+    runner: FlowRunner
+
+
+def make_engine(
+    settings: Settings, store: ExecutionStore, sender: Sender, tracing: Tracing, metrics: Metrics
+) -> Engine:
+    """The engine as the settings make it, sharing `store` (cache, limits) across instances."""
+    id_tokens, access_tokens = make_tokens(settings)
+    quotas = Quotas(store, metrics)
+    caller = MLCaller(
+        sender,
+        id_tokens=id_tokens,
+        access_tokens=access_tokens,
+        quotas=quotas,
+        tracing=tracing,
+        metrics=metrics,
+        per_host_limit=settings.ml_max_concurrency_per_host,
+    )
+    runner = FlowRunner(
+        caller=caller,
+        waits=Waits(caller, settings.inline_wait_s, settings.service_url),
+        cache=StepCache(store, metrics),
+        timeout_s=settings.flow_timeout_s,
+        tracing=tracing,
+        metrics=metrics,
+    )
+    return Engine(caller, quotas, runner)

@@ -12,13 +12,12 @@ from typing import Any
 from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.adaptive import AdaptiveLimit, Pauses
-from service.engine.calls import MLCaller
 from service.engine.flow import Flow, load_flow
 from service.engine.outbound import http_clients
-from service.engine.outbound_auth import NoTokens
 from service.engine.runner import FlowRunner
 from service.execution import Execution, ExecutionStatus
 from service.retry import MAX_RETRY_AFTER_S, parse_retry_after
+from tests.support.engine import make_caller, make_runner
 
 FAN_OUT = """
 input:
@@ -68,7 +67,7 @@ async def test_a_lone_call_s_503s_leave_the_next_fan_out_parallel(tmp_path: Path
         cold = flow_of(tmp_path, ONE_CALL, url, STEP="cold", PATH="analyse")
         fan_out = flow_of(tmp_path, FAN_OUT, url)
         async with http_clients() as (_, sender):
-            runner = FlowRunner(MLCaller(sender, NoTokens()), timeout_s=30)
+            runner = make_runner(make_caller(sender), timeout_s=30)
             first = await run(runner, cold)
             assert first.status == ExecutionStatus.SUCCEEDED and first.steps["cold"].attempts == 3
             began = time.monotonic()
@@ -91,8 +90,8 @@ async def test_a_retry_after_pauses_only_its_function_within_the_deadline(tmp_pa
         other = flow_of(tmp_path, ONE_CALL, url, STEP="other", PATH="publish-predictions")
         async with http_clients() as (_, sender):
             began = time.monotonic()
-            caller = MLCaller(sender, NoTokens())
-            runner = FlowRunner(caller, timeout_s=30)
+            caller = make_caller(sender)
+            runner = make_runner(caller, timeout_s=30)
             refused = await run(runner, refusing)
             after_refusal = time.monotonic()
             elsewhere = await run(runner, other)
@@ -204,7 +203,7 @@ async def test_a_fan_out_at_four_times_a_function_s_capacity_succeeds(tmp_path: 
             input={"items": list(range(200))},
         )
         async with http_clients() as (_, sender):
-            runner = FlowRunner(MLCaller(sender, NoTokens()), timeout_s=120)
+            runner = make_runner(make_caller(sender), timeout_s=120)
             began = time.monotonic()
             await runner.run(flow, execution)
             took = time.monotonic() - began

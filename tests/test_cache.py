@@ -15,13 +15,11 @@ from service.backends.store import ExecutionStore
 from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.caching import StepCache
-from service.engine.calls import MLCaller
 from service.engine.flow import Flow, load_flow
 from service.engine.outbound import http_clients
-from service.engine.outbound_auth import NoTokens
-from service.engine.runner import FlowRunner
 from service.execution import Execution, ExecutionStatus
 from service.metrics import Metrics
+from tests.support.engine import make_caller, make_runner
 
 CACHED = """
 input:
@@ -63,7 +61,7 @@ async def run(flow: Flow, cache: StepCache, metrics: Metrics, **flow_input: Any)
         input={"user_id": "u1", **flow_input},
     )
     async with http_clients() as (_, sender):
-        runner = FlowRunner(MLCaller(sender, NoTokens()), 30, metrics=metrics, cache=cache)
+        runner = make_runner(make_caller(sender), 30, metrics=metrics, cache=cache)
         return await runner.run(flow, execution)
 
 

@@ -35,6 +35,8 @@ from service.engine.runner import MAX_FOR_EACH_ITEMS
 from service.errors import BrokerUnavailable, DeliveryFailed
 from service.execution import Execution, ExecutionStatus, StepResult, StepStatus, now
 from service.messages import RequestMessage
+from service.metrics import Metrics
+from service.telemetry import Tracing
 from service.worker.delivery import ResultDelivery
 from service.worker.targets import WebhookTargets
 from tests.support.fakes import RecordingTransport
@@ -67,11 +69,13 @@ async def test_a_webhook_receiver_trickling_its_headers_cannot_hold_the_delivery
     with trickling_server(every_s=0.2) as url:
         async with http_clients() as (http, _):
             delivery = ResultDelivery(
-                http,
-                RecordingTransport(),
-                WebhookTargets(True, None),
-                WEBHOOK_SECRET,
-                None,
+                client=http,
+                transport=RecordingTransport(),
+                targets=WebhookTargets(True, None),
+                secret=WEBHOOK_SECRET,
+                result_topic=None,
+                tracing=Tracing(),
+                metrics=Metrics(),
                 attempt_timeout_s=0.5,
                 budget_s=1.5,
             )

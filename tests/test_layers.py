@@ -3,7 +3,8 @@
     app, main, __main__, dev      the composition root and the local tools
     api                           the HTTP edge
     worker                        push handling and result delivery
-    engine                        flows, expressions, the runner, calls out
+    engine                        flows, expressions, the runner, calls out (and the small
+                                  protocols it needs of a store: no backend imported)
     backends                      the store and the broker
     ground                        settings, errors, the execution model, messages, ...
 
@@ -84,3 +85,16 @@ def test_the_layers_are_what_the_docstring_draws() -> None:
     """A module in no package of the picture would escape the rules: each is placed."""
     placed = {layer(module) for module in imports()}
     assert placed == set(LAYERS)
+
+
+def test_the_engine_depends_on_protocols_of_its_own_not_on_the_backends() -> None:
+    """The engine declares what it needs (an answer store, share leases); the backends
+    implement it. Nothing under service/engine imports service.backends."""
+    reaching = [
+        f"{module} imports {target}"
+        for module, targets in imports().items()
+        if layer(module) == "engine"
+        for target in targets
+        if layer(target) == "backends"
+    ]
+    assert reaching == []

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -19,14 +19,14 @@ from service.backends.memory import MemoryStore
 from service.backends.store import ExecutionStore
 from service.dev.servers import serve
 from service.dev.standins import StandIns
-from service.engine.calls import MLCaller
 from service.engine.flow import Step, check_limits, load_flow, load_flows
 from service.engine.flow_spec import LimitSpec
 from service.engine.outbound import http_clients
-from service.engine.outbound_auth import NoTokens
 from service.engine.quotas import Quota, Quotas
 from service.errors import FlowError
+from service.metrics import Metrics
 from service.shares import Ask, Holder, Share, allot
+from tests.support.engine import make_caller
 
 LIMITED = """
 steps:
@@ -79,7 +79,7 @@ def limited_step(tmp_path: Path, url: str, limit: str) -> Step:
 async def calls(step: Step, quotas: Quotas, count: int, timeout_s: float = 30) -> list[str | None]:
     """`count` calls of `step` at once from one instance; each one's error."""
     async with http_clients() as (_, sender):
-        caller = MLCaller(sender, NoTokens(), quotas=quotas)
+        caller = make_caller(sender, quotas=quotas)
         deadline = asyncio.get_running_loop().time() + timeout_s
         body = {"user_id": "u"}
         results = await asyncio.gather(*(caller.call(step, body, deadline) for _ in range(count)))
@@ -107,7 +107,7 @@ async def test_two_instances_never_have_more_calls_in_flight_than_the_limit(
     functions = StandIns(delay_s=0.1)
     with serve(functions.app()) as url:
         step = limited_step(tmp_path, url, "concurrency: 3")
-        one, two = (Quotas(store, refresh_s=0.3, lease_s=1.0) for _ in range(2))
+        one, two = (Quotas(store, Metrics(), refresh_s=0.3, lease_s=1.0) for _ in range(2))
         began = time.monotonic()
         errors = await asyncio.gather(calls(step, one, 15), calls(step, two, 15))
         took = time.monotonic() - began
@@ -124,7 +124,7 @@ async def test_a_rate_is_shared_too(store: ExecutionStore, tmp_path: Path) -> No
     functions = StandIns()
     with serve(functions.app()) as url:
         step = limited_step(tmp_path, url, "rate: 20/s")
-        one, two = (Quotas(store, refresh_s=0.3, lease_s=1.0) for _ in range(2))
+        one, two = (Quotas(store, Metrics(), refresh_s=0.3, lease_s=1.0) for _ in range(2))
         began = time.monotonic()
         errors = await asyncio.gather(calls(step, one, 20), calls(step, two, 20))
         took = time.monotonic() - began
@@ -144,7 +144,7 @@ async def test_a_dead_instance_s_share_returns_within_its_lease(
     functions = StandIns(gates={"/analyse": gate})
     with serve(functions.app()) as url:
         step = limited_step(tmp_path, url, "concurrency: 2")
-        dying = Quotas(store, refresh_s=0.2, lease_s=1.0)
+        dying = Quotas(store, Metrics(), refresh_s=0.2, lease_s=1.0)
         hung = asyncio.create_task(calls(step, dying, 2))
         while len(functions.called("/analyse")) < 2:
             await asyncio.sleep(0.01)
@@ -152,7 +152,7 @@ async def test_a_dead_instance_s_share_returns_within_its_lease(
         dying._task.cancel()  # killed: no renewal, no release
         hung.cancel()
         died = time.monotonic()
-        survivor = Quotas(store, refresh_s=0.2, lease_s=1.0)
+        survivor = Quotas(store, Metrics(), refresh_s=0.2, lease_s=1.0)
         gate.set()
         assert await calls(step, survivor, 4) == [None] * 4
         waited = time.monotonic() - died
@@ -182,8 +182,8 @@ async def test_shares_never_add_up_past_the_limit_while_grants_move_under_calls(
     shift the demands (so grants grow and shrink while calls are in flight), renewing
     every 30 ms through a store 20 ms away each way: never 4 calls in flight at once."""
     spec = LimitSpec(key="bursts", concurrency=3)
-    slow = cast(ExecutionStore, Slow(store, latency_s=0.02))
-    instances = [Quotas(slow, refresh_s=0.03, lease_s=2.0) for _ in range(3)]
+    slow = Slow(store, latency_s=0.02)
+    instances = [Quotas(slow, Metrics(), refresh_s=0.03, lease_s=2.0) for _ in range(3)]
     in_flight, peaks, calls_made = 0, [], 0
     random.seed(7)
 

@@ -19,8 +19,6 @@ from structlog.testing import capture_logs
 from service.app import build
 from service.backends.memory import MemoryStore
 from service.backends.store import ClaimState
-from service.engine.calls import MLCaller
-from service.engine.outbound_auth import NoTokens
 from service.errors import StoreRefused, StoreUnavailable
 from service.execution import Execution, ExecutionStatus, StepResult, StepStatus
 from service.messages import PushEnvelope
@@ -28,6 +26,7 @@ from service.metrics import Metrics
 from service.retry import RetryPolicy
 from service.worker.handler import PushHandler
 from service.worker.leases import Leases
+from tests.support.engine import make_caller
 from tests.support.fakes import FaultyStore, RecordingTransport
 from tests.support.functions import HttpxSender
 from tests.support.project import make_settings, project_flows
@@ -231,7 +230,7 @@ async def test_retries_add_at_most_about_a_fifth_to_a_failing_targets_load() -> 
     )
     async with httpx.AsyncClient(transport=httpx.MockTransport(failing)) as client:
         metrics = Metrics()
-        caller = MLCaller(HttpxSender(client), NoTokens(), metrics=metrics)
+        caller = make_caller(HttpxSender(client), metrics=metrics)
         deadline = asyncio.get_running_loop().time() + 30
         calls = 500
         results = await asyncio.gather(*(caller.call(step, {}, deadline) for _ in range(calls)))
@@ -268,7 +267,7 @@ async def test_calls_to_one_host_are_limited_in_flight() -> None:
 
     step = FLOWS["ml-orchestration"].steps["match_candidato"]
     async with httpx.AsyncClient(transport=httpx.MockTransport(slow)) as client:
-        caller = MLCaller(HttpxSender(client), NoTokens(), per_host_limit=5)
+        caller = make_caller(HttpxSender(client), per_host_limit=5)
         deadline = asyncio.get_running_loop().time() + 30
         await asyncio.gather(*(caller.call(step, {}, deadline) for _ in range(50)))
     assert peak == 5

@@ -15,10 +15,10 @@ from fastapi import FastAPI, Request
 
 from service.app import create_app
 from service.dev.servers import serve
-from service.engine.calls import MLCaller
 from service.engine.flow import Step, load_flow
 from service.engine.outbound import http_clients
 from service.engine.outbound_auth import GoogleAccessTokens, GoogleIdTokens, NoTokens
+from tests.support.engine import make_caller
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import ACCESS_TOKEN, Identity
 from tests.support.project import make_settings, project_flows
@@ -111,7 +111,9 @@ async def test_each_step_sends_the_token_its_auth_asks_for(
 
     with serve(app) as url:
         async with http_clients() as (_, sender):
-            caller = MLCaller(sender, GoogleIdTokens(), access_tokens=GoogleAccessTokens())
+            caller = make_caller(
+                sender, id_tokens=GoogleIdTokens(), access_tokens=GoogleAccessTokens()
+            )
             deadline = asyncio.get_running_loop().time() + 10
             for auth in ("access_token", "id_token", "none"):
                 step = replace(_step(f"{url}/api"), auth=auth)

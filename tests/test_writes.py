@@ -17,13 +17,12 @@ import httpx
 from service.app import build
 from service.backends.firestore import FirestoreStore
 from service.backends.store import ExecutionStore
-from service.engine.calls import MLCaller
-from service.engine.outbound_auth import NoTokens
-from service.engine.runner import FlowRunner
-from service.engine.waiting import Waits
 from service.errors import StoreRefused
 from service.execution import Execution, ExecutionStatus, StepResult
 from service.messages import SEED_PAYLOAD, PushEnvelope
+from service.metrics import Metrics
+from service.telemetry import Tracing
+from tests.support.engine import make_caller, make_runner
 from tests.support.fakes import FaultyStore, RecordingTransport
 from tests.support.functions import Functions, HttpxSender, flow_from
 from tests.support.project import make_settings, project_flows
@@ -108,7 +107,16 @@ async def run(
     )
     settings = make_settings(webhook_allow_private_networks=True)
     async with httpx.AsyncClient(transport=functions(delays or {})) as http:
-        parts = build(settings, FLOWS, RecordingTransport(), counted, http, HttpxSender(http))  # type: ignore[arg-type]
+        parts = build(
+            settings,
+            FLOWS,
+            RecordingTransport(),
+            counted,  # type: ignore[arg-type]
+            http,
+            HttpxSender(http),
+            tracing=Tracing(),
+            metrics=Metrics(),
+        )
         await counted.enqueue(queued)
         assert await parts.push.handle(pushed(execution_id, flow_input, webhook_url)) == 204
     stored = await store.get(execution_id)
@@ -170,8 +178,8 @@ steps:
         execution_id="e1", flow=flow.name, status=ExecutionStatus.RUNNING, input={}
     )
     async with httpx.AsyncClient(transport=httpx.MockTransport(Functions())) as client:
-        caller = MLCaller(HttpxSender(client), NoTokens())
-        runner = FlowRunner(caller, 30, waits=Waits(caller, inline_wait_s=0))
+        caller = make_caller(HttpxSender(client))
+        runner = make_runner(caller, 30, inline_wait_s=0)
         await runner.run(flow, execution, checkpoint)
         assert execution.status == ExecutionStatus.WAITING
         assert written == ["first"]
@@ -191,7 +199,16 @@ async def test_with_nowhere_to_deliver_a_refused_result_still_ends_the_execution
     settings = make_settings()
     execution_id = str(uuid.uuid4())
     async with httpx.AsyncClient(transport=functions({})) as http:
-        parts = build(settings, FLOWS, RecordingTransport(), store, http, HttpxSender(http))
+        parts = build(
+            settings,
+            FLOWS,
+            RecordingTransport(),
+            store,
+            http,
+            HttpxSender(http),
+            tracing=Tracing(),
+            metrics=Metrics(),
+        )
         assert await parts.push.handle(pushed(execution_id, SEED_PAYLOAD)) == 204
     stored = await store.get(execution_id)
     assert stored is not None and stored.status == ExecutionStatus.FAILED

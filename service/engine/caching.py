@@ -18,11 +18,10 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from service.backends.store import ExecutionStore
 from service.engine.calls import CallResult
 from service.engine.expressions import EvaluationError
 from service.engine.flow import Step
@@ -33,12 +32,22 @@ from service.metrics import Metrics
 log = structlog.get_logger(__name__)
 
 
+class AnswerStore(Protocol):
+    """Where answers are kept for every instance (the execution store does it)."""
+
+    async def cached(self, key: str) -> CachedOutput | None:
+        """The output kept under `key` (a digest), unless there is none or it expired."""
+
+    async def cache(self, key: str, entry: CachedOutput) -> None:
+        """Keep `entry` under `key` until its `expires_at`."""
+
+
 class StepCache:
     """Answers of cached steps, shared through the store."""
 
-    def __init__(self, store: ExecutionStore, metrics: Metrics | None = None) -> None:
+    def __init__(self, store: AnswerStore, metrics: Metrics) -> None:
         self._store = store
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
         self._calls: dict[str, asyncio.Future[CallResult]] = {}  # misses under way, by key
 
     async def through(

@@ -53,23 +53,24 @@ class MLCaller:
     def __init__(
         self,
         sender: Sender,
-        tokens: TokenProvider,
+        *,
+        id_tokens: TokenProvider,
+        access_tokens: TokenProvider,
+        quotas: Quotas,
+        tracing: Tracing,
+        metrics: Metrics,
         per_host_limit: int = DEFAULT_PER_HOST_LIMIT,
-        tracing: Tracing | None = None,
-        metrics: Metrics | None = None,
-        access_tokens: TokenProvider | None = None,
-        quotas: Quotas | None = None,
     ) -> None:
         self._sender = sender
         self._quotas = quotas
         # A step's `auth:` picks one: ID tokens (the default), access tokens, or none.
         self._providers: dict[str, TokenProvider] = {
-            "id_token": tokens,
-            "access_token": access_tokens or tokens,
+            "id_token": id_tokens,
+            "access_token": access_tokens,
             "none": NoTokens(),
         }
-        self._tracing = tracing or Tracing()
-        self._metrics = metrics or Metrics()
+        self._tracing = tracing
+        self._metrics = metrics
         self._per_host_limit = per_host_limit
         self._limits: dict[str, AdaptiveLimit] = {}
         self._budgets: dict[str, RetryBudget] = {}
@@ -114,7 +115,7 @@ class MLCaller:
             limit = self._limits[host] = AdaptiveLimit(host, self._per_host_limit)
         budget = self._budgets.setdefault(host, RetryBudget())
 
-        quota = self._quotas.of(step.limit) if step.limit and self._quotas else None
+        quota = self._quotas.of(step.limit) if step.limit else None
 
         async def attempt(number: int) -> Attempt[Any]:
             pause = self._pauses.remaining(url)

@@ -21,10 +21,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import structlog
 
-from service.backends.store import ExecutionStore
 from service.engine.flow_spec import LimitSpec
 from service.errors import OrchestratorError
 from service.metrics import Metrics
@@ -135,19 +135,27 @@ class Quota:
             self._room.notify_all()
 
 
+class ShareLeases(Protocol):
+    """Where the instances lease their shares of a limit (the execution store does it)."""
+
+    async def lease_share(self, key: str, instance: str, ask: Ask, lease_s: float) -> Share:
+        """`instance`'s share of limit `key` for the next `lease_s` (service/shares.py)."""
+
+
 class Quotas:
     """Every limit this instance calls under, renewed together by one task."""
 
     def __init__(
         self,
-        store: ExecutionStore,
-        metrics: Metrics | None = None,
+        store: ShareLeases,
+        metrics: Metrics,
+        *,
         refresh_s: float = REFRESH_S,
         lease_s: float = LEASE_S,
         instance: str | None = None,
     ) -> None:
         self._store = store
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self._refresh_s = refresh_s
         self._lease_s = lease_s
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

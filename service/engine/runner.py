@@ -35,7 +35,6 @@ from typing import Any
 import structlog
 from opentelemetry.trace import StatusCode
 
-from service.backends.memory import MemoryStore
 from service.engine.caching import StepCache
 from service.engine.calls import CallResult, MLCaller
 from service.engine.expressions import ITERATION_BUDGET, EvaluationError, render_value
@@ -72,19 +71,20 @@ class FlowRunner:
 
     def __init__(
         self,
+        *,
         caller: MLCaller,
+        waits: Waits,
+        cache: StepCache,
         timeout_s: float,
-        tracing: Tracing | None = None,
-        metrics: Metrics | None = None,
-        waits: Waits | None = None,
-        cache: StepCache | None = None,
+        tracing: Tracing,
+        metrics: Metrics,
     ) -> None:
         self._caller = caller
-        self._waits = waits or Waits(caller)
-        self._cache = cache or StepCache(MemoryStore(), metrics)
+        self._waits = waits
+        self._cache = cache
         self._timeout_s = timeout_s
-        self._tracing = tracing or Tracing()
-        self._metrics = metrics or Metrics()
+        self._tracing = tracing
+        self._metrics = metrics
 
     async def run(
         self,

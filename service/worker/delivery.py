@@ -48,15 +48,16 @@ class ResultDelivery:
 
     def __init__(
         self,
+        *,
         client: httpx.AsyncClient,
         transport: Transport,
         targets: WebhookTargets,
         secret: str | None,
         result_topic: str | None,
+        tracing: Tracing,
+        metrics: Metrics,
         webhook_max_bytes: int = DEFAULT_WEBHOOK_MAX_BYTES,
         public_url: str | None = None,
-        tracing: Tracing | None = None,
-        metrics: Metrics | None = None,
         shaped_flows: frozenset[str] = frozenset(),
         attempt_timeout_s: float = WEBHOOK_ATTEMPT_TIMEOUT_S,
         budget_s: float = WEBHOOK_BUDGET_S,
@@ -64,8 +65,8 @@ class ResultDelivery:
         self._client = client
         self._attempt_timeout_s = attempt_timeout_s
         self._budget_s = budget_s
-        self._tracing = tracing or Tracing()
-        self._metrics = metrics or Metrics()
+        self._tracing = tracing
+        self._metrics = metrics
         self._transport = transport
         self._targets = targets
         self._signer = Webhook(secret) if secret else None

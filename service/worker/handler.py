@@ -77,17 +77,18 @@ class PushHandler:
 
     def __init__(
         self,
+        *,
         versions: FlowVersions,
         store: ExecutionStore,
         runner: FlowRunner,
         delivery: ResultDelivery,
         wakes: Wakes,
         default_webhook_url: str | None,
+        tracing: Tracing,
+        metrics: Metrics,
         lease_s: float = DEFAULT_LEASE_S,
         max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS,
         drain_grace_s: float = DRAIN_GRACE_S,
-        tracing: Tracing | None = None,
-        metrics: Metrics | None = None,
     ) -> None:
         self._versions = versions
         self._flows = versions.current
@@ -99,8 +100,8 @@ class PushHandler:
         self._lease_s = lease_s
         self._max_delivery_attempts = max_delivery_attempts
         self._drain_grace_s = drain_grace_s
-        self._tracing = tracing or Tracing()
-        self._metrics = metrics or Metrics()
+        self._tracing = tracing
+        self._metrics = metrics
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         self._draining = False
         self._stopping: asyncio.Future[None] | None = None  # made in the loop, on first use

@@ -11,12 +11,10 @@ from typing import Any
 
 import httpx
 
-from service.engine.calls import MLCaller
 from service.engine.flow import Flow, load_flow
 from service.engine.outbound import Answer, NoAnswer, encode_json, read_bounded
-from service.engine.outbound_auth import NoTokens
-from service.engine.runner import FlowRunner
 from service.execution import Execution, ExecutionStatus
+from tests.support.engine import make_caller, make_runner
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
@@ -101,7 +99,7 @@ async def run(
 ) -> Execution:
     """Run `flow` as a new execution with `inputs`, or run `execution` (a resumed one) again."""
     async with httpx.AsyncClient(transport=httpx.MockTransport(functions)) as client:
-        runner = FlowRunner(MLCaller(HttpxSender(client), NoTokens()), timeout_s)
+        runner = make_runner(make_caller(HttpxSender(client)), timeout_s)
         if execution is not None:
             return await runner.run(flow, execution)
         execution = Execution(

@@ -1,0 +1,55 @@
+"""The engine as a test wants it: every collaborator given, the ones a test does not name
+made in memory (no tokens, no exporter, a cache and limits of this process only)."""
+
+from __future__ import annotations
+
+from service.backends.memory import MemoryStore
+from service.engine.caching import StepCache
+from service.engine.calls import DEFAULT_PER_HOST_LIMIT, MLCaller
+from service.engine.outbound import Sender
+from service.engine.outbound_auth import NoTokens, TokenProvider
+from service.engine.quotas import Quotas
+from service.engine.runner import FlowRunner
+from service.engine.waiting import DEFAULT_INLINE_WAIT_S, Waits
+from service.metrics import Metrics
+from service.telemetry import Tracing
+
+
+def make_caller(
+    sender: Sender,
+    *,
+    id_tokens: TokenProvider | None = None,
+    access_tokens: TokenProvider | None = None,
+    quotas: Quotas | None = None,
+    metrics: Metrics | None = None,
+    per_host_limit: int = DEFAULT_PER_HOST_LIMIT,
+) -> MLCaller:
+    metrics = metrics or Metrics()
+    return MLCaller(
+        sender,
+        id_tokens=id_tokens or NoTokens(),
+        access_tokens=access_tokens or NoTokens(),
+        quotas=quotas or Quotas(MemoryStore(), metrics),
+        tracing=Tracing(),
+        metrics=metrics,
+        per_host_limit=per_host_limit,
+    )
+
+
+def make_runner(
+    caller: MLCaller,
+    timeout_s: float = 30,
+    *,
+    cache: StepCache | None = None,
+    metrics: Metrics | None = None,
+    inline_wait_s: float = DEFAULT_INLINE_WAIT_S,
+) -> FlowRunner:
+    metrics = metrics or Metrics()
+    return FlowRunner(
+        caller=caller,
+        waits=Waits(caller, inline_wait_s),
+        cache=cache or StepCache(MemoryStore(), metrics),
+        timeout_s=timeout_s,
+        tracing=Tracing(),
+        metrics=metrics,
+    )
