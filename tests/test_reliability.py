@@ -16,7 +16,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from service.app import build
 from service.backends.memory import MemoryStore
 from service.backends.store import ClaimState
 from service.errors import StoreRefused, StoreUnavailable
@@ -26,7 +25,7 @@ from service.metrics import Metrics
 from service.retry import RetryPolicy
 from service.worker.handler import PushHandler
 from service.worker.leases import Leases
-from tests.support.engine import make_caller
+from tests.support.engine import make_caller, make_parts
 from tests.support.fakes import FaultyStore, RecordingTransport
 from tests.support.functions import HttpxSender
 from tests.support.project import make_settings, project_flows
@@ -79,7 +78,7 @@ async def handler(
 ) -> AsyncIterator[PushHandler]:
     settings = make_settings(webhook_allow_private_networks=True, result_topic="results")
     async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
-        parts = build(settings, FLOWS, results, store, http, HttpxSender(http))
+        parts = make_parts(settings, FLOWS, results, store, http, HttpxSender(http))
         parts.push._drain_grace_s = 0.3
         yield parts.push
 
@@ -290,7 +289,7 @@ async def test_a_store_hiccup_while_renewing_does_not_let_another_instance_in(
     world.delay_s = 0.1  # three steps deep: ~0.3 s, twice the lease
     settings = make_settings(webhook_allow_private_networks=True)
     async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
-        other = build(settings, FLOWS, RecordingTransport(), store, http, HttpxSender(http))
+        other = make_parts(settings, FLOWS, RecordingTransport(), store, http, HttpxSender(http))
         other_instance = other.push
         execution_id = str(uuid.uuid4())
         first = asyncio.create_task(handler.handle(envelope(execution_id)))
@@ -397,7 +396,7 @@ async def test_a_delivered_execution_is_acked_though_its_lease_ended_before_the_
     store = SlowDeliveredSave(pause_s=0.1)
     settings = make_settings(webhook_allow_private_networks=True, result_topic="results")
     async with httpx.AsyncClient(transport=httpx.MockTransport(world)) as http:
-        parts = build(settings, FLOWS, results, store, http, HttpxSender(http))
+        parts = make_parts(settings, FLOWS, results, store, http, HttpxSender(http))
         short_leases(parts.push, 0.09)  # renewed every 30 ms: it wakes inside the pause
         with capture_logs() as logs:
             status = await parts.push.handle(envelope(str(uuid.uuid4())))

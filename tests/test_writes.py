@@ -14,15 +14,12 @@ from typing import Any
 
 import httpx
 
-from service.app import build
 from service.backends.firestore import FirestoreStore
 from service.backends.store import ExecutionStore
 from service.errors import StoreRefused
 from service.execution import Execution, ExecutionStatus, StepResult
 from service.messages import SEED_PAYLOAD, PushEnvelope
-from service.metrics import Metrics
-from service.telemetry import Tracing
-from tests.support.engine import make_caller, make_runner
+from tests.support.engine import make_caller, make_parts, make_runner
 from tests.support.fakes import FaultyStore, RecordingTransport
 from tests.support.functions import Functions, HttpxSender, flow_from
 from tests.support.project import make_settings, project_flows
@@ -107,16 +104,7 @@ async def run(
     )
     settings = make_settings(webhook_allow_private_networks=True)
     async with httpx.AsyncClient(transport=functions(delays or {})) as http:
-        parts = build(
-            settings,
-            FLOWS,
-            RecordingTransport(),
-            counted,  # type: ignore[arg-type]
-            http,
-            HttpxSender(http),
-            tracing=Tracing(),
-            metrics=Metrics(),
-        )
+        parts = make_parts(settings, FLOWS, RecordingTransport(), counted, http, HttpxSender(http))
         await counted.enqueue(queued)
         assert await parts.push.handle(pushed(execution_id, flow_input, webhook_url)) == 204
     stored = await store.get(execution_id)
@@ -199,16 +187,7 @@ async def test_with_nowhere_to_deliver_a_refused_result_still_ends_the_execution
     settings = make_settings()
     execution_id = str(uuid.uuid4())
     async with httpx.AsyncClient(transport=functions({})) as http:
-        parts = build(
-            settings,
-            FLOWS,
-            RecordingTransport(),
-            store,
-            http,
-            HttpxSender(http),
-            tracing=Tracing(),
-            metrics=Metrics(),
-        )
+        parts = make_parts(settings, FLOWS, RecordingTransport(), store, http, HttpxSender(http))
         assert await parts.push.handle(pushed(execution_id, SEED_PAYLOAD)) == 204
     stored = await store.get(execution_id)
     assert stored is not None and stored.status == ExecutionStatus.FAILED

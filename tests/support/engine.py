@@ -1,17 +1,28 @@
-"""The engine as a test wants it: every collaborator given, the ones a test does not name
-made in memory (no tokens, no exporter, a cache and limits of this process only)."""
+"""The engine (and the whole app's parts) as a test wants them: every collaborator given,
+the ones a test does not name made in memory (no tokens, no exporter, a cache and limits
+of this process only)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
+
+from service.api.deps import Components
+from service.app import build
 from service.backends.memory import MemoryStore
+from service.backends.store import ExecutionStore
+from service.backends.transport import Transport
 from service.engine.caching import StepCache
 from service.engine.calls import DEFAULT_PER_HOST_LIMIT, MLCaller
+from service.engine.flow import Flow
 from service.engine.outbound import Sender
 from service.engine.outbound_auth import NoTokens, TokenProvider
 from service.engine.quotas import Quotas
 from service.engine.runner import FlowRunner
 from service.engine.waiting import DEFAULT_INLINE_WAIT_S, Waits
 from service.metrics import Metrics
+from service.settings import Settings
 from service.telemetry import Tracing
 
 
@@ -52,4 +63,18 @@ def make_runner(
         timeout_s=timeout_s,
         tracing=Tracing(),
         metrics=metrics,
+    )
+
+
+def make_parts(
+    settings: Settings,
+    flows: dict[str, Flow],
+    transport: Transport,
+    store: ExecutionStore | Any,
+    http: httpx.AsyncClient,
+    sender: Sender,
+) -> Components:
+    """The app's parts, as its lifespan builds them, calling out through `sender`."""
+    return build(
+        settings, flows, transport, store, http, sender, tracing=Tracing(), metrics=Metrics()
     )
