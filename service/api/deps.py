@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 if TYPE_CHECKING:
     from service.api.inbound_auth import OperatorAccess, TokenAuth
-    from service.backends.store import ExecutionStore
+    from service.backends.store import OperatorStore
     from service.backends.transport import Transport
     from service.engine.calls import MLCaller
     from service.engine.flow import Flow
@@ -30,7 +30,7 @@ class Components:
     settings: Settings
     flows: dict[str, Flow]
     transport: Transport
-    store: ExecutionStore
+    store: OperatorStore
     targets: WebhookTargets
     push: PushHandler
     push_auth: TokenAuth | None

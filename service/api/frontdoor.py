@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from service.api.bodies import json_body, json_body_read_here, read_body
 from service.api.deps import Components, ComponentsDep, components_of
 from service.api.problems import Problem, documented, invalid, unavailable, unknown_execution
-from service.backends.store import ExecutionStore
+from service.backends.store import OperatorStore
 from service.errors import BrokerUnavailable, OrchestratorError, WebhookTargetRefused
 from service.execution import EXECUTION_ID, Execution, ExecutionStatus, now
 from service.limits import MAX_REQUEST_BYTES
@@ -158,7 +158,7 @@ async def publish(parts: Components, message: RequestMessage, refusal: str, run:
         raise unavailable(exc, refusal) from None
 
 
-async def _record_queued(store: ExecutionStore, message: RequestMessage) -> bool:
+async def _record_queued(store: OperatorStore, message: RequestMessage) -> bool:
     """Make the execution readable as `queued` until a delivery claims it; whether it
     was recorded now.
 
@@ -178,7 +178,7 @@ async def _record_queued(store: ExecutionStore, message: RequestMessage) -> bool
     return False
 
 
-async def _take_back(store: ExecutionStore, execution_id: str) -> None:
+async def _take_back(store: OperatorStore, execution_id: str) -> None:
     """Remove the queued record of a request that was refused (its message not published)."""
     try:
         async with asyncio.timeout(QUEUED_RECORD_WAIT_S):

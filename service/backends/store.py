@@ -38,6 +38,10 @@ Flow versions: `keep_flow` stores a version's definition once, `flow_source` rea
 it back for an execution pinned to it, `versions_in_use` counts the executions not
 ended per version of a flow.
 
+The protocol is split by role, each package seeing only what it uses: `RunStore` (the
+worker's runs), `WaitStore` (wakes, answers, cancels), `VersionStore` (pinned flow
+versions), `OperatorStore` (the HTTP edge), all reading `Documents`; the engine declares
+its own (an answer store, share leases). `ExecutionStore` is all of them.
 `MemoryStore` (service/backends/memory.py) serves one instance; `FirestoreStore`
 (service/backends/firestore.py) shares executions across instances.
 """
@@ -261,19 +265,25 @@ def sort_key(execution: ExecutionSummary) -> tuple[datetime, str]:
     return execution.requested_at, execution.execution_id
 
 
-class ExecutionStore(Protocol):
-    """Execution documents by id, with leases so one delivery runs each execution."""
+class Documents(Protocol):
+    """An execution by id, read or stored whole: what every role below reads."""
+
+    async def get(self, execution_id: str) -> Execution | None: ...
+
+    async def save(self, execution: Execution, delivered: bool = False) -> None:
+        """Store the whole document; once its result is delivered, the lease ends.
+
+        An ended run gives way to a cancel asked while it ran (`cancel_wins`); a cancel is
+        never asked of an execution once it is stored ended.
+        """
+
+
+class RunStore(Documents, Protocol):
+    """What a run needs: its claim and lease, its outcomes, its end or suspend (the worker's
+    push handler, checkpoints, leases and cancel watch)."""
 
     # How long a step's outcome waits for others to share its write (service/worker/checkpoints.py).
     write_window_s: float
-
-    async def enqueue(self, execution: Execution) -> bool:
-        """Record an accepted execution as queued, unless a copy of it is already stored;
-        whether it was recorded."""
-
-    async def unqueue(self, execution_id: str) -> None:
-        """Take back the queued record `enqueue` made (its message was not published),
-        unless a delivery has claimed the execution meanwhile."""
 
     async def claim(self, execution: Execution, owner: str, lease_s: float) -> Claim:
         """Take the lease on `execution` unless another holds it or its result was delivered."""
@@ -284,40 +294,21 @@ class ExecutionStore(Protocol):
     async def save_steps(self, execution_id: str, results: Mapping[str, StepResult]) -> None:
         """Store these steps' outcomes, in one write."""
 
-    async def save(self, execution: Execution, delivered: bool = False) -> None:
-        """Store the whole document; once its result is delivered, the lease ends.
-
-        An ended run gives way to a cancel asked while it ran (`cancel_wins`); a cancel is
-        never asked of an execution once it is stored ended.
-        """
-
     async def release(self, execution_id: str, owner: str) -> None:
         """End `owner`'s lease early, keeping stored steps, so a redelivery resumes at once."""
-
-    async def get(self, execution_id: str) -> Execution | None: ...
-
-    async def list(self, query: ExecutionQuery) -> Page:
-        """Summaries matching `query`, newest first; PageTokenInvalid for a bad token."""
-
-    async def cancel(self, execution_id: str) -> ExecutionStatus | None:
-        """Cancel it (see `cancelled`); the status it had, None if unknown; or Conflict.
-
-        A waiting one is flagged and its timer moved to `due_again()`: the caller sends
-        its resume, which ends it `cancelled` and delivers it."""
-
-    async def cancel_requests(self) -> set[str]:
-        """Ids of running executions whose cancellation was asked."""
-
-    async def redrive(
-        self, execution_id: str, moved_to: FlowVersion | None = None
-    ) -> tuple[Execution, Execution] | None:
-        """Store the next run (`may_redrive`, then `Execution.redriven`) as queued:
-        (before, after); None if unknown. `moved_to`: see `Execution.redriven`."""
 
     async def suspend(self, execution: Execution) -> bool:
         """Store a run that ended `waiting` (`Execution.suspend` with what is stored:
         callbacks answered, a cancel asked) and end its lease. True if an answer or a
         cancel came while it ran: its timer is `due_again()`, the caller sends its resume."""
+
+    async def cancel_requests(self) -> set[str]:
+        """Ids of running executions whose cancellation was asked."""
+
+
+class WaitStore(Documents, Protocol):
+    """What goes on with waiting executions: due timers, callbacks' answers, cancels
+    (worker/wakes.py)."""
 
     async def due(self, limit: int) -> builtins.list[Execution]:
         """Up to `limit` waiting executions whose wake_at has passed, each given to this
@@ -328,13 +319,51 @@ class ExecutionStore(Protocol):
         with the execution. A waiting one's timer moves to `due_again()`: the caller
         sends its resume now (a running one is due when it suspends)."""
 
+    async def cancel(self, execution_id: str) -> ExecutionStatus | None:
+        """Cancel it (see `cancelled`); the status it had, None if unknown; or Conflict.
+
+        A waiting one is flagged and its timer moved to `due_again()`: the caller sends
+        its resume, which ends it `cancelled` and delivers it."""
+
+
+class VersionStore(Protocol):
+    """The flow versions executions are pinned to (worker/versions.py)."""
+
     async def keep_flow(self, name: str, version: str, source: str) -> None:
         """Store a flow version's definition, unless it is stored."""
 
     async def flow_source(self, name: str, version: str) -> str | None: ...
 
+
+class OperatorStore(Documents, Protocol):
+    """What the HTTP edge reads and changes: the queued record, listings, re-drives, the
+    versions in use (the front door and the operators' routes)."""
+
+    async def enqueue(self, execution: Execution) -> bool:
+        """Record an accepted execution as queued, unless a copy of it is already stored;
+        whether it was recorded."""
+
+    async def unqueue(self, execution_id: str) -> None:
+        """Take back the queued record `enqueue` made (its message was not published),
+        unless a delivery has claimed the execution meanwhile."""
+
     async def versions_in_use(self, name: str) -> dict[str, int]:
         """How many executions of flow `name` not ended run each version (at most 1000 read)."""
+
+    async def list(self, query: ExecutionQuery) -> Page:
+        """Summaries matching `query`, newest first; PageTokenInvalid for a bad token."""
+
+    async def redrive(
+        self, execution_id: str, moved_to: FlowVersion | None = None
+    ) -> tuple[Execution, Execution] | None:
+        """Store the next run (`may_redrive`, then `Execution.redriven`) as queued:
+        (before, after); None if unknown. `moved_to`: see `Execution.redriven`."""
+
+
+class ExecutionStore(RunStore, WaitStore, VersionStore, OperatorStore, Protocol):
+    """Execution documents by id, with leases so one delivery runs each execution: every
+    role above, the engine's too (an AnswerStore and ShareLeases: service/engine/caching.py
+    and quotas.py declare them), as MemoryStore and FirestoreStore implement it."""
 
     async def lease_share(self, key: str, instance: str, ask: Ask, lease_s: float) -> Share:
         """`instance`'s share of limit `key` for the next `lease_s` (service/shares.py's

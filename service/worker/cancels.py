@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import structlog
 
-from service.backends.store import ExecutionStore
+from service.backends.store import RunStore
 from service.errors import OrchestratorError
 
 log = structlog.get_logger(__name__)
@@ -26,7 +26,7 @@ CANCEL_POLL_S = 1.0
 class CancelWatch:
     """The cancel events of the runs in this instance, and the task that sets them."""
 
-    def __init__(self, store: ExecutionStore, poll_s: float = CANCEL_POLL_S) -> None:
+    def __init__(self, store: RunStore, poll_s: float = CANCEL_POLL_S) -> None:
         self._store = store
         self._poll_s = poll_s
         self._running: dict[str, asyncio.Future[None]] = {}  # execution id -> its cancel

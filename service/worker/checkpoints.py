@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.backends.store import ExecutionStore
+from service.backends.store import RunStore
 from service.engine.progress import ENDED
 from service.errors import StoreRefused
 from service.execution import Execution, StepResult, StepStatus
@@ -23,7 +23,7 @@ from service.execution import Execution, StepResult, StepStatus
 class Checkpoints:
     """The checkpoints of one run of `execution` (the runner's `checkpoint`)."""
 
-    def __init__(self, store: ExecutionStore, execution: Execution, window_s: float) -> None:
+    def __init__(self, store: RunStore, execution: Execution, window_s: float) -> None:
         self._store = store
         self._execution = execution
         self._window_s = window_s

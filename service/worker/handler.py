@@ -38,7 +38,7 @@ import structlog
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from service.backends.store import Claim, ClaimState, ExecutionStore
+from service.backends.store import Claim, ClaimState, RunStore
 from service.engine.runner import FlowRunner
 from service.errors import (
     BrokerUnavailable,
@@ -79,7 +79,7 @@ class PushHandler:
         self,
         *,
         versions: FlowVersions,
-        store: ExecutionStore,
+        store: RunStore,
         runner: FlowRunner,
         delivery: ResultDelivery,
         wakes: Wakes,

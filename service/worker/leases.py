@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from service.backends.store import ExecutionStore
+from service.backends.store import RunStore
 from service.errors import StoreUnavailable
 from service.execution import TERMINAL, ExecutionStatus
 
@@ -39,7 +39,7 @@ class Lease:
 class Leases:
     """The leases held here, and the task that renews them."""
 
-    def __init__(self, store: ExecutionStore, lease_s: float) -> None:
+    def __init__(self, store: RunStore, lease_s: float) -> None:
         self._store = store
         self._lease_s = lease_s
         self._held: dict[str, Lease] = {}  # owner -> its lease

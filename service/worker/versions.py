@@ -13,7 +13,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from service.backends.store import ExecutionStore
+from service.backends.store import VersionStore
 from service.engine.flow import Flow, compile_flow
 from service.errors import FlowError
 from service.execution import Execution
@@ -29,7 +29,7 @@ class FlowVersions:
     """Today's flows and the versions executions are pinned to."""
 
     def __init__(
-        self, flows: Mapping[str, Flow], store: ExecutionStore, env: Mapping[str, str]
+        self, flows: Mapping[str, Flow], store: VersionStore, env: Mapping[str, str]
     ) -> None:
         self.current = flows
         self._store = store

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from service.backends.store import REWAKE_S, Answer, ExecutionStore
+from service.backends.store import REWAKE_S, Answer, WaitStore
 from service.errors import BrokerUnavailable, OrchestratorError
 from service.execution import Execution, ExecutionStatus
 from service.metrics import Metrics
@@ -37,7 +37,7 @@ class Wakes:
 
     def __init__(
         self,
-        store: ExecutionStore,
+        store: WaitStore,
         requests: RequestPublisher,
         metrics: Metrics,
         batch: int = WAKE_BATCH,
