@@ -57,7 +57,8 @@ class Functions:
 class HttpxSender:
     """The engine's Sender over an httpx client, so that tests can use httpx.MockTransport.
 
-    Production sends with service.engine.outbound.AiohttpSender (tests/test_calls.py, loopback).
+    Production sends with service.engine.outbound.AiohttpSender (on loopback:
+    tests/engine/test_calls.py).
     """
 
     def __init__(self, client: httpx.AsyncClient) -> None:

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from service.engine.flow import load_flow, load_flows
 from service.errors import FlowError
 
-PROJECT_FLOWS = Path(__file__).resolve().parent.parent / "flows"
+PROJECT_FLOWS = Path(__file__).resolve().parent.parent.parent / "flows"
 ENV = {
     "DEFAULT_CREATE_USER_EMBEDDINGS_URL": "https://fn.example/embeddings",
     "DEFAULT_PROFESSION_ORCHESTRATOR_URL": "https://fn.example/professions",

@@ -11,7 +11,7 @@ import pytest
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @pytest.mark.emulator

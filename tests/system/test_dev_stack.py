@@ -18,7 +18,7 @@ from service.dev.emulator import free_port
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def wait_for(pattern: str, log: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> str:

@@ -9,6 +9,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from service.dev.servers import serve
 from service.dev.standins import StandIns
 from service.engine.adaptive import AdaptiveLimit, Pauses
@@ -18,6 +20,9 @@ from service.engine.runner import FlowRunner
 from service.execution import Execution, ExecutionStatus
 from service.retry import MAX_RETRY_AFTER_S, parse_retry_after
 from tests.support.engine import make_caller, make_runner
+
+# Asserts how long things take: run alone, after the parallel tier (scripts/test.sh).
+pytestmark = pytest.mark.timing
 
 FAN_OUT = """
 input:

@@ -279,7 +279,7 @@ steps:
 
 def readme_examples() -> list[str]:
     """The `write` column of docs/flows.md's table of expression examples, one value each."""
-    readme = (Path(__file__).parent.parent / "docs" / "flows.md").read_text()
+    readme = (Path(__file__).parent.parent.parent / "docs" / "flows.md").read_text()
     table = readme.split("| you want | write |")[1].split("\n\n")[0]
     cells = [row.split(" | ")[1] for row in table.strip().splitlines()[2:]]
     snippets = [s for cell in cells for s in re.findall(r"`([^`]+)`", cell)]

@@ -75,6 +75,7 @@ async def test_an_unknown_topic_is_broker_unavailable(admin: EmulatorAdmin) -> N
         await transport.close()
 
 
+@pytest.mark.timing
 async def test_an_unreachable_broker_is_broker_unavailable_within_the_timeout() -> None:
     nobody = f"127.0.0.1:{free_port()}"
     transport = PubSubTransport("nobody", timeout_s=1, emulator_host=nobody)

@@ -19,7 +19,7 @@ from service.backends.firestore_layout import HEAD_FIELDS
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 FAKEBIN = ROOT / "tests" / "support" / "fakebin"
 SCRIPTS = sorted([*ROOT.glob("scripts/*.sh"), ROOT / "infra" / "setup.sh"])
 URL = "https://ml-orchestrator-123456789.us-east1.run.app"

@@ -28,6 +28,9 @@ from service.metrics import Metrics
 from service.shares import Ask, Holder, Share, allot
 from tests.support.engine import make_caller
 
+# Asserts how long things take: run alone, after the parallel tier (scripts/test.sh).
+pytestmark = pytest.mark.timing
+
 LIMITED = """
 steps:
   analyse:

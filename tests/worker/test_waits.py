@@ -31,7 +31,7 @@ from service.waits import CallbackToken, duration_s, new_callback_token, read_ca
 from tests.support.project import WEBHOOK_SECRET, make_settings
 from tests.support.waits import until
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "flows" / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "flows" / "examples"
 
 FAST_BATCH = """
 input:

@@ -16,6 +16,9 @@ from starlette.routing import Route
 from service.dev.servers import serve
 from service.engine.outbound import MAX_ANSWER_BYTES, AiohttpSender, NoAnswer, http_clients
 
+# Asserts how long things take: run alone, after the parallel tier (scripts/test.sh).
+pytestmark = pytest.mark.timing
+
 seen: list[dict[str, object]] = []
 
 

@@ -46,6 +46,9 @@ from tests.support.identity import STALLING_AUDIENCE
 from tests.support.project import WEBHOOK_SECRET, make_settings, project_flows
 from tests.support.waits import until
 
+# Asserts how long things take: run alone, after the parallel tier (scripts/test.sh).
+pytestmark = pytest.mark.timing
+
 FLOWS = project_flows("http://fn")
 DAY = timedelta(days=1)
 

@@ -244,6 +244,7 @@ def live() -> Iterator[Live]:
             yield Live(client, functions, webhook, f"{webhook_url}/hook")
 
 
+@pytest.mark.timing
 def test_a_running_execution_is_cancelled_within_two_seconds(live: Live) -> None:
     held = live.functions.gates["/create-user-embeddings"] = threading.Event()
     execution_id = live.start()

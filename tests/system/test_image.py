@@ -19,7 +19,7 @@ from tests.support.service import ServiceProcess
 # Starts processes or tools (or fuzzes): the full tier only (`./scripts/test.sh`).
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 

@@ -250,6 +250,7 @@ def test_a_result_at_pubsub_s_limit_is_published_whole_and_beyond_it_without_out
     assert len(whole["steps"]["profession_orchestrator"]["output"]["padding"]) == padding
 
 
+@pytest.mark.timing
 def test_a_cancel_and_a_re_drive_through_another_instance(
     stack: Deployment, tmp_path: Path
 ) -> None:
