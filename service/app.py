@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service.api import frontdoor, operations, problems, push, ui, waits
+from service.api import callbacks, frontdoor, operations, problems, push, ui
 from service.api.deps import Components, ComponentsDep
 from service.api.hotpaths import HotPaths
 from service.api.inbound_auth import GoogleCertificates, OperatorAccess, TokenAuth
@@ -111,7 +111,7 @@ def create_app(
     )
     problems.install(app)
     app.include_router(frontdoor.router)
-    app.include_router(waits.router)
+    app.include_router(callbacks.router)
     app.include_router(operations.router)
     app.include_router(ui.router)
     app.include_router(ui.ui_root)

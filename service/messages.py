@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.bounds import JSONRefused, parse_json
 from service.errors import RejectedMessage
 from service.execution import (
     EXECUTION_ID,
@@ -23,7 +24,6 @@ from service.execution import (
     is_execution_id,
     now,
 )
-from service.limits import JSONRefused, parse_json
 
 # The original guide's test payload (its test_payload.json): the API's example.
 SEED_PAYLOAD: dict[str, Any] = {

@@ -13,6 +13,7 @@ from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.bounds import MAX_PAYLOAD_BYTES
 from service.errors import ConfigError
 
 PROJECT_FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
@@ -58,7 +59,7 @@ class Settings(BaseSettings):
     default_webhook_url: str | None = None
     webhook_allow_private_networks: bool = False
     webhook_allowed_hosts: str | None = None
-    webhook_max_bytes: int = Field(10_000_000, ge=100_000, le=100_000_000)
+    webhook_max_bytes: int = Field(MAX_PAYLOAD_BYTES, ge=100_000, le=100_000_000)
     public_url: str | None = Field(None, pattern=r"^https?://[^\s?#]+$")
     flow_timeout_s: float = Field(540, gt=0, le=600)
     inline_wait_s: float = Field(10, ge=0, le=60)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Request
 
 from service.api.problems import Problem
-from service.limits import JSONRefused, parse_json
+from service.bounds import JSONRefused, parse_json
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -15,9 +15,9 @@ from service.api.bodies import json_body, json_body_read_here, read_body
 from service.api.deps import Components, ComponentsDep, components_of
 from service.api.problems import Problem, documented, invalid, unavailable, unknown_execution
 from service.backends.store import OperatorStore
+from service.bounds import MAX_REQUEST_BYTES
 from service.errors import BrokerUnavailable, OrchestratorError, WebhookTargetRefused
 from service.execution import EXECUTION_ID, Execution, ExecutionStatus, now
-from service.limits import MAX_REQUEST_BYTES
 from service.messages import Accepted, OrchestrateRequest, RequestMessage, field_errors
 
 log = structlog.get_logger(__name__)

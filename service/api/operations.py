@@ -21,6 +21,7 @@ from service.api.frontdoor import ExecutionId, publish
 from service.api.inbound_auth import AuthRefused
 from service.api.problems import RETRY_AFTER_S, Problem, documented, invalid, unknown_execution
 from service.backends.store import Conflict, ExecutionQuery, PageTokenInvalid
+from service.bounds import MAX_OPERATOR_BODY_BYTES
 from service.engine.graph import described
 from service.errors import StoreUnavailable
 from service.execution import (
@@ -31,7 +32,6 @@ from service.execution import (
     FlowVersion,
     Moment,
 )
-from service.limits import MAX_OPERATOR_BODY_BYTES
 from service.messages import RequestMessage, field_errors, inline_schema
 from service.metrics import CONTENT_TYPE
 

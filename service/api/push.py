@@ -14,8 +14,8 @@ from service.api.bodies import json_body_read_here, read_body
 from service.api.deps import components_of
 from service.api.inbound_auth import AuthRefused
 from service.api.problems import Problem
+from service.bounds import MAX_PUSH_BYTES
 from service.errors import RejectedMessage
-from service.limits import MAX_PUSH_BYTES
 from service.messages import PushEnvelope, describe, field_errors, inline_schema
 from service.worker.handler import ACK
 

@@ -39,9 +39,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from service.bounds import dump_json, parse_json
+from service.durations import MAX_WAIT_S
 from service.execution import Execution, ExecutionSummary
-from service.limits import dump_json, parse_json
-from service.waits import MAX_WAIT_S
 
 # Each slot inline up to this; with at most MAX_FLOW_STEPS (50) steps a head stays < 1 MiB.
 INLINE_BYTES = 16 * 1024

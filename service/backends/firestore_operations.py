@@ -43,6 +43,7 @@ from service.backends.store import (
     page_key,
     page_token,
 )
+from service.callback_tokens import CallbackToken
 from service.errors import StoreUnavailable
 from service.execution import (
     UNDERWAY,
@@ -53,7 +54,6 @@ from service.execution import (
     StepResult,
     now,
 )
-from service.waits import CallbackToken
 
 VERSIONS_READ = 1000  # executions read to count the versions in use
 ANSWER_ATTEMPTS = 10

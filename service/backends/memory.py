@@ -30,6 +30,7 @@ from service.backends.store import (
     sort_key,
     suspended,
 )
+from service.callback_tokens import CallbackToken
 from service.execution import (
     TERMINAL,
     UNDERWAY,
@@ -41,7 +42,6 @@ from service.execution import (
     now,
 )
 from service.shares import Ask, Holder, Share, allot
-from service.waits import CallbackToken
 
 DEFAULT_CAPACITY = 10_000
 # Never forgotten: running (leased) and waiting executions.

@@ -59,6 +59,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from service.callback_tokens import CallbackToken
 from service.execution import (
     CANCELLABLE,
     CANCELLED_BY_OPERATOR,
@@ -76,7 +77,6 @@ from service.execution import (
     now,
 )
 from service.shares import Ask, Share
-from service.waits import CallbackToken
 
 log = structlog.get_logger(__name__)
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import structlog
 
+from service.bounds import MAX_PAYLOAD_BYTES
 from service.execution import now
 from service.messages import PushEnvelope, PushMessage
 from service.retry import RetryPolicy
@@ -25,7 +26,7 @@ from service.retry import RetryPolicy
 log = structlog.get_logger(__name__)
 
 # Pub/Sub refuses a publish request over 10 MB (data, attributes and all).
-MAX_MESSAGE_BYTES = 10_000_000
+MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES
 
 Deliver = Callable[[PushEnvelope], Awaitable[int]]
 

@@ -30,10 +30,11 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_math, ext_strings
 
+from service.bounds import MAX_PAYLOAD_BYTES
 from service.engine.cel_json import as_text, json_size, json_value
 
 # An ML answer may be 10 MB; nothing an expression makes may be bigger.
-MAX_VALUE_BYTES = 10_000_000
+MAX_VALUE_BYTES = MAX_PAYLOAD_BYTES
 MAX_EXPRESSION_CHARS = 4096
 # cel-cpp's RuntimeOptions.comprehension_max_iterations, which cel-expr-python keeps.
 ITERATION_BUDGET = 10_000

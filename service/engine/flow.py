@@ -69,15 +69,18 @@ class Cache:
     ttl_s: float
 
 
+# What a step does, decided once when its flow loads: a call, a call that starts a
+# long-running operation and polls it, a call answered later at a callback URL, a sleep
+# (no call: its `url` is empty). Every kind but `call` waits.
+StepKind = Literal["call", "poll", "callback", "sleep"]
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
-    """A step ready to run: expressions parsed, URL resolved.
-
-    A step waits when it has `poll`, `callback_timeout_s`, `sleep_s` or `sleep_until`;
-    a sleep makes no call (its `url` is empty).
-    """
+    """A step ready to run: expressions parsed, URL resolved, its `kind` decided."""
 
     name: str
+    kind: StepKind
     url: str
     method: str
     body: Any
@@ -100,7 +103,7 @@ class Step:
 
     @property
     def waits(self) -> bool:
-        return bool(self.poll or self.callback_timeout_s or self.sleep_s or self.sleep_until)
+        return self.kind != "call"
 
     @property
     def host(self) -> str:
@@ -267,8 +270,7 @@ def _compile_steps(file: str, spec: FlowSpec, env: Mapping[str, str]) -> dict[st
 
 
 def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str]) -> Step:
-    sleeps = spec.sleep is not None or spec.sleep_until is not None
-    _check_waits(spec, sleeps)
+    kind = _kind_of(spec)
     url = ""
     if spec.call is not None:
         url = _literal("call", spec.call, env)
@@ -314,6 +316,7 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
     audience = _literal("audience", spec.audience, env) if spec.audience else url
     return Step(
         name=name,
+        kind=kind,
         url=url,
         method=spec.method,
         body=body,
@@ -336,8 +339,10 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
     )
 
 
-def _check_waits(spec: StepSpec, sleeps: bool) -> None:
-    """One kind of wait per step, a call unless it sleeps, and no wait per item."""
+def _kind_of(spec: StepSpec) -> StepKind:
+    """The step's kind, once its fields are checked: one kind of wait per step, a call
+    unless it sleeps, and no wait per item."""
+    sleeps = spec.sleep is not None or spec.sleep_until is not None
     kinds = [
         k for k in ("poll", "callback", "sleep", "sleep_until") if getattr(spec, k) is not None
     ]
@@ -355,6 +360,11 @@ def _check_waits(spec: StepSpec, sleeps: bool) -> None:
         raise ExpressionError("cache: a step that waits is not cached")
     if sleeps and spec.limit is not None:
         raise ExpressionError("limit: a sleep step makes no call to limit")
+    if sleeps:
+        return "sleep"
+    if spec.poll is not None:
+        return "poll"
+    return "callback" if spec.callback is not None else "call"
 
 
 def _literal(field: str, text: str, env: Mapping[str, str]) -> str:

@@ -24,9 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from service.durations import duration_s
 from service.errors import FlowError
 from service.retry import RetryPolicy
-from service.waits import duration_s
 
 # Bounds the execution document: each step's outcome takes at most 16 KiB of it inline.
 MAX_FLOW_STEPS = 50

@@ -37,6 +37,7 @@ def described(flow: Flow) -> dict[str, Any]:
         "steps": [
             {
                 "name": step.name,
+                "kind": step.kind,
                 "after": list(step.after),
                 "when": source_of(step.when),
                 "for_each": source_of(step.for_each),

@@ -18,9 +18,11 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from service.limits import dump_json
+from service.bounds import dump_json
 
 # An answer is kept in the execution document: bound what one call may bring in.
+# 10 MiB, a little more than a Pub/Sub message: a result made of one answer can still
+# be too large for its channel, and is then delivered without step outputs.
 MAX_ANSWER_BYTES = 10 * 1024 * 1024
 
 

@@ -84,9 +84,9 @@ def rides_along(flow: Flow, steps: Mapping[str, StepResult], name: str, result: 
         return True
     if result.status not in ENDED:
         return False
-    if result.status == StepStatus.SUCCEEDED and not step.url:
+    if result.status == StepStatus.SUCCEEDED and step.kind == "sleep":
         return True  # a sleep that ended
-    if result.status == StepStatus.SUCCEEDED and step.callback_timeout_s is not None:
+    if result.status == StepStatus.SUCCEEDED and step.kind == "callback":
         return True  # its answer is stored: a resume ends it again
 
     def held_back(other: str) -> bool:

@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from service.callback_tokens import new_callback_token
+from service.durations import MAX_WAIT_S
 from service.engine.calls import CallResult, MLCaller
 from service.engine.expressions import EvaluationError, render_value
 from service.engine.flow import Step
@@ -35,7 +37,6 @@ from service.execution import (
     in_utc,
     now,
 )
-from service.waits import MAX_WAIT_S, new_callback_token
 
 # An inline wait ends at least this long before the run's deadline.
 DEADLINE_MARGIN_S = 1.0
@@ -67,14 +68,14 @@ class Waits:
         checkpoint: Checkpoint,
     ) -> StepResult:
         """Begin the step's wait: `result` is the step's running outcome."""
-        if step.sleep_s is not None or step.sleep_until is not None:
+        if step.kind == "sleep":
             try:
                 wake_at = _sleep_end(step, scope)
             except (EvaluationError, ValueError) as exc:
                 return _failed(result, str(exc))
             result.wait = Wait(kind="sleep", timeout_at=wake_at)
             return await self._sleep(result, wake_at, deadline)
-        if step.callback_timeout_s is not None:
+        if step.kind == "callback":
             return await self._call_back(step, scope, execution, result, deadline, checkpoint)
         assert step.poll is not None
         call = await self._caller.call_with(step, scope, deadline)

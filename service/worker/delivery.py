@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from standardwebhooks.webhooks import Webhook
 
 from service.backends.transport import MAX_MESSAGE_BYTES, Transport
+from service.bounds import MAX_PAYLOAD_BYTES
 from service.errors import DeliveryFailed, WebhookTargetRefused
 from service.execution import Execution, ExecutionResult, now
 from service.metrics import Metrics
@@ -38,7 +39,7 @@ WEBHOOK_RETRY = RetryPolicy(
 WEBHOOK_ATTEMPT_TIMEOUT_S = 10.0
 WEBHOOK_BUDGET_S = 45.0
 GONE = 410
-DEFAULT_WEBHOOK_MAX_BYTES = 10_000_000
+DEFAULT_WEBHOOK_MAX_BYTES = MAX_PAYLOAD_BYTES
 # Room for the attributes and the request around a result's data in one publish.
 RESULT_MAX_BYTES = MAX_MESSAGE_BYTES - 16_384
 

@@ -20,10 +20,10 @@ from typing import Any
 import structlog
 
 from service.backends.store import REWAKE_S, Answer, WaitStore
+from service.callback_tokens import CallbackToken
 from service.errors import BrokerUnavailable, OrchestratorError
 from service.execution import Execution, ExecutionStatus
 from service.metrics import Metrics
-from service.waits import CallbackToken
 from service.worker.publisher import RequestPublisher
 
 log = structlog.get_logger(__name__)

@@ -24,6 +24,7 @@ from service.backends.store import (
     PageTokenInvalid,
     sort_key,
 )
+from service.callback_tokens import CallbackToken, new_callback_token, read_callback_token
 from service.errors import StoreRefused
 from service.execution import (
     CachedOutput,
@@ -33,7 +34,6 @@ from service.execution import (
     StepStatus,
     Wait,
 )
-from service.waits import CallbackToken, new_callback_token, read_callback_token
 from tests.support.project import fresh_firestore_store
 
 LEASE_S = 30.0

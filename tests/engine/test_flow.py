@@ -241,3 +241,20 @@ def test_a_flow_s_schedules_are_kept_with_it(tmp_path: Path) -> None:
     path.write_text(SCHEDULED.replace("SCHEDULE", twice + "\n  - " + twice))
     with pytest.raises(FlowError, match="two schedules named 'a'"):
         load_flow(path, {})
+
+
+def test_each_step_s_kind_is_decided_when_its_flow_loads(tmp_path: Path) -> None:
+    """A step has one kind, a field of its compiled form, and only `call` does not wait."""
+    env = {"BATCH_API_URL": "https://batch.example", "REVIEW_URL": "https://review.example"}
+    env["PUBLISH_URL"] = "https://publish.example"
+    example = load_flow(PROJECT_FLOWS / "examples" / "batch-review.yaml", env)
+    kinds = {name: step.kind for name, step in example.steps.items()}
+    assert kinds == {"start_batch": "poll", "review": "callback", "publish": "call"}
+    napping = load_flow(
+        write(tmp_path, "steps:\n  nap: {sleep: 5s}\n  later: {sleep_until: '${input.at}'}\n"), {}
+    )
+    assert {name: step.kind for name, step in napping.steps.items()} == {
+        "nap": "sleep",
+        "later": "sleep",
+    }
+    assert [step.waits for step in example.steps.values()] == [True, True, False]

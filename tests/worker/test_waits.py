@@ -21,13 +21,14 @@ import pytest
 from service.app import create_app
 from service.backends.memory import MemoryStore
 from service.backends.store import Answer, ExecutionStore
+from service.callback_tokens import CallbackToken, new_callback_token, read_callback_token
 from service.dev.emulator import free_port
 from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
+from service.durations import duration_s
 from service.errors import FlowError, StoreUnavailable
 from service.execution import Execution
 from service.settings import PROJECT_FLOWS_DIR
-from service.waits import CallbackToken, duration_s, new_callback_token, read_callback_token
 from tests.support.project import WEBHOOK_SECRET, make_settings
 from tests.support.waits import until
 

@@ -1,7 +1,7 @@
 """Waiting executions from outside: a callback's answer, and the wake of due timers.
 
 POST /callbacks/{token} needs no other credential: the token is unguessable and
-names one step of one run (service/waits.py). POST /executions/wake is for
+names one step of one run (service/callback_tokens.py). POST /executions/wake is for
 operators and for the push service account (PUSH_AUTH_SERVICE_ACCOUNT: the
 identity Cloud Scheduler calls it with on Cloud Run). What they do is the worker's
 (service/worker/wakes.py): an accepted callback sends the execution's resume at once.
@@ -21,12 +21,12 @@ from service.api.inbound_auth import AuthRefused
 from service.api.operations import operator
 from service.api.problems import Problem, documented
 from service.backends.store import Answer
-from service.limits import JSONRefused, parse_json
-from service.waits import read_callback_token
+from service.bounds import MAX_PAYLOAD_BYTES, JSONRefused, parse_json
+from service.callback_tokens import read_callback_token
 
 log = structlog.get_logger(__name__)
 
-MAX_CALLBACK_BYTES = 10_000_000
+MAX_CALLBACK_BYTES = MAX_PAYLOAD_BYTES
 
 router = APIRouter()
 

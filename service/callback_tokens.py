@@ -1,9 +1,8 @@
-"""Steps that wait: how long (durations), and who may end a callback's wait (tokens).
+"""Who may end a callback's wait: tokens.
 
-Durations are written `500ms`, `30s`, `10m`, `24h`, `7d` (or a number of seconds);
-every wait is at most MAX_WAIT_S. A callback token names one step of one run of one
-execution and carries a secret; the store keeps only the secret's SHA-256, so
-neither the execution document nor the store can answer a callback.
+A callback token names one step of one run of one execution and carries a secret; the
+store keeps only the secret's SHA-256, so neither the execution
+document nor the store can answer a callback.
 """
 
 from __future__ import annotations
@@ -13,33 +12,13 @@ import binascii
 import hashlib
 import hmac
 import json
-import re
 import secrets
 from dataclasses import dataclass
 
 from service.execution import is_execution_id, is_step_name
 
-MAX_WAIT_S = 30 * 86_400
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 MAX_TOKEN_CHARS = 1024
 MAX_RUN = 1_000_000  # runs of one execution (re-drives): far past any real count
-
-
-def duration_s(value: str | float) -> float:
-    """Seconds of a duration; ValueError naming the accepted forms and the bound."""
-    if isinstance(value, bool):
-        raise ValueError("a duration such as 30s, 10m, 24h or 7d")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.fullmatch(value.strip())
-        if match is None:
-            raise ValueError(f"{value!r} is not a duration such as 500ms, 30s, 10m, 24h or 7d")
-        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-    if not 0 < seconds <= MAX_WAIT_S:
-        raise ValueError(f"{value!r}: a wait is more than 0 and at most 30d")
-    return seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,10 @@ from typing import Any
 
 import orjson
 
+# Pub/Sub's message limit, and so the most the service carries of anything: a value an
+# expression makes, a callback's body, a webhook, a message. (An ML function's answer may
+# be 10 MiB: engine/outbound.py.)
+MAX_PAYLOAD_BYTES = 10_000_000
 MAX_REQUEST_BYTES = 1_000_000
 # An operator's body (a bulk re-drive's selection) is a few hundred bytes.
 MAX_OPERATOR_BODY_BYTES = 65_536

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.limits import MAX_JSON_DEPTH, JSONRefused, parse_json
+from service.bounds import MAX_JSON_DEPTH, JSONRefused, parse_json
 
 REFUSED = [
     (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64 levels"),
