@@ -1,8 +1,8 @@
 """Who may end a callback's wait: tokens.
 
 A callback token names one step of one run of one execution and carries a secret; the
-store keeps only the secret's SHA-256, so neither the execution
-document nor the store can answer a callback.
+store keeps only the secret's SHA-256, so neither the execution document nor the store
+can answer a callback.
 """
 
 from __future__ import annotations
