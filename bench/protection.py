@@ -31,11 +31,11 @@ from service.engine import adaptive
 from service.engine.caching import StepCache
 from service.engine.calls import MLCaller
 from service.engine.flow import Flow, load_flow
+from service.engine.kinds.base import Tools
 from service.engine.outbound import Sender, http_clients
 from service.engine.outbound_auth import NoTokens
 from service.engine.quotas import REFRESH_S, Quotas
 from service.engine.runner import FlowRunner
-from service.engine.waiting import Waits
 from service.execution import Execution, ExecutionStatus
 from service.logs import configure_logging
 from service.metrics import Metrics
@@ -121,9 +121,7 @@ def runner_of(
         metrics=metrics,
     )
     return FlowRunner(
-        caller=caller,
-        waits=Waits(caller),
-        cache=cache or StepCache(MemoryStore(), metrics),
+        tools=Tools(caller, cache or StepCache(MemoryStore(), metrics)),
         timeout_s=timeout_s,
         tracing=tracing,
         metrics=metrics,

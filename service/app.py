@@ -27,6 +27,8 @@ from service.backends.transport import InProcessTransport, Transport
 from service.engine.caching import StepCache
 from service.engine.calls import MLCaller
 from service.engine.flow import Flow, check_limits, load_flows
+from service.engine.kinds import KINDS
+from service.engine.kinds.base import Tools
 from service.engine.outbound import Sender, http_clients
 from service.engine.outbound_auth import (
     GoogleAccessTokens,
@@ -36,7 +38,6 @@ from service.engine.outbound_auth import (
 )
 from service.engine.quotas import Quotas
 from service.engine.runner import FlowRunner
-from service.engine.waiting import Waits
 from service.errors import BrokerUnavailable, ConfigError
 from service.logs import configure_logging
 from service.metrics import Metrics, metric_exporters_from_environment
@@ -86,8 +87,9 @@ def create_app(
             parts = app.state.components
             undo_signals = on_stop_signals(parts.push.drain)
             steps = [step for flow in loaded.values() for step in flow.steps.values()]
+            calling = [step for step in steps if KINDS[step.kind].calls]
             # The flows' tokens, fetched while the instance starts: readiness does not wait.
-            background = [asyncio.create_task(parts.caller.warm(steps))]
+            background = [asyncio.create_task(parts.caller.warm(calling))]
             if config.wake_every_s > 0:
                 background.append(asyncio.create_task(parts.wakes.every(config.wake_every_s)))
             try:
@@ -285,10 +287,14 @@ def make_engine(
         metrics=metrics,
         per_host_limit=settings.ml_max_concurrency_per_host,
     )
-    runner = FlowRunner(
+    tools = Tools(
         caller=caller,
-        waits=Waits(caller, settings.inline_wait_s, settings.service_url),
         cache=StepCache(store, metrics),
+        inline_wait_s=settings.inline_wait_s,
+        callback_base=settings.service_url,
+    )
+    runner = FlowRunner(
+        tools=tools,
         timeout_s=settings.flow_timeout_s,
         tracing=tracing,
         metrics=metrics,

@@ -24,7 +24,7 @@ import structlog
 
 from service.engine.calls import CallResult
 from service.engine.expressions import EvaluationError
-from service.engine.flow import Step
+from service.engine.step import Step
 from service.errors import OrchestratorError
 from service.execution import CachedOutput, now
 from service.metrics import Metrics

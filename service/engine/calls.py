@@ -16,10 +16,10 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from service.bounds import JSONRefused, parse_json
 from service.engine.adaptive import OVERLOADED, AdaptiveLimit, Pauses
 from service.engine.expressions import EvaluationError, render_value
-from service.engine.flow import Step
 from service.engine.outbound import NoAnswer, Sender
 from service.engine.outbound_auth import NoTokens, TokenProvider
 from service.engine.quotas import NoCapacity, Quota, Quotas
+from service.engine.step import Step
 from service.metrics import Metrics
 from service.retry import Attempt, RetryBudget, parse_retry_after, with_retries
 from service.telemetry import Tracing, outgoing_headers
@@ -77,11 +77,10 @@ class MLCaller:
         self._pauses = Pauses()
 
     async def warm(self, steps: Iterable[Step]) -> None:
-        """Fetch the token of every audience `steps` call, all at once: on a new instance
-        the first execution then waits for none of them, one step after another. A fetch
-        that fails is tried again at the call, as any other."""
-        calling = [step for step in steps if step.kind != "sleep" and step.auth != "none"]
-        wanted = {(step.auth, step.audience) for step in calling}
+        """Fetch the token of every audience `steps` call (steps of a kind that calls), all
+        at once: on a new instance the first execution then waits for none of them, one
+        step after another. A fetch that fails is tried again at the call, as any other."""
+        wanted = {(step.auth, step.audience) for step in steps if step.auth != "none"}
 
         async def one(auth: str, audience: str) -> None:
             try:

@@ -19,13 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import (
-    BaseModel,
-)
+from pydantic import BaseModel
 
 from service.engine.expressions import (
     ExpressionError,
@@ -42,73 +40,14 @@ from service.engine.flow_spec import (
     input_model,
     parse_spec,
 )
+from service.engine.kinds import kind_of
+from service.engine.kinds.base import typed
+from service.engine.step import Cache, Step
 from service.errors import FlowError
 from service.execution import is_step_name
-from service.retry import RetryPolicy
 
 FLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_FLOW_FILE_BYTES = 256 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Poll:
-    """A compiled `poll:`: `url` and `until` read `response`, the operation's last answer."""
-
-    url: Template
-    until: Template
-    every_s: float
-    max_every_s: float
-    timeout_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Cache:
-    """A compiled `cache:`: its key reads what the body reads."""
-
-    key: Template
-    ttl_s: float
-
-
-# What a step does, decided once when its flow loads: a call, a call that starts a
-# long-running operation and polls it, a call answered later at a callback URL, a sleep
-# (no call: its `url` is empty). Every kind but `call` waits.
-StepKind = Literal["call", "poll", "callback", "sleep"]
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """A step ready to run: expressions parsed, URL resolved, its `kind` decided."""
-
-    name: str
-    kind: StepKind
-    url: str
-    method: str
-    body: Any
-    after: tuple[str, ...]
-    when: Template | None
-    for_each: Template | None
-    max_concurrency: int
-    timeout_s: float
-    retry: RetryPolicy
-    on_error: Literal["fail", "continue"]
-    audience: str
-    output: Any  # compiled; None keeps the whole answer
-    auth: Literal["id_token", "access_token", "none"] = "id_token"
-    poll: Poll | None = None
-    callback_timeout_s: float | None = None
-    sleep_s: float | None = None
-    sleep_until: Template | None = None
-    cache: Cache | None = None
-    limit: LimitSpec | None = None
-
-    @property
-    def waits(self) -> bool:
-        return self.kind != "call"
-
-    @property
-    def host(self) -> str:
-        """The target's host and port: the unit of per-target limits."""
-        return urlsplit(self.url).netloc
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +209,7 @@ def _compile_steps(file: str, spec: FlowSpec, env: Mapping[str, str]) -> dict[st
 
 
 def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str]) -> Step:
-    kind = _kind_of(spec)
+    kind = kind_of(spec)
     url = ""
     if spec.call is not None:
         url = _literal("call", spec.call, env)
@@ -279,32 +218,16 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
             raise ExpressionError(f"call: {url!r} is not an http(s) URL")
     when = for_each = None
     if spec.when is not None:
-        when = _typed(Template.parse(spec.when, names.at("when"), env), "when", ("BOOL", "NULL"))
+        when = typed(Template.parse(spec.when, names.at("when"), env), "when", ("BOOL", "NULL"))
     if spec.for_each is not None:
         template = Template.parse(spec.for_each, names.at("for_each"), env)
-        for_each = _typed(template, "for_each", ("LIST",))
+        for_each = typed(template, "for_each", ("LIST",))
     # `item` is each element of a for_each; `response` is the step's answer.
     each = frozenset({"item"} if for_each is not None else ())
-    each |= {"callback"} if spec.callback is not None else set()
+    each |= kind.scope
     body = compile_value(
         spec.body, Names("body", names.roots | each, names.steps, names.flow_steps), env
     )
-    poll = sleep_until = None
-    if spec.poll is not None:
-        answer = Names("poll.url", names.roots | {"response"}, names.steps, names.flow_steps)
-        poll = Poll(
-            url=Template.parse(spec.poll.url, answer, env),
-            until=_typed(
-                Template.parse(spec.poll.until, answer.at("poll.until"), env),
-                "poll.until",
-                ("BOOL", "NULL"),
-            ),
-            every_s=float(spec.poll.every),
-            max_every_s=float(spec.poll.max_every or spec.poll.every),
-            timeout_s=float(spec.poll.timeout),
-        )
-    if spec.sleep_until is not None:
-        sleep_until = Template.parse(spec.sleep_until, names.at("sleep_until"), env)
     cache = None
     if spec.cache is not None:
         scope = Names("cache.key", names.roots | each, names.steps, names.flow_steps)
@@ -316,7 +239,7 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
     audience = _literal("audience", spec.audience, env) if spec.audience else url
     return Step(
         name=name,
-        kind=kind,
+        kind=kind.name,
         url=url,
         method=spec.method,
         body=body,
@@ -330,41 +253,10 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
         audience=audience,
         output=output,
         auth=spec.auth,
-        poll=poll,
-        callback_timeout_s=float(spec.callback.timeout) if spec.callback else None,
-        sleep_s=float(spec.sleep) if spec.sleep is not None else None,
-        sleep_until=sleep_until,
         cache=cache,
         limit=spec.limit,
+        **kind.compile(spec, names, env),
     )
-
-
-def _kind_of(spec: StepSpec) -> StepKind:
-    """The step's kind, once its fields are checked: one kind of wait per step, a call
-    unless it sleeps, and no wait per item."""
-    sleeps = spec.sleep is not None or spec.sleep_until is not None
-    kinds = [
-        k for k in ("poll", "callback", "sleep", "sleep_until") if getattr(spec, k) is not None
-    ]
-    if len(kinds) > 1:
-        raise ExpressionError(f"{kinds[1]}: a step waits one way; it has {' and '.join(kinds)}")
-    if sleeps and spec.call is not None:
-        raise ExpressionError(f"{kinds[0]}: a sleep step makes no call; remove 'call'")
-    if not sleeps and spec.call is None:
-        raise ExpressionError("call: required (a URL), unless the step sleeps")
-    if kinds and spec.for_each is not None:
-        raise ExpressionError(
-            f"{kinds[0]}: a for_each step does not wait; wait in a step of its own"
-        )
-    if kinds and spec.cache is not None:
-        raise ExpressionError("cache: a step that waits is not cached")
-    if sleeps and spec.limit is not None:
-        raise ExpressionError("limit: a sleep step makes no call to limit")
-    if sleeps:
-        return "sleep"
-    if spec.poll is not None:
-        return "poll"
-    return "callback" if spec.callback is not None else "call"
 
 
 def _literal(field: str, text: str, env: Mapping[str, str]) -> str:
@@ -377,14 +269,3 @@ def _literal(field: str, text: str, env: Mapping[str, str]) -> str:
     except ExpressionError:
         raise ExpressionError(f"{field}: only ${{env.NAME}} may be used, not {text!r}") from None
     return str(template.render({}))
-
-
-def _typed(template: Template, where: str, accepted: tuple[str, ...]) -> Template:
-    """`template`, if CEL's checker says its result can be one of `accepted` (or is DYN:
-    only known at run time). Text around an expression in `when` is a string, which is
-    true, as it was before CEL."""
-    kind = template.result_type
-    if kind == "DYN" or kind.startswith(accepted) or (where == "when" and not template.whole):
-        return template
-    expected = accepted[0].lower()
-    raise ExpressionError(f"{where}: {template.source!r} gives {kind.lower()}, not {expected}")

@@ -7,7 +7,10 @@ import json
 from typing import Any
 
 from service.engine.expressions import Template, source_of, templates_in
-from service.engine.flow import Flow, Step
+from service.engine.flow import Flow
+from service.engine.kinds import KINDS
+from service.engine.kinds.base import one_line
+from service.engine.step import Step
 
 
 def mermaid(flow: Flow) -> str:
@@ -55,12 +58,12 @@ def described(flow: Flow) -> dict[str, Any]:
 def _label(step: Step) -> str:
     parts = [step.name]
     if step.when is not None:
-        parts.append(f"when {_one_line(step.when.source)}")
+        parts.append(f"when {one_line(step.when.source)}")
     if step.for_each is not None:
-        each = _one_line(step.for_each.source)
+        each = one_line(step.for_each.source)
         parts.append(f"for each of {each}, {step.max_concurrency} at a time")
-    if step.waits:
-        parts.append(str(_wait(step)))
+    if (wait := _wait(step)) is not None:
+        parts.append(wait)
     if step.output is not None:
         parts.append(f"output {_shape(step.output)}")
     if step.on_error == "continue":
@@ -69,26 +72,8 @@ def _label(step: Step) -> str:
 
 
 def _wait(step: Step) -> str | None:
-    """What the step waits for, in a few words; None if it does not wait."""
-    if step.poll is not None:
-        every = f"every {_seconds(step.poll.every_s)}"
-        if step.poll.max_every_s != step.poll.every_s:
-            every += f" to {_seconds(step.poll.max_every_s)}"
-        return f"polls until {_one_line(step.poll.until.source)}, {every}"
-    if step.callback_timeout_s is not None:
-        return f"waits for a callback, at most {_seconds(step.callback_timeout_s)}"
-    if step.sleep_s is not None:
-        return f"sleeps {_seconds(step.sleep_s)}"
-    if step.sleep_until is not None:
-        return f"sleeps until {_one_line(step.sleep_until.source)}"
-    return None
-
-
-def _seconds(value: float) -> str:
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
-        if value >= size and value % size == 0:
-            return f"{value // size:g}{unit}"
-    return f"{value:g}s"
+    """What the step does besides a call, in a few words; None for a plain call."""
+    return KINDS[step.kind].described(step)
 
 
 def _shape(value: Any) -> str:
@@ -97,11 +82,7 @@ def _shape(value: Any) -> str:
         return "{" + ", ".join(value) + "}"
     if isinstance(value, list):
         return f"[{len(value)} values]"
-    return _one_line(source_of(value) if isinstance(value, Template) else json.dumps(value))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return one_line(source_of(value) if isinstance(value, Template) else json.dumps(value))
 
 
 def _escape(text: str) -> str:

@@ -8,7 +8,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-from service.engine.flow import Flow, Step
+from service.engine.flow import Flow
+from service.engine.kinds import KINDS
+from service.engine.step import Step
 from service.execution import StepResult, StepStatus
 
 # What a step is once this run is done with it: ended, or waiting.
@@ -84,10 +86,8 @@ def rides_along(flow: Flow, steps: Mapping[str, StepResult], name: str, result: 
         return True
     if result.status not in ENDED:
         return False
-    if result.status == StepStatus.SUCCEEDED and step.kind == "sleep":
-        return True  # a sleep that ended
-    if result.status == StepStatus.SUCCEEDED and step.kind == "callback":
-        return True  # its answer is stored: a resume ends it again
+    if result.status == StepStatus.SUCCEEDED and KINDS[step.kind].replayed:
+        return True  # a sleep's end, a callback's answer: the document holds them
 
     def held_back(other: str) -> bool:
         """Whether `other`, not started, waits behind a step that waits."""

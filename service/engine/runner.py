@@ -19,7 +19,7 @@ item (status, attempts, times) as it ends, and reuses the items that succeeded i
 an earlier run of a re-driven execution. When `cancel` is set the calls in
 flight are abandoned, no new call starts, and the execution ends `cancelled`.
 
-A step that waits longer than a push should (service/engine/waiting.py) ends the
+A step that waits longer than a push should (service/engine/kinds/) ends the
 run's part of it `waiting`; the steps after it wait too, the others go on, and
 once nothing can run the execution is `waiting` (suspended) until its first
 step's `wake_at`, not finished.
@@ -28,26 +28,23 @@ step's `wake_at`, not finished.
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import replace
 from typing import Any
 
 import structlog
 from opentelemetry.trace import StatusCode
 
-from service.engine.caching import StepCache
-from service.engine.calls import CallResult, MLCaller
-from service.engine.expressions import ITERATION_BUDGET, EvaluationError, render_value
-from service.engine.flow import Flow, Step
+from service.engine.expressions import EvaluationError, render_value
+from service.engine.flow import Flow
+from service.engine.kinds import KINDS
+from service.engine.kinds.base import Checkpoint, Tools, Turn, failed
 from service.engine.progress import Cancelled, as_ready, rides_along, unless
-from service.engine.waiting import Checkpoint, Waits
+from service.engine.step import Step
 from service.errors import StoreRefused
 from service.execution import (
     CANCELLED_BY_OPERATOR,
     MAX_ERROR_CHARS,
     Execution,
     ExecutionStatus,
-    ItemResult,
     StepResult,
     StepStatus,
     now,
@@ -57,8 +54,6 @@ from service.telemetry import Tracing
 
 log = structlog.get_logger(__name__)
 
-# Any list for_each takes can still be filtered by CEL, which refuses the 10,000th iteration.
-MAX_FOR_EACH_ITEMS = ITERATION_BUDGET - 1
 FINAL_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
 
 
@@ -67,21 +62,18 @@ async def _no_checkpoint(name: str, result: StepResult) -> None:
 
 
 class FlowRunner:
-    """Executes flows with one caller, inside a hard time limit per execution."""
+    """Executes flows with one set of tools (caller, cache, ...), inside a hard time limit
+    per execution; what each step does is its kind's (service/engine/kinds/)."""
 
     def __init__(
         self,
         *,
-        caller: MLCaller,
-        waits: Waits,
-        cache: StepCache,
+        tools: Tools,
         timeout_s: float,
         tracing: Tracing,
         metrics: Metrics,
     ) -> None:
-        self._caller = caller
-        self._waits = waits
-        self._cache = cache
+        self._tools = tools
         self._timeout_s = timeout_s
         self._tracing = tracing
         self._metrics = metrics
@@ -215,106 +207,27 @@ class FlowRunner:
     async def _outcome(
         self, step: Step, execution: Execution, deadline: float, checkpoint: Checkpoint
     ) -> StepResult:
+        kind = KINDS[step.kind]
         previous = execution.steps.get(step.name)
-        if previous is not None and previous.status == StepStatus.WAITING:
-            return await self._waits.resume(step, _scope(execution), execution, previous, deadline)
-        failed = [name for name in step.after if execution.steps[name].status == StepStatus.FAILED]
-        if failed:
-            return _skipped(f"needs failed step {failed[0]}")
         scope = _scope(execution)
+        if previous is not None and previous.status == StepStatus.WAITING:
+            wait = previous.wait
+            if wait is None or previous.wake_at is None or wait.kind != step.kind:
+                return failed(previous, "its wait was not recorded")
+            turn = Turn(self._tools, execution, scope, previous, deadline, checkpoint)
+            return await kind.resume(step, turn)
+        failed_before = [n for n in step.after if execution.steps[n].status == StepStatus.FAILED]
+        if failed_before:
+            return _skipped(f"needs failed step {failed_before[0]}")
         try:
             if step.when is not None and not step.when.render(scope):
                 return _skipped(None)
-            items = step.for_each.render(scope) if step.for_each is not None else None
         except EvaluationError as exc:
             return _ended(StepStatus.FAILED, str(exc))
-
         result = StepResult(status=StepStatus.RUNNING, started_at=now())
         execution.steps[step.name] = result
-        if step.waits:
-            return await self._waits.start(step, scope, execution, result, deadline, checkpoint)
-        started = time.perf_counter()
-        if step.for_each is None:
-            call = await self._call(step, scope, deadline, execution)
-            result.cached, result.cached_from = call.cached_from is not None, call.cached_from
-        else:
-            call = await self._fan_out(step, scope, items, deadline, result, previous, execution)
-        result.finished_at = now()
-        result.duration_ms = round((time.perf_counter() - started) * 1000)
-        result.attempts = call.attempts
-        result.output = call.output
-        result.error = call.error
-        result.status = StepStatus.FAILED if call.error else StepStatus.SUCCEEDED
-        return result
-
-    async def _fan_out(
-        self,
-        step: Step,
-        scope: dict[str, Any],
-        items: Any,
-        deadline: float,
-        result: StepResult,
-        previous: StepResult | None,
-        execution: Execution,
-    ) -> CallResult:
-        """One call per item; `result` shows each item's outcome as it ends."""
-        if not isinstance(items, list):
-            return CallResult(None, f"for_each: expected a list, got {_kind(items)}", 0)
-        if len(items) > MAX_FOR_EACH_ITEMS:
-            return CallResult(
-                None, f"for_each: {len(items)} items, at most {MAX_FOR_EACH_ITEMS}", 0
-            )
-        kept = _succeeded_items(previous, len(items))
-        outputs: list[Any] = [None] * len(items)
-        records = [ItemResult(status=StepStatus.RUNNING) for _ in items]
-        if previous is not None and kept:
-            for i in kept:
-                outputs[i], records[i] = previous.output[i], previous.items[i]  # type: ignore[index]
-        result.output, result.items = outputs, records
-        limit = asyncio.Semaphore(step.max_concurrency)
-
-        async def one(index: int, item: Any) -> None:
-            async with limit:
-                record = records[index]
-                record.started_at = now()
-                call = await self._call(step, {**scope, "item": item}, deadline, execution)
-                outputs[index] = call.output
-                record.attempts, record.error = call.attempts, call.error
-                record.cached, record.cached_from = call.cached_from is not None, call.cached_from
-                record.status = StepStatus.FAILED if call.error else StepStatus.SUCCEEDED
-                record.finished_at = now()
-
-        await asyncio.gather(*(one(i, item) for i, item in enumerate(items) if i not in kept))
-        errors = [f"[{i}] {record.error}" for i, record in enumerate(records) if record.error]
-        error = f"{len(errors)} of {len(records)} items failed: {errors[0]}" if errors else None
-        attempts = sum(records[i].attempts for i in range(len(items)) if i not in kept)
-        return CallResult(output=outputs, error=error, attempts=attempts)
-
-    async def _call(
-        self, step: Step, scope: dict[str, Any], deadline: float, execution: Execution
-    ) -> CallResult:
-        """One call with its body made from `scope` (or the answer the step's cache kept);
-        the answer shaped by the step's `output`."""
-
-        def shaped(call: CallResult) -> CallResult:
-            if call.error is not None or step.output is None:
-                return call
-            try:
-                output = render_value(step.output, {**scope, "response": call.output})
-            except EvaluationError as exc:
-                return replace(call, output=None, error=str(exc))
-            return replace(call, output=output)
-
-        if step.cache is None:
-            return shaped(await self._caller.call_with(step, scope, deadline))
-        return await self._cache.through(
-            execution.flow,
-            step,
-            scope,
-            execution.execution_id,
-            lambda: self._caller.call_with(step, scope, deadline),
-            shaped,
-        )
+        turn = Turn(self._tools, execution, scope, result, deadline, checkpoint, previous)
+        return await kind.start(step, turn)
 
 
 class FlowChanged(Exception):
@@ -325,15 +238,6 @@ class FlowChanged(Exception):
             f"flow {flow!r} no longer has these steps of the execution: {', '.join(steps)} "
             "(renamed or removed since it started); nothing ran"
         )
-
-
-def _succeeded_items(previous: StepResult | None, count: int) -> set[int]:
-    """Indexes of the items an earlier run of the step called with success."""
-    if previous is None or previous.items is None or len(previous.items) != count:
-        return set()
-    if not isinstance(previous.output, list) or len(previous.output) != count:
-        return set()
-    return {i for i, item in enumerate(previous.items) if item.status == StepStatus.SUCCEEDED}
 
 
 def _skipped(error: str | None) -> StepResult:
@@ -376,7 +280,3 @@ def _verdict(flow: Flow, execution: Execution) -> tuple[ExecutionStatus, str | N
     if failed:
         return ExecutionStatus.PARTIAL, f"steps failed: {', '.join(failed)}"
     return ExecutionStatus.SUCCEEDED, None
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__

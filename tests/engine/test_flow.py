@@ -1,10 +1,13 @@
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
 from service.engine.flow import load_flow, load_flows
+from service.engine.kinds import KINDS
+from service.engine.step import StepKind
 from service.errors import FlowError
 
 PROJECT_FLOWS = Path(__file__).resolve().parent.parent.parent / "flows"
@@ -257,4 +260,12 @@ def test_each_step_s_kind_is_decided_when_its_flow_loads(tmp_path: Path) -> None
         "nap": "sleep",
         "later": "sleep",
     }
-    assert [step.waits for step in example.steps.values()] == [True, True, False]
+    assert [KINDS[step.kind].waits for step in example.steps.values()] == [True, True, False]
+
+
+def test_each_kind_of_step_is_one_module_registered_by_its_name() -> None:
+    """The kinds a compiled step may have are the registry's, each its own module."""
+    assert set(KINDS) == set(get_args(StepKind))
+    for name, kind in KINDS.items():
+        assert kind.name == name
+        assert type(kind).__module__ == f"service.engine.kinds.{name}"

@@ -19,10 +19,11 @@ from service.backends.memory import MemoryStore
 from service.backends.store import ExecutionStore
 from service.dev.servers import serve
 from service.dev.standins import StandIns
-from service.engine.flow import Step, check_limits, load_flow, load_flows
+from service.engine.flow import check_limits, load_flow, load_flows
 from service.engine.flow_spec import LimitSpec
 from service.engine.outbound import http_clients
 from service.engine.quotas import Quota, Quotas
+from service.engine.step import Step
 from service.errors import FlowError
 from service.metrics import Metrics
 from service.shares import Ask, Holder, Share, allot

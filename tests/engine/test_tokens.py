@@ -15,9 +15,10 @@ from fastapi import FastAPI, Request
 
 from service.app import create_app
 from service.dev.servers import serve
-from service.engine.flow import Step, load_flow
+from service.engine.flow import load_flow
 from service.engine.outbound import http_clients
 from service.engine.outbound_auth import GoogleAccessTokens, GoogleIdTokens, NoTokens
+from service.engine.step import Step
 from tests.support.engine import make_caller
 from tests.support.fakes import RecordingTransport
 from tests.support.identity import ACCESS_TOKEN, Identity

@@ -16,11 +16,11 @@ from service.backends.transport import Transport
 from service.engine.caching import StepCache
 from service.engine.calls import DEFAULT_PER_HOST_LIMIT, MLCaller
 from service.engine.flow import Flow
+from service.engine.kinds.base import DEFAULT_INLINE_WAIT_S, Tools
 from service.engine.outbound import Sender
 from service.engine.outbound_auth import NoTokens, TokenProvider
 from service.engine.quotas import Quotas
 from service.engine.runner import FlowRunner
-from service.engine.waiting import DEFAULT_INLINE_WAIT_S, Waits
 from service.metrics import Metrics
 from service.settings import Settings
 from service.telemetry import Tracing
@@ -57,9 +57,7 @@ def make_runner(
 ) -> FlowRunner:
     metrics = metrics or Metrics()
     return FlowRunner(
-        caller=caller,
-        waits=Waits(caller, inline_wait_s),
-        cache=cache or StepCache(MemoryStore(), metrics),
+        tools=Tools(caller, cache or StepCache(MemoryStore(), metrics), inline_wait_s),
         timeout_s=timeout_s,
         tracing=Tracing(),
         metrics=metrics,

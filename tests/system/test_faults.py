@@ -29,9 +29,9 @@ from service.backends.store import ExecutionQuery, ExecutionStore, page_token
 from service.dev.emulator import Emulator, EmulatorAdmin
 from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
+from service.engine.kinds.base import MAX_FOR_EACH_ITEMS
 from service.engine.outbound import NoAnswer, http_clients
 from service.engine.outbound_auth import GoogleIdTokens
-from service.engine.runner import MAX_FOR_EACH_ITEMS
 from service.errors import BrokerUnavailable, DeliveryFailed
 from service.execution import Execution, ExecutionStatus, StepResult, StepStatus, now
 from service.messages import RequestMessage

@@ -1,0 +1,130 @@
+"""A call: `call: URL` with its `body`, once, or once per item of `for_each`
+(`max_concurrency` at a time), its answer kept in the step cache where it has `cache:`,
+shaped by `output`. It never waits. A re-driven `for_each` step calls again only the
+items that did not succeed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from service.engine.calls import CallResult
+from service.engine.expressions import EvaluationError, Names, render_value
+from service.engine.flow_spec import StepSpec
+from service.engine.kinds.base import MAX_FOR_EACH_ITEMS, Turn, failed
+from service.engine.step import Step, StepKind
+from service.execution import ItemResult, StepResult, StepStatus, now
+
+
+class Call:
+    name: StepKind = "call"
+    fields: tuple[str, ...] = ()
+    calls = True
+    waits = False
+    replayed = False
+    scope = frozenset[str]()
+
+    def compile(self, spec: StepSpec, names: Names, env: Mapping[str, str]) -> dict[str, Any]:
+        return {}
+
+    async def start(self, step: Step, turn: Turn) -> StepResult:
+        result = turn.result
+        try:
+            items = step.for_each.render(turn.scope) if step.for_each is not None else None
+        except EvaluationError as exc:
+            return failed(result, str(exc))
+        started = time.perf_counter()
+        if step.for_each is None:
+            call = await _call(step, turn, turn.scope)
+            result.cached, result.cached_from = call.cached_from is not None, call.cached_from
+        else:
+            call = await _fan_out(step, turn, items)
+        result.finished_at = now()
+        result.duration_ms = round((time.perf_counter() - started) * 1000)
+        result.attempts = call.attempts
+        result.output = call.output
+        result.error = call.error
+        result.status = StepStatus.FAILED if call.error else StepStatus.SUCCEEDED
+        return result
+
+    async def resume(self, step: Step, turn: Turn) -> StepResult:
+        return failed(turn.result, "a call does not wait")
+
+    def described(self, step: Step) -> str | None:
+        return None
+
+
+async def _fan_out(step: Step, turn: Turn, items: Any) -> CallResult:
+    """One call per item; the step's outcome shows each item's as it ends."""
+    if not isinstance(items, list):
+        return CallResult(None, f"for_each: expected a list, got {_kind(items)}", 0)
+    if len(items) > MAX_FOR_EACH_ITEMS:
+        return CallResult(None, f"for_each: {len(items)} items, at most {MAX_FOR_EACH_ITEMS}", 0)
+    previous = turn.previous
+    kept = _succeeded_items(previous, len(items))
+    outputs: list[Any] = [None] * len(items)
+    records = [ItemResult(status=StepStatus.RUNNING) for _ in items]
+    if previous is not None and kept:
+        for i in kept:
+            outputs[i], records[i] = previous.output[i], previous.items[i]  # type: ignore[index]
+    turn.result.output, turn.result.items = outputs, records
+    limit = asyncio.Semaphore(step.max_concurrency)
+
+    async def one(index: int, item: Any) -> None:
+        async with limit:
+            record = records[index]
+            record.started_at = now()
+            call = await _call(step, turn, {**turn.scope, "item": item})
+            outputs[index] = call.output
+            record.attempts, record.error = call.attempts, call.error
+            record.cached, record.cached_from = call.cached_from is not None, call.cached_from
+            record.status = StepStatus.FAILED if call.error else StepStatus.SUCCEEDED
+            record.finished_at = now()
+
+    await asyncio.gather(*(one(i, item) for i, item in enumerate(items) if i not in kept))
+    errors = [f"[{i}] {record.error}" for i, record in enumerate(records) if record.error]
+    error = f"{len(errors)} of {len(records)} items failed: {errors[0]}" if errors else None
+    attempts = sum(records[i].attempts for i in range(len(items)) if i not in kept)
+    return CallResult(output=outputs, error=error, attempts=attempts)
+
+
+async def _call(step: Step, turn: Turn, scope: dict[str, Any]) -> CallResult:
+    """One call with its body made from `scope` (or the answer the step's cache kept);
+    the answer shaped by the step's `output`."""
+    caller, deadline = turn.tools.caller, turn.deadline
+
+    def shaped(call: CallResult) -> CallResult:
+        if call.error is not None or step.output is None:
+            return call
+        try:
+            output = render_value(step.output, {**scope, "response": call.output})
+        except EvaluationError as exc:
+            return replace(call, output=None, error=str(exc))
+        return replace(call, output=output)
+
+    if step.cache is None:
+        return shaped(await caller.call_with(step, scope, deadline))
+    return await turn.tools.cache.through(
+        turn.execution.flow,
+        step,
+        scope,
+        turn.execution.execution_id,
+        lambda: caller.call_with(step, scope, deadline),
+        shaped,
+    )
+
+
+def _succeeded_items(previous: StepResult | None, count: int) -> set[int]:
+    """Indexes of the items an earlier run of the step called with success."""
+    if previous is None or previous.items is None or len(previous.items) != count:
+        return set()
+    if not isinstance(previous.output, list) or len(previous.output) != count:
+        return set()
+    return {i for i, item in enumerate(previous.items) if item.status == StepStatus.SUCCEEDED}
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,72 @@
+"""A compiled step: what a flow's step is once its flow has loaded (service/engine/flow.py).
+
+Every step has the fields of a call (`url` is empty for a kind that makes none) and
+the optional fields of its own kind; which kind it is, is `kind`, and what that kind
+does is its module in service/engine/kinds/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from service.engine.expressions import Template
+from service.engine.flow_spec import LimitSpec
+from service.retry import RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """A compiled `poll:`: `url` and `until` read `response`, the operation's last answer."""
+
+    url: Template
+    until: Template
+    every_s: float
+    max_every_s: float
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cache:
+    """A compiled `cache:`: its key reads what the body reads."""
+
+    key: Template
+    ttl_s: float
+
+
+# What a step does, decided once when its flow loads; each kind is a module of
+# service/engine/kinds/, registered there by this name.
+StepKind = Literal["call", "poll", "callback", "sleep"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A step ready to run: expressions parsed, URL resolved, its `kind` decided."""
+
+    name: str
+    kind: StepKind
+    url: str
+    method: str
+    body: Any
+    after: tuple[str, ...]
+    when: Template | None
+    for_each: Template | None
+    max_concurrency: int
+    timeout_s: float
+    retry: RetryPolicy
+    on_error: Literal["fail", "continue"]
+    audience: str
+    output: Any  # compiled; None keeps the whole answer
+    auth: Literal["id_token", "access_token", "none"] = "id_token"
+    poll: Poll | None = None
+    callback_timeout_s: float | None = None
+    sleep_s: float | None = None
+    sleep_until: Template | None = None
+    cache: Cache | None = None
+    limit: LimitSpec | None = None
+
+    @property
+    def host(self) -> str:
+        """The target's host and port: the unit of per-target limits."""
+        return urlsplit(self.url).netloc
