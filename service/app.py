@@ -41,7 +41,7 @@ from service.engine.runner import FlowRunner
 from service.errors import BrokerUnavailable, ConfigError
 from service.logs import configure_logging
 from service.metrics import Metrics, metric_exporters_from_environment
-from service.process import on_stop_signals
+from service.process import on_stop_signals, settle_after_start
 from service.settings import MLAuth, Settings, StoreKind
 from service.telemetry import TraceContext, Tracing, tracing_from_environment
 from service.worker.delivery import ResultDelivery
@@ -62,54 +62,12 @@ def create_app(
     tracing: Tracing | None = None,
 ) -> FastAPI:
     """The ASGI app. What is not given is made at start-up from the settings."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        config = settings or Settings.load()
-        configure_logging(config.log_format, project=config.google_cloud_project)
-        loaded = flows if flows is not None else load_checked_flows(config)
-        broker = transport or make_transport(config)
-        executions = store or make_store(config)
-        traces = tracing or tracing_from_environment()
-        metrics = Metrics(metric_exporters_from_environment())
-        async with http_clients() as (http, sender):
-            app.state.components = build(
-                config, loaded, broker, executions, http, sender, tracing=traces, metrics=metrics
-            )
-            log.info(
-                "service started",
-                transport=type(broker).__name__,
-                store=type(executions).__name__,
-                flows=sorted(loaded),
-                orchestration_topic=config.orchestration_topic,
-                pid=os.getpid(),  # one line per worker process (WEB_CONCURRENCY)
-            )
-            parts = app.state.components
-            undo_signals = on_stop_signals(parts.push.drain)
-            steps = [step for flow in loaded.values() for step in flow.steps.values()]
-            calling = [step for step in steps if KINDS[step.kind].calls]
-            # The flows' tokens, fetched while the instance starts: readiness does not wait.
-            background = [asyncio.create_task(parts.caller.warm(calling))]
-            if config.wake_every_s > 0:
-                background.append(asyncio.create_task(parts.wakes.every(config.wake_every_s)))
-            try:
-                yield
-            finally:
-                undo_signals()
-                for task in background:
-                    task.cancel()
-                await asyncio.gather(*background, return_exceptions=True)
-                await app.state.components.quotas.close()
-                await broker.close()
-                await executions.close()
-                traces.shutdown()
-                metrics.shutdown()
-
+    given = Given(settings, flows, transport, store, tracing)
     app = FastAPI(
         title="ML Orchestrator",
         summary="Runs flows of ML function calls, delivered by Pub/Sub push.",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=lambda app: serving(app, given),
     )
     problems.install(app)
     app.include_router(frontdoor.router)
@@ -142,6 +100,70 @@ def create_app(
     app.add_middleware(HotPaths, routes=routes)
     app.add_middleware(TraceContext)  # added last: outermost, so the hot paths run in it too
     return app
+
+
+@dataclass(frozen=True, slots=True)
+class Given:
+    """What create_app was handed; the rest is made from the settings at start-up."""
+
+    settings: Settings | None
+    flows: dict[str, Flow] | None
+    transport: Transport | None
+    store: ExecutionStore | None
+    tracing: Tracing | None
+
+
+@asynccontextmanager
+async def serving(app: FastAPI, given: Given) -> AsyncIterator[None]:
+    """The app's life: its parts made and held in app.state.components while it serves,
+    what runs beside the requests started, everything closed in order at the end."""
+    config = given.settings or Settings.load()
+    configure_logging(config.log_format, project=config.google_cloud_project)
+    loaded = given.flows if given.flows is not None else load_checked_flows(config)
+    broker = given.transport or make_transport(config)
+    executions = given.store or make_store(config)
+    traces = given.tracing or tracing_from_environment()
+    metrics = Metrics(metric_exporters_from_environment())
+    async with http_clients() as (http, sender):
+        parts = app.state.components = build(
+            config, loaded, broker, executions, http, sender, tracing=traces, metrics=metrics
+        )
+        log.info(
+            "service started",
+            transport=type(broker).__name__,
+            store=type(executions).__name__,
+            flows=sorted(loaded),
+            orchestration_topic=config.orchestration_topic,
+            pid=os.getpid(),  # one line per worker process (WEB_CONCURRENCY)
+        )
+        undo_signals = on_stop_signals(parts.push.drain)
+        settle_after_start()
+        background = beside_requests(parts, loaded, config)
+        try:
+            yield
+        finally:
+            undo_signals()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await parts.quotas.close()
+            await broker.close()
+            await executions.close()
+            traces.shutdown()
+            metrics.shutdown()
+
+
+def beside_requests(
+    parts: Components, flows: dict[str, Flow], settings: Settings
+) -> list[asyncio.Task[None]]:
+    """What runs while the app serves: the flows' tokens fetched as the instance starts
+    (readiness does not wait), and the timer that wakes waiting executions."""
+    steps = [step for flow in flows.values() for step in flow.steps.values()]
+    calling = [step for step in steps if KINDS[step.kind].calls]
+    background = [asyncio.create_task(parts.caller.warm(calling))]
+    if settings.wake_every_s > 0:
+        background.append(asyncio.create_task(parts.wakes.every(settings.wake_every_s)))
+    return background
 
 
 def load_checked_flows(settings: Settings) -> dict[str, Flow]:
