@@ -13,6 +13,7 @@ Cases (stand-in ML functions answer after --delay-ms, in their own process):
   7. workers      front door and engine with two worker processes vs one (Firestore store)
   8. store        an execution on Firestore vs the memory store: CPU, writes, reads;
                   what a wake and a cache hit add
+  9. cold start   the first execution of a new instance (ID tokens to fetch) vs a warm one
 --tiny runs every case at a small size (CI checks that the benchmark keeps working).
 """
 
@@ -24,7 +25,17 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench.cases import emulator, engine, fan_out, front_door, memory, original, store, workers
+from bench.cases import (
+    cold_start,
+    emulator,
+    engine,
+    fan_out,
+    front_door,
+    memory,
+    original,
+    store,
+    workers,
+)
 from bench.processes import ROOT, Process
 from bench.run import Bench, write_outputs
 from service.dev.emulator import Emulator, find_emulator
@@ -39,6 +50,7 @@ CASES: dict[str, Case] = {
     "emulator": emulator.run,
     "workers": workers.run,
     "store": store.run,
+    "cold-start": cold_start.run,
 }
 
 

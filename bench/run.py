@@ -30,12 +30,13 @@ class Sizes:
     memory: int
     end_to_end: int
     cpu_runs: int
+    cold_starts: int
 
     @classmethod
     def pick(cls, tiny: bool) -> Sizes:
         if tiny:
-            return cls(1.0, [20], [1, 10], [10, 50], 50, 6, 20)
-        return cls(5.0, [250, 500, 1000], [1, 100, 1000], [10, 100, 1000], 1000, 40, 500)
+            return cls(1.0, [20], [1, 10], [10, 50], 50, 6, 20, 1)
+        return cls(5.0, [250, 500, 1000], [1, 100, 1000], [10, 100, 1000], 1000, 40, 500, 5)
 
 
 @dataclass
@@ -63,8 +64,8 @@ class Bench:
 
     # -- processes ---------------------------------------------------------------
 
-    def functions(self, delay_ms: float) -> Process:
-        env = {"DELAY_MS": str(delay_ms)}
+    def functions(self, delay_ms: float, **env: str) -> Process:
+        env = {"DELAY_MS": str(delay_ms), **env}
         return Process.start(
             "functions", ["bench/functions.py"], env, "/health", self.log("functions")
         )
