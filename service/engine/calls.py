@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +28,8 @@ log = structlog.get_logger(__name__)
 
 ERROR_BODY_CHARS = 300
 DEFAULT_PER_HOST_LIMIT = 100
+MAX_PLANS = 4096  # steps planned at once; past it, the plans are made again as used
+NO_SLOT = nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,21 @@ class CallResult:
     error: str | None
     attempts: int
     cached_from: str | None = None  # from the step cache: the execution whose call made it
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    """What a step's calls need, decided once: where they go, the tokens that
+    authenticate them, the host's adaptive limit and retry budget, the flow's `limit:`."""
+
+    step: Step
+    method: str
+    url: str
+    host: str
+    tokens: TokenProvider
+    limit: AdaptiveLimit
+    budget: RetryBudget
+    quota: Quota | None
 
 
 class MLCaller:
@@ -73,14 +90,17 @@ class MLCaller:
         self._metrics = metrics
         self._per_host_limit = per_host_limit
         self._limits: dict[str, AdaptiveLimit] = {}
+        self._plans: dict[int, CallPlan] = {}
         self._budgets: dict[str, RetryBudget] = {}
         self._pauses = Pauses()
 
     async def warm(self, steps: Iterable[Step]) -> None:
-        """Fetch the token of every audience `steps` call (steps of a kind that calls), all
-        at once: on a new instance the first execution then waits for none of them, one
-        step after another. A fetch that fails is tried again at the call, as any other."""
-        wanted = {(step.auth, step.audience) for step in steps if step.auth != "none"}
+        """Plan each of `steps` (steps of a kind that calls) and fetch the token of every
+        audience they call, all at once: on a new instance the first execution then waits
+        for none of them, one step after another. A fetch that fails is tried again at
+        the call, as any other."""
+        plans = [self.plan(step) for step in steps]
+        wanted = {(plan.step.auth, plan.step.audience) for plan in plans}
 
         async def one(auth: str, audience: str) -> None:
             try:
@@ -88,7 +108,35 @@ class MLCaller:
             except Exception as exc:  # google-auth raises several unrelated types
                 log.warning("token not fetched ahead; fetched at the call", reason=str(exc))
 
-        await asyncio.gather(*(one(auth, audience) for auth, audience in wanted))
+        await asyncio.gather(*(one(auth, audience) for auth, audience in wanted if auth != "none"))
+
+    def plan(self, step: Step, poll_url: str | None = None) -> CallPlan:
+        """The step's calls as decided once (kept while the step is); with `poll_url`,
+        a GET of its operation there, decided for that call."""
+        if poll_url is None:
+            plan = self._plans.get(id(step))
+            if plan is not None and plan.step is step:
+                return plan
+        method, url = ("GET", poll_url) if poll_url is not None else (step.method, step.url)
+        host = urlsplit(url).netloc
+        limit = self._limits.get(host)
+        if limit is None:
+            limit = self._limits[host] = AdaptiveLimit(host, self._per_host_limit)
+        plan = CallPlan(
+            step=step,
+            method=method,
+            url=url,
+            host=host,
+            tokens=self._providers[step.auth],
+            limit=limit,
+            budget=self._budgets.setdefault(host, RetryBudget()),
+            quota=self._quotas.of(step.limit) if step.limit else None,
+        )
+        if poll_url is None:
+            if len(self._plans) >= MAX_PLANS:  # steps of flow versions come and go
+                self._plans.clear()
+            self._plans[id(step)] = plan
+        return plan
 
     def paused_for(self, url: str) -> float:
         """Seconds until new calls to the function at `url` may go out (its Retry-After)."""
@@ -101,81 +149,83 @@ class MLCaller:
             body = render_value(step.body, scope)
         except EvaluationError as exc:
             return CallResult(None, str(exc), 0)
-        return await self.call(step, body, deadline)
+        return await self._call(self.plan(step), body, deadline)
 
     async def call(
         self, step: Step, body: Any, deadline: float, poll_url: str | None = None
     ) -> CallResult:
         """The step's call with `body`; with `poll_url`, a GET of its operation there."""
-        loop = asyncio.get_running_loop()
-        method, url = ("GET", poll_url) if poll_url is not None else (step.method, step.url)
-        host = urlsplit(url).netloc
-        limit = self._limits.get(host)
-        if limit is None:
-            limit = self._limits[host] = AdaptiveLimit(host, self._per_host_limit)
-        budget = self._budgets.setdefault(host, RetryBudget())
+        return await self._call(self.plan(step, poll_url), body, deadline)
 
-        quota = self._quotas.of(step.limit) if step.limit else None
+    async def _call(self, plan: CallPlan, body: Any, deadline: float) -> CallResult:
+        """The planned call with `body`, retried as its step says."""
 
         async def attempt(number: int) -> Attempt[Any]:
-            pause = self._pauses.remaining(url)
+            pause = self._pauses.remaining(plan.url)
             if pause > 0:
-                if loop.time() + pause >= deadline:
+                if asyncio.get_running_loop().time() + pause >= deadline:
                     return Attempt(error=_paused_past(pause))
                 await asyncio.sleep(pause)  # before any slot: the others go on meanwhile
             try:
-                async with self._quota_slot(quota, deadline):
-                    return await limited(number)
+                quota = plan.quota.slot(deadline) if plan.quota else NO_SLOT
+                async with quota, plan.limit.slot() as started_round:
+                    outcome, status = await self._attempt(plan, body, number, deadline)
             except NoCapacity as exc:
                 return Attempt(error=str(exc))
-
-        async def limited(number: int) -> Attempt[Any]:
-            async with limit.slot() as started_round:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return Attempt(error="execution deadline passed before the call")
-                attributes = {"step": step.name, "attempt": number, "server.address": host}
-                with self._tracing.span(f"call {step.name}", SpanKind.CLIENT, attributes) as span:
-                    seconds = min(step.timeout_s, remaining)
-                    outcome, status = await self._attempt(step, method, url, body, seconds)
-                    if span is not None:
-                        _record(span, outcome)
-            if status in OVERLOADED:
-                limit.overloaded(started_round)
-                if outcome.retry_after:
-                    self._pauses.asked(url, outcome.retry_after)
-            elif outcome.ok:
-                limit.succeeded()
-            self._metrics.ml_calls.add(1, {"host": host, "outcome": _outcome(outcome)})
-            if not outcome.ok:
-                log.warning(
-                    "call attempt failed",
-                    step=step.name,
-                    attempt=number,
-                    error=outcome.error,
-                    retryable=outcome.retryable,
-                )
+            self._judged(plan, number, outcome, status, started_round)
             return outcome
 
-        outcome, attempts = await with_retries(step.retry, deadline, attempt, budget)
+        outcome, attempts = await with_retries(plan.step.retry, deadline, attempt, plan.budget)
         if outcome.budget_refused:
-            self._metrics.ml_calls.add(1, {"host": host, "outcome": "budget_refused"})
+            self._metrics.ml_calls.add(1, {"host": plan.host, "outcome": "budget_refused"})
         return CallResult(output=outcome.value, error=outcome.error, attempts=attempts)
 
-    @asynccontextmanager
-    async def _quota_slot(self, quota: Quota | None, deadline: float) -> AsyncIterator[None]:
-        if quota is None:
-            yield
-            return
-        async with quota.slot(deadline):
-            yield
+    def _judged(
+        self,
+        plan: CallPlan,
+        number: int,
+        outcome: Attempt[Any],
+        status: int | None,
+        started_round: int,
+    ) -> None:
+        """What an attempt's answer tells the host's limit, the metrics and the log."""
+        if status in OVERLOADED:
+            plan.limit.overloaded(started_round)
+            if outcome.retry_after:
+                self._pauses.asked(plan.url, outcome.retry_after)
+        elif outcome.ok:
+            plan.limit.succeeded()
+        self._metrics.ml_calls.add(1, {"host": plan.host, "outcome": _outcome(outcome)})
+        if not outcome.ok:
+            log.warning(
+                "call attempt failed",
+                step=plan.step.name,
+                attempt=number,
+                error=outcome.error,
+                retryable=outcome.retryable,
+            )
 
     async def _attempt(
-        self, step: Step, method: str, url: str, body: Any, seconds: float
+        self, plan: CallPlan, body: Any, number: int, deadline: float
     ) -> tuple[Attempt[Any], int | None]:
-        """One try, and the HTTP status it was answered with (None: no answer)."""
+        """One try in its span, and the HTTP status it was answered with (None: none)."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return Attempt(error="execution deadline passed before the call"), None
+        step = plan.step
+        attributes = {"step": step.name, "attempt": number, "server.address": plan.host}
+        with self._tracing.span(f"call {step.name}", SpanKind.CLIENT, attributes) as span:
+            outcome, status = await self._sent(plan, body, min(step.timeout_s, remaining))
+            if span is not None:
+                _record(span, outcome)
+        return outcome, status
+
+    async def _sent(
+        self, plan: CallPlan, body: Any, seconds: float
+    ) -> tuple[Attempt[Any], int | None]:
+        step = plan.step
         try:
-            headers = await self._providers[step.auth].headers(step.audience)
+            headers = await plan.tokens.headers(step.audience)
         except Exception as exc:  # google-auth raises several unrelated types
             what = (
                 "access token" if step.auth == "access_token" else f"ID token for {step.audience}"
@@ -183,7 +233,7 @@ class MLCaller:
             return Attempt(error=f"no {what}: {exc}", retryable=True), None
         headers = {**headers, **outgoing_headers()}
         try:
-            answer = await self._sender.send(method, url, body, headers, seconds)
+            answer = await self._sender.send(plan.method, plan.url, body, headers, seconds)
         except NoAnswer as exc:
             return Attempt(error=str(exc), retryable=exc.retryable), None
         trace.get_current_span().set_attribute("http.response.status_code", answer.status)
