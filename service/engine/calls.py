@@ -10,13 +10,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from service.bounds import JSONRefused, parse_json
 from service.engine.adaptive import OVERLOADED, AdaptiveLimit, Pauses
 from service.engine.expressions import EvaluationError, render_value
-from service.engine.outbound import NoAnswer, Sender
+from service.engine.outbound import Answer, NoAnswer, Sender
 from service.engine.outbound_auth import NoTokens, TokenProvider
 from service.engine.quotas import NoCapacity, Quota, Quotas
 from service.engine.step import Step
@@ -215,40 +214,45 @@ class MLCaller:
         step = plan.step
         attributes = {"step": step.name, "attempt": number, "server.address": plan.host}
         with self._tracing.span(f"call {step.name}", SpanKind.CLIENT, attributes) as span:
-            outcome, status = await self._sent(plan, body, min(step.timeout_s, remaining))
+            outcome: Attempt[Any]
+            status: int | None = None
+            try:
+                headers = await plan.tokens.headers(step.audience)
+            except Exception as exc:  # google-auth raises several unrelated types
+                outcome = Attempt(error=f"no {_token_of(step)}: {exc}", retryable=True)
+            else:
+                headers = {**headers, **outgoing_headers()}
+                seconds = min(step.timeout_s, remaining)
+                try:
+                    answer = await self._sender.send(plan.method, plan.url, body, headers, seconds)
+                except NoAnswer as exc:
+                    outcome = Attempt(error=str(exc), retryable=exc.retryable)
+                else:
+                    outcome, status = _judge_answer(step, answer), answer.status
+                    if span is not None:
+                        span.set_attribute("http.response.status_code", status)
             if span is not None:
                 _record(span, outcome)
         return outcome, status
 
-    async def _sent(
-        self, plan: CallPlan, body: Any, seconds: float
-    ) -> tuple[Attempt[Any], int | None]:
-        step = plan.step
-        try:
-            headers = await plan.tokens.headers(step.audience)
-        except Exception as exc:  # google-auth raises several unrelated types
-            what = (
-                "access token" if step.auth == "access_token" else f"ID token for {step.audience}"
-            )
-            return Attempt(error=f"no {what}: {exc}", retryable=True), None
-        headers = {**headers, **outgoing_headers()}
-        try:
-            answer = await self._sender.send(plan.method, plan.url, body, headers, seconds)
-        except NoAnswer as exc:
-            return Attempt(error=str(exc), retryable=exc.retryable), None
-        trace.get_current_span().set_attribute("http.response.status_code", answer.status)
-        if 200 <= answer.status < 300:
-            return Attempt(value=_output(answer.content)), answer.status
-        text = answer.content[:ERROR_BODY_CHARS].decode(errors="replace")
-        refused: Attempt[Any] = Attempt(
-            error=f"HTTP {answer.status}: {text}",
-            retryable=answer.status in step.retry.retry_on,
-            retry_after=parse_retry_after(answer.retry_after),
-            # "Too many requests": the adaptive limit paces its retry, the budget is not
-            # spent. A 503 may mean the function is down: its retries stay budgeted.
-            paced=answer.status == 429,
-        )
-        return refused, answer.status
+
+def _token_of(step: Step) -> str:
+    return "access token" if step.auth == "access_token" else f"ID token for {step.audience}"
+
+
+def _judge_answer(step: Step, answer: Answer) -> Attempt[Any]:
+    """A function's answer as an attempt: its JSON, or why it failed and whether to retry."""
+    if 200 <= answer.status < 300:
+        return Attempt(value=_output(answer.content))
+    text = answer.content[:ERROR_BODY_CHARS].decode(errors="replace")
+    return Attempt(
+        error=f"HTTP {answer.status}: {text}",
+        retryable=answer.status in step.retry.retry_on,
+        retry_after=parse_retry_after(answer.retry_after),
+        # "Too many requests": the adaptive limit paces its retry, the budget is not
+        # spent. A 503 may mean the function is down: its retries stay budgeted.
+        paced=answer.status == 429,
+    )
 
 
 def _paused_past(pause: float) -> str:
