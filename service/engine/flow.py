@@ -219,6 +219,8 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
     when = for_each = None
     if spec.when is not None:
         when = typed(Template.parse(spec.when, names.at("when"), env), "when", ("BOOL", "NULL"))
+    if spec.tolerate is not None and spec.for_each is None:
+        raise ExpressionError("tolerate: only a for_each step has failed items to tolerate")
     if spec.for_each is not None:
         template = Template.parse(spec.for_each, names.at("for_each"), env)
         for_each = typed(template, "for_each", ("LIST",))
@@ -255,6 +257,7 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
         auth=spec.auth,
         cache=cache,
         limit=spec.limit,
+        tolerate=spec.tolerate,
         **kind.compile(spec, names, env),
     )
 

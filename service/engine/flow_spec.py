@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     create_model,
     field_validator,
@@ -32,6 +33,7 @@ from service.retry import RetryPolicy
 MAX_FLOW_STEPS = 50
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?-]+")
 _RATE = re.compile(r"(\d+(?:\.\d+)?)/([smh])")
+_SHARE = re.compile(r"(\d{1,3}(?:\.\d+)?)%")
 _FIELD_TYPES: dict[str, Any] = {
     "string": str,
     "boolean": bool,
@@ -117,6 +119,34 @@ class LimitSpec(BaseModel):
         return float(match.group(1)) / {"s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+class ToleranceSpec(BaseModel):
+    """`tolerate:` a for_each step succeeds while its failed items are at most `failures`:
+    a count (3) or a share of its items (10%)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    failures: StrictInt | str
+
+    @field_validator("failures")
+    @classmethod
+    def _count_or_share(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"{value} is not a count of items (0 or more)")
+            return value
+        match = _SHARE.fullmatch(value.strip())
+        if match is None or float(match.group(1)) > 100:
+            raise ValueError(f"{value!r} is neither a count (3) nor a share (10%)")
+        return value.strip()
+
+    def allows(self, failed: int, items: int) -> bool:
+        """Whether `failed` of `items` are within what the step tolerates."""
+        if isinstance(self.failures, int):
+            return failed <= self.failures
+        share = float(self.failures.removesuffix("%"))
+        return failed * 100 <= share * items
+
+
 class StepSpec(BaseModel):
     """A step as written in YAML."""
 
@@ -136,6 +166,7 @@ class StepSpec(BaseModel):
     when: str | None = None
     for_each: str | None = None
     max_concurrency: int = Field(10, ge=1, le=1000)
+    tolerate: ToleranceSpec | None = None
     timeout_s: float = Field(60, gt=0, le=600)
     retry: RetryPolicy = RetryPolicy()
     on_error: Literal["fail", "continue"] = "fail"

@@ -45,6 +45,7 @@ def described(flow: Flow) -> dict[str, Any]:
                 "when": source_of(step.when),
                 "for_each": source_of(step.for_each),
                 "max_concurrency": step.max_concurrency,
+                "tolerate": step.tolerate.failures if step.tolerate else None,
                 "on_error": step.on_error,
                 "output": source_of(step.output),
                 "waits": _wait(step),
@@ -62,6 +63,8 @@ def _label(step: Step) -> str:
     if step.for_each is not None:
         each = one_line(step.for_each.source)
         parts.append(f"for each of {each}, {step.max_concurrency} at a time")
+        if step.tolerate is not None:
+            parts.append(f"tolerates {step.tolerate.failures} failed")
     if (wait := _wait(step)) is not None:
         parts.append(wait)
     if step.output is not None:

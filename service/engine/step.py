@@ -12,7 +12,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from service.engine.expressions import Template
-from service.engine.flow_spec import LimitSpec
+from service.engine.flow_spec import LimitSpec, ToleranceSpec
 from service.retry import RetryPolicy
 
 
@@ -65,6 +65,7 @@ class Step:
     sleep_until: Template | None = None
     cache: Cache | None = None
     limit: LimitSpec | None = None
+    tolerate: ToleranceSpec | None = None  # a for_each's failed items that still succeed
 
     @property
     def host(self) -> str:

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.engine.flow import load_flow, load_flows
+from service.engine.graph import described, mermaid
 from service.engine.kinds import KINDS
 from service.engine.step import StepKind
 from service.errors import FlowError
@@ -269,3 +270,30 @@ def test_each_kind_of_step_is_one_module_registered_by_its_name() -> None:
     for name, kind in KINDS.items():
         assert kind.name == name
         assert type(kind).__module__ == f"service.engine.kinds.{name}"
+
+
+@pytest.mark.parametrize(
+    ("step", "reason"),
+    [
+        ("{call: 'https://x.example', tolerate: {failures: 1}}", "tolerate: only a for_each step"),
+        ("{call: 'https://x.example', for_each: '${[1]}', tolerate: {failures: -1}}", "0 or more"),
+        ("{call: 'https://x.example', for_each: '${[1]}', tolerate: {failures: 150%}}", "a share"),
+        ("{call: 'https://x.example', for_each: '${[1]}', tolerate: {failures: some}}", "a share"),
+        ("{call: 'https://x.example', for_each: '${[1]}', tolerate: {failures: true}}", "failures"),
+        (
+            "{call: 'https://x.example', for_each: '${[1]}', tolerate: {share: 1}}",
+            "failures: Field required",
+        ),
+    ],
+)
+def test_tolerate_is_a_count_or_share_of_a_for_each_s_items(
+    tmp_path: Path, step: str, reason: str
+) -> None:
+    with pytest.raises(FlowError, match=re.escape(reason)):
+        load_flow(write(tmp_path, f"steps:\n  s: {step}\n"), {})
+    good = "{call: 'https://x.example', for_each: '${[1]}', tolerate: {failures: 12.5%}}"
+    flow = load_flow(write(tmp_path, f"steps:\n  s: {good}\n"), {})
+    [tolerant] = flow.steps.values()
+    assert tolerant.tolerate is not None and tolerant.tolerate.failures == "12.5%"
+    assert "tolerates 12.5% failed" in mermaid(flow)
+    assert described(flow)["steps"][0]["tolerate"] == "12.5%"

@@ -285,3 +285,47 @@ async def test_an_answer_over_the_size_limit_fails_the_step_without_retries(
     assert execution.steps["a"].status == StepStatus.FAILED
     assert execution.steps["a"].error == f"answer larger than {MAX_ANSWER_BYTES} bytes"
     assert execution.steps["a"].attempts == 1
+
+
+TOLERANT = FAN_OUT.replace(
+    "max_concurrency: 4", "max_concurrency: 1\n    tolerate: {failures: TOLERATE}"
+)
+
+
+@pytest.mark.parametrize(
+    ("tolerate", "failing", "ends"),
+    [
+        ("2", 2, StepStatus.SUCCEEDED),
+        ("2", 3, StepStatus.FAILED),
+        ("'20%'", 2, StepStatus.SUCCEEDED),  # 2 of 10 is 20 %
+        ("'20%'", 3, StepStatus.FAILED),
+        ("0", 0, StepStatus.SUCCEEDED),
+        ("0", 1, StepStatus.FAILED),
+    ],
+)
+async def test_a_for_each_tolerates_failed_items_up_to_its_count_or_share(
+    tmp_path: Path, tolerate: str, failing: int, ends: StepStatus
+) -> None:
+    """Within `tolerate`, the step and the execution succeed with the failed items in view
+    (null outputs, their errors); beyond it the step fails, saying so."""
+    functions = Functions()
+    functions.statuses["/each"] = [404] * failing
+    items = [{"id": n} for n in range(10)]
+    flow = flow_from(tmp_path, TOLERANT.replace("TOLERATE", tolerate))
+    execution = await run(flow, functions, {"items": items})
+    each = execution.steps["each"]
+    assert each.status == ends
+    assert each.items is not None
+    failed = [i for i, item in enumerate(each.items) if item.status == StepStatus.FAILED]
+    assert failed == list(range(failing))
+    assert all(each.output[i] is None for i in failed)
+    assert all(each.items[i].error == "HTTP 404: scripted" for i in failed)
+    if ends == StepStatus.SUCCEEDED:
+        assert each.error is None
+        assert execution.status == ExecutionStatus.SUCCEEDED
+    else:
+        allowed = tolerate.strip("'")
+        assert each.error is not None and each.error.startswith(
+            f"{failing} of 10 items failed, more than tolerate allows ({allowed}): [0] HTTP 404"
+        )
+        assert execution.status == ExecutionStatus.FAILED

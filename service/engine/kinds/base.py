@@ -97,6 +97,20 @@ class Kind(Protocol):
         ...
 
 
+def failed_items(step: Step, failed: int, items: int, first: str) -> str | None:
+    """Why a for_each step fails when `failed` of its `items` did, `first` the first of
+    them; None while none did, or no more than its `tolerate:` allows."""
+    if failed == 0:
+        return None
+    tolerance = step.tolerate
+    if tolerance is None:
+        return f"{failed} of {items} items failed: {first}"
+    if tolerance.allows(failed, items):
+        return None
+    beyond = f"more than tolerate allows ({tolerance.failures})"
+    return f"{failed} of {items} items failed, {beyond}: {first}"
+
+
 def shaped(step: Step, scope: dict[str, Any], result: StepResult, answer: Any) -> StepResult:
     """Succeeded, with `answer` shaped by the step's `output` (as `response`)."""
     if step.output is None:

@@ -14,7 +14,7 @@ from typing import Any
 from service.engine.calls import CallResult
 from service.engine.expressions import EvaluationError, Names, render_value
 from service.engine.flow_spec import StepSpec
-from service.engine.kinds.base import MAX_FOR_EACH_ITEMS, Turn, failed
+from service.engine.kinds.base import MAX_FOR_EACH_ITEMS, Turn, failed, failed_items
 from service.engine.step import Step, StepKind
 from service.execution import ItemResult, StepResult, StepStatus, now
 
@@ -86,7 +86,7 @@ async def _fan_out(step: Step, turn: Turn, items: Any) -> CallResult:
 
     await asyncio.gather(*(one(i, item) for i, item in enumerate(items) if i not in kept))
     errors = [f"[{i}] {record.error}" for i, record in enumerate(records) if record.error]
-    error = f"{len(errors)} of {len(records)} items failed: {errors[0]}" if errors else None
+    error = failed_items(step, len(errors), len(records), errors[0] if errors else "")
     attempts = sum(records[i].attempts for i in range(len(items)) if i not in kept)
     return CallResult(output=outputs, error=error, attempts=attempts)
 
