@@ -33,9 +33,8 @@ def json_body(body: bytes) -> Any:
         return parse_json(body)
     except JSONRefused as exc:
         reason = str(exc)
-        raise Problem(
-            400, "Body is not JSON", f"(body): {reason}", [{"field": "(body)", "reason": reason}]
-        ) from None
+        errors = [{"field": "(body)", "reason": reason}]
+        raise Problem(400, "Body is not JSON", f"(body): {reason}", errors=errors) from None
 
 
 def json_body_read_here(schema: dict[str, Any]) -> dict[str, Any]:

@@ -100,7 +100,7 @@ async def _accept(request: Request, parts: Components) -> JSONResponse:
             404,
             "Unknown flow",
             f"flow: no flow named {flow_name[:63]!r} (known: {known})",
-            [{"field": "flow", "reason": "unknown flow"}],
+            errors=[{"field": "flow", "reason": "unknown flow"}],
         )
     try:
         flow_input = flow.validate_input(payload)

@@ -331,4 +331,5 @@ async def _on_one(action: Awaitable[T | None], execution_id: str) -> T:
 
 
 def _conflict(exc: Conflict) -> Problem:
-    return Problem(409, "Conflict", f"status: {exc}", [{"field": "status", "reason": str(exc)}])
+    errors = [{"field": "status", "reason": str(exc)}]
+    return Problem(409, "Conflict", f"status: {exc}", errors=errors)

@@ -33,6 +33,7 @@ class Problem(Exception):
         status: int,
         title: str,
         detail: str,
+        *,
         errors: list[dict[str, str]] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -68,7 +69,7 @@ def unavailable(exc: BrokerUnavailable | StoreUnavailable, refusal: str | None =
 
 def invalid(errors: list[dict[str, str]]) -> Problem:
     """422 naming every field that failed validation."""
-    return Problem(422, "Request validation failed", describe(errors), errors)
+    return Problem(422, "Request validation failed", describe(errors), errors=errors)
 
 
 def install(app: FastAPI) -> None:

@@ -56,6 +56,7 @@ class FirestoreBase:
         project: str,
         collection: str,
         ttl: timedelta,
+        *,
         inline_bytes: int = INLINE_BYTES,
         emulator_host: str | None = None,
         timeout_s: float = STORE_TIMEOUT_S,
