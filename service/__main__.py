@@ -35,7 +35,7 @@ from service.execution import Execution, ExecutionStatus
 from service.logs import configure_logging
 from service.messages import describe, field_errors
 from service.metrics import Metrics, metric_exporter_names
-from service.settings import Settings
+from service.settings import FlowFolders, Settings
 from service.telemetry import Tracing
 from service.worker.handler import DRAIN_GRACE_S
 
@@ -75,7 +75,7 @@ def graph(flows: dict[str, Flow], name: str) -> int:
     return 0
 
 
-def schedules(settings: Settings, tsv: bool) -> int:
+def schedules(settings: FlowFolders, tsv: bool) -> int:
     """The flows' schedules, read without compiling the flows (no ${env.NAME} needed):
     a table, or one tab-separated line each (id, cron, time zone, request body) for
     infra/setup.sh --schedules, which makes one Cloud Scheduler job per id."""
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "schedules":
         try:
-            return schedules(Settings.load(), args.tsv)
+            return schedules(FlowFolders.load(), args.tsv)
         except ConfigError as exc:
             print(f"ml-orchestrator: {exc}", file=sys.stderr)
             return 2

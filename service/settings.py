@@ -35,20 +35,41 @@ class LogFormat(StrEnum):
     CONSOLE = "console"
 
 
-class Settings(BaseSettings):
-    """Everything the service reads from its environment."""
+class FlowFolders(BaseSettings):
+    """FLOWS_DIR alone: what reading the flow files needs (`python -m service schedules`
+    for infra/setup.sh), whatever else the environment holds or lacks."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
+
+    # One folder, or several separated by ":" (a flow's name is unique across them).
+    flows_dir: Annotated[tuple[Path, ...], NoDecode] = (PROJECT_FLOWS_DIR,)
+
+    @field_validator("flows_dir", mode="before")
+    @classmethod
+    def _folders(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(Path(part) for part in value.split(os.pathsep) if part)
+        return (value,) if isinstance(value, Path) else value
+
+    @classmethod
+    def load(cls) -> Self:
+        """Read the settings, turning pydantic's report into one line per bad setting."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise ConfigError(describe_settings_errors(exc)) from None
+
+
+class Settings(FlowFolders):
+    """Everything the service reads from its environment."""
 
     google_cloud_project: str | None = None
     pubsub_emulator_host: str | None = None
     firestore_emulator_host: str | None = None
     orchestration_topic: str = Field("ml-orchestration-requests", min_length=3, max_length=255)
     result_topic: str | None = Field(None, min_length=3, max_length=255)
-    # One folder, or several separated by ":" (a flow's name is unique across them).
-    flows_dir: Annotated[tuple[Path, ...], NoDecode] = (PROJECT_FLOWS_DIR,)
     default_flow: str = "ml-orchestration"
     ml_auth: MLAuth = MLAuth.ID_TOKEN
     push_auth_audience: str | None = None
@@ -91,13 +112,6 @@ class Settings(BaseSettings):
         if len(key) < 24:
             raise ValueError("must hold at least 24 bytes of key")
         return value
-
-    @field_validator("flows_dir", mode="before")
-    @classmethod
-    def _folders(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(Path(part) for part in value.split(os.pathsep) if part)
-        return (value,) if isinstance(value, Path) else value
 
     @field_validator(
         "google_cloud_project",
@@ -179,14 +193,6 @@ class Settings(BaseSettings):
         """What `${env.NAME}` in flows reads: the environment over `.env`, like the settings."""
         dotenv = dotenv_values(".env")
         return {**{k: v for k, v in dotenv.items() if v is not None}, **os.environ}
-
-    @classmethod
-    def load(cls) -> Settings:
-        """Read the settings, turning pydantic's report into one line per bad setting."""
-        try:
-            return cls()
-        except ValidationError as exc:
-            raise ConfigError(describe_settings_errors(exc)) from None
 
 
 def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:

@@ -168,3 +168,12 @@ def test_schedules_lists_what_the_flows_declare_without_their_environment(
         '{"flow":"batch-review","user_id":"nightly-batch"}\n',
     ]
     assert cli("schedules", cwd=tmp_path).stdout == "no flow declares schedules\n"
+
+
+def test_schedules_need_no_other_setting_than_the_flows_folder(tmp_path: Path) -> None:
+    """A shell set up for the emulator (PUBSUB_EMULATOR_HOST, no project) still lists them:
+    infra/setup.sh --schedules runs from any shell."""
+    folders = f"{ROOT / 'flows'}:{ROOT / 'flows' / 'examples'}"
+    result = cli("schedules", cwd=tmp_path, FLOWS_DIR=folders, PUBSUB_EMULATOR_HOST="x:1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("batch-review-nightly: ")
