@@ -31,7 +31,7 @@ from service.engine import adaptive
 from service.engine.caching import StepCache
 from service.engine.calls import MLCaller
 from service.engine.flow import Flow, load_flow
-from service.engine.kinds.base import Tools
+from service.engine.kinds.base import NoChildren, Tools
 from service.engine.outbound import Sender, http_clients
 from service.engine.outbound_auth import NoTokens
 from service.engine.quotas import REFRESH_S, Quotas
@@ -121,7 +121,7 @@ def runner_of(
         metrics=metrics,
     )
     return FlowRunner(
-        tools=Tools(caller, cache or StepCache(MemoryStore(), metrics)),
+        tools=Tools(caller, cache or StepCache(MemoryStore(), metrics), NoChildren()),
         timeout_s=timeout_s,
         tracing=tracing,
         metrics=metrics,

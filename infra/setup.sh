@@ -160,8 +160,9 @@ if [ "$firestore" = true ]; then
         run "${g[@]}" firestore fields ttls update expire_at \
             --collection-group "$group" --enable-ttl
     done
-    # Listing newest first, filtered by status (equality or IN) and/or flow.
-    for fields in status flow status,flow; do
+    # Listing newest first, filtered by status (equality or IN) and/or flow, or a parent's
+    # children.
+    for fields in status flow status,flow parent.execution_id; do
         configs=()
         for field in ${fields//,/ }; do
             configs+=(--field-config "field-path=${field},order=ascending")
@@ -173,8 +174,8 @@ if [ "$firestore" = true ]; then
     create_index --collection-group "$collection" --query-scope collection \
         --field-config "field-path=status,order=ascending" \
         --field-config "field-path=wake_at,order=ascending"
-    # Only status, flow, requested_at, cancel_requested and wake_at are queried. Indexing the
-    # rest only costs writes, and timestamps rewritten on every save (updated_at,
+    # Only status, flow, requested_at, cancel_requested, wake_at and parent are queried.
+    # Indexing the rest only costs writes, and timestamps rewritten on every save (updated_at,
     # lease_until, expire_at) are the monotonically increasing values Firestore
     # advises not to index past ~500 writes/s (PERFORMANCE.md, capacity).
     for field in input steps result answers started_at finished_at duration_ms error run \

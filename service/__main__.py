@@ -29,6 +29,7 @@ from service.backends.memory import MemoryStore
 from service.engine.flow import Flow, flow_files, read_definition
 from service.engine.flow_spec import parse_spec
 from service.engine.graph import mermaid
+from service.engine.kinds.base import NoChildren
 from service.engine.outbound import http_clients
 from service.errors import ConfigError
 from service.execution import Execution, ExecutionStatus
@@ -119,7 +120,10 @@ def run(settings: Settings, flows: dict[str, Flow], name: str, raw_input: str) -
 
     async def execute() -> Execution:
         async with http_clients() as (_, sender):
-            engine = make_engine(settings, MemoryStore(), sender, Tracing(), Metrics())
+            store, children = MemoryStore(), NoChildren()
+            engine = make_engine(
+                settings, store, sender, children, tracing=Tracing(), metrics=Metrics()
+            )
             try:
                 return await engine.runner.run(flow, execution)
             finally:

@@ -26,9 +26,9 @@ from service.backends.store import ExecutionStore
 from service.backends.transport import InProcessTransport, Transport
 from service.engine.caching import StepCache
 from service.engine.calls import MLCaller
-from service.engine.flow import Flow, check_limits, load_flows
+from service.engine.flow import Flow, check_children, check_limits, load_flows
 from service.engine.kinds import KINDS
-from service.engine.kinds.base import Tools
+from service.engine.kinds.base import ChildStarter, Tools
 from service.engine.outbound import Sender, http_clients
 from service.engine.outbound_auth import (
     GoogleAccessTokens,
@@ -44,6 +44,7 @@ from service.metrics import Metrics, metric_exporters_from_environment
 from service.process import on_stop_signals, settle_after_start
 from service.settings import MLAuth, Settings, StoreKind
 from service.telemetry import TraceContext, Tracing, tracing_from_environment
+from service.worker.children import Children
 from service.worker.delivery import ResultDelivery
 from service.worker.handler import PushHandler
 from service.worker.publisher import RequestPublisher
@@ -176,6 +177,7 @@ def load_checked_flows(settings: Settings) -> dict[str, Flow]:
                 raise ConfigError(f"FLOWS_DIR: two flows named {name!r} (one in {folder})")
             flows[name] = flow
     check_limits(flows)
+    check_children(flows)
     if settings.default_flow not in flows:
         folders = os.pathsep.join(str(folder) for folder in settings.flows_dir)
         raise ConfigError(f"DEFAULT_FLOW: no flow named {settings.default_flow!r} in {folders}")
@@ -227,9 +229,10 @@ def build(
     targets = WebhookTargets(
         settings.webhook_allow_private_networks, settings.allowed_webhook_hosts
     )
-    engine = make_engine(settings, store, sender, tracing, metrics)
     requests = RequestPublisher(transport, settings.orchestration_topic, tracing)
     wakes = Wakes(store, requests, metrics)
+    children = Children(flows=flows, store=store, requests=requests, wakes=wakes)
+    engine = make_engine(settings, store, sender, children, tracing=tracing, metrics=metrics)
     handler = PushHandler(
         versions=FlowVersions(flows, store, settings.flow_env()),
         store=store,
@@ -247,6 +250,7 @@ def build(
             shaped_flows=frozenset(name for name, flow in flows.items() if flow.result is not None),
         ),
         wakes=wakes,
+        children=children,
         default_webhook_url=settings.default_webhook_url,
         lease_s=settings.execution_lease_s,
         max_delivery_attempts=settings.push_max_delivery_attempts,
@@ -295,7 +299,13 @@ class Engine:
 
 
 def make_engine(
-    settings: Settings, store: ExecutionStore, sender: Sender, tracing: Tracing, metrics: Metrics
+    settings: Settings,
+    store: ExecutionStore,
+    sender: Sender,
+    children: ChildStarter,
+    *,
+    tracing: Tracing,
+    metrics: Metrics,
 ) -> Engine:
     """The engine as the settings make it, sharing `store` (cache, limits) across instances."""
     id_tokens, access_tokens = make_tokens(settings)
@@ -312,6 +322,7 @@ def make_engine(
     tools = Tools(
         caller=caller,
         cache=StepCache(store, metrics),
+        children=children,
         inline_wait_s=settings.inline_wait_s,
         callback_base=settings.service_url,
     )

@@ -105,6 +105,7 @@ class ItemResult(BaseModel):
     error: str | None = None
     cached: bool = False  # its output came from the step's cache, not from a call
     cached_from: str | None = None  # the execution whose call made it
+    child: str | None = None  # a flow step's: the child execution that runs this item
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,7 @@ class CachedOutput:
 class Wait(BaseModel):
     """What a waiting step waits for, and until when it may."""
 
-    kind: Literal["poll", "callback", "sleep"]
+    kind: Literal["poll", "callback", "sleep", "flow"]
     timeout_at: datetime  # a poll or callback not done by then fails the step
     every_s: float | None = None  # a poll's next interval
     callback_sha256: str | None = None  # of the callback token's secret part
@@ -141,6 +142,27 @@ class StepResult(BaseModel):
     wait: Wait | None = None
     cached: bool = False  # its output came from the step's cache, not from a call
     cached_from: str | None = None  # the execution whose call made it
+    child: str | None = None  # a flow step's (without for_each): its child execution
+
+
+# Where a child execution's end is reported, and how deep it runs: `chain` holds the
+# ids of its ancestors, the root first (its parent last).
+MAX_CHILD_DEPTH = 5
+
+
+class ParentRef(BaseModel):
+    """A child execution's parent: the step (and item) of the run that started it."""
+
+    execution_id: str = Field(pattern=EXECUTION_ID)
+    step: str = Field(pattern=f"^{STEP_NAME.pattern}$")
+    index: int | None = Field(None, ge=0, description="its item, for a for_each step")
+    run: int = Field(1, ge=1, description="the parent's run that started it")
+    chain: list[str] = Field(default_factory=list, max_length=MAX_CHILD_DEPTH)
+
+    @property
+    def answer_key(self) -> str:
+        """Where the parent keeps this child's end: its step, and `#index` for an item."""
+        return self.step if self.index is None else f"{self.step}#{self.index}"
 
 
 class ExecutionSummary(BaseModel):
@@ -157,6 +179,7 @@ class ExecutionSummary(BaseModel):
     error: str | None = None
     wake_at: datetime | None = Field(None, description="a waiting execution's next look")
     flow_version: str | None = Field(None, description="the version of its flow it runs")
+    parent: ParentRef | None = Field(None, description="a child execution's parent")
 
 
 class Execution(ExecutionSummary):
@@ -216,7 +239,18 @@ class Execution(ExecutionSummary):
         self.status = ExecutionStatus.WAITING
         moments = [r.wake_at for r in waiting.values() if r.wake_at is not None]
         self.wake_at = min(moments) if moments else now()
-        return cancel_requested or any(name in answered for name in waiting)
+        return cancel_requested or any(self._takes(key, waiting) for key in answered)
+
+    @staticmethod
+    def _takes(key: str, waiting: dict[str, StepResult]) -> bool:
+        """Whether an answer at `key` is one a waiting step has not taken in yet: a
+        callback's (its step's name), or a child's (`step#index`: its item still runs)."""
+        name, _, index = key.partition("#")
+        result = waiting.get(name)
+        if result is None or not index:
+            return result is not None
+        items = result.items or []
+        return int(index) < len(items) and items[int(index)].status == StepStatus.RUNNING
 
     def finish(self, status: ExecutionStatus, error: str | None = None) -> None:
         self.status, self.wake_at = status, None

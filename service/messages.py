@@ -20,6 +20,7 @@ from service.execution import (
     Execution,
     ExecutionStatus,
     Moment,
+    ParentRef,
     in_utc,
     is_execution_id,
     now,
@@ -51,6 +52,7 @@ class RequestMessage(BaseModel):
     input: dict[str, Any]
     webhook_url: str | None = Field(None, max_length=2048)
     requested_at: Moment | None = Field(None, description="default: the publish time")
+    parent: ParentRef | None = Field(None, description="set by a flow step that starts it")
 
     @classmethod
     def of(cls, execution: Execution) -> RequestMessage:
@@ -61,6 +63,7 @@ class RequestMessage(BaseModel):
             input=execution.input,
             webhook_url=execution.webhook_url,
             requested_at=execution.requested_at,
+            parent=execution.parent,
         )
 
     def attributes(self, run: int = 1) -> dict[str, str]:
@@ -84,6 +87,7 @@ class RequestMessage(BaseModel):
             input=self.input,
             webhook_url=self.webhook_url,
             requested_at=self.requested_at or _timestamp(publish_time),
+            parent=self.parent,
         )
 
 
@@ -96,6 +100,7 @@ class ExecutionRequest:
     input: dict[str, Any]
     webhook_url: str | None
     requested_at: datetime
+    parent: ParentRef | None = None
 
     def execution(
         self, status: ExecutionStatus, flow_input: dict[str, Any] | None = None
@@ -109,6 +114,7 @@ class ExecutionRequest:
             requested_at=self.requested_at,
             started_at=None if status == ExecutionStatus.QUEUED else now(),
             webhook_url=self.webhook_url,
+            parent=self.parent,
         )
 
 
@@ -121,6 +127,25 @@ def _timestamp(text: str | None) -> datetime:
         return now()
 
 
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` inlined, to embed in an OpenAPI operation."""
+    schema = model.model_json_schema(by_alias=True)
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if reference.startswith("#/$defs/"):
+                return resolve(definitions[reference.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
 class PushMessage(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -130,7 +155,7 @@ class PushMessage(BaseModel):
         json_schema_extra={
             "contentEncoding": "base64",
             "contentMediaType": "application/json",
-            "contentSchema": RequestMessage.model_json_schema(),
+            "contentSchema": inline_schema(RequestMessage),
         },
     )
     attributes: dict[str, str] | None = None
@@ -212,22 +237,3 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]
 
 def describe(errors: list[dict[str, str]]) -> str:
     return "; ".join(f"{error['field']}: {error['reason']}" for error in errors)
-
-
-def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema with its `$defs` inlined, to embed in an OpenAPI operation."""
-    schema = model.model_json_schema(by_alias=True)
-    definitions = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            reference = node.get("$ref", "")
-            if reference.startswith("#/$defs/"):
-                return resolve(definitions[reference.removeprefix("#/$defs/")])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(item) for item in node]
-        return node
-
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved

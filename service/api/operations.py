@@ -25,6 +25,7 @@ from service.bounds import MAX_OPERATOR_BODY_BYTES
 from service.engine.graph import described
 from service.errors import StoreUnavailable
 from service.execution import (
+    EXECUTION_ID,
     REDRIVABLE,
     Execution,
     ExecutionStatus,
@@ -83,6 +84,9 @@ async def list_executions(
     flow: Annotated[str | None, Query(max_length=63)] = None,
     since: Annotated[Moment | None, Query(description="requested at or after")] = None,
     until: Annotated[Moment | None, Query(description="requested before")] = None,
+    parent: Annotated[
+        str | None, Query(pattern=EXECUTION_ID, description="a parent's child executions")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> ExecutionList:
@@ -91,6 +95,7 @@ async def list_executions(
         flow=flow,
         since=since,
         until=until,
+        parent=parent,
         limit=limit,
         page_token=page_token,
     )

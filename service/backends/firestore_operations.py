@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from google.cloud import firestore
@@ -38,6 +39,7 @@ from service.backends.store import (
     Page,
     callback_answer,
     cancelled,
+    child_answer,
     due_again,
     may_redrive,
     page_key,
@@ -51,12 +53,16 @@ from service.execution import (
     ExecutionStatus,
     ExecutionSummary,
     FlowVersion,
+    ParentRef,
     StepResult,
     now,
 )
+from service.retry import RetryPolicy
 
 VERSIONS_READ = 1000  # executions read to count the versions in use
-ANSWER_ATTEMPTS = 10
+# Answers lost to another writer try again after a jittered pause (20 ms, doubling, at most
+# 1 s): many children ending at once spread out instead of racing in step.
+ANSWER_RETRY = RetryPolicy(maximum_attempts=10, initial_interval=0.02, maximum_interval=1.0)
 
 
 class FirestoreOperations(FirestoreBase):
@@ -69,6 +75,8 @@ class FirestoreOperations(FirestoreBase):
             found = found.where(filter=FieldFilter("status", "in", values))
         if query.flow is not None:
             found = found.where(filter=FieldFilter("flow", "==", query.flow))
+        if query.parent is not None:
+            found = found.where(filter=FieldFilter("parent.execution_id", "==", query.parent))
         if query.since is not None:
             found = found.where(filter=FieldFilter("requested_at", ">=", query.since))
         if query.until is not None:
@@ -168,25 +176,43 @@ class FirestoreOperations(FirestoreBase):
         return [execution for execution in taken if execution is not None]
 
     async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
+        def rule(execution: Execution, cancel_requested: bool) -> Answer:
+            return callback_answer(execution, token, cancel_requested)
+
+        return await self._answered(token.execution_id, token.step, body, rule)
+
+    async def child_ended(
+        self, parent: ParentRef, child: str, end: Any
+    ) -> tuple[Answer, Execution | None]:
+        def rule(execution: Execution, cancel_requested: bool) -> Answer:
+            return child_answer(execution, parent, child, cancel_requested)
+
+        return await self._answered(parent.execution_id, parent.answer_key, end, rule)
+
+    async def _answered(
+        self, execution_id: str, key: str, body: Any, rule: Callable[[Execution, bool], Answer]
+    ) -> tuple[Answer, Execution | None]:
+        """Record `body` at `answers.KEY` if `rule` accepts; the execution, its answers'
+        keys (this one included once accepted) without their bodies."""
         # A read and a write conditioned on it, like a claim: of answers at once, each
         # write either lands (and is answered so) or lost to another and decides again. A
         # transaction here queued behind the others and could land after its caller had
         # been told 503.
-        name = self._wire.path(self._collection.id, token.execution_id)
-        value, parts = self._slot(f"answer.{token.step}", to_json(body))
-        for _ in range(ANSWER_ATTEMPTS):
+        name = self._wire.path(self._collection.id, execution_id)
+        value, parts = self._slot(f"answer.{key}", to_json(body))
+        for attempt in range(1, ANSWER_RETRY.maximum_attempts + 1):
             document = await self._call(self._wire.get(name, self._timeout_s))
             if document is None:
                 return Answer.UNKNOWN, None
             data = python(document.fields)
-            execution = await self._execution(token.execution_id, data, answers=False)
+            execution = await self._execution(execution_id, data, answers=False)
             execution.callbacks = dict.fromkeys(data.get("answers") or {})
-            verdict = callback_answer(execution, token, bool(data.get("cancel_requested")))
+            verdict = rule(execution, bool(data.get("cancel_requested")))
             if verdict != Answer.ACCEPTED:
                 return verdict, execution
-            await self._write_parts(token.execution_id, parts)
-            fields: dict[str, Any] = {"answers": {token.step: value}}
-            mask = [FieldPath("answers", token.step).to_api_repr()]
+            await self._write_parts(execution_id, parts)
+            fields: dict[str, Any] = {"answers": {key: value}}
+            mask = [FieldPath("answers", key).to_api_repr()]
             if data.get("status") == ExecutionStatus.WAITING:
                 fields["wake_at"] = due_again()
                 mask.append("wake_at")
@@ -195,10 +221,13 @@ class FirestoreOperations(FirestoreBase):
                 await self._call(self._wire.write(answered, self._timeout_s))
             except StoreUnavailable as exc:
                 if isinstance(exc.__cause__, LOST_RACE):
-                    continue  # another wrote first (an answer, the run): decide again
+                    # Another wrote first (an answer, the run): decide again.
+                    await asyncio.sleep(ANSWER_RETRY.delay(attempt))
+                    continue
                 raise
+            execution.callbacks[key] = None
             return verdict, execution
-        raise Contended(f"execution store: {token.execution_id} kept changing under its answers")
+        raise Contended(f"execution store: {execution_id} kept changing under its answers")
 
     async def versions_in_use(self, name: str) -> dict[str, int]:
         statuses = sorted(status.value for status in UNDERWAY)

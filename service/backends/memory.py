@@ -8,7 +8,7 @@ import asyncio
 import builtins
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from service.backends.store import (
     callback_answer,
     cancel_wins,
     cancelled,
+    child_answer,
     claimed,
     due_again,
     may_redrive,
@@ -38,6 +39,7 @@ from service.execution import (
     Execution,
     ExecutionStatus,
     FlowVersion,
+    ParentRef,
     StepResult,
     now,
 )
@@ -208,14 +210,30 @@ class MemoryStore:
         return woken
 
     async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
+        def rule(execution: Execution, cancel_requested: bool) -> Answer:
+            return callback_answer(execution, token, cancel_requested)
+
+        return await self._answered(token.execution_id, token.step, body, rule)
+
+    async def child_ended(
+        self, parent: ParentRef, child: str, end: Any
+    ) -> tuple[Answer, Execution | None]:
+        def rule(execution: Execution, cancel_requested: bool) -> Answer:
+            return child_answer(execution, parent, child, cancel_requested)
+
+        return await self._answered(parent.execution_id, parent.answer_key, end, rule)
+
+    async def _answered(
+        self, execution_id: str, key: str, body: Any, rule: Callable[[Execution, bool], Answer]
+    ) -> tuple[Answer, Execution | None]:
         async with self._lock:
-            entry = self._entries.get(token.execution_id)
+            entry = self._entries.get(execution_id)
             if entry is None:
                 return Answer.UNKNOWN, None
             execution = entry.execution
-            verdict = callback_answer(execution, token, entry.cancel_requested)
+            verdict = rule(execution, entry.cancel_requested)
             if verdict == Answer.ACCEPTED:
-                execution.callbacks[token.step] = body
+                execution.callbacks[key] = body
                 if execution.status == ExecutionStatus.WAITING:
                     execution.wake_at = due_again()
             return verdict, execution.model_copy()

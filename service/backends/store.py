@@ -70,6 +70,8 @@ from service.execution import (
     ExecutionStatus,
     ExecutionSummary,
     FlowVersion,
+    ItemResult,
+    ParentRef,
     StepResult,
     StepStatus,
     in_utc,
@@ -152,6 +154,31 @@ def callback_answer(
     return Answer.ACCEPTED
 
 
+def child_answer(
+    execution: Execution, parent: ParentRef, child: str, cancel_requested: bool = False
+) -> Answer:
+    """Whether the child execution `child` may report its end to `execution`, its parent
+    (the step or item of `parent`), now (see Answer)."""
+    step = execution.steps.get(parent.step)
+    wait = step.wait if step is not None else None
+    if step is None or wait is None or wait.kind != "flow":
+        return Answer.UNKNOWN
+    record: StepResult | ItemResult | None = step
+    if parent.index is not None:
+        items = step.items or []
+        record = items[parent.index] if parent.index < len(items) else None
+    if record is None or record.child != child or parent.run != wait.run:
+        return Answer.UNKNOWN
+    if parent.answer_key in execution.callbacks:
+        return Answer.ANSWERED
+    ended = execution.status in TERMINAL or cancel_requested or parent.run != execution.run
+    if ended or step.status != StepStatus.WAITING:
+        return Answer.GONE
+    if isinstance(record, ItemResult) and record.status != StepStatus.RUNNING:
+        return Answer.GONE  # its item timed out
+    return Answer.ACCEPTED
+
+
 class Conflict(Exception):
     """The execution's status does not allow what was asked."""
 
@@ -216,6 +243,7 @@ class ExecutionQuery:
     flow: str | None = None
     since: datetime | None = None  # requested at or after
     until: datetime | None = None  # requested before
+    parent: str | None = None  # children of this execution only
     limit: int = 100
     page_token: str | None = None
 
@@ -225,7 +253,12 @@ class ExecutionQuery:
             and (self.flow is None or execution.flow == self.flow)
             and (self.since is None or execution.requested_at >= self.since)
             and (self.until is None or execution.requested_at < self.until)
+            and (self.parent is None or _parent_id(execution) == self.parent)
         )
+
+
+def _parent_id(execution: ExecutionSummary) -> str | None:
+    return execution.parent.execution_id if execution.parent is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +351,13 @@ class WaitStore(Documents, Protocol):
         """Record `body` as the answer to the token's step if `callback_answer` accepts;
         with the execution. A waiting one's timer moves to `due_again()`: the caller
         sends its resume now (a running one is due when it suspends)."""
+
+    async def child_ended(
+        self, parent: ParentRef, child: str, end: Any
+    ) -> tuple[Answer, Execution | None]:
+        """Record `end` as the end of `child` at its parent's step or item if
+        `child_answer` accepts, as `answer` does; with the parent, its answers' keys
+        including this one (the caller tells from them whether to resume it)."""
 
     async def cancel(self, execution_id: str) -> ExecutionStatus | None:
         """Cancel it (see `cancelled`); the status it had, None if unknown; or Conflict.

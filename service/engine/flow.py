@@ -104,6 +104,16 @@ def check_limits(flows: Mapping[str, Flow]) -> None:
                 )
 
 
+def check_children(flows: Mapping[str, Flow]) -> None:
+    """FlowError unless every flow step names a flow that is loaded."""
+    for flow in flows.values():
+        for step in flow.steps.values():
+            if step.child_flow is not None and step.child_flow not in flows:
+                known = ", ".join(sorted(flows))
+                reason = f"flow: no flow named {step.child_flow!r} (known: {known})"
+                raise FlowError(f"flow {flow.name}", reason, step.name)
+
+
 def load_flows(directory: Path, env: Mapping[str, str]) -> dict[str, Flow]:
     """Every `*.yaml` / `*.yml` flow of a directory, by name (the file's stem).
 

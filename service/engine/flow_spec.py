@@ -153,6 +153,9 @@ class StepSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     call: str | None = None
+    flow: str | None = Field(None, description="a flow of FLOWS_DIR, run as a child execution")
+    input: Any = None  # a flow step's child input (CEL, like `body`)
+    timeout: Duration | None = None  # a flow step's: its children's whole wait (24h)
     auth: Literal["id_token", "access_token", "none"] = "id_token"
     poll: PollSpec | None = None
     callback: CallbackSpec | None = None

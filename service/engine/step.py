@@ -37,7 +37,7 @@ class Cache:
 
 # What a step does, decided once when its flow loads; each kind is a module of
 # service/engine/kinds/, registered there by this name.
-StepKind = Literal["call", "poll", "callback", "sleep"]
+StepKind = Literal["call", "poll", "callback", "sleep", "flow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,9 @@ class Step:
     cache: Cache | None = None
     limit: LimitSpec | None = None
     tolerate: ToleranceSpec | None = None  # a for_each's failed items that still succeed
+    child_flow: str | None = None  # a flow step's: the flow its children run
+    child_input: Any = None  # compiled, like body
+    child_timeout_s: float | None = None
 
     @property
     def host(self) -> str:

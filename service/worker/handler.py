@@ -55,6 +55,7 @@ from service.metrics import Metrics
 from service.telemetry import MESSAGE_ATTRIBUTE, Tracing, within
 from service.worker.cancels import CancelWatch
 from service.worker.checkpoints import Checkpoints
+from service.worker.children import Children
 from service.worker.delivery import ResultDelivery
 from service.worker.leases import Leases
 from service.worker.versions import FlowVersions, VersionMissing
@@ -82,6 +83,7 @@ class PushHandler:
         store: RunStore,
         runner: FlowRunner,
         delivery: ResultDelivery,
+        children: Children,
         wakes: Wakes,
         default_webhook_url: str | None,
         tracing: Tracing,
@@ -95,6 +97,7 @@ class PushHandler:
         self._store = store
         self._runner = runner
         self._delivery = delivery
+        self._children = children
         self._wakes = wakes
         self._default_webhook_url = default_webhook_url
         self._lease_s = lease_s
@@ -270,7 +273,8 @@ class PushHandler:
                     checkpoint.close()
             if execution.status == ExecutionStatus.WAITING and await self._suspend(execution):
                 return
-            if not self._delivery.goes_out(webhook_url):  # nowhere to go: one write ends it
+            nowhere = execution.parent is None and not self._delivery.goes_out(webhook_url)
+            if nowhere:  # nowhere to go: one write ends it
                 await self._save(execution, delivered=True, sent=False)
                 return
             await self._save(execution)  # readable before its result arrives anywhere
@@ -278,6 +282,11 @@ class PushHandler:
         await self._save(execution, delivered=True)
 
     async def _deliver(self, execution: Execution, webhook_url: str | None, last: bool) -> None:
+        if execution.status == ExecutionStatus.CANCELLED:
+            await self._children.cancel(execution)
+        if execution.parent is not None:  # a child's end goes to its parent, nowhere else
+            await self._children.ended(execution)
+            return
         try:
             await self._delivery.deliver(execution, webhook_url or self._default_webhook_url)
         except DeliveryFailed as exc:

@@ -84,6 +84,7 @@ def test_executions_are_listed_newest_first_as_summaries(client: httpx.Client) -
         "error",
         "wake_at",
         "flow_version",
+        "parent",  # a child execution's (null here)
     }
     assert "secret_input" not in response.text
 

@@ -8,6 +8,7 @@ an execution, read its timeline, press re-drive and confirm.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -95,7 +96,12 @@ def test_an_operator_finds_a_failure_reads_its_timeline_and_re_drives_it(
 ) -> None:
     succeeded = dashboard.run()
     dashboard.functions.script["/match-candidato"] = [400]
+    # Held back until the profession orchestrator (in parallel) has long answered, so that
+    # the failure sets the execution's duration: its critical path, drawn below.
+    held = dashboard.functions.gates["/match-candidato"] = threading.Event()
+    threading.Timer(0.3, held.set).start()
     failed = dashboard.run()
+    del dashboard.functions.gates["/match-candidato"]
 
     page.goto(f"{dashboard.url}/ui/")
     expect(page.locator("#executions tbody tr")).to_have_count(2)

@@ -5,7 +5,7 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from service.engine.flow import load_flow, load_flows
+from service.engine.flow import check_children, load_flow, load_flows
 from service.engine.graph import described, mermaid
 from service.engine.kinds import KINDS
 from service.engine.step import StepKind
@@ -297,3 +297,33 @@ def test_tolerate_is_a_count_or_share_of_a_for_each_s_items(
     assert tolerant.tolerate is not None and tolerant.tolerate.failures == "12.5%"
     assert "tolerates 12.5% failed" in mermaid(flow)
     assert described(flow)["steps"][0]["tolerate"] == "12.5%"
+
+
+@pytest.mark.parametrize(
+    ("step", "reason"),
+    [
+        ("{flow: other, call: 'https://x.example'}", "flow: a flow step makes no call"),
+        ("{flow: other, body: {a: 1}}", "body: a flow step makes no call"),
+        ("{call: 'https://x.example', input: {a: 1}}", "input: only a flow step takes it"),
+        ("{call: 'https://x.example', timeout: 1h}", "timeout: only a flow step takes it"),
+        ("{flow: other, callback: {}}", "a step waits one way"),
+        ("{flow: other, cache: {key: x, ttl: 1h}}", "cache: a step that waits is not cached"),
+        ("{flow: other, input: {a: '${item}'}}", "item"),
+    ],
+)
+def test_a_flow_step_is_checked_when_its_flow_loads(tmp_path: Path, step: str, reason: str) -> None:
+    with pytest.raises(FlowError, match=re.escape(reason)):
+        load_flow(write(tmp_path, f"steps:\n  s: {step}\n"), {})
+
+
+def test_a_flow_step_names_a_flow_that_is_loaded(tmp_path: Path) -> None:
+    write(tmp_path, "steps:\n  s: {flow: child, input: {a: 1}, timeout: 2h}\n", "parent")
+    flows = load_flows(tmp_path, {})
+    with pytest.raises(FlowError, match=re.escape("flow: no flow named 'child'")):
+        check_children(flows)
+    write(tmp_path, "steps:\n  s: {call: 'https://x.example'}\n", "child")
+    flows = load_flows(tmp_path, {})
+    check_children(flows)
+    step = flows["parent"].steps["s"]
+    assert (step.kind, step.child_flow, step.child_timeout_s) == ("flow", "child", 7200.0)
+    assert "runs flow child, at most 2h" in mermaid(flows["parent"])

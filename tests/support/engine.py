@@ -16,7 +16,7 @@ from service.backends.transport import Transport
 from service.engine.caching import StepCache
 from service.engine.calls import DEFAULT_PER_HOST_LIMIT, MLCaller
 from service.engine.flow import Flow
-from service.engine.kinds.base import DEFAULT_INLINE_WAIT_S, Tools
+from service.engine.kinds.base import DEFAULT_INLINE_WAIT_S, ChildStarter, NoChildren, Tools
 from service.engine.outbound import Sender
 from service.engine.outbound_auth import NoTokens, TokenProvider
 from service.engine.quotas import Quotas
@@ -54,10 +54,16 @@ def make_runner(
     cache: StepCache | None = None,
     metrics: Metrics | None = None,
     inline_wait_s: float = DEFAULT_INLINE_WAIT_S,
+    children: ChildStarter | None = None,
 ) -> FlowRunner:
     metrics = metrics or Metrics()
     return FlowRunner(
-        tools=Tools(caller, cache or StepCache(MemoryStore(), metrics), inline_wait_s),
+        tools=Tools(
+            caller,
+            cache or StepCache(MemoryStore(), metrics),
+            children or NoChildren(),
+            inline_wait_s,
+        ),
         timeout_s=timeout_s,
         tracing=Tracing(),
         metrics=metrics,

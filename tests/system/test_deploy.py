@@ -193,8 +193,8 @@ def test_setup_a_second_time_creates_nothing(workdir: Path) -> None:
     second = run(workdir, "infra/setup.sh", "proj", "us-east1", "--firestore")
     assert first.code == second.code == 0, second.err
     created = [args for args in first.commands() if "create" in args]
-    # repository, 2 accounts, 3 topics, 2 subscriptions, the wake job, database, 4 indexes
-    assert len(created) == 14
+    # repository, 2 accounts, 3 topics, 2 subscriptions, the wake job, database, 5 indexes
+    assert len(created) == 15
     # Indexes have no name to look up: their second create answers ALREADY_EXISTS.
     again = [args for args in second.commands() if "create" in args]
     assert {" ".join(args[3:7]) for args in again} == {"firestore indexes composite create"}
@@ -222,6 +222,7 @@ def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -
     newest_first = "field-path=requested_at,order=descending"
     assert sorted(indexes) == [
         ["field-path=flow,order=ascending", newest_first],
+        ["field-path=parent.execution_id,order=ascending", newest_first],
         ["field-path=status,order=ascending", "field-path=flow,order=ascending", newest_first],
         ["field-path=status,order=ascending", newest_first],
         ["field-path=status,order=ascending", "field-path=wake_at,order=ascending"],
@@ -231,7 +232,7 @@ def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -
         for args in result.commands()
         if args[3:7] == ["firestore", "indexes", "fields", "update"]
     }
-    queried = {"status", "flow", "requested_at", "cancel_requested", "wake_at"}
+    queried = {"status", "flow", "requested_at", "cancel_requested", "wake_at", "parent"}
     head = set(HEAD_FIELDS) - queried
     assert exempt == {(field, "ml-orchestrator-executions") for field in head} | {
         ("data", "execution-parts"),

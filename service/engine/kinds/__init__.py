@@ -5,6 +5,7 @@ only through `Kind` (base.py) and this registry.
     poll      poll.py      a call that starts a long-running operation, polled until done
     callback  callback.py  a call answered later, at a callback URL
     sleep     sleep.py     no call: a time to wait for
+    flow      flow.py      another flow, run as child executions, once or per item
 
 Every kind but `call` waits: inline while its wait is short, else the step is left
 `waiting` with its `wake_at` and the execution suspends once nothing else can run
@@ -21,11 +22,14 @@ from service.engine.flow_spec import StepSpec
 from service.engine.kinds.base import Kind
 from service.engine.kinds.call import Call
 from service.engine.kinds.callback import Callback
+from service.engine.kinds.flow import Flow
 from service.engine.kinds.poll import Poll
 from service.engine.kinds.sleep import Sleep
 from service.engine.step import StepKind
 
-KINDS: Mapping[StepKind, Kind] = {kind.name: kind for kind in (Call(), Poll(), Callback(), Sleep())}
+KINDS: Mapping[StepKind, Kind] = {
+    kind.name: kind for kind in (Call(), Poll(), Callback(), Sleep(), Flow())
+}
 DEFAULT = KINDS["call"]
 
 
@@ -40,8 +44,12 @@ def kind_of(spec: StepSpec) -> Kind:
     if not kind.calls and spec.call is not None:
         raise ExpressionError(f"{fields[0]}: a {kind.name} step makes no call; remove 'call'")
     if kind.calls and spec.call is None:
-        raise ExpressionError("call: required (a URL), unless the step sleeps")
-    if kind.waits and spec.for_each is not None:
+        raise ExpressionError("call: required (a URL), unless the step sleeps or runs a flow")
+    others = {f for k in KINDS.values() for f in k.options} - set(kind.options)
+    for field in sorted(others):
+        if getattr(spec, field) is not None:
+            raise ExpressionError(f"{field}: only a {_owner(field)} step takes it")
+    if not kind.fans_out and spec.for_each is not None:
         raise ExpressionError(
             f"{fields[0]}: a for_each step does not wait; wait in a step of its own"
         )
@@ -50,3 +58,7 @@ def kind_of(spec: StepSpec) -> Kind:
     if not kind.calls and spec.limit is not None:
         raise ExpressionError(f"limit: a {kind.name} step makes no call to limit")
     return kind
+
+
+def _owner(field: str) -> str:
+    return next(kind.name for kind in KINDS.values() if field in kind.options)

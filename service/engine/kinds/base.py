@@ -21,7 +21,7 @@ from service.engine.expressions import (
 )
 from service.engine.flow_spec import StepSpec
 from service.engine.step import Step, StepKind
-from service.execution import Execution, StepResult, StepStatus, now
+from service.execution import Execution, ParentRef, StepResult, StepStatus, now
 
 # Any list for_each takes can still be filtered by CEL, which refuses the 10,000th iteration.
 MAX_FOR_EACH_ITEMS = ITERATION_BUDGET - 1
@@ -30,6 +30,36 @@ DEADLINE_MARGIN_S = 1.0
 DEFAULT_INLINE_WAIT_S = 10.0
 
 Checkpoint = Callable[[str, StepResult], Awaitable[None]]
+
+
+class ChildRefused(Exception):
+    """A child execution that cannot start: its input does not fit its flow (the fields)."""
+
+
+class ChildStarter(Protocol):
+    """Starts child executions: checks each input against its flow, publishes its request
+    (the worker's service/worker/children.py); ChildRefused when an input does not fit."""
+
+    def check(self, flow: str, input: Any) -> None:
+        """ChildRefused naming the field unless `input` fits `flow`'s schema."""
+        ...
+
+    async def start(self, execution_id: str, flow: str, input: Any, parent: ParentRef) -> None:
+        """Publish the child's request (BrokerUnavailable when the broker refuses it)."""
+        ...
+
+
+class NoChildren:
+    """Where no broker runs child executions (`python -m service run`, an engine alone):
+    a flow step fails, saying where it runs."""
+
+    REASON = "flow: child executions run in the service, through its broker"
+
+    def check(self, flow: str, input: Any) -> None:
+        raise ChildRefused(self.REASON)
+
+    async def start(self, execution_id: str, flow: str, input: Any, parent: ParentRef) -> None:
+        raise ChildRefused(self.REASON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +72,7 @@ class Tools:
 
     caller: MLCaller
     cache: StepCache
+    children: ChildStarter
     inline_wait_s: float = DEFAULT_INLINE_WAIT_S
     callback_base: str | None = None
 
@@ -78,8 +109,10 @@ class Kind(Protocol):
     name: StepKind
     # The YAML fields that make a step of this kind; none: the kind of a step without them.
     fields: tuple[str, ...]
+    options: tuple[str, ...]  # the YAML fields only a step of this kind may have
     calls: bool  # it makes HTTP calls: `call:` required, tokens, limits
-    waits: bool  # it may end `waiting`: no for_each, no cache
+    waits: bool  # it may end `waiting`: no cache
+    fans_out: bool  # it may have a `for_each`
     # Its success is decided again without a call if lost: it rides with the next write.
     replayed: bool
     scope: frozenset[str]  # what its body may read besides input and steps

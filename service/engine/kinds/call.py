@@ -22,8 +22,10 @@ from service.execution import ItemResult, StepResult, StepStatus, now
 class Call:
     name: StepKind = "call"
     fields: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
     calls = True
     waits = False
+    fans_out = True
     replayed = False
     scope = frozenset[str]()
 

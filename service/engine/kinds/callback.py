@@ -20,8 +20,10 @@ from service.execution import StepResult, StepStatus, Wait, now
 class Callback:
     name: StepKind = "callback"
     fields: tuple[str, ...] = ("callback",)
+    options: tuple[str, ...] = ()
     calls = True
     waits = True
+    fans_out = False
     replayed = True  # its answer is stored: a resume ends it again
     scope = frozenset({"callback"})
 

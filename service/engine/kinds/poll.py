@@ -22,8 +22,10 @@ from service.execution import MAX_ERROR_CHARS, StepResult, StepStatus, Wait, now
 class Poll:
     name: StepKind = "poll"
     fields: tuple[str, ...] = ("poll",)
+    options: tuple[str, ...] = ()
     calls = True
     waits = True
+    fans_out = False
     replayed = False
     scope = frozenset[str]()
 

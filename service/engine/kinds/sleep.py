@@ -19,8 +19,10 @@ from service.execution import StepResult, StepStatus, Wait, in_utc, now
 class Sleep:
     name: StepKind = "sleep"
     fields: tuple[str, ...] = ("sleep", "sleep_until")
+    options: tuple[str, ...] = ()
     calls = False
     waits = True
+    fans_out = False
     replayed = True  # it ends at a time the document holds
     scope = frozenset[str]()
 

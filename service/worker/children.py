@@ -1,0 +1,119 @@
+"""Child executions: started for a flow step (the engine's ChildStarter), their ends
+reported to their parent instead of a webhook or a result-topic message.
+
+A child is a request message like any other, published through the one publisher,
+carrying `parent` (the parent's step, item, run and ancestors). Its input is checked
+against its flow before it is published: a misfit fails its item, naming the field.
+A cancelled parent's running children are cancelled (and theirs, as each ends).
+When a child ends, the handler hands it here (its delivery): its end (`status`,
+`result`, `error`) is recorded in the parent's answers by the store (`child_ended`:
+once, whatever the redeliveries), and the parent is resumed when that frees a slot for
+an item not started or ends its last running child. Of children ending at once on
+several instances, each record sees the earlier ones, so only the last one's sees none
+still running: one resume. The child's result is its flow's `result`, or, for a flow
+without one, its steps' outputs by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from service.backends.store import Answer, Conflict, WaitStore
+from service.engine.flow import Flow
+from service.engine.kinds.base import ChildRefused
+from service.errors import OrchestratorError
+from service.execution import Execution, ItemResult, ParentRef, StepResult, StepStatus
+from service.messages import RequestMessage, describe, field_errors
+from service.worker.publisher import RequestPublisher
+from service.worker.wakes import Wakes
+
+log = structlog.get_logger(__name__)
+
+
+class Children:
+    """Starts child executions and reports their ends to their parents."""
+
+    def __init__(
+        self,
+        *,
+        flows: Mapping[str, Flow],
+        store: WaitStore,
+        requests: RequestPublisher,
+        wakes: Wakes,
+    ) -> None:
+        self._flows = flows
+        self._store = store
+        self._requests = requests
+        self._wakes = wakes
+
+    def check(self, flow: str, input: Any) -> None:
+        found = self._flows.get(flow)
+        if found is None:
+            raise ChildRefused(f"flow: no flow named {flow!r} here")
+        try:
+            found.validate_input(input)
+        except ValidationError as exc:
+            raise ChildRefused(f"flow {flow}: {describe(field_errors(exc, 'input'))}") from None
+
+    async def start(self, execution_id: str, flow: str, input: Any, parent: ParentRef) -> None:
+        message = RequestMessage(execution_id=execution_id, flow=flow, input=input, parent=parent)
+        await self._requests.publish(message)
+
+    async def cancel(self, parent: Execution) -> None:
+        """Cancel the children a cancelled `parent` left running (its flow steps' children,
+        ended `cancelled` with it); theirs in turn as each of them ends. A child that has
+        ended meanwhile is left as it is."""
+        for result in parent.steps.values():
+            records: list[StepResult | ItemResult] = [result, *(result.items or [])]
+            for record in records:
+                if record.child is None or record.status != StepStatus.CANCELLED:
+                    continue
+                try:
+                    await self._wakes.cancel(record.child)
+                except Conflict:
+                    pass  # it ended meanwhile
+                except OrchestratorError as exc:
+                    log.warning("child not cancelled", child=record.child, reason=str(exc))
+
+    async def ended(self, child: Execution) -> None:
+        """Record the ended `child` in its parent; resume the parent if that is due."""
+        parent = child.parent
+        assert parent is not None
+        end = {
+            "execution_id": child.execution_id,
+            "status": child.status.value,
+            "result": _result(child),
+            "error": child.error,
+        }
+        verdict, execution = await self._store.child_ended(parent, child.execution_id, end)
+        log.info("child ended", parent=parent.execution_id, step=parent.step, answer=verdict)
+        if verdict == Answer.ACCEPTED and execution is not None and _resumes(execution, parent):
+            await self._wakes.resume_soon(execution)
+
+
+def _result(child: Execution) -> Any:
+    if child.result is not None:
+        return child.result
+    return {name: step.output for name, step in child.steps.items()}
+
+
+def _resumes(execution: Execution, parent: ParentRef) -> bool:
+    """Whether the parent must go on now that this child's end is recorded: a single
+    child's step, or a fan-out with an item not started or no child still running."""
+    step = execution.steps.get(parent.step)
+    if step is None or parent.index is None:
+        return True
+    answered = execution.callbacks
+    unstarted = running = 0
+    for index, item in enumerate(step.items or []):
+        if item.status != StepStatus.RUNNING:
+            continue
+        if item.child is None:
+            unstarted += 1
+        elif f"{parent.step}#{index}" not in answered:
+            running += 1
+    return unstarted > 0 or running == 0

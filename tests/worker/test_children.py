@@ -1,0 +1,263 @@
+"""Child flows end to end on one instance, on each store: the service (in-process
+transport) on loopback, a parent flow whose `flow:` step runs `score` as child
+executions calling the stand-ins over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from service.backends.store import ExecutionStore
+from service.dev.standins import StandIns
+from service.errors import StoreUnavailable
+from service.execution import (
+    Execution,
+    ExecutionStatus,
+    ItemResult,
+    ParentRef,
+    StepResult,
+    StepStatus,
+    Wait,
+    now,
+)
+from service.metrics import Metrics
+from service.telemetry import Tracing
+from service.worker.children import Children
+from service.worker.publisher import RequestPublisher
+from service.worker.wakes import Wakes
+from tests.backends.test_store import fresh_firestore_store_like
+from tests.support.fakes import RecordingTransport
+from tests.support.waits import until
+from tests.worker.test_waits import running
+
+ANALYSIS = "/match-analysis-user-vacancy"
+
+SCORE = """
+input:
+  user_id: {type: string, required: true}
+  vacancy_id: {type: string, required: true}
+steps:
+  analyse:
+    call: ${env.DEFAULT_MATCH_ANALYSIS_USER_VACANCY_URL}
+    retry: {maximum_attempts: 1}
+    body: {user_id: "${input.user_id}", vacancy_id: "${input.vacancy_id}"}
+result: {vacancy: "${input.vacancy_id}", fit: "${steps.analyse.output.fit}"}
+"""
+
+ONE = """
+input:
+  user_id: {type: string, required: true}
+steps:
+  one:
+    flow: score
+    input: {user_id: "${input.user_id}", vacancy_id: v1}
+"""
+
+MANY = """
+input:
+  user_id: {type: string, required: true}
+  vacancies: {type: array, required: true}
+steps:
+  each:
+    flow: score
+    for_each: ${input.vacancies}
+    max_concurrency: 5
+    input: {user_id: "${input.user_id}", vacancy_id: "${item}"}TOLERATE
+"""
+
+
+async def test_a_child_runs_as_an_execution_of_its_own_and_its_result_is_the_output(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
+) -> None:
+    flows = {"score": SCORE, "parent-one": ONE}
+    with running(monkeypatch, tmp_path, flows, StandIns(), store) as stack:
+        parent_id = stack.start("parent-one")
+        done = stack.reaches(parent_id, "succeeded")
+        step = done["steps"]["one"]
+        assert step["output"] == {"vacancy": "v1", "fit": 0.8}
+        child = stack.document(step["child"])
+        assert child["status"] == "succeeded" and child["flow"] == "score"
+        assert child["parent"]["execution_id"] == parent_id
+        assert child["parent"]["step"] == "one" and child["parent"]["index"] is None
+        assert [call["vacancy_id"] for call in stack.calls(ANALYSIS)] == ["v1"]
+        assert len(stack.delivered(parent_id)) == 1
+        assert stack.delivered(step["child"]) == []  # its parent is its receiver
+
+
+async def test_twenty_children_run_five_at_a_time_while_their_parent_waits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
+) -> None:
+    flows = {"score": SCORE, "parent-many": MANY.replace("TOLERATE", "")}
+    functions = StandIns(delay_s=0.2)
+    vacancies = [f"v{n}" for n in range(20)]
+    with running(monkeypatch, tmp_path, flows, functions, store) as stack:
+        parent_id = stack.start("parent-many", vacancies=vacancies)
+        waiting = stack.reaches(parent_id, "waiting")
+        assert waiting["steps"]["each"]["wait"]["kind"] == "flow"
+        done = stack.reaches(parent_id, "succeeded", timeout_s=30)
+        each = done["steps"]["each"]
+        assert each["output"] == [{"vacancy": v, "fit": 0.8} for v in vacancies]
+        assert functions.peak[ANALYSIS] == 5
+        assert len(stack.calls(ANALYSIS)) == 20  # each child called once
+        children = {item["child"] for item in each["items"]}
+        assert len(children) == 20
+        indexes = sorted(stack.document(child)["parent"]["index"] for child in children)
+        assert indexes == list(range(20))
+        assert len(stack.delivered(parent_id)) == 1
+        listed = stack.client.get("/executions", params={"parent": parent_id, "limit": 50})
+        assert {summary["execution_id"] for summary in listed.json()["executions"]} == children
+        assert stack.client.get("/executions", params={"parent": "no/such"}).status_code == 422
+
+
+@pytest.mark.parametrize(("tolerate", "status"), [(2, "succeeded"), (1, "failed")])
+async def test_failed_children_within_tolerate_leave_the_parent_succeeded(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    store: ExecutionStore,
+    tolerate: int,
+    status: str,
+) -> None:
+    parent = MANY.replace("TOLERATE", f"\n    tolerate: {{failures: {tolerate}}}")
+    functions = StandIns()
+    functions.script[ANALYSIS] = [400, 400]  # the first two children fail
+    with running(
+        monkeypatch, tmp_path, {"score": SCORE, "parent-many": parent}, functions, store
+    ) as stack:
+        parent_id = stack.start("parent-many", vacancies=["a", "b", "c", "d"])
+        done = stack.reaches(parent_id, status, timeout_s=20)
+        each = done["steps"]["each"]
+        failed = [n for n, item in enumerate(each["items"]) if item["status"] == "failed"]
+        assert len(failed) == 2
+        assert all(each["output"][n] is None for n in failed)
+        assert all("child " in each["items"][n]["error"] for n in failed)
+        assert sum(output is not None for output in each["output"]) == 2
+
+
+async def test_a_child_input_that_does_not_fit_its_flow_fails_its_item_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
+) -> None:
+    flows = {"score": SCORE, "parent-many": MANY.replace("TOLERATE", "")}
+    with running(monkeypatch, tmp_path, flows, StandIns(), store) as stack:
+        parent_id = stack.start("parent-many", vacancies=["v1", 7])
+        done = stack.reaches(parent_id, "failed")
+        items = done["steps"]["each"]["items"]
+        assert items[0]["status"] == "succeeded"
+        assert items[1]["status"] == "failed" and items[1]["child"] is None
+        assert "input.vacancy_id" in items[1]["error"]
+
+
+async def test_children_ending_at_once_on_two_instances_resume_their_parent_once(
+    store: ExecutionStore,
+) -> None:
+    """Each child's end lands once, whatever instance reports it, and only the last one's
+    sees no child still running: one resume of the parent, however they interleave."""
+    count = 40
+    parent = Execution(
+        execution_id=f"parent-{uuid.uuid4().hex[:8]}",
+        flow="parent-many",
+        status=ExecutionStatus.RUNNING,
+        input={},
+    )
+    parent.steps["each"] = StepResult(
+        status=StepStatus.WAITING,
+        wait=Wait(kind="flow", timeout_at=now() + timedelta(hours=1)),
+        wake_at=now() + timedelta(hours=1),
+        items=[ItemResult(status=StepStatus.RUNNING, child=f"c{n}") for n in range(count)],
+    )
+    await store.claim(parent, "owner", 30)
+    parent.suspend()
+    assert not await store.suspend(parent)
+    other = fresh_firestore_store_like(store)
+    transport = RecordingTransport()
+    reporters = []
+    for instance in (store, other):
+        requests = RequestPublisher(transport, "requests", Tracing())
+        wakes = Wakes(instance, requests, Metrics())
+        reporters.append(Children(flows={}, store=instance, requests=requests, wakes=wakes))
+
+    async def end(n: int) -> None:
+        ref = ParentRef(execution_id=parent.execution_id, step="each", index=n)
+        child = Execution(
+            execution_id=f"c{n}",
+            flow="score",
+            status=ExecutionStatus.SUCCEEDED,
+            input={},
+            parent=ref,
+            result={"n": n},
+        )
+        while True:  # as a redelivery would, after a store too contended to answer
+            try:
+                return await reporters[n % 2].ended(child)
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.gather(*(end(n) for n in range(count)))
+        resumes = [
+            m for m, _ in transport.on("requests") if m["execution_id"] == parent.execution_id
+        ]
+        assert len(resumes) == 1
+        stored = await store.get(parent.execution_id)
+        assert stored is not None
+        assert set(stored.callbacks) == {f"each#{n}" for n in range(count)}
+        assert stored.callbacks["each#7"]["result"] == {"n": 7}
+        await end(3)  # reported again (a redelivery): recorded once, no resume
+        assert len(transport.on("requests")) == 1
+    finally:
+        if other is not store:
+            await other.close()
+
+
+RECURSE = """
+input:
+  user_id: {type: string, required: true}
+steps:
+  deeper:
+    flow: recurse
+    input: {user_id: "${input.user_id}"}
+"""
+
+
+def test_a_chain_of_children_deeper_than_five_fails_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with running(monkeypatch, tmp_path, {"recurse": RECURSE}, StandIns()) as stack:
+        root = stack.start("recurse")
+        done = stack.reaches(root, "failed", timeout_s=20)
+        chain = [root]
+        document = done
+        while document["steps"]["deeper"].get("child"):
+            chain.append(document["steps"]["deeper"]["child"])
+            document = stack.document(chain[-1])
+        assert len(chain) == 6  # the root and five generations of children
+        deepest = document["steps"]["deeper"]["error"]
+        assert deepest.startswith("flow: children nest at most 5 deep: " + " > ".join(chain))
+        assert [stack.document(c)["status"] for c in chain] == ["failed"] * 6
+        assert len(stack.delivered(root)) == 1
+
+
+async def test_cancelling_a_parent_cancels_the_children_it_left_running(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
+) -> None:
+    functions = StandIns()
+    held = functions.gates[ANALYSIS] = threading.Event()
+    flows = {"score": SCORE, "parent-one": ONE}
+    try:
+        with running(monkeypatch, tmp_path, flows, functions, store) as stack:
+            parent_id = stack.start("parent-one")
+            waiting = stack.reaches(parent_id, "waiting")
+            child = waiting["steps"]["one"]["child"]
+            until(lambda: len(stack.calls(ANALYSIS)) == 1, 10, "the child never called")
+            answer = stack.client.post(f"/executions/{parent_id}/cancel")
+            assert answer.status_code == 202, answer.text
+            stack.reaches(parent_id, "cancelled")
+            cancelled = stack.reaches(child, "cancelled")
+            assert cancelled["steps"]["analyse"]["status"] == "cancelled"
+            assert len(stack.delivered(parent_id)) == 1 and stack.delivered(child) == []
+    finally:
+        held.set()
