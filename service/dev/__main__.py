@@ -40,6 +40,9 @@ CURL = f"""curl -s -X POST http://127.0.0.1:{PORT}/orchestrate \\
 EXAMPLE_CURL = f"""curl -s -X POST http://127.0.0.1:{PORT}/orchestrate \\
   -H 'Content-Type: application/json' \\
   -d '{{"flow": "batch-review", "user_id": "test_user_123"}}'"""
+CHILDREN_CURL = f"""curl -s -X POST http://127.0.0.1:{PORT}/orchestrate \\
+  -H 'Content-Type: application/json' \\
+  -d '{{"flow": "score-vacancies", "user_id": "test_user_123"}}'"""
 FLOWS = Path(__file__).resolve().parents[2] / "flows"
 
 
@@ -122,7 +125,9 @@ def announce(emulator: Emulator | None, delay: float) -> None:
         f"Dashboard: http://127.0.0.1:{PORT}/ui/  API docs: http://127.0.0.1:{PORT}/docs.\n"
         f"Start a flow:\n\n{CURL}\n\n"
         "Or one that waits for a batch job (~15 s) and a review (~5 s later), suspended "
-        f"meanwhile (watch it on the dashboard):\n\n{EXAMPLE_CURL}\n",
+        f"meanwhile (watch it on the dashboard):\n\n{EXAMPLE_CURL}\n\n"
+        "Or one that scores each vacancy in a child execution of its own, two at a time:"
+        f"\n\n{CHILDREN_CURL}\n",
         file=sys.stderr,
         flush=True,
     )

@@ -78,6 +78,12 @@ def test_the_dev_stack_prints_a_curl_that_completes_a_flow(
             assert '"flow":"batch-review"' in started.stdout, started
             waited = wait_for(r"execution \S+ succeeded in \d+ ms \[start_batch", log, process)
             assert "review=succeeded, publish=succeeded" in waited
+            children = text[text.index("curl -s", text.index("child execution of its own")) :]
+            children = children.split("\n\n")[0]
+            started = subprocess.run(["bash", "-c", children], capture_output=True, text=True)
+            assert '"flow":"score-vacancies"' in started.stdout, started
+            scored = wait_for(r"succeeded in \d+ ms \[result: user_id, scores\]", log, process)
+            assert '"fit": 0.8' in scored[scored.rindex("[result: user_id, scores]") :]
     finally:
         process.send_signal(stop)
         process.wait(timeout=30)
