@@ -197,3 +197,33 @@ def test_a_waiting_execution_shows_what_it_waits_for_until_its_callback(
             assert answered.status_code == 200
             expect(page.locator("#facts")).to_contain_text("succeeded", timeout=15_000)
             expect(page.locator('.dag .node.succeeded[data-step="publish"]')).to_have_count(1)
+
+
+def test_a_parent_links_its_children_and_each_child_its_parent(
+    browser: Browser, page: Page
+) -> None:
+    """The example of child flows: the parent's step counts its children by status and
+    links each; a child's facts link back to its parent, the step and the item."""
+    functions = StandIns(vacancies=3)
+    with serve(functions.app()) as functions_url:
+        flows = project_flows(functions_url) | load_flows(
+            PROJECT_FLOWS_DIR / "examples", functions.env(functions_url)
+        )
+        with serve(create_app(make_settings(), flows)) as url:
+            body = {"flow": "score-vacancies", "user_id": "u-ui"}
+            parent = httpx.post(f"{url}/orchestrate", json=body).json()["execution_id"]
+            page.goto(f"{url}/ui/executions/{parent}")
+            expect(page.locator("#facts")).to_contain_text("succeeded", timeout=15_000)
+            step = page.locator('details.step[data-step="score_vacancies"]')
+            step.locator("summary").click()
+            expect(step.locator(".children")).to_contain_text("child executions: 3 succeeded")
+            links = step.locator(".children a")
+            expect(links).to_have_count(3)
+            first = links.first.inner_text()
+            links.first.click()
+            expect(page.locator("#execution-id")).to_contain_text(first)
+            expect(page.locator("#facts .parent")).to_contain_text(
+                f"{parent} (step score_vacancies, item 0)"
+            )
+            page.locator("#facts .parent a").click()
+            expect(page.locator("#execution-id")).to_contain_text(parent)

@@ -54,7 +54,9 @@ function when(iso) {
 
 function waitText(step) {
   // What a waiting step waits for, and when it looks again (a poll, the sleep's end, a timeout).
-  const what = { poll: "an operation", callback: "a callback", sleep: "a sleep" }[step.wait.kind] || step.wait.kind;
+  const what =
+    { poll: "an operation", callback: "a callback", sleep: "a sleep", flow: "its child executions" }[step.wait.kind] ||
+    step.wait.kind;
   return `waits for ${what} · wakes ${when(step.wake_at)}`;
 }
 
@@ -71,6 +73,14 @@ function showError(error) {
 
 function executionLink(id) {
   return el("a", { href: `/ui/executions/${encodeURIComponent(id)}` }, id);
+}
+
+function parentOf(parent) {
+  // A child execution's parent, and the step (and item) that started it.
+  const item = parent.index === null || parent.index === undefined ? "" : `, item ${parent.index}`;
+  const span = el("span", { class: "parent" }, executionLink(parent.execution_id));
+  span.append(` (step ${parent.step}${item})`);
+  return span;
 }
 
 // Ask before acting: `confirmBox` holds a question and Yes / No buttons.
@@ -369,6 +379,19 @@ function drawResult(flow, execution) {
     execution.result === null ? "none: made when the execution succeeds or is partial" : shownJson(execution.result);
 }
 
+function children(step) {
+  // A flow step's child executions: its child, or its items' children counted by status
+  // and each linked.
+  if (step.child) return el("p", { class: "children" }, "child execution ", executionLink(step.child));
+  const started = (step.items || []).filter((item) => item.child);
+  if (!started.length) return null;
+  const counts = {};
+  for (const item of step.items) counts[item.status] = (counts[item.status] || 0) + 1;
+  const summary = Object.entries(counts).map(([status, count]) => `${count} ${status}`).join(", ");
+  const links = started.flatMap((item, n) => [n ? " " : "", executionLink(item.child)]);
+  return el("div", { class: "children" }, el("p", {}, `child executions: ${summary}`), el("p", { class: "muted" }, ...links));
+}
+
 function drawSteps(execution) {
   const blocks = Object.entries(execution.steps).map(([name, step]) => {
     const shown = shownJson(step.output);
@@ -384,6 +407,7 @@ function drawSteps(execution) {
       facts,
       step.status === "waiting" && step.wait ? el("p", { class: "wait" }, waitText(step)) : null,
       step.error ? el("p", { class: "error" }, step.error) : null,
+      children(step),
       shown ? el("pre", { class: "json output" }, shown) : null,
     );
   });
@@ -414,6 +438,7 @@ function executionPage() {
         ["Duration", seconds(execution.duration_ms)],
         ["Wakes", execution.status === "waiting" ? when(execution.wake_at) : "—"],
         ["Flow version", execution.flow_version || "—"],
+        ["Parent", execution.parent ? parentOf(execution.parent) : "—"],
         ["Error", execution.error || "—"],
       ];
       document.getElementById("facts").replaceChildren(...facts.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
