@@ -326,3 +326,60 @@ def test_the_default_flow_delivers_its_result_with_and_without_min_score(
     # `output:` kept the shaped analyses, not the raw answers; other steps keep theirs.
     assert whole["steps"]["match_analysis_user_vacancy"]["output"] == webhook["result"]["vacancies"]
     assert len(whole["steps"]["match_candidato"]["output"]["vacancies"]) == 4
+
+
+FAN_OUT_CHILDREN = """
+input:
+  user_id: {type: string, required: true}
+  vacancies: {type: array, required: true}
+steps:
+  each:
+    flow: score-vacancy
+    for_each: ${input.vacancies}
+    max_concurrency: 10
+    input: {user_id: "${input.user_id}", session_id: s, vacancy_id: "${item}"}
+"""
+
+
+def test_a_killed_instance_with_ten_children_running_ends_their_parent_once(
+    emulator: Emulator, firestore_emulator: Emulator, tmp_path: Path
+) -> None:
+    """SIGKILL while a parent's ten children call: after the restart exactly ten children
+    exist, every vacancy is scored, and the parent ends once, with one webhook."""
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "fan-out-children.yaml").write_text(FAN_OUT_CHILDREN)
+    root = Path(__file__).resolve().parent.parent.parent / "flows"
+    settings = {
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
+        "EXECUTION_STORE": "firestore",
+        "EXECUTION_LEASE_S": str(LEASE_S),
+        "FLOWS_DIR": f"{root}:{root / 'examples'}:{flows}",
+    }
+    functions = StandIns(delay_s=1.0)
+    with deployed(emulator, functions, tmp_path / "service.log", settings) as stack:
+        user, vacancies = f"user-{time.time_ns()}", [f"v{n}" for n in range(10)]
+        message = {
+            "execution_id": f"parent-{time.time_ns()}",
+            "flow": "fan-out-children",
+            "input": {"user_id": user, "vacancies": vacancies},
+            "webhook_url": stack.webhook_url,
+        }
+        stack.admin.publish("requests", json.dumps(message).encode())
+        analyses = "/match-analysis-user-vacancy"
+        stack.wait(lambda: stack.calls(user)[analyses] >= 5, 30, "the children never called")
+        stack.service.signal(signal.SIGKILL)
+        stack.service.start()
+        document = stack.wait_for_webhook(message["execution_id"], timeout=90)
+        time.sleep(2)  # any late duplicate would have arrived
+        assert len(stack.webhooks(message["execution_id"])) == 1
+        assert document["status"] == "succeeded", document
+        whole = stack.document(message["execution_id"])
+        children = [item["child"] for item in whole["steps"]["each"]["items"]]
+        assert len(set(children)) == 10
+        scored = [c.body["vacancy_id"] for c in functions.calls if c.path == analyses]
+        print(f"\nSIGKILL with 10 children calling: {len(scored)} analysis calls for 10 vacancies")
+        assert set(scored) == set(vacancies)  # an interrupted call runs again, no more
+        assert len(scored) <= 20
+        for child in children:
+            assert stack.document(child)["status"] == "succeeded"
