@@ -26,7 +26,7 @@ from service.backends.store import Answer, Conflict, WaitStore
 from service.engine.flow import Flow
 from service.engine.kinds.base import ChildRefused
 from service.errors import OrchestratorError
-from service.execution import Execution, ItemResult, ParentRef, StepResult, StepStatus
+from service.execution import TERMINAL, Execution, ItemResult, ParentRef, StepResult, StepStatus
 from service.messages import RequestMessage, describe, field_errors
 from service.worker.publisher import RequestPublisher
 from service.worker.wakes import Wakes
@@ -63,6 +63,10 @@ class Children:
         message = RequestMessage(execution_id=execution_id, flow=flow, input=input, parent=parent)
         await self._requests.publish(message)
 
+    async def end_of(self, execution_id: str) -> Any:
+        child = await self._store.get(execution_id)
+        return _end(child) if child is not None and child.status in TERMINAL else None
+
     async def cancel(self, parent: Execution) -> None:
         """Cancel the children a cancelled `parent` left running (its flow steps' children,
         ended `cancelled` with it); theirs in turn as each of them ends. A child that has
@@ -83,16 +87,21 @@ class Children:
         """Record the ended `child` in its parent; resume the parent if that is due."""
         parent = child.parent
         assert parent is not None
-        end = {
-            "execution_id": child.execution_id,
-            "status": child.status.value,
-            "result": _result(child),
-            "error": child.error,
-        }
+        end = _end(child)
         verdict, execution = await self._store.child_ended(parent, child.execution_id, end)
         log.info("child ended", parent=parent.execution_id, step=parent.step, answer=verdict)
         if verdict == Answer.ACCEPTED and execution is not None and _resumes(execution, parent):
             await self._wakes.resume_soon(execution)
+
+
+def _end(child: Execution) -> dict[str, Any]:
+    """What a child's end reports to its parent."""
+    return {
+        "execution_id": child.execution_id,
+        "status": child.status.value,
+        "result": _result(child),
+        "error": child.error,
+    }
 
 
 def _result(child: Execution) -> Any:

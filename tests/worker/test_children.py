@@ -9,11 +9,14 @@ import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from service.backends.memory import MemoryStore
 from service.backends.store import ExecutionStore
 from service.dev.standins import StandIns
+from service.engine.kinds import flow as kinds_flow
 from service.errors import StoreUnavailable
 from service.execution import (
     Execution,
@@ -261,3 +264,24 @@ async def test_cancelling_a_parent_cancels_the_children_it_left_running(
             assert len(stack.delivered(parent_id)) == 1 and stack.delivered(child) == []
     finally:
         held.set()
+
+
+class _ReportsLost(MemoryStore):
+    """A store that cannot take any child's report: as if every one were lost."""
+
+    async def child_ended(self, parent: ParentRef, child: str, end: Any) -> Any:
+        raise StoreUnavailable("execution store: unavailable (as the test wants)")
+
+
+async def test_a_child_whose_report_is_lost_is_read_from_its_document(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The parent's recheck finds the child ended in its own document and goes on."""
+    monkeypatch.setattr(kinds_flow, "RECHECK_S", 0.3)
+    flows = {"score": SCORE, "parent-one": ONE}
+    store = _ReportsLost()
+    with running(monkeypatch, tmp_path, flows, StandIns(), store) as stack:
+        parent_id = stack.start("parent-one")
+        done = stack.reaches(parent_id, "succeeded", timeout_s=20)
+        assert done["steps"]["one"]["output"] == {"vacancy": "v1", "fit": 0.8}
+        assert stack.calls(ANALYSIS) and len(stack.calls(ANALYSIS)) == 1

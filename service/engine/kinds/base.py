@@ -48,6 +48,11 @@ class ChildStarter(Protocol):
         """Publish the child's request (BrokerUnavailable when the broker refuses it)."""
         ...
 
+    async def end_of(self, execution_id: str) -> Any:
+        """The child's end as its report carries it, read from its document if it has
+        ended; None if it has not (or is unknown)."""
+        ...
+
 
 class NoChildren:
     """Where no broker runs child executions (`python -m service run`, an engine alone):
@@ -60,6 +65,9 @@ class NoChildren:
 
     async def start(self, execution_id: str, flow: str, input: Any, parent: ParentRef) -> None:
         raise ChildRefused(self.REASON)
+
+    async def end_of(self, execution_id: str) -> Any:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,11 @@ a child's slot frees for one not started, or when the last one ends. The output 
 child's result (shaped by `output` as `response`); for a `for_each`, the list in item
 order, null where a child did not succeed, `tolerate` as for calls. A child whose input
 does not fit its flow fails its item, naming the field; children not ended by `timeout`
-(24h) fail. A resume due by its timer publishes the running children again (a lost
-publish heals; a child already there runs nothing twice), at most every RECHECK_S,
-doubling to MAX_RECHECK_S. A chain of parents deeper than MAX_CHILD_DEPTH fails the step.
+(24h) fail. A resume due by its timer reads the running children's documents: one that
+has ended is taken from there (its report was lost: a store too contended, say), the
+others are published again (a lost publish heals; a child already there runs nothing
+twice); at most every RECHECK_S, doubling to MAX_RECHECK_S. A chain of parents deeper
+than MAX_CHILD_DEPTH fails the step.
 """
 
 from __future__ import annotations
@@ -154,6 +156,10 @@ async def _resume_one(step: Step, turn: Turn, due: bool) -> StepResult:
     if now() >= wait.timeout_at:
         return failed(result, _late(step, result.child))
     if due and result.child is not None:
+        end = await turn.tools.children.end_of(result.child)
+        if end is not None:  # it ended, its report lost: read from its document
+            status, result.output, error = _outcome(step, turn, end, None)
+            return ended(result, status, error)
         await _start(step, turn, None, result.child, _input(step, turn, None))
         result.wake_at = _recheck(result)
     return result
@@ -188,9 +194,16 @@ async def _start_more(step: Step, turn: Turn, items: list[Any]) -> None:
 
 
 async def _publish_again(step: Step, turn: Turn, items: list[Any]) -> None:
-    """The running children's requests again, and the next recheck further off."""
+    """The running children that have ended taken from their documents (their report was
+    lost), the others' requests published again; the next recheck further off."""
+    outputs = turn.result.output
     for index, record in enumerate(turn.result.items or []):
-        if record.status == StepStatus.RUNNING and record.child is not None:
+        if record.status != StepStatus.RUNNING or record.child is None:
+            continue
+        end = await turn.tools.children.end_of(record.child)
+        if end is not None:
+            outputs[index] = _took(step, turn, record, end, items[index])
+        else:
             await _start(step, turn, index, record.child, _input(step, turn, items[index]))
     turn.result.wake_at = _recheck(turn.result)
 
