@@ -20,7 +20,8 @@ from service.api.deps import Components, ComponentsDep, components_of
 from service.api.frontdoor import ExecutionId, publish
 from service.api.inbound_auth import AuthRefused
 from service.api.problems import RETRY_AFTER_S, Problem, documented, invalid, unknown_execution
-from service.backends.store import Conflict, ExecutionQuery, PageTokenInvalid
+from service.backends.listing import ExecutionQuery, PageTokenInvalid
+from service.backends.store import Conflict
 from service.bounds import MAX_OPERATOR_BODY_BYTES
 from service.engine.graph import described
 from service.errors import StoreUnavailable

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from google.cloud import firestore
@@ -33,17 +32,15 @@ from service.backends.firestore_layout import (
     to_json,
 )
 from service.backends.firestore_wire import LOST_RACE, python, write
+from service.backends.listing import ExecutionQuery, Page, page_key, page_token
 from service.backends.store import (
     Answer,
-    ExecutionQuery,
-    Page,
-    callback_answer,
+    AnswerRule,
+    callback_rule,
     cancelled,
-    child_answer,
+    child_rule,
     due_again,
     may_redrive,
-    page_key,
-    page_token,
 )
 from service.callback_tokens import CallbackToken
 from service.errors import StoreUnavailable
@@ -176,21 +173,16 @@ class FirestoreOperations(FirestoreBase):
         return [execution for execution in taken if execution is not None]
 
     async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
-        def rule(execution: Execution, cancel_requested: bool) -> Answer:
-            return callback_answer(execution, token, cancel_requested)
-
-        return await self._answered(token.execution_id, token.step, body, rule)
+        return await self._answered(token.execution_id, token.step, body, callback_rule(token))
 
     async def child_ended(
         self, parent: ParentRef, child: str, end: Any
     ) -> tuple[Answer, Execution | None]:
-        def rule(execution: Execution, cancel_requested: bool) -> Answer:
-            return child_answer(execution, parent, child, cancel_requested)
-
+        rule = child_rule(parent, child)
         return await self._answered(parent.execution_id, parent.answer_key, end, rule)
 
     async def _answered(
-        self, execution_id: str, key: str, body: Any, rule: Callable[[Execution, bool], Answer]
+        self, execution_id: str, key: str, body: Any, rule: AnswerRule
     ) -> tuple[Answer, Execution | None]:
         """Record `body` at `answers.KEY` if `rule` accepts; the execution, its answers'
         keys (this one included once accepted) without their bodies."""

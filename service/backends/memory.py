@@ -8,27 +8,24 @@ import asyncio
 import builtins
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from service.backends.listing import ExecutionQuery, Page, page_key, page_token, sort_key
 from service.backends.store import (
     FLAGGED,
     Answer,
+    AnswerRule,
     Claim,
     ClaimState,
-    ExecutionQuery,
-    Page,
-    callback_answer,
+    callback_rule,
     cancel_wins,
     cancelled,
-    child_answer,
+    child_rule,
     claimed,
     due_again,
     may_redrive,
-    page_key,
-    page_token,
-    sort_key,
     suspended,
 )
 from service.callback_tokens import CallbackToken
@@ -210,21 +207,16 @@ class MemoryStore:
         return woken
 
     async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
-        def rule(execution: Execution, cancel_requested: bool) -> Answer:
-            return callback_answer(execution, token, cancel_requested)
-
-        return await self._answered(token.execution_id, token.step, body, rule)
+        return await self._answered(token.execution_id, token.step, body, callback_rule(token))
 
     async def child_ended(
         self, parent: ParentRef, child: str, end: Any
     ) -> tuple[Answer, Execution | None]:
-        def rule(execution: Execution, cancel_requested: bool) -> Answer:
-            return child_answer(execution, parent, child, cancel_requested)
-
+        rule = child_rule(parent, child)
         return await self._answered(parent.execution_id, parent.answer_key, end, rule)
 
     async def _answered(
-        self, execution_id: str, key: str, body: Any, rule: Callable[[Execution, bool], Answer]
+        self, execution_id: str, key: str, body: Any, rule: AnswerRule
     ) -> tuple[Answer, Execution | None]:
         async with self._lock:
             entry = self._entries.get(execution_id)

@@ -48,10 +48,8 @@ its own (an answer store, share leases). `ExecutionStore` is all of them.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -59,6 +57,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from service.backends.listing import ExecutionQuery, Page
 from service.callback_tokens import CallbackToken
 from service.execution import (
     CANCELLABLE,
@@ -68,14 +67,11 @@ from service.execution import (
     CachedOutput,
     Execution,
     ExecutionStatus,
-    ExecutionSummary,
     FlowVersion,
     ItemResult,
     ParentRef,
     StepResult,
     StepStatus,
-    in_utc,
-    is_execution_id,
     now,
 )
 from service.shares import Ask, Share
@@ -179,6 +175,20 @@ def child_answer(
     return Answer.ACCEPTED
 
 
+# Whether an answer may be recorded now: given the execution and whether a cancel was asked.
+AnswerRule = Callable[[Execution, bool], Answer]
+
+
+def callback_rule(token: CallbackToken) -> AnswerRule:
+    return lambda execution, cancel_requested: callback_answer(execution, token, cancel_requested)
+
+
+def child_rule(parent: ParentRef, child: str) -> AnswerRule:
+    return lambda execution, cancel_requested: child_answer(
+        execution, parent, child, cancel_requested
+    )
+
+
 class Conflict(Exception):
     """The execution's status does not allow what was asked."""
 
@@ -233,69 +243,6 @@ def may_redrive(execution: Execution, delivered: bool) -> None:
         raise Conflict(execution.status, f"a {execution.status.value} execution is not re-driven")
     if not delivered:
         raise Conflict(execution.status, "its result is still being delivered")
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionQuery:
-    """Which executions to list: every filter is optional."""
-
-    statuses: Collection[ExecutionStatus] = ()
-    flow: str | None = None
-    since: datetime | None = None  # requested at or after
-    until: datetime | None = None  # requested before
-    parent: str | None = None  # children of this execution only
-    limit: int = 100
-    page_token: str | None = None
-
-    def matches(self, execution: ExecutionSummary) -> bool:
-        return (
-            (not self.statuses or execution.status in self.statuses)
-            and (self.flow is None or execution.flow == self.flow)
-            and (self.since is None or execution.requested_at >= self.since)
-            and (self.until is None or execution.requested_at < self.until)
-            and (self.parent is None or _parent_id(execution) == self.parent)
-        )
-
-
-def _parent_id(execution: ExecutionSummary) -> str | None:
-    return execution.parent.execution_id if execution.parent is not None else None
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    executions: list[ExecutionSummary]
-    next_page_token: str | None
-
-
-class PageTokenInvalid(ValueError):
-    """A page token that no listing gave out."""
-
-
-def page_token(execution: ExecutionSummary) -> str:
-    """The cursor after `execution`: its sort key, opaque to clients."""
-    key = f"{execution.requested_at.isoformat()}|{execution.execution_id}"
-    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
-
-
-def page_key(token: str) -> tuple[datetime, str]:
-    """The sort key a page token stands for; PageTokenInvalid if it is not one of ours."""
-    try:
-        key = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        moment, execution_id = key.split("|", 1)
-        after = datetime.fromisoformat(moment)
-        valid = after.tzinfo is not None and is_execution_id(execution_id)
-        if valid:
-            after = in_utc(after)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        valid = False
-    if not valid:
-        raise PageTokenInvalid("not a page token of this listing")
-    return after, execution_id
-
-
-def sort_key(execution: ExecutionSummary) -> tuple[datetime, str]:
-    """Listings are newest first by this key."""
-    return execution.requested_at, execution.execution_id
 
 
 class Documents(Protocol):

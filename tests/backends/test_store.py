@@ -14,16 +14,9 @@ import pytest
 
 from service.backends.firestore import FirestoreStore
 from service.backends.firestore_layout import HEAD_FIELDS
+from service.backends.listing import ExecutionQuery, PageTokenInvalid, sort_key
 from service.backends.memory import MemoryStore
-from service.backends.store import (
-    Answer,
-    ClaimState,
-    Conflict,
-    ExecutionQuery,
-    ExecutionStore,
-    PageTokenInvalid,
-    sort_key,
-)
+from service.backends.store import Answer, ClaimState, Conflict, ExecutionStore
 from service.callback_tokens import CallbackToken, new_callback_token, read_callback_token
 from service.errors import StoreRefused
 from service.execution import (

@@ -23,9 +23,10 @@ import pytest
 from service.api.inbound_auth import AuthRefused, GoogleCertificates
 from service.app import create_app
 from service.backends.firestore import FirestoreStore
+from service.backends.listing import ExecutionQuery, page_token
 from service.backends.memory import MemoryStore
 from service.backends.pubsub import PubSubTransport
-from service.backends.store import ExecutionQuery, ExecutionStore, page_token
+from service.backends.store import ExecutionStore
 from service.dev.emulator import Emulator, EmulatorAdmin
 from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
