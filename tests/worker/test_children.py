@@ -262,6 +262,7 @@ async def test_cancelling_a_parent_cancels_the_children_it_left_running(
             cancelled = stack.reaches(child, "cancelled")
             assert cancelled["steps"]["analyse"]["status"] == "cancelled"
             assert len(stack.delivered(parent_id)) == 1 and stack.delivered(child) == []
+            held.set()  # the abandoned call ends, and the service stops without waiting
     finally:
         held.set()
 
@@ -285,3 +286,22 @@ async def test_a_child_whose_report_is_lost_is_read_from_its_document(
         done = stack.reaches(parent_id, "succeeded", timeout_s=20)
         assert done["steps"]["one"]["output"] == {"vacancy": "v1", "fit": 0.8}
         assert stack.calls(ANALYSIS) and len(stack.calls(ANALYSIS)) == 1
+
+
+async def test_a_child_not_ended_by_the_step_s_timeout_fails_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
+) -> None:
+    functions = StandIns()
+    held = functions.gates[ANALYSIS] = threading.Event()
+    parent = ONE.replace("vacancy_id: v1}", "vacancy_id: v1}\n    timeout: 1s")
+    try:
+        with running(
+            monkeypatch, tmp_path, {"score": SCORE, "p": parent}, functions, store
+        ) as stack:
+            parent_id = stack.start("p")
+            done = stack.reaches(parent_id, "failed", timeout_s=15)
+            step = done["steps"]["one"]
+            assert step["error"] == f"child {step['child']} did not end within 1s"
+            held.set()  # the child's call goes on, and the service stops without waiting
+    finally:
+        held.set()

@@ -315,4 +315,7 @@ def _recheck(result: StepResult) -> Any:
 
 def _late(step: Step, child: str | None) -> str:
     assert step.child_timeout_s is not None
-    return f"child {child} did not end within {seconds(step.child_timeout_s)}"
+    within = seconds(step.child_timeout_s)
+    if child is None:  # its turn never came: the others took the whole timeout
+        return f"its child was not started within {within}"
+    return f"child {child} did not end within {within}"
