@@ -19,6 +19,7 @@ than MAX_CHILD_DEPTH fails the step.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
@@ -48,6 +49,9 @@ from service.execution import (
 )
 
 DEFAULT_TIMEOUT_S = 86_400.0
+# Children's requests published at once (the publisher batches them): a fan-out of
+# thousands goes out in groups, not one publish after another.
+PUBLISH_CONCURRENCY = 100
 RECHECK_S = 60.0
 MAX_RECHECK_S = 3600.0
 CHILDREN = uuid.UUID("4d4e3b1e-6c2a-4f0e-9a57-0c1d2b3a4f5e")  # the namespace of child ids
@@ -189,8 +193,13 @@ async def _start_more(step: Step, turn: Turn, items: list[Any]) -> None:
     if not starting:
         return
     await turn.checkpoint(step.name, turn.result)  # before the children: their ends find it
-    for index, child, child_input in starting:
-        await _start(step, turn, index, child, child_input)
+    at_once = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+
+    async def one(index: int, child: str, child_input: dict[str, Any]) -> None:
+        async with at_once:
+            await _start(step, turn, index, child, child_input)
+
+    await asyncio.gather(*(one(*started) for started in starting))
 
 
 async def _publish_again(step: Step, turn: Turn, items: list[Any]) -> None:
