@@ -35,8 +35,9 @@ DEFAULT = KINDS["call"]
 
 def kind_of(spec: StepSpec) -> Kind:
     """The kind a step's fields make it, once they are checked: one kind per step (the
-    fields of at most one), `call:` for each kind that calls, none for one that does not,
-    and neither `for_each` nor `cache` nor per-item waits on a kind that waits."""
+    fields of at most one), `call:` for each kind that calls and none for one that does
+    not, no other kind's options, `for_each` only on a kind that fans out, `cache` only
+    on one that does not wait, `limit` only on one that calls."""
     fields = [f for kind in KINDS.values() for f in kind.fields if getattr(spec, f) is not None]
     if len(fields) > 1:
         raise ExpressionError(f"{fields[1]}: a step waits one way; it has {' and '.join(fields)}")

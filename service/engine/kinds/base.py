@@ -138,6 +138,21 @@ class Kind(Protocol):
         ...
 
 
+def items_of(step: Step, scope: dict[str, Any]) -> list[Any]:
+    """The list a `for_each` step runs over; ValueError saying why it is not one."""
+    assert step.for_each is not None
+    try:
+        items = step.for_each.render(scope)
+    except EvaluationError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(items, list):
+        kind = "null" if items is None else type(items).__name__
+        raise ValueError(f"for_each: expected a list, got {kind}")
+    if len(items) > MAX_FOR_EACH_ITEMS:
+        raise ValueError(f"for_each: {len(items)} items, at most {MAX_FOR_EACH_ITEMS}")
+    return items
+
+
 def failed_items(step: Step, failed: int, items: int, first: str) -> str | None:
     """Why a for_each step fails when `failed` of its `items` did, `first` the first of
     them; None while none did, or no more than its `tolerate:` allows."""

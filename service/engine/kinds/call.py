@@ -14,7 +14,7 @@ from typing import Any
 from service.engine.calls import CallResult
 from service.engine.expressions import EvaluationError, Names, render_value
 from service.engine.flow_spec import StepSpec
-from service.engine.kinds.base import MAX_FOR_EACH_ITEMS, Turn, failed, failed_items
+from service.engine.kinds.base import Turn, failed, failed_items, items_of
 from service.engine.step import Step, StepKind
 from service.execution import ItemResult, StepResult, StepStatus, now
 
@@ -35,8 +35,8 @@ class Call:
     async def start(self, step: Step, turn: Turn) -> StepResult:
         result = turn.result
         try:
-            items = step.for_each.render(turn.scope) if step.for_each is not None else None
-        except EvaluationError as exc:
+            items = items_of(step, turn.scope) if step.for_each is not None else []
+        except ValueError as exc:
             return failed(result, str(exc))
         started = time.perf_counter()
         if step.for_each is None:
@@ -59,12 +59,8 @@ class Call:
         return None
 
 
-async def _fan_out(step: Step, turn: Turn, items: Any) -> CallResult:
+async def _fan_out(step: Step, turn: Turn, items: list[Any]) -> CallResult:
     """One call per item; the step's outcome shows each item's as it ends."""
-    if not isinstance(items, list):
-        return CallResult(None, f"for_each: expected a list, got {_kind(items)}", 0)
-    if len(items) > MAX_FOR_EACH_ITEMS:
-        return CallResult(None, f"for_each: {len(items)} items, at most {MAX_FOR_EACH_ITEMS}", 0)
     previous = turn.previous
     kept = _succeeded_items(previous, len(items))
     outputs: list[Any] = [None] * len(items)
@@ -126,7 +122,3 @@ def _succeeded_items(previous: StepResult | None, count: int) -> set[int]:
     if not isinstance(previous.output, list) or len(previous.output) != count:
         return set()
     return {i for i, item in enumerate(previous.items) if item.status == StepStatus.SUCCEEDED}
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__

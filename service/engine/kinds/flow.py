@@ -29,12 +29,12 @@ from service.engine.expressions import EvaluationError, ExpressionError, Names, 
 from service.engine.expressions import render_value as rendered
 from service.engine.flow_spec import StepSpec
 from service.engine.kinds.base import (
-    MAX_FOR_EACH_ITEMS,
     ChildRefused,
     Turn,
     ended,
     failed,
     failed_items,
+    items_of,
     seconds,
 )
 from service.engine.step import Step, StepKind
@@ -92,7 +92,7 @@ class Flow:
         if step.for_each is None:
             return await _start_one(step, turn)
         try:
-            items = _items(step, turn)
+            items = items_of(step, turn.scope)
         except ValueError as exc:
             return failed(result, str(exc))
         result.items = [ItemResult(status=StepStatus.RUNNING) for _ in items]
@@ -107,7 +107,7 @@ class Flow:
         if step.for_each is None:
             return await _resume_one(step, turn, due)
         try:
-            items = _items(step, turn)
+            items = items_of(step, turn.scope)
         except ValueError as exc:
             return failed(result, str(exc))
         records = result.items or []
@@ -260,20 +260,6 @@ def _outcome(step: Step, turn: Turn, end: Any, item: Any) -> tuple[StepStatus, A
         return StepStatus.SUCCEEDED, rendered(step.output, scope), None
     except EvaluationError as exc:
         return StepStatus.FAILED, None, str(exc)
-
-
-def _items(step: Step, turn: Turn) -> list[Any]:
-    assert step.for_each is not None
-    try:
-        items = step.for_each.render(turn.scope)
-    except EvaluationError as exc:
-        raise ValueError(str(exc)) from None
-    if not isinstance(items, list):
-        kind = "null" if items is None else type(items).__name__
-        raise ValueError(f"for_each: expected a list, got {kind}")
-    if len(items) > MAX_FOR_EACH_ITEMS:
-        raise ValueError(f"for_each: {len(items)} items, at most {MAX_FOR_EACH_ITEMS}")
-    return items
 
 
 def _input(step: Step, turn: Turn, item: Any) -> dict[str, Any]:
