@@ -115,7 +115,7 @@ async def main_async(args: argparse.Namespace, functions_url: str) -> None:
             per = Counts.per(counts, args.children)
             print(
                 f"  per child: {per.get('writes', 0):.1f} writes, {per.get('reads', 0):.1f} "
-                f"reads, {per.get('queries', 0):.2f} queries"
+                f"reads, {per.get('queries', 0):.2f} queries, {per.get('counts', 0):.2f} counts"
             )
             await store.close()
 

@@ -65,7 +65,7 @@ steps:
 class Counts:
     """Firestore RPCs the store makes, through the client or the wire: documents written
     (`writes`, and the bytes of those commits), read by id (`reads`), and queries run
-    (`queries`: billed one read per document they return)."""
+    (`queries`: billed one read per document they return), counts run (`counts`)."""
 
     rpcs: Counter[str]
 
@@ -96,6 +96,8 @@ class Counts:
         counted(api, "commit", commit)
         counted(api, "batch_get_documents", batch_get)
         counted(api, "run_query", lambda *_, **__: ("queries", 1, 0))
+        # A count: billed one read per 1,000 index entries it counts.
+        counted(api, "run_aggregation_query", lambda *_, **__: ("counts", 1, 0))
         counted(wire, "write", wire_write)
         counted(wire, "get", lambda *_: ("reads", 1, 0))
 

@@ -21,7 +21,8 @@
 #                with an OIDC token of SERVICE-push@ (audience: the service URL), which
 #                resumes the waiting executions that are due
 #   --firestore  the Firestore database (REGION); TTL policies on expire_at for the
-#                executions, their execution-parts (large outputs) and the step cache
+#                executions, their execution-parts (large outputs), their children's
+#                execution-ends and the step cache
 #                (COLLECTION-cache); the composite
 #                indexes GET /executions needs (status, flow, requested_at) and the
 #                due timers' (status, wake_at); no indexes on the JSON fields input,
@@ -156,7 +157,7 @@ if [ "$firestore" = true ]; then
     echo "== Firestore" >&2
     exists "${g[@]}" firestore databases describe --database "(default)" \
         || run "${g[@]}" firestore databases create --location "$region"
-    for group in "$collection" execution-parts "${collection}-cache"; do
+    for group in "$collection" execution-parts execution-ends "${collection}-cache"; do
         run "${g[@]}" firestore fields ttls update expire_at \
             --collection-group "$group" --enable-ttl
     done
@@ -186,6 +187,11 @@ if [ "$firestore" = true ]; then
     for field in data expire_at; do
         run "${g[@]}" firestore indexes fields update "$field" \
             --collection-group execution-parts --disable-indexes
+    done
+    # Children's ends are counted by `wait` only.
+    for field in end expire_at; do
+        run "${g[@]}" firestore indexes fields update "$field" \
+            --collection-group execution-ends --disable-indexes
     done
     # The step cache is read by document id only.
     for field in output made_by expire_at; do

@@ -124,7 +124,8 @@ class Wait(BaseModel):
     timeout_at: datetime  # a poll or callback not done by then fails the step
     every_s: float | None = None  # a poll's next interval
     callback_sha256: str | None = None  # of the callback token's secret part
-    run: int = 1  # the run whose callback token this is
+    run: int = 1  # the run whose callback token this is, or that waits for the children
+    children: int = 0  # a flow step's: the children it started while it waits
 
 
 class StepResult(BaseModel):

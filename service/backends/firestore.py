@@ -15,7 +15,9 @@ transactions:
   expired lease over) makes it read the head, learn what changed, and decide again: a
   cancel asked wins over the run's verdict (`cancel_wins`), an answer makes a suspended
   execution due at once, a lease taken over is lost. Nothing is read when nobody else
-  wrote.
+  wrote. Children's ends are not written to the head (firestore_ends.py): a claim
+  reads those its run waits for, and so does a suspend, which resumes at once if some
+  came while it ran.
 
 Step outcomes are written field by field (`steps.NAME`), several in one commit.
 `expire_at` lets a Firestore TTL policy delete old executions and their parts
@@ -145,6 +147,7 @@ class FirestoreStore(FirestoreOperations):
         stored = await self._execution(execution.execution_id, data)
         if state == ClaimState.FINISHED:
             return Claim(ClaimState.FINISHED, stored, delivered=True)
+        stored.callbacks |= await self._ends(stored)
         return claimed(stored, bool(data.get("cancel_requested")), execution)
 
     async def renew(self, execution_id: str, owner: str, lease_s: float) -> bool:
@@ -187,11 +190,12 @@ class FirestoreStore(FirestoreOperations):
         fields, parts = self._document(execution)
         fields |= LEASE_ENDED | {"delivered": False}
         await self._write_parts(execution.execution_id, parts)
+        ended = (await self._ends(execution)).keys()  # children that ended while it ran
         resume = False
 
         def suspending(held: _Held) -> tuple[dict[str, Any], list[str]]:
             nonlocal resume
-            answered = held.answered | execution.callbacks.keys()
+            answered = held.answered | execution.callbacks.keys() | ended
             resume = suspended(execution, answered, held.cancel_requested)
             fields.update(summary(execution, self._ttl))  # its timer, and its expiry
             return fields, list(fields)

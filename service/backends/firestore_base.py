@@ -183,7 +183,7 @@ class FirestoreBase:
             for name, pointer in pointers.items()
             for n in range(pointer["parts"])
         ]
-        read = await self._call(_read_all(self._client, [folder.document(k) for k in keys]))
+        read = await self._call(read_all(self._client, [folder.document(k) for k in keys]))
         missing = [key for key in keys if key not in read]
         if missing:
             raise StoreUnavailable(f"execution store: part {missing[0]} is missing")
@@ -212,9 +212,10 @@ def _stored(holder: Holder) -> dict[str, float]:
     }
 
 
-async def _read_all(client: Any, references: list[Any]) -> dict[str, bytes]:
+async def read_all(client: Any, references: list[Any], field: str = "data") -> dict[str, Any]:
+    """`field` of each document of `references` that exists, by document id."""
     return {
-        snapshot.id: snapshot.get("data")
+        snapshot.id: snapshot.get(field)
         async for snapshot in client.get_all(references)
         if snapshot.exists
     }

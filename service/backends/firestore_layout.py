@@ -19,6 +19,16 @@ One head document per execution, always far under Firestore's 1 MiB:
                                                     a larger slot in chunks of PART_BYTES,
                                                     named by its content, written before
                                                     the pointer to them (so never torn)
+    executions/{id}/execution-ends/{run}~{key}      a child's end (a slot) reported to
+        wait, end, expire_at                        its parent's step or item `key`
+                                                    (`step`, `step#index`) while the
+                                                    parent's wait of run `run` (`wait`:
+                                                    "{run}~{step}") runs: beside the head,
+                                                    so children ending at once do not
+                                                    write the one document
+    executions/{id}/execution-ends/{run}~{step}~{n}
+        expire_at                                   the mark of the resume sent by the
+                                                    end that counted n (created once)
     {collection}-flows/{flow}@{version}             a flow version's definition, kept once
     {collection}-cache/{digest}                     a cached step output (a slot, parts
         output, made_by, expire_at                  under it as above) until expire_at
@@ -54,6 +64,7 @@ COMMIT_BYTES = 3_000_000
 PARTS_TTL_MARGIN = timedelta(seconds=MAX_WAIT_S, hours=1)
 # A collection group of its own name, for its TTL policy and index exemption (infra/).
 PARTS_COLLECTION = "execution-parts"
+ENDS_COLLECTION = "execution-ends"  # likewise, children's ends beside their parent's head
 FLOWS_SUFFIX = "-flows"  # the flow versions' collection: the executions' name + this
 CACHE_SUFFIX = "-cache"  # the step cache's collection
 LIMITS_SUFFIX = "-limits"  # the limits' shares, one document per limit key

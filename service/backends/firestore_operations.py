@@ -22,8 +22,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from service.backends.firestore_base import FirestoreBase
 from service.backends.firestore_calls import Contended
+from service.backends.firestore_ends import PARENTS_KEPT, FirestoreEnds
 from service.backends.firestore_layout import (
     SUMMARY_FIELDS,
     Parts,
@@ -38,7 +38,8 @@ from service.backends.store import (
     AnswerRule,
     callback_rule,
     cancelled,
-    child_rule,
+    child_answer,
+    child_resumes,
     due_again,
     may_redrive,
 )
@@ -58,11 +59,11 @@ from service.retry import RetryPolicy
 
 VERSIONS_READ = 1000  # executions read to count the versions in use
 # Answers lost to another writer try again after a jittered pause (20 ms, doubling, at most
-# 1 s): many children ending at once spread out instead of racing in step.
+# 1 s): many reviewers answering at once spread out instead of racing in step.
 ANSWER_RETRY = RetryPolicy(maximum_attempts=10, initial_interval=0.02, maximum_interval=1.0)
 
 
-class FirestoreOperations(FirestoreBase):
+class FirestoreOperations(FirestoreEnds):
     """What operators, timers and callbacks do to executions (see the module's docstring)."""
 
     async def list(self, query: ExecutionQuery) -> Page:
@@ -178,8 +179,39 @@ class FirestoreOperations(FirestoreBase):
     async def child_ended(
         self, parent: ParentRef, child: str, end: Any
     ) -> tuple[Answer, Execution | None]:
-        rule = child_rule(parent, child)
-        return await self._answered(parent.execution_id, parent.answer_key, end, rule)
+        # The end is a document of its own (service/backends/firestore_ends.py): the head
+        # is read, and written only by the end that resumes it.
+        name = self._wire.path(self._collection.id, parent.execution_id)
+        document = await self._call(self._wire.get(name, self._timeout_s))
+        if document is None:
+            return Answer.UNKNOWN, None
+        version = (parent.execution_id, document.update_time.seconds, document.update_time.nanos)
+        data = python(document.fields)
+        execution = self._parents.get(version)
+        if execution is None:  # its ends leave the head as it is: read once for them all
+            execution = await self._execution(parent.execution_id, data, answers=False)
+            self._parents[version] = execution
+            if len(self._parents) > PARENTS_KEPT:
+                self._parents.popitem(last=False)
+        verdict = child_answer(execution, parent, child, bool(data.get("cancel_requested")))
+        if verdict != Answer.ACCEPTED:
+            return verdict, None
+        wait = execution.steps[parent.step].wait
+        assert wait is not None
+        group = f"{wait.run}~{parent.step}"
+        value, parts = self._slot(f"answer.{parent.answer_key}", to_json(end))
+        await self._write_parts(parent.execution_id, parts)
+        key = f"{wait.run}~{parent.answer_key}"
+        if not await self._record_end(parent.execution_id, key, group, value):
+            verdict = Answer.ANSWERED  # reported before: its resume is decided again
+        ends = await self._count_ends(parent.execution_id, group)
+        if not child_resumes(execution, parent, ends):
+            return verdict, None
+        if not await self._mark_resume(parent.execution_id, group, ends):
+            return verdict, None  # another end that counted as many resumes it
+        moved = write(name, {"wake_at": due_again()}, ["wake_at"], exists=True)
+        await self._call(self._wire.write(moved, self._timeout_s))  # if the resume is lost
+        return verdict, execution.model_copy()
 
     async def _answered(
         self, execution_id: str, key: str, body: Any, rule: AnswerRule

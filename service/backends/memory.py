@@ -22,6 +22,7 @@ from service.backends.store import (
     callback_rule,
     cancel_wins,
     cancelled,
+    child_resumes,
     child_rule,
     claimed,
     due_again,
@@ -207,28 +208,37 @@ class MemoryStore:
         return woken
 
     async def answer(self, token: CallbackToken, body: Any) -> tuple[Answer, Execution | None]:
-        return await self._answered(token.execution_id, token.step, body, callback_rule(token))
+        rule = callback_rule(token)
+        async with self._lock:
+            verdict, execution = self._answered(token.execution_id, token.step, body, rule)
+            return verdict, None if execution is None else execution.model_copy()
 
     async def child_ended(
         self, parent: ParentRef, child: str, end: Any
     ) -> tuple[Answer, Execution | None]:
         rule = child_rule(parent, child)
-        return await self._answered(parent.execution_id, parent.answer_key, end, rule)
+        async with self._lock:
+            verdict, execution = self._answered(parent.execution_id, parent.answer_key, end, rule)
+            if verdict != Answer.ACCEPTED or execution is None:
+                return verdict, None
+            ends = sum(1 for key in execution.callbacks if key.startswith(f"{parent.step}#"))
+            resumes = child_resumes(execution, parent, ends)
+            return verdict, execution.model_copy() if resumes else None
 
-    async def _answered(
+    def _answered(
         self, execution_id: str, key: str, body: Any, rule: AnswerRule
     ) -> tuple[Answer, Execution | None]:
-        async with self._lock:
-            entry = self._entries.get(execution_id)
-            if entry is None:
-                return Answer.UNKNOWN, None
-            execution = entry.execution
-            verdict = rule(execution, entry.cancel_requested)
-            if verdict == Answer.ACCEPTED:
-                execution.callbacks[key] = body
-                if execution.status == ExecutionStatus.WAITING:
-                    execution.wake_at = due_again()
-            return verdict, execution.model_copy()
+        """Record `body` at `key` if `rule` accepts (the lock held); with the execution."""
+        entry = self._entries.get(execution_id)
+        if entry is None:
+            return Answer.UNKNOWN, None
+        execution = entry.execution
+        verdict = rule(execution, entry.cancel_requested)
+        if verdict == Answer.ACCEPTED:
+            execution.callbacks[key] = body
+            if execution.status == ExecutionStatus.WAITING:
+                execution.wake_at = due_again()
+        return verdict, execution
 
     async def keep_flow(self, name: str, version: str, source: str) -> None:
         self._flows.setdefault((name, version), source)

@@ -154,7 +154,9 @@ def child_answer(
     execution: Execution, parent: ParentRef, child: str, cancel_requested: bool = False
 ) -> Answer:
     """Whether the child execution `child` may report its end to `execution`, its parent
-    (the step or item of `parent`), now (see Answer)."""
+    (the step or item of `parent`), now (see Answer): to the wait its step has now,
+    whichever run started the child (a re-driven parent waits again for the children
+    that had not succeeded)."""
     step = execution.steps.get(parent.step)
     wait = step.wait if step is not None else None
     if step is None or wait is None or wait.kind != "flow":
@@ -163,16 +165,31 @@ def child_answer(
     if parent.index is not None:
         items = step.items or []
         record = items[parent.index] if parent.index < len(items) else None
-    if record is None or record.child != child or parent.run != wait.run:
+    if record is None or record.child != child:
         return Answer.UNKNOWN
     if parent.answer_key in execution.callbacks:
         return Answer.ANSWERED
-    ended = execution.status in TERMINAL or cancel_requested or parent.run != execution.run
+    ended = execution.status in TERMINAL or cancel_requested or wait.run != execution.run
     if ended or step.status != StepStatus.WAITING:
         return Answer.GONE
     if isinstance(record, ItemResult) and record.status != StepStatus.RUNNING:
         return Answer.GONE  # its item timed out
     return Answer.ACCEPTED
+
+
+def child_resumes(execution: Execution, parent: ParentRef, ends: int) -> bool:
+    """Whether a child's end just recorded, with it `ends` recorded for its step's wait,
+    resumes the parent: a single child's does; of a fan-out's, every end while an item
+    waits for a child (a slot is free for it), else the one that makes the ends as many
+    as the children the wait started. Where several ends count the same at once (on
+    Firestore), the store lets one of them resume it."""
+    step = execution.steps[parent.step]
+    if parent.index is None or step.wait is None:
+        return True
+    items = step.items or []
+    if any(item.status == StepStatus.RUNNING and item.child is None for item in items):
+        return True
+    return ends >= step.wait.children
 
 
 # Whether an answer may be recorded now: given the execution and whether a cancel was asked.
@@ -303,8 +320,10 @@ class WaitStore(Documents, Protocol):
         self, parent: ParentRef, child: str, end: Any
     ) -> tuple[Answer, Execution | None]:
         """Record `end` as the end of `child` at its parent's step or item if
-        `child_answer` accepts, as `answer` does; with the parent, its answers' keys
-        including this one (the caller tells from them whether to resume it)."""
+        `child_answer` accepts; with the parent if this end is the one to resume it
+        (`child_resumes`), once however many report at once (its timer then moved to
+        `due_again()`, as `answer` does), else None. Reported again (a redelivery), the
+        end is kept as it was and resumes nobody a second time."""
 
     async def cancel(self, execution_id: str) -> ExecutionStatus | None:
         """Cancel it (see `cancelled`); the status it had, None if unknown; or Conflict.

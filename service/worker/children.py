@@ -6,12 +6,11 @@ carrying `parent` (the parent's step, item, run and ancestors). Its input is che
 against its flow before it is published: a misfit fails its item, naming the field.
 A cancelled parent's running children are cancelled (and theirs, as each ends).
 When a child ends, the handler hands it here (its delivery): its end (`status`,
-`result`, `error`) is recorded in the parent's answers by the store (`child_ended`:
-once, whatever the redeliveries), and the parent is resumed when that frees a slot for
-an item not started or ends its last running child. Of children ending at once on
-several instances, each record sees the earlier ones, so only the last one's sees none
-still running: one resume. The child's result is its flow's `result`, or, for a flow
-without one, its steps' outputs by name.
+`result`, `error`) is recorded for the parent by the store (`child_ended`: once,
+whatever the redeliveries), which tells whether this end resumes the parent (it frees
+a slot for an item not started, or it is the last of the children the step waits for:
+of children ending at once on several instances, one resume). The child's result is
+its flow's `result`, or, for a flow without one, its steps' outputs by name.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from service.backends.store import Answer, Conflict, WaitStore
+from service.backends.store import Conflict, WaitStore
 from service.engine.flow import Flow
 from service.engine.kinds.base import ChildRefused
 from service.errors import OrchestratorError
@@ -88,10 +87,10 @@ class Children:
         parent = child.parent
         assert parent is not None
         end = _end(child)
-        verdict, execution = await self._store.child_ended(parent, child.execution_id, end)
+        verdict, resume = await self._store.child_ended(parent, child.execution_id, end)
         log.info("child ended", parent=parent.execution_id, step=parent.step, answer=verdict)
-        if verdict == Answer.ACCEPTED and execution is not None and _resumes(execution, parent):
-            await self._wakes.resume_soon(execution)
+        if resume is not None:
+            await self._wakes.resume_soon(resume)
 
 
 def _end(child: Execution) -> dict[str, Any]:
@@ -108,21 +107,3 @@ def _result(child: Execution) -> Any:
     if child.result is not None:
         return child.result
     return {name: step.output for name, step in child.steps.items()}
-
-
-def _resumes(execution: Execution, parent: ParentRef) -> bool:
-    """Whether the parent must go on now that this child's end is recorded: a single
-    child's step, or a fan-out with an item not started or no child still running."""
-    step = execution.steps.get(parent.step)
-    if step is None or parent.index is None:
-        return True
-    answered = execution.callbacks
-    unstarted = running = 0
-    for index, item in enumerate(step.items or []):
-        if item.status != StepStatus.RUNNING:
-            continue
-        if item.child is None:
-            unstarted += 1
-        elif f"{parent.step}#{index}" not in answered:
-            running += 1
-    return unstarted > 0 or running == 0

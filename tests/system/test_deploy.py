@@ -212,6 +212,7 @@ def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -
     assert ttl_groups == {
         "ml-orchestrator-executions",
         "execution-parts",
+        "execution-ends",
         "ml-orchestrator-executions-cache",
     }
     indexes = [
@@ -237,6 +238,8 @@ def test_setup_prepares_firestore_for_large_outputs_and_listing(workdir: Path) -
     assert exempt == {(field, "ml-orchestrator-executions") for field in head} | {
         ("data", "execution-parts"),
         ("expire_at", "execution-parts"),
+        ("end", "execution-ends"),  # counted by `wait` only
+        ("expire_at", "execution-ends"),
     } | {
         (field, "ml-orchestrator-executions-cache") for field in ("output", "made_by", "expire_at")
     } | {

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from service.backends.memory import MemoryStore
-from service.backends.store import ExecutionStore
+from service.backends.store import ClaimState, ExecutionStore
 from service.dev.standins import StandIns
 from service.engine.kinds import flow as kinds_flow
 from service.errors import StoreUnavailable
@@ -157,9 +157,10 @@ async def test_a_child_input_that_does_not_fit_its_flow_fails_its_item_naming_th
 async def test_children_ending_at_once_on_two_instances_resume_their_parent_once(
     store: ExecutionStore,
 ) -> None:
-    """Each child's end lands once, whatever instance reports it, and only the last one's
-    sees no child still running: one resume of the parent, however they interleave."""
-    count = 40
+    """Each child's end lands once, whatever instance reports it, and only one end, of
+    the last ones, resumes the parent: one resume, however they interleave; the resumed
+    run sees every end."""
+    count = 500
     parent = Execution(
         execution_id=f"parent-{uuid.uuid4().hex[:8]}",
         flow="parent-many",
@@ -168,7 +169,7 @@ async def test_children_ending_at_once_on_two_instances_resume_their_parent_once
     )
     parent.steps["each"] = StepResult(
         status=StepStatus.WAITING,
-        wait=Wait(kind="flow", timeout_at=now() + timedelta(hours=1)),
+        wait=Wait(kind="flow", timeout_at=now() + timedelta(hours=1), children=count),
         wake_at=now() + timedelta(hours=1),
         items=[ItemResult(status=StepStatus.RUNNING, child=f"c{n}") for n in range(count)],
     )
@@ -205,12 +206,12 @@ async def test_children_ending_at_once_on_two_instances_resume_their_parent_once
             m for m, _ in transport.on("requests") if m["execution_id"] == parent.execution_id
         ]
         assert len(resumes) == 1
-        stored = await store.get(parent.execution_id)
-        assert stored is not None
-        assert set(stored.callbacks) == {f"each#{n}" for n in range(count)}
-        assert stored.callbacks["each#7"]["result"] == {"n": 7}
         await end(3)  # reported again (a redelivery): recorded once, no resume
         assert len(transport.on("requests")) == 1
+        resumed = await other.claim(parent, "the resume", 30)
+        assert resumed.state == ClaimState.CLAIMED and resumed.execution is not None
+        assert set(resumed.execution.callbacks) == {f"each#{n}" for n in range(count)}
+        assert resumed.execution.callbacks["each#7"]["result"] == {"n": 7}
     finally:
         if other is not store:
             await other.close()

@@ -144,6 +144,8 @@ async def _start_one(step: Step, turn: Turn) -> StepResult:
     except (ValueError, ChildRefused) as exc:
         return failed(result, str(exc))
     result.child = _child_id(turn, step, None)
+    assert result.wait is not None
+    result.wait.children = 1
     await turn.checkpoint(step.name, result)  # before the child: its end must find this
     await _start(step, turn, None, result.child, child_input)
     return result
@@ -192,6 +194,8 @@ async def _start_more(step: Step, turn: Turn, items: list[Any]) -> None:
         starting.append((index, record.child, child_input))
     if not starting:
         return
+    assert turn.result.wait is not None
+    turn.result.wait.children += len(starting)
     await turn.checkpoint(step.name, turn.result)  # before the children: their ends find it
     at_once = asyncio.Semaphore(PUBLISH_CONCURRENCY)
 
