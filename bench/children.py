@@ -1,9 +1,11 @@
 """`python -m bench.children`: a parent whose `flow:` step runs --children child executions
-of a one-call flow (all at once: max_concurrency = --children, at most 1,000), through
-the embedded transport and the push handler in this process, against stand-in functions
-at --delay-ms in their own process. Prints the wall time from the parent's request to
-its end against the critical path (one call), CPU per child, and with --firestore (its
-emulator) the store's Firestore writes and reads per child.
+of a one-call flow (all at once: max_concurrency = --children, at most 1,000), against
+stand-in functions at --delay-ms in their own process. Through the embedded transport
+and the push handler in this process; with --firestore (its emulator) also on that
+store, with its Firestore writes and reads per child; with --push also through the
+Pub/Sub emulator pushing to the service in its own process (`python -m service`, on
+the Firestore emulator with --firestore). Prints the wall time from the parent's
+request to its end against the critical path (one call), and CPU per child.
 """
 
 from __future__ import annotations
@@ -18,21 +20,28 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
+
+from bench.cases.emulator import count_pushes, pushed_rate
 from bench.processes import Process
+from bench.run import PROJECT, TOPIC
 from bench.storage import Counts, on_emulator, on_firestore
 from service.api.deps import Components
 from service.app import build
 from service.backends.memory import MemoryStore
 from service.backends.transport import InProcessTransport
+from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator
 from service.dev.standins import FUNCTIONS
 from service.engine.flow import Flow, load_flows
 from service.engine.outbound import http_clients
-from service.execution import TERMINAL
+from service.execution import TERMINAL, UNDERWAY
 from service.logs import configure_logging
 from service.messages import RequestMessage
 from service.metrics import Metrics
 from service.settings import Settings
 from service.telemetry import Tracing
+
+UNDERWAY_STATUSES = {status.value for status in UNDERWAY}
 
 PARENT = """
 input:
@@ -57,11 +66,15 @@ steps:
 """
 
 
-def flows(functions_url: str, children: int) -> dict[str, Flow]:
+def flows_dir(children: int) -> Path:
     folder = Path(tempfile.mkdtemp())
     (folder / "parent.yaml").write_text(PARENT.replace("CHILDREN", str(children)))
     (folder / "child.yaml").write_text(CHILD)
-    return load_flows(folder, {name: functions_url + path for name, path in FUNCTIONS.items()})
+    return folder
+
+
+def urls(functions_url: str) -> dict[str, str]:
+    return {name: functions_url + path for name, path in FUNCTIONS.items()}
 
 
 @asynccontextmanager
@@ -100,7 +113,7 @@ def report(name: str, children: int, delay_ms: float, wall: float, cpu: float) -
 
 
 async def main_async(args: argparse.Namespace, functions_url: str) -> None:
-    loaded = flows(functions_url, args.children)
+    loaded = load_flows(flows_dir(args.children), urls(functions_url))
     async with in_memory(loaded) as parts:
         await one_parent(parts, 10)  # warm up
         wall, cpu = await one_parent(parts, args.children)
@@ -118,6 +131,72 @@ async def main_async(args: argparse.Namespace, functions_url: str) -> None:
                 f"reads, {per.get('queries', 0):.2f} queries, {per.get('counts', 0):.2f} counts"
             )
             await store.close()
+    if args.push:
+        await through_push(args, functions_url)
+
+
+async def through_push(args: argparse.Namespace, functions_url: str) -> None:
+    """The parent and its children through the Pub/Sub emulator's push to the service."""
+    binary = find_emulator()
+    if binary is None:
+        raise SystemExit("the Pub/Sub emulator is not installed (see README, Prerequisites)")
+    work = Path(tempfile.mkdtemp())
+    emulator = Emulator.start(binary, log=work / "pubsub.log")
+    settings = urls(functions_url) | {
+        "FLOWS_DIR": str(flows_dir(args.children)),
+        "DEFAULT_FLOW": "parent",
+        "ML_AUTH": "none",
+        "ML_MAX_CONCURRENCY_PER_HOST": "10000",
+        "PUBSUB_EMULATOR_HOST": emulator.host,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+    }
+    if args.firestore:
+        settings["EXECUTION_STORE"] = "firestore"
+    service = None
+    try:
+        admin = EmulatorAdmin(emulator.host, PROJECT)
+        admin.topic(TOPIC)
+        service = Process.start("service", ["-m", "service"], settings, "/ready", work / "log")
+        admin.push_subscription("children-push", TOPIC, f"{service.url}/pubsub/push")
+        store = "Firestore emulator" if args.firestore else "memory store"
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+            await pushed_parent(client, 10)  # warm up
+            cpu = service.cpu_seconds()
+            wall = await pushed_parent(client, args.children)
+            used = service.cpu_seconds() - cpu
+        report(f"Pub/Sub emulator push, {store}", args.children, args.delay_ms, wall, used)
+        bare = Process.start("bare", ["bench/bare.py"], {}, "/health", work / "bare.log")
+        try:
+            admin.topic("ceiling")
+            admin.push_subscription("ceiling-push", "ceiling", f"{bare.url}/pubsub/push")
+            rate = await pushed_rate(admin, "ceiling", args.children, lambda: count_pushes(bare))
+        finally:
+            bare.stop()
+        print(
+            f"  ceiling, same run: the emulator pushes {rate:.1f} messages/s to an endpoint "
+            f"that answers 204 at once; the parent's children went at "
+            f"{args.children / wall:.1f}/s ({args.children / wall / rate:.0%})"
+        )
+    finally:
+        if service is not None:
+            service.stop()
+        emulator.stop()
+
+
+async def pushed_parent(client: httpx.AsyncClient, children: int) -> float:
+    """Wall seconds from POST /orchestrate of a parent to its end."""
+    vacancies = [f"v{n}" for n in range(children)]
+    started = time.perf_counter()
+    answer = await client.post("/orchestrate", json={"flow": "parent", "vacancies": vacancies})
+    assert answer.status_code == 202, answer.text
+    execution_id = answer.json()["execution_id"]
+    while True:
+        execution = (await client.get(f"/executions/{execution_id}")).json()
+        if execution["status"] not in UNDERWAY_STATUSES:
+            break
+        await asyncio.sleep(0.05)
+    assert execution["status"] == "succeeded", execution.get("error")
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -125,6 +204,7 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=1000)
     parser.add_argument("--delay-ms", type=float, default=50.0)
     parser.add_argument("--firestore", action="store_true", help="also on its emulator")
+    parser.add_argument("--push", action="store_true", help="also through the Pub/Sub emulator")
     args = parser.parse_args()
     if not 1 <= args.children <= 1000:
         parser.error("--children: 1 to 1000 (a step's max_concurrency)")
