@@ -152,12 +152,11 @@ MAX_CHILD_DEPTH = 5
 
 
 class ParentRef(BaseModel):
-    """A child execution's parent: the step (and item) of the run that started it."""
+    """A child execution's parent: the step (and item) it runs for, in any of its runs."""
 
     execution_id: str = Field(pattern=EXECUTION_ID)
     step: str = Field(pattern=f"^{STEP_NAME.pattern}$")
     index: int | None = Field(None, ge=0, description="its item, for a for_each step")
-    run: int = Field(1, ge=1, description="the parent's run that started it")
     chain: list[str] = Field(default_factory=list, max_length=MAX_CHILD_DEPTH)
 
     @property

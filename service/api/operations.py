@@ -17,14 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.api.bodies import json_body, json_body_read_here, read_body
 from service.api.deps import Components, ComponentsDep, components_of
-from service.api.frontdoor import ExecutionId, publish
+from service.api.frontdoor import ExecutionId
 from service.api.inbound_auth import AuthRefused
-from service.api.problems import RETRY_AFTER_S, Problem, documented, invalid, unknown_execution
+from service.api.problems import (
+    RETRY_AFTER_S,
+    Problem,
+    documented,
+    invalid,
+    unavailable,
+    unknown_execution,
+)
 from service.backends.listing import ExecutionQuery, PageTokenInvalid
 from service.backends.store import Conflict
 from service.bounds import MAX_OPERATOR_BODY_BYTES
 from service.engine.graph import described
-from service.errors import StoreUnavailable
+from service.errors import BrokerUnavailable, StoreUnavailable
 from service.execution import (
     EXECUTION_ID,
     REDRIVABLE,
@@ -34,7 +41,7 @@ from service.execution import (
     FlowVersion,
     Moment,
 )
-from service.messages import RequestMessage, field_errors, inline_schema
+from service.messages import field_errors, inline_schema
 from service.metrics import CONTENT_TYPE
 
 log = structlog.get_logger(__name__)
@@ -311,18 +318,11 @@ def _bulk_selection(body: bytes) -> BulkRedrive:
 async def _redrive(
     parts: Components, execution_id: str, moved_to: FlowVersion | None = None
 ) -> Execution | None:
-    """Queue the next run in the store, then publish it; undone if the broker refuses."""
-    changed = await parts.store.redrive(execution_id, moved_to)
-    if changed is None:
-        return None
-    before, after = changed
+    """Queue the next run, then publish it (503 if the broker refuses: nothing changed)."""
     try:
-        await publish(parts, RequestMessage.of(after), "not re-driven", after.run)
-    except Problem:
-        await parts.store.save(before, delivered=True)  # as it was: it can be re-driven again
-        raise
-    log.info("re-driven", execution_id=after.execution_id, run=after.run)
-    return after
+        return await parts.wakes.redrive(execution_id, moved_to)
+    except BrokerUnavailable as exc:
+        raise unavailable(exc, "not re-driven") from None
 
 
 async def _on_one(action: Awaitable[T | None], execution_id: str) -> T:

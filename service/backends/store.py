@@ -167,11 +167,11 @@ def child_answer(
         record = items[parent.index] if parent.index < len(items) else None
     if record is None or record.child != child:
         return Answer.UNKNOWN
-    if parent.answer_key in execution.callbacks:
-        return Answer.ANSWERED
     ended = execution.status in TERMINAL or cancel_requested or wait.run != execution.run
     if ended or step.status != StepStatus.WAITING:
         return Answer.GONE
+    if parent.answer_key in execution.callbacks:
+        return Answer.ANSWERED
     if isinstance(record, ItemResult) and record.status != StepStatus.RUNNING:
         return Answer.GONE  # its item timed out
     return Answer.ACCEPTED
@@ -304,8 +304,8 @@ class RunStore(Documents, Protocol):
 
 
 class WaitStore(Documents, Protocol):
-    """What goes on with waiting executions: due timers, callbacks' answers, cancels
-    (worker/wakes.py)."""
+    """What goes on with waiting and ended executions: due timers, callbacks' answers,
+    children's ends, cancels, re-drives (worker/wakes.py, worker/children.py)."""
 
     async def due(self, limit: int) -> builtins.list[Execution]:
         """Up to `limit` waiting executions whose wake_at has passed, each given to this
@@ -331,6 +331,12 @@ class WaitStore(Documents, Protocol):
         A waiting one is flagged and its timer moved to `due_again()`: the caller sends
         its resume, which ends it `cancelled` and delivers it."""
 
+    async def redrive(
+        self, execution_id: str, moved_to: FlowVersion | None = None
+    ) -> tuple[Execution, Execution] | None:
+        """Store the next run (`may_redrive`, then `Execution.redriven`) as queued:
+        (before, after); None if unknown. `moved_to`: see `Execution.redriven`."""
+
 
 class VersionStore(Protocol):
     """The flow versions executions are pinned to (worker/versions.py)."""
@@ -342,8 +348,9 @@ class VersionStore(Protocol):
 
 
 class OperatorStore(Documents, Protocol):
-    """What the HTTP edge reads and changes: the queued record, listings, re-drives, the
-    versions in use (the front door and the operators' routes)."""
+    """What the HTTP edge reads and changes: the queued record, listings, the versions in
+    use (the front door and the operators' routes; their cancels and re-drives go through
+    worker/wakes.py)."""
 
     async def enqueue(self, execution: Execution) -> bool:
         """Record an accepted execution as queued, unless a copy of it is already stored;
@@ -358,12 +365,6 @@ class OperatorStore(Documents, Protocol):
 
     async def list(self, query: ExecutionQuery) -> Page:
         """Summaries matching `query`, newest first; PageTokenInvalid for a bad token."""
-
-    async def redrive(
-        self, execution_id: str, moved_to: FlowVersion | None = None
-    ) -> tuple[Execution, Execution] | None:
-        """Store the next run (`may_redrive`, then `Execution.redriven`) as queued:
-        (before, after); None if unknown. `moved_to`: see `Execution.redriven`."""
 
 
 class ExecutionStore(RunStore, WaitStore, VersionStore, OperatorStore, Protocol):

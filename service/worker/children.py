@@ -2,8 +2,12 @@
 reported to their parent instead of a webhook or a result-topic message.
 
 A child is a request message like any other, published through the one publisher,
-carrying `parent` (the parent's step, item, run and ancestors). Its input is checked
+carrying `parent` (the parent's step, item and ancestors). Its input is checked
 against its flow before it is published: a misfit fails its item, naming the field.
+A re-driven parent asks `again` for the children of its earlier run that did not
+succeed: each is re-driven (the same execution, its next run), and its end comes to
+the parent's new wait. A child re-driven on its own that succeeds after its parent
+ended failed or partial re-drives the parent, which takes its end.
 A cancelled parent's running children are cancelled (and theirs, as each ends).
 When a child ends, the handler hands it here (its delivery): its end (`status`,
 `result`, `error`) is recorded for the parent by the store (`child_ended`: once,
@@ -21,16 +25,27 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from service.backends.store import Conflict, WaitStore
+from service.backends.store import Answer, Conflict, WaitStore
 from service.engine.flow import Flow
 from service.engine.kinds.base import ChildRefused
 from service.errors import OrchestratorError
-from service.execution import TERMINAL, Execution, ItemResult, ParentRef, StepResult, StepStatus
+from service.execution import (
+    TERMINAL,
+    Execution,
+    ExecutionStatus,
+    ItemResult,
+    ParentRef,
+    StepResult,
+    StepStatus,
+)
 from service.messages import RequestMessage, describe, field_errors
 from service.worker.publisher import RequestPublisher
 from service.worker.wakes import Wakes
 
 log = structlog.get_logger(__name__)
+
+# A parent that ended so follows a child re-driven on its own to success (not a cancelled one).
+FOLLOWS = frozenset({ExecutionStatus.FAILED, ExecutionStatus.PARTIAL})
 
 
 class Children:
@@ -62,6 +77,19 @@ class Children:
         message = RequestMessage(execution_id=execution_id, flow=flow, input=input, parent=parent)
         await self._requests.publish(message)
 
+    async def again(self, execution_id: str, flow: str, input: Any, parent: ParentRef) -> Any:
+        child = await self._store.get(execution_id)
+        if child is None:
+            await self.start(execution_id, flow, input, parent)
+        elif child.status == ExecutionStatus.SUCCEEDED:
+            return _end(child)
+        elif child.status in TERMINAL:
+            try:
+                await self._wakes.redrive(execution_id)
+            except Conflict:  # its end is still being delivered: the item takes it as it is
+                return _end(child)
+        return None
+
     async def end_of(self, execution_id: str) -> Any:
         child = await self._store.get(execution_id)
         return _end(child) if child is not None and child.status in TERMINAL else None
@@ -91,6 +119,20 @@ class Children:
         log.info("child ended", parent=parent.execution_id, step=parent.step, answer=verdict)
         if resume is not None:
             await self._wakes.resume_soon(resume)
+        elif verdict == Answer.GONE and child.run > 1 and child.status == ExecutionStatus.SUCCEEDED:
+            await self._follow(parent.execution_id)
+
+    async def _follow(self, parent_id: str) -> None:
+        """A child re-driven on its own has succeeded after its parent ended without it:
+        the parent, failed or partial, is re-driven, and takes the child's end (its
+        other children that did not succeed are re-driven with it)."""
+        parent = await self._store.get(parent_id)
+        if parent is None or parent.status not in FOLLOWS:
+            return
+        try:
+            await self._wakes.redrive(parent_id)
+        except Conflict as exc:  # re-driven meanwhile, or its result still going out
+            log.info("parent not re-driven after its child", parent=parent_id, reason=str(exc))
 
 
 def _end(child: Execution) -> dict[str, Any]:

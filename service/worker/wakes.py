@@ -7,9 +7,10 @@ resume: the request message of the execution, under its id, in the producer's tr
 (service/worker/publisher.py). `answer` records a callback's answer (the store's
 `callback_answer` decides) and `cancel` flags an execution; either resumes a waiting one
 at once (a cancelled one's run ends it `cancelled` and delivers it). A resume not
-published is due again after the store's REWAKE_S. The HTTP routes (POST
-/executions/wake, /callbacks/{token}, /executions/{id}/cancel) only call these; `every`
-wakes in a loop where no scheduler runs (WAKE_INTERVAL_S).
+published is due again after the store's REWAKE_S. `redrive` queues an ended one's next
+run and publishes it. The HTTP routes (POST /executions/wake, /callbacks/{token},
+/executions/{id}/cancel, /executions/{id}/redrive) only call these, and so do parents
+for their children; `every` wakes in a loop where no scheduler runs (WAKE_INTERVAL_S).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import structlog
 from service.backends.store import REWAKE_S, Answer, WaitStore
 from service.callback_tokens import CallbackToken
 from service.errors import BrokerUnavailable, OrchestratorError
-from service.execution import Execution, ExecutionStatus
+from service.execution import Execution, ExecutionStatus, FlowVersion
+from service.messages import RequestMessage
 from service.metrics import Metrics
 from service.worker.publisher import RequestPublisher
 
@@ -64,6 +66,23 @@ class Wakes:
             if waiting is not None:
                 await self.resume_soon(waiting)
         return before
+
+    async def redrive(
+        self, execution_id: str, moved_to: FlowVersion | None = None
+    ) -> Execution | None:
+        """Queue the next run in the store (its `redrive`: None if unknown, or Conflict),
+        then publish it; undone if the broker refuses (BrokerUnavailable)."""
+        changed = await self._store.redrive(execution_id, moved_to)
+        if changed is None:
+            return None
+        before, after = changed
+        try:
+            await self._requests.publish(RequestMessage.of(after), after.run)
+        except BrokerUnavailable:
+            await self._store.save(before, delivered=True)  # as it was: it can be re-driven again
+            raise
+        log.info("re-driven", execution_id=after.execution_id, run=after.run)
+        return after
 
     async def resume_soon(self, execution: Execution) -> None:
         """Resume a waiting execution now (a callback answered, a cancel asked). If the

@@ -141,6 +141,60 @@ async def test_failed_children_within_tolerate_leave_the_parent_succeeded(
         assert sum(output is not None for output in each["output"]) == 2
 
 
+async def test_a_redriven_parent_redrives_only_its_children_that_did_not_succeed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
+) -> None:
+    """The same children, the failed ones in their second run; the others keep their
+    results and are not called again; no new child is started."""
+    functions = StandIns()
+    functions.script[ANALYSIS] = [400, 400]  # the first two children fail
+    flows = {"score": SCORE, "parent-many": MANY.replace("TOLERATE", "")}
+    with running(monkeypatch, tmp_path, flows, functions, store) as stack:
+        parent_id = stack.start("parent-many", vacancies=["a", "b", "c", "d"])
+        first = stack.reaches(parent_id, "failed", timeout_s=20)["steps"]["each"]["items"]
+        lost = {item["child"] for item in first if item["status"] == "failed"}
+        kept = {item["child"] for item in first if item["status"] == "succeeded"}
+        assert len(lost) == 2 and len(kept) == 2
+        until(lambda: stack.delivered(parent_id), 5, "the parent's first run not delivered")
+        answer = stack.client.post(f"/executions/{parent_id}/redrive")
+        assert answer.status_code == 202, answer.text
+        done = stack.reaches(parent_id, "succeeded", timeout_s=20)
+        assert done["run"] == 2
+        each = done["steps"]["each"]
+        assert [item["child"] for item in each["items"]] == [item["child"] for item in first]
+        assert each["output"] == [{"vacancy": v, "fit": 0.8} for v in "abcd"]
+        assert len(stack.calls(ANALYSIS)) == 6  # four, then the two that failed
+        runs = {child: stack.document(child)["run"] for child in lost | kept}
+        assert runs == {**dict.fromkeys(lost, 2), **dict.fromkeys(kept, 1)}
+        listed = stack.client.get("/executions", params={"parent": parent_id, "limit": 50})
+        assert len(listed.json()["executions"]) == 4
+        until(lambda: len(stack.delivered(parent_id)) == 2, 5, "one delivery per run")
+
+
+async def test_a_child_redriven_on_its_own_brings_its_failed_parent_to_follow(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
+) -> None:
+    functions = StandIns()
+    functions.script[ANALYSIS] = [400]  # the child's first run fails
+    with running(
+        monkeypatch, tmp_path, {"score": SCORE, "parent-one": ONE}, functions, store
+    ) as stack:
+        parent_id = stack.start("parent-one")
+        child = stack.reaches(parent_id, "failed", timeout_s=20)["steps"]["one"]["child"]
+        until(lambda: stack.delivered(parent_id), 5, "the parent's first run not delivered")
+        until(
+            lambda: stack.client.post(f"/executions/{child}/redrive").status_code == 202,
+            5,
+            "the child was not re-driven",
+        )
+        done = stack.reaches(parent_id, "succeeded", timeout_s=20)
+        assert done["run"] == 2
+        assert done["steps"]["one"]["output"] == {"vacancy": "v1", "fit": 0.8}
+        assert done["steps"]["one"]["child"] == child
+        assert stack.document(child)["run"] == 2  # taken as it ended: not re-driven again
+        assert len(stack.calls(ANALYSIS)) == 2
+
+
 async def test_a_child_input_that_does_not_fit_its_flow_fails_its_item_naming_the_field(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
 ) -> None:

@@ -48,6 +48,13 @@ class ChildStarter(Protocol):
         """Publish the child's request (BrokerUnavailable when the broker refuses it)."""
         ...
 
+    async def again(self, execution_id: str, flow: str, input: Any, parent: ParentRef) -> Any:
+        """For a re-driven parent, its child of an earlier run: re-driven if it ended
+        without success, started if it was never stored, left to end if it runs (its end
+        comes to the parent's wait of now); the end of one that succeeded, which is kept
+        (nothing runs), else None. BrokerUnavailable as `start`."""
+        ...
+
     async def end_of(self, execution_id: str) -> Any:
         """The child's end as its report carries it, read from its document if it has
         ended; None if it has not (or is unknown)."""
@@ -64,6 +71,9 @@ class NoChildren:
         raise ChildRefused(self.REASON)
 
     async def start(self, execution_id: str, flow: str, input: Any, parent: ParentRef) -> None:
+        raise ChildRefused(self.REASON)
+
+    async def again(self, execution_id: str, flow: str, input: Any, parent: ParentRef) -> Any:
         raise ChildRefused(self.REASON)
 
     async def end_of(self, execution_id: str) -> Any:
@@ -217,3 +227,13 @@ def seconds(value: float) -> str:
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def succeeded_items(previous: StepResult | None, count: int) -> set[int]:
+    """Indexes of the items an earlier run of a `for_each` step of `count` items ended
+    with success: a re-drive keeps them."""
+    if previous is None or previous.items is None or len(previous.items) != count:
+        return set()
+    if not isinstance(previous.output, list) or len(previous.output) != count:
+        return set()
+    return {i for i, item in enumerate(previous.items) if item.status == StepStatus.SUCCEEDED}

@@ -14,7 +14,7 @@ from typing import Any
 from service.engine.calls import CallResult
 from service.engine.expressions import EvaluationError, Names, render_value
 from service.engine.flow_spec import StepSpec
-from service.engine.kinds.base import Turn, failed, failed_items, items_of
+from service.engine.kinds.base import Turn, failed, failed_items, items_of, succeeded_items
 from service.engine.step import Step, StepKind
 from service.execution import ItemResult, StepResult, StepStatus, now
 
@@ -62,7 +62,7 @@ class Call:
 async def _fan_out(step: Step, turn: Turn, items: list[Any]) -> CallResult:
     """One call per item; the step's outcome shows each item's as it ends."""
     previous = turn.previous
-    kept = _succeeded_items(previous, len(items))
+    kept = succeeded_items(previous, len(items))
     outputs: list[Any] = [None] * len(items)
     records = [ItemResult(status=StepStatus.RUNNING) for _ in items]
     if previous is not None and kept:
@@ -113,12 +113,3 @@ async def _call(step: Step, turn: Turn, scope: dict[str, Any]) -> CallResult:
         lambda: caller.call_with(step, scope, deadline),
         shaped,
     )
-
-
-def _succeeded_items(previous: StepResult | None, count: int) -> set[int]:
-    """Indexes of the items an earlier run of the step called with success."""
-    if previous is None or previous.items is None or len(previous.items) != count:
-        return set()
-    if not isinstance(previous.output, list) or len(previous.output) != count:
-        return set()
-    return {i for i, item in enumerate(previous.items) if item.status == StepStatus.SUCCEEDED}

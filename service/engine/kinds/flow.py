@@ -3,10 +3,12 @@ once per item of `for_each` (`max_concurrency` children at a time), each child a
 execution of its own, started through the broker (ChildStarter: worker/children.py).
 
 The step waits, suspended, while its children run. A child's id is derived from this
-execution, its run, the step and the item, and written here before the child is
-published, so a redelivery or a crash never starts a second one; each child's end is
-kept in this execution's answers (under `step`, or `step#index`) and resumes it when
-a child's slot frees for one not started, or when the last one ends. The output is the
+execution, the step and the item, and written here before the child is published, so
+a redelivery or a crash never starts a second one; a re-driven parent keeps the items
+whose child succeeded and has the others' children `again` (re-driven, each the same
+execution in its next run). Each child's end is kept for this execution (its answers,
+under `step` or `step#index`) and resumes it when a child's slot frees for one not
+started, or when the last one ends. The output is the
 child's result (shaped by `output` as `response`); for a `for_each`, the list in item
 order, null where a child did not succeed, `tolerate` as for calls. A child whose input
 does not fit its flow fails its item, naming the field; children not ended by `timeout`
@@ -36,6 +38,7 @@ from service.engine.kinds.base import (
     failed_items,
     items_of,
     seconds,
+    succeeded_items,
 )
 from service.engine.step import Step, StepKind
 from service.execution import (
@@ -97,6 +100,10 @@ class Flow:
             return failed(result, str(exc))
         result.items = [ItemResult(status=StepStatus.RUNNING) for _ in items]
         result.output = [None] * len(items)
+        previous = turn.previous
+        for i in succeeded_items(previous, len(items)):  # a re-drive keeps them
+            assert previous is not None and previous.items is not None
+            result.items[i], result.output[i] = previous.items[i], previous.output[i]
         await _start_more(step, turn, items)
         return _judged(step, turn)
 
@@ -147,7 +154,10 @@ async def _start_one(step: Step, turn: Turn) -> StepResult:
     assert result.wait is not None
     result.wait.children = 1
     await turn.checkpoint(step.name, result)  # before the child: its end must find this
-    await _start(step, turn, None, result.child, child_input)
+    end = await _start(step, turn, None, result.child, child_input)
+    if end is not None:  # a re-driven parent's child that had succeeded: kept
+        status, result.output, error = _outcome(step, turn, end, None)
+        return ended(result, status, error)
     return result
 
 
@@ -166,7 +176,7 @@ async def _resume_one(step: Step, turn: Turn, due: bool) -> StepResult:
         if end is not None:  # it ended, its report lost: read from its document
             status, result.output, error = _outcome(step, turn, end, None)
             return ended(result, status, error)
-        await _start(step, turn, None, result.child, _input(step, turn, None))
+        await _publish(step, turn, None, result.child, _input(step, turn, None))
         result.wake_at = _recheck(result)
     return result
 
@@ -194,14 +204,18 @@ async def _start_more(step: Step, turn: Turn, items: list[Any]) -> None:
         starting.append((index, record.child, child_input))
     if not starting:
         return
-    assert turn.result.wait is not None
-    turn.result.wait.children += len(starting)
+    wait = turn.result.wait
+    assert wait is not None
+    wait.children += len(starting)
     await turn.checkpoint(step.name, turn.result)  # before the children: their ends find it
     at_once = asyncio.Semaphore(PUBLISH_CONCURRENCY)
 
     async def one(index: int, child: str, child_input: dict[str, Any]) -> None:
         async with at_once:
-            await _start(step, turn, index, child, child_input)
+            end = await _start(step, turn, index, child, child_input)
+        if end is not None:  # a re-driven parent's child that had succeeded: kept
+            turn.result.output[index] = _took(step, turn, records[index], end, items[index])
+            wait.children -= 1  # no report of it to wait for
 
     await asyncio.gather(*(one(*started) for started in starting))
 
@@ -217,11 +231,24 @@ async def _publish_again(step: Step, turn: Turn, items: list[Any]) -> None:
         if end is not None:
             outputs[index] = _took(step, turn, record, end, items[index])
         else:
-            await _start(step, turn, index, record.child, _input(step, turn, items[index]))
+            await _publish(step, turn, index, record.child, _input(step, turn, items[index]))
     turn.result.wake_at = _recheck(turn.result)
 
 
 async def _start(
+    step: Step, turn: Turn, index: int | None, child: str, child_input: dict[str, Any]
+) -> Any:
+    """Start `child`, the child of the step (or of its item `index`): its request
+    published, or in a re-driven parent's run, the child of the same item `again`
+    (the end of one that had succeeded, else None)."""
+    if turn.execution.run == 1:
+        return await _publish(step, turn, index, child, child_input)
+    assert step.child_flow is not None
+    parent = _parent(turn, step, index)
+    return await turn.tools.children.again(child, step.child_flow, child_input, parent)
+
+
+async def _publish(
     step: Step, turn: Turn, index: int | None, child: str, child_input: dict[str, Any]
 ) -> None:
     """Publish the request of `child`, the child of the step (or of its item `index`)."""
@@ -293,14 +320,13 @@ def _parent(turn: Turn, step: Step, index: int | None) -> ParentRef:
         execution_id=execution.execution_id,
         step=step.name,
         index=index,
-        run=execution.run,
         chain=_chain(turn)[:-1],
     )
 
 
 def _child_id(turn: Turn, step: Step, index: int | None) -> str:
-    execution = turn.execution
-    name = f"{execution.execution_id}/{execution.run}/{step.name}/{'' if index is None else index}"
+    """The same in every run of the parent: a re-drive re-drives the child it had."""
+    name = f"{turn.execution.execution_id}/{step.name}/{'' if index is None else index}"
     return str(uuid.uuid5(CHILDREN, name))
 
 
