@@ -195,6 +195,34 @@ async def test_a_child_redriven_on_its_own_brings_its_failed_parent_to_follow(
         assert len(stack.calls(ANALYSIS)) == 2
 
 
+async def test_a_push_starts_children_for_a_bounded_time_and_their_ends_start_the_rest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
+) -> None:
+    """Out of time after one round, the parent suspends with the rest not started; the
+    ends of those running resume it to start more, until every item has run once."""
+    monkeypatch.setattr(kinds_flow, "START_ROUND", 3)
+    monkeypatch.setattr(kinds_flow, "START_BUDGET_S", 0.0)
+    parent = MANY.replace("TOLERATE", "").replace("max_concurrency: 5", "max_concurrency: 10")
+    functions = StandIns()
+    held = functions.gates[ANALYSIS] = threading.Event()
+    vacancies = [f"v{n}" for n in range(10)]
+    try:
+        with running(
+            monkeypatch, tmp_path, {"score": SCORE, "parent-many": parent}, functions, store
+        ) as stack:
+            parent_id = stack.start("parent-many", vacancies=vacancies)
+            waiting = stack.reaches(parent_id, "waiting")["steps"]["each"]["items"]
+            assert [item["child"] is not None for item in waiting] == [True] * 3 + [False] * 7
+            held.set()
+            done = stack.reaches(parent_id, "succeeded", timeout_s=30)
+            assert done["steps"]["each"]["output"] == [
+                {"vacancy": v, "fit": 0.8} for v in vacancies
+            ]
+            assert len(stack.calls(ANALYSIS)) == 10
+    finally:
+        held.set()
+
+
 async def test_a_child_input_that_does_not_fit_its_flow_fails_its_item_naming_the_field(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
 ) -> None:

@@ -31,6 +31,7 @@ from service.engine.expressions import EvaluationError, ExpressionError, Names, 
 from service.engine.expressions import render_value as rendered
 from service.engine.flow_spec import StepSpec
 from service.engine.kinds.base import (
+    DEADLINE_MARGIN_S,
     ChildRefused,
     Turn,
     ended,
@@ -55,6 +56,9 @@ DEFAULT_TIMEOUT_S = 86_400.0
 # Children's requests published at once (the publisher batches them): a fan-out of
 # thousands goes out in groups, not one publish after another.
 PUBLISH_CONCURRENCY = 100
+# Children stored and published together, and how long one push goes on starting them.
+START_ROUND = 1000
+START_BUDGET_S = 60.0
 RECHECK_S = 60.0
 MAX_RECHECK_S = 3600.0
 CHILDREN = uuid.UUID("4d4e3b1e-6c2a-4f0e-9a57-0c1d2b3a4f5e")  # the namespace of child ids
@@ -182,14 +186,25 @@ async def _resume_one(step: Step, turn: Turn, due: bool) -> StepResult:
 
 
 async def _start_more(step: Step, turn: Turn, items: list[Any]) -> None:
-    """Give children to items not started, up to `max_concurrency` running; those whose
-    input does not fit fail at once."""
+    """Give children to items not started, up to `max_concurrency` running, START_ROUND
+    at a time (stored, then published) for at most START_BUDGET_S of this push (and
+    within its run's deadline): the items left start as the running children's ends
+    resume the parent. Those whose input does not fit fail at once."""
+    loop = asyncio.get_running_loop()
+    stop = min(loop.time() + START_BUDGET_S, turn.deadline - DEADLINE_MARGIN_S)
+    while await _start_round(step, turn, items) and loop.time() < stop:
+        pass
+
+
+async def _start_round(step: Step, turn: Turn, items: list[Any]) -> bool:
+    """Start up to START_ROUND children; whether that many started (more may be due)."""
     assert step.child_flow is not None
     records = turn.result.items or []
     running = sum(1 for r in records if r.status == StepStatus.RUNNING and r.child is not None)
+    room = min(step.max_concurrency - running, START_ROUND)
     starting: list[tuple[int, str, dict[str, Any]]] = []
     for index, record in enumerate(records):
-        if running + len(starting) >= step.max_concurrency:
+        if len(starting) >= room:
             break
         if record.status != StepStatus.RUNNING or record.child is not None:
             continue
@@ -203,7 +218,7 @@ async def _start_more(step: Step, turn: Turn, items: list[Any]) -> None:
         record.child = _child_id(turn, step, index)
         starting.append((index, record.child, child_input))
     if not starting:
-        return
+        return False
     wait = turn.result.wait
     assert wait is not None
     wait.children += len(starting)
@@ -218,6 +233,7 @@ async def _start_more(step: Step, turn: Turn, items: list[Any]) -> None:
             wait.children -= 1  # no report of it to wait for
 
     await asyncio.gather(*(one(*started) for started in starting))
+    return len(starting) == START_ROUND
 
 
 async def _publish_again(step: Step, turn: Turn, items: list[Any]) -> None:
