@@ -106,6 +106,7 @@ class ItemResult(BaseModel):
     cached: bool = False  # its output came from the step's cache, not from a call
     cached_from: str | None = None  # the execution whose call made it
     child: str | None = None  # a flow step's: the child execution that runs this item
+    variant: str | None = None  # a step with variants: the one called ("primary": `call:`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,7 @@ class StepResult(BaseModel):
     cached: bool = False  # its output came from the step's cache, not from a call
     cached_from: str | None = None  # the execution whose call made it
     child: str | None = None  # a flow step's (without for_each): its child execution
+    variant: str | None = None  # a step with variants (without for_each): the one called
 
 
 # Where a child execution's end is reported, and how deep it runs: `chain` holds the

@@ -3,8 +3,9 @@
     orchestrator_executions_total{flow,status}                  executions that ended
     orchestrator_execution_duration_seconds{flow,status}        their duration
     orchestrator_step_duration_seconds{flow,step,status}        each step's duration
-    orchestrator_ml_calls_total{host,outcome}                   call attempts: success,
+    orchestrator_ml_calls_total{host,outcome[,variant]}         call attempts: success,
                                                                 retryable, final, budget_refused
+                                                                (`variant` on a step with variants)
     orchestrator_webhook_deliveries_total{outcome}              webhook attempts: delivered,
                                                                 gone, failed, refused
     orchestrator_executions_in_flight                           running on this instance

@@ -58,15 +58,16 @@ class StepCache:
         execution_id: str,
         call: Callable[[], Awaitable[CallResult]],
         shape: Callable[[CallResult], CallResult],
+        variant: str | None = None,
     ) -> CallResult:
         """The step's answer for `scope`, shaped by `shape`: kept, joined, or `call()`ed
-        (and kept if `shape` took it)."""
+        (and kept if `shape` took it); of a step with variants, `variant`'s own."""
         assert step.cache is not None
         try:
             value = step.cache.key.render(scope)
         except EvaluationError as exc:
             return CallResult(None, str(exc), 0)
-        key = _digest(flow, step.name, value)
+        key = _digest(flow, step.name if variant is None else f"{step.name}@{variant}", value)
         labels = {"flow": flow, "step": step.name}
         kept = await self._kept(key)
         if kept is not None:

@@ -15,10 +15,11 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from service.bounds import JSONRefused, parse_json
 from service.engine.adaptive import OVERLOADED, AdaptiveLimit, Pauses
 from service.engine.expressions import EvaluationError, render_value
+from service.engine.flow_spec import PRIMARY
 from service.engine.outbound import Answer, NoAnswer, Sender
 from service.engine.outbound_auth import NoTokens, TokenProvider
 from service.engine.quotas import NoCapacity, Quota, Quotas
-from service.engine.step import Step
+from service.engine.step import Step, Variant
 from service.metrics import Metrics
 from service.retry import Attempt, RetryBudget, parse_retry_after, with_retries
 from service.telemetry import Tracing, outgoing_headers
@@ -39,6 +40,7 @@ class CallResult:
     error: str | None
     attempts: int
     cached_from: str | None = None  # from the step cache: the execution whose call made it
+    variant: str | None = None  # a step with variants: the one called
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +51,13 @@ class CallPlan:
     step: Step
     method: str
     url: str
+    audience: str
     host: str
     tokens: TokenProvider
     limit: AdaptiveLimit
     budget: RetryBudget
     quota: Quota | None
+    labels: dict[str, str]  # of its attempts' metric: the host (and variant, if any)
 
 
 class MLCaller:
@@ -89,7 +93,7 @@ class MLCaller:
         self._metrics = metrics
         self._per_host_limit = per_host_limit
         self._limits: dict[str, AdaptiveLimit] = {}
-        self._plans: dict[int, CallPlan] = {}
+        self._plans: dict[tuple[int, str], CallPlan] = {}
         self._budgets: dict[str, RetryBudget] = {}
         self._pauses = Pauses()
 
@@ -98,8 +102,10 @@ class MLCaller:
         audience they call, all at once: on a new instance the first execution then waits
         for none of them, one step after another. A fetch that fails is tried again at
         the call, as any other."""
-        plans = [self.plan(step) for step in steps]
-        wanted = {(plan.step.auth, plan.step.audience) for plan in plans}
+        plans = []
+        for step in steps:
+            plans += [self.plan(step), *(self.plan(step, variant=v) for v in step.variants)]
+        wanted = {(plan.step.auth, plan.audience) for plan in plans}
 
         async def one(auth: str, audience: str) -> None:
             try:
@@ -109,14 +115,20 @@ class MLCaller:
 
         await asyncio.gather(*(one(auth, audience) for auth, audience in wanted if auth != "none"))
 
-    def plan(self, step: Step, poll_url: str | None = None) -> CallPlan:
-        """The step's calls as decided once (kept while the step is); with `poll_url`,
-        a GET of its operation there, decided for that call."""
+    def plan(
+        self, step: Step, poll_url: str | None = None, variant: Variant | None = None
+    ) -> CallPlan:
+        """The step's calls (to `variant`, if given) as decided once (kept while the step
+        is); with `poll_url`, a GET of its operation there, decided for that call."""
+        kept = (id(step), variant.name if variant is not None else "")
         if poll_url is None:
-            plan = self._plans.get(id(step))
+            plan = self._plans.get(kept)
             if plan is not None and plan.step is step:
                 return plan
         method, url = ("GET", poll_url) if poll_url is not None else (step.method, step.url)
+        audience = step.audience
+        if variant is not None:
+            url, audience = variant.url, variant.audience
         host = urlsplit(url).netloc
         limit = self._limits.get(host)
         if limit is None:
@@ -125,30 +137,34 @@ class MLCaller:
             step=step,
             method=method,
             url=url,
+            audience=audience,
             host=host,
             tokens=self._providers[step.auth],
             limit=limit,
             budget=self._budgets.setdefault(host, RetryBudget()),
             quota=self._quotas.of(step.limit) if step.limit else None,
+            labels=_labels(host, step, variant),
         )
         if poll_url is None:
             if len(self._plans) >= MAX_PLANS:  # steps of flow versions come and go
                 self._plans.clear()
-            self._plans[id(step)] = plan
+            self._plans[kept] = plan
         return plan
 
     def paused_for(self, url: str) -> float:
         """Seconds until new calls to the function at `url` may go out (its Retry-After)."""
         return self._pauses.remaining(url)
 
-    async def call_with(self, step: Step, scope: dict[str, Any], deadline: float) -> CallResult:
-        """The step's call with its body made from `scope`; a body that cannot be made
-        fails the call, with no attempt."""
+    async def call_with(
+        self, step: Step, scope: dict[str, Any], deadline: float, variant: Variant | None = None
+    ) -> CallResult:
+        """The step's call (to `variant`, if given) with its body made from `scope`; a body
+        that cannot be made fails the call, with no attempt."""
         try:
             body = render_value(step.body, scope)
         except EvaluationError as exc:
             return CallResult(None, str(exc), 0)
-        return await self._call(self.plan(step), body, deadline)
+        return await self._call(self.plan(step, variant=variant), body, deadline)
 
     async def call(
         self, step: Step, body: Any, deadline: float, poll_url: str | None = None
@@ -176,7 +192,7 @@ class MLCaller:
 
         outcome, attempts = await with_retries(plan.step.retry, deadline, attempt, plan.budget)
         if outcome.budget_refused:
-            self._metrics.ml_calls.add(1, {"host": plan.host, "outcome": "budget_refused"})
+            self._metrics.ml_calls.add(1, plan.labels | {"outcome": "budget_refused"})
         return CallResult(output=outcome.value, error=outcome.error, attempts=attempts)
 
     def _judged(
@@ -194,7 +210,7 @@ class MLCaller:
                 self._pauses.asked(plan.url, outcome.retry_after)
         elif outcome.ok:
             plan.limit.succeeded()
-        self._metrics.ml_calls.add(1, {"host": plan.host, "outcome": _outcome(outcome)})
+        self._metrics.ml_calls.add(1, plan.labels | {"outcome": _outcome(outcome)})
         if not outcome.ok:
             log.warning(
                 "call attempt failed",
@@ -217,9 +233,9 @@ class MLCaller:
             outcome: Attempt[Any]
             status: int | None = None
             try:
-                headers = await plan.tokens.headers(step.audience)
+                headers = await plan.tokens.headers(plan.audience)
             except Exception as exc:  # google-auth raises several unrelated types
-                outcome = Attempt(error=f"no {_token_of(step)}: {exc}", retryable=True)
+                outcome = Attempt(error=f"no {_token_of(plan)}: {exc}", retryable=True)
             else:
                 headers = {**headers, **outgoing_headers()}
                 seconds = min(step.timeout_s, remaining)
@@ -236,8 +252,14 @@ class MLCaller:
         return outcome, status
 
 
-def _token_of(step: Step) -> str:
-    return "access token" if step.auth == "access_token" else f"ID token for {step.audience}"
+def _labels(host: str, step: Step, variant: Variant | None) -> dict[str, str]:
+    if not step.variants:
+        return {"host": host}
+    return {"host": host, "variant": variant.name if variant is not None else PRIMARY}
+
+
+def _token_of(plan: CallPlan) -> str:
+    return "access token" if plan.step.auth == "access_token" else f"ID token for {plan.audience}"
 
 
 def _judge_answer(step: Step, answer: Answer) -> Attempt[Any]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel
@@ -29,7 +28,6 @@ from service.engine.expressions import (
     ExpressionError,
     Names,
     Template,
-    UnsetEnvironment,
     compile_value,
 )
 from service.engine.flow_spec import (
@@ -41,7 +39,7 @@ from service.engine.flow_spec import (
     parse_spec,
 )
 from service.engine.kinds import kind_of
-from service.engine.kinds.base import typed
+from service.engine.kinds.base import fixed, fixed_url, typed
 from service.engine.step import Cache, Step
 from service.errors import FlowError
 from service.execution import is_step_name
@@ -222,10 +220,7 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
     kind = kind_of(spec)
     url = ""
     if spec.call is not None:
-        url = _literal("call", spec.call, env)
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ExpressionError(f"call: {url!r} is not an http(s) URL")
+        url = fixed_url("call", spec.call, env)
     when = for_each = None
     if spec.when is not None:
         when = typed(Template.parse(spec.when, names.at("when"), env), "when", ("BOOL", "NULL"))
@@ -248,7 +243,7 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
     if spec.output is not None:
         scope = Names("output", names.roots | each | {"response"}, names.steps, names.flow_steps)
         output = compile_value(spec.output, scope, env)
-    audience = _literal("audience", spec.audience, env) if spec.audience else url
+    audience = fixed("audience", spec.audience, env) if spec.audience else url
     return Step(
         name=name,
         kind=kind.name,
@@ -270,15 +265,3 @@ def _compile_step(name: str, spec: StepSpec, names: Names, env: Mapping[str, str
         tolerate=spec.tolerate,
         **kind.compile(spec, names, env),
     )
-
-
-def _literal(field: str, text: str, env: Mapping[str, str]) -> str:
-    """A value fixed when the flow loads: it may use ${env.NAME}, nothing else."""
-    nothing = Names(field, frozenset(), frozenset())
-    try:
-        template = Template.parse(text, nothing, env)
-    except UnsetEnvironment:
-        raise
-    except ExpressionError:
-        raise ExpressionError(f"{field}: only ${{env.NAME}} may be used, not {text!r}") from None
-    return str(template.render({}))

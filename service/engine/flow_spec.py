@@ -33,6 +33,7 @@ from service.retry import RetryPolicy
 MAX_FLOW_STEPS = 50
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?-]+")
 _RATE = re.compile(r"(\d+(?:\.\d+)?)/([smh])")
+PRIMARY = "primary"  # the variant name of a step's own `call:`
 _SHARE = re.compile(r"(\d{1,3}(?:\.\d+)?)%")
 _FIELD_TYPES: dict[str, Any] = {
     "string": str,
@@ -147,6 +148,36 @@ class ToleranceSpec(BaseModel):
         return failed * 100 <= share * items
 
 
+class VariantSpec(BaseModel):
+    """One of `variants:`: a candidate URL that gets `weight` (a share, 5%) of the calls."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$")
+    call: str
+    weight: str
+    audience: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_primary(cls, value: str) -> str:
+        if value == PRIMARY:
+            raise ValueError(f"{PRIMARY!r} names the step's own call")
+        return value
+
+    @field_validator("weight")
+    @classmethod
+    def _share(cls, value: str) -> str:
+        match = _SHARE.fullmatch(value.strip())
+        if match is None or not 0 < float(match.group(1)) <= 100:
+            raise ValueError(f"{value!r} is not a share of the calls, more than 0% up to 100%")
+        return value.strip()
+
+    @property
+    def share(self) -> float:
+        return float(self.weight.removesuffix("%"))
+
+
 class StepSpec(BaseModel):
     """A step as written in YAML."""
 
@@ -163,6 +194,8 @@ class StepSpec(BaseModel):
     sleep_until: str | None = None
     cache: CacheSpec | None = None
     limit: LimitSpec | None = None
+    variants: list[VariantSpec] | None = Field(None, min_length=1, max_length=10)
+    variant_key: str | None = None  # CEL: whose calls stick to one variant (the execution id)
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     body: Any = None
     after: list[str] = Field(default_factory=list)

@@ -35,6 +35,16 @@ class Cache:
     ttl_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A compiled variant: its URL and audience, and its share (percent) of the calls."""
+
+    name: str
+    url: str
+    audience: str
+    share: float
+
+
 # What a step does, decided once when its flow loads; each kind is a module of
 # service/engine/kinds/, registered there by this name.
 StepKind = Literal["call", "poll", "callback", "sleep", "flow"]
@@ -69,6 +79,8 @@ class Step:
     child_flow: str | None = None  # a flow step's: the flow its children run
     child_input: Any = None  # compiled, like body
     child_timeout_s: float | None = None
+    variants: tuple[Variant, ...] = ()  # a call's candidates, each a share of its calls
+    variant_key: Template | None = None  # whose calls stick to one variant (else the execution)
 
     @property
     def host(self) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from service.engine.caching import StepCache
 from service.engine.calls import MLCaller
@@ -17,6 +18,7 @@ from service.engine.expressions import (
     ExpressionError,
     Names,
     Template,
+    UnsetEnvironment,
     render_value,
 )
 from service.engine.flow_spec import StepSpec
@@ -237,3 +239,24 @@ def succeeded_items(previous: StepResult | None, count: int) -> set[int]:
     if not isinstance(previous.output, list) or len(previous.output) != count:
         return set()
     return {i for i, item in enumerate(previous.items) if item.status == StepStatus.SUCCEEDED}
+
+
+def fixed(field: str, text: str, env: Mapping[str, str]) -> str:
+    """A value fixed when the flow loads: it may use ${env.NAME}, nothing else."""
+    nothing = Names(field, frozenset(), frozenset())
+    try:
+        template = Template.parse(text, nothing, env)
+    except UnsetEnvironment:
+        raise
+    except ExpressionError:
+        raise ExpressionError(f"{field}: only ${{env.NAME}} may be used, not {text!r}") from None
+    return str(template.render({}))
+
+
+def fixed_url(field: str, text: str, env: Mapping[str, str]) -> str:
+    """`fixed`, and an http(s) URL."""
+    url = fixed(field, text, env)
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ExpressionError(f"{field}: {url!r} is not an http(s) URL")
+    return url

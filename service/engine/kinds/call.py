@@ -1,28 +1,46 @@
 """A call: `call: URL` with its `body`, once, or once per item of `for_each`
 (`max_concurrency` at a time), its answer kept in the step cache where it has `cache:`,
 shaped by `output`. It never waits. A re-driven `for_each` step calls again only the
-items that did not succeed."""
+items that did not succeed. With `variants:`, each call goes to the URL its key's hash
+falls on (`chosen`), retries and all, its name recorded on the step or item; a cached
+answer is reused within its variant only."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from service.engine.calls import CallResult
-from service.engine.expressions import EvaluationError, Names, render_value
-from service.engine.flow_spec import StepSpec
-from service.engine.kinds.base import Turn, failed, failed_items, items_of, succeeded_items
-from service.engine.step import Step, StepKind
+from service.engine.expressions import (
+    EvaluationError,
+    ExpressionError,
+    Names,
+    Template,
+    render_value,
+)
+from service.engine.flow_spec import PRIMARY, StepSpec
+from service.engine.kinds.base import (
+    Turn,
+    failed,
+    failed_items,
+    fixed,
+    fixed_url,
+    items_of,
+    succeeded_items,
+)
+from service.engine.step import Step, StepKind, Variant
 from service.execution import ItemResult, StepResult, StepStatus, now
 
 
 class Call:
     name: StepKind = "call"
     fields: tuple[str, ...] = ()
-    options: tuple[str, ...] = ()
+    options: tuple[str, ...] = ("variants", "variant_key")
     calls = True
     waits = False
     fans_out = True
@@ -30,7 +48,28 @@ class Call:
     scope = frozenset[str]()
 
     def compile(self, spec: StepSpec, names: Names, env: Mapping[str, str]) -> dict[str, Any]:
-        return {}
+        if spec.variants is None:
+            if spec.variant_key is not None:
+                raise ExpressionError("variant_key: only a step with variants has one")
+            return {}
+        named = [variant.name for variant in spec.variants]
+        if len(set(named)) != len(named):
+            raise ExpressionError("variants: each name may be used once")
+        total = sum(variant.share for variant in spec.variants)
+        if total > 100:
+            raise ExpressionError(f"variants: their weights add up to {total:g}%, past 100%")
+        variants = []
+        for variant in spec.variants:
+            url = fixed_url(f"variants.{variant.name}.call", variant.call, env)
+            where = f"variants.{variant.name}.audience"
+            audience = fixed(where, variant.audience, env) if variant.audience else url
+            variants.append(Variant(variant.name, url, audience, variant.share))
+        key = None
+        if spec.variant_key is not None:
+            each = frozenset({"item"} if spec.for_each is not None else ())
+            scope = Names("variant_key", names.roots | each, names.steps, names.flow_steps)
+            key = Template.parse(spec.variant_key, scope, env)
+        return {"variants": tuple(variants), "variant_key": key}
 
     async def start(self, step: Step, turn: Turn) -> StepResult:
         result = turn.result
@@ -42,6 +81,7 @@ class Call:
         if step.for_each is None:
             call = await _call(step, turn, turn.scope)
             result.cached, result.cached_from = call.cached_from is not None, call.cached_from
+            result.variant = call.variant
         else:
             call = await _fan_out(step, turn, items)
         result.finished_at = now()
@@ -79,6 +119,7 @@ async def _fan_out(step: Step, turn: Turn, items: list[Any]) -> CallResult:
             outputs[index] = call.output
             record.attempts, record.error = call.attempts, call.error
             record.cached, record.cached_from = call.cached_from is not None, call.cached_from
+            record.variant = call.variant
             record.status = StepStatus.FAILED if call.error else StepStatus.SUCCEEDED
             record.finished_at = now()
 
@@ -93,6 +134,11 @@ async def _call(step: Step, turn: Turn, scope: dict[str, Any]) -> CallResult:
     """One call with its body made from `scope` (or the answer the step's cache kept);
     the answer shaped by the step's `output`."""
     caller, deadline = turn.tools.caller, turn.deadline
+    try:
+        variant = chosen(step, scope, turn.execution.execution_id)
+    except EvaluationError as exc:
+        return CallResult(None, str(exc), 0)
+    name = variant.name if variant is not None else PRIMARY if step.variants else None
 
     def shaped(call: CallResult) -> CallResult:
         if call.error is not None or step.output is None:
@@ -104,12 +150,33 @@ async def _call(step: Step, turn: Turn, scope: dict[str, Any]) -> CallResult:
         return replace(call, output=output)
 
     if step.cache is None:
-        return shaped(await caller.call_with(step, scope, deadline))
-    return await turn.tools.cache.through(
-        turn.execution.flow,
-        step,
-        scope,
-        turn.execution.execution_id,
-        lambda: caller.call_with(step, scope, deadline),
-        shaped,
-    )
+        call = shaped(await caller.call_with(step, scope, deadline, variant))
+    else:
+        call = await turn.tools.cache.through(
+            turn.execution.flow,
+            step,
+            scope,
+            turn.execution.execution_id,
+            lambda: caller.call_with(step, scope, deadline, variant),
+            shaped,
+            variant=name,
+        )
+    return replace(call, variant=name) if name is not None else call
+
+
+def chosen(step: Step, scope: dict[str, Any], execution_id: str) -> Variant | None:
+    """The variant a call of `step` goes to (None: its own `call:`), by a hash of its
+    `variant_key` (else the execution id) against the weights: a key always gets the
+    same one, in every step with the same weights (one cohort of canary users)."""
+    if not step.variants:
+        return None
+    key = step.variant_key.render(scope) if step.variant_key is not None else execution_id
+    text = key if isinstance(key, str) else json.dumps(key, sort_keys=True)
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    bucket = int.from_bytes(digest, "big") % 10_000  # in hundredths of a percent
+    edge = 0.0
+    for variant in step.variants:
+        edge += variant.share * 100
+        if bucket < edge:
+            return variant
+    return None
