@@ -29,7 +29,7 @@ other deliveries are claiming it now.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -190,8 +190,11 @@ class FirestoreStore(FirestoreOperations):
         fields, parts = self._document(execution)
         fields |= LEASE_ENDED | {"delivered": False}
         await self._write_parts(execution.execution_id, parts)
-        ended = (await self._ends(execution)).keys()  # children that ended while it ran
+        ended: set[str] = set()
         resume = False
+
+        async def learn() -> None:  # children that ended while it ran, read again with the head
+            ended.update(await self._ends(execution))
 
         def suspending(held: _Held) -> tuple[dict[str, Any], list[str]]:
             nonlocal resume
@@ -200,7 +203,8 @@ class FirestoreStore(FirestoreOperations):
             fields.update(summary(execution, self._ttl))  # its timer, and its expiry
             return fields, list(fields)
 
-        await self._as_holder(execution.execution_id, suspending, blind=True)
+        await learn()
+        await self._as_holder(execution.execution_id, suspending, blind=True, learn=learn)
         self._held.pop(execution.execution_id, None)
         return resume
 
@@ -217,10 +221,17 @@ class FirestoreStore(FirestoreOperations):
             return None
         return await self._execution(execution_id, python(document.fields))
 
-    async def _as_holder(self, execution_id: str, change: Change, blind: bool = False) -> bool:
+    async def _as_holder(
+        self,
+        execution_id: str,
+        change: Change,
+        blind: bool = False,
+        learn: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
         """Write what `change` makes of what is known, conditioned on the head being as
-        this instance last wrote it; else read it, learn, and ask `change` again. False
-        if `change` writes nothing, or there is no head (unless `blind`: then it is made)."""
+        this instance last wrote it; else read it (and `learn` what else it needs),
+        and ask `change` again. False if `change` writes nothing, or there is no head
+        (unless `blind`: then it is made)."""
         held = self._holding(execution_id)
         name = self._name(execution_id)
         for _ in range(CLAIM_ATTEMPTS):
@@ -231,6 +242,8 @@ class FirestoreStore(FirestoreOperations):
                 if document is not None:
                     held.version = document.update_time
                     held.learn(python(document.fields))
+                if learn is not None:
+                    await learn()
             made = change(held)
             if made is None:
                 return False

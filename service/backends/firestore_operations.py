@@ -185,14 +185,7 @@ class FirestoreOperations(FirestoreEnds):
         document = await self._call(self._wire.get(name, self._timeout_s))
         if document is None:
             return Answer.UNKNOWN, None
-        version = (parent.execution_id, document.update_time.seconds, document.update_time.nanos)
-        data = python(document.fields)
-        execution = self._parents.get(version)
-        if execution is None:  # its ends leave the head as it is: read once for them all
-            execution = await self._execution(parent.execution_id, data, answers=False)
-            self._parents[version] = execution
-            if len(self._parents) > PARENTS_KEPT:
-                self._parents.popitem(last=False)
+        execution, data = await self._parent_at(parent.execution_id, document)
         verdict = child_answer(execution, parent, child, bool(data.get("cancel_requested")))
         if verdict != Answer.ACCEPTED:
             return verdict, None
@@ -209,9 +202,42 @@ class FirestoreOperations(FirestoreEnds):
             return verdict, None
         if not await self._mark_resume(parent.execution_id, group, ends):
             return verdict, None  # another end that counted as many resumes it
-        moved = write(name, {"wake_at": due_again()}, ["wake_at"], exists=True)
-        await self._call(self._wire.write(moved, self._timeout_s))  # if the resume is lost
-        return verdict, execution.model_copy()
+        # Its timer moved (if the resume is lost), conditioned on the head as last read: a
+        # parent that suspends meanwhile is read again and resumed; one still running
+        # loses its own next write to this one, and its suspend reads the ends again.
+        for attempt in range(1, ANSWER_RETRY.maximum_attempts + 1):
+            moved = write(
+                name, {"wake_at": due_again()}, ["wake_at"], update_time=document.update_time
+            )
+            try:
+                await self._call(self._wire.write(moved, self._timeout_s))
+            except StoreUnavailable as exc:
+                if not isinstance(exc.__cause__, LOST_RACE):
+                    raise
+                await asyncio.sleep(ANSWER_RETRY.delay(attempt))
+                document = await self._call(self._wire.get(name, self._timeout_s))
+                if document is None:
+                    return verdict, None
+                execution, _ = await self._parent_at(parent.execution_id, document)
+                continue
+            return verdict, execution.model_copy()
+        raise Contended(f"execution store: {parent.execution_id} kept changing under its ends")
+
+    async def _parent_at(
+        self, execution_id: str, document: Any
+    ) -> tuple[Execution, dict[str, Any]]:
+        """The parent a head read stands for (parsed once per version: its children's ends
+        leave it as it is), and its fields."""
+        stamp = document.update_time
+        version = (execution_id, stamp.seconds, stamp.nanos)
+        data = python(document.fields)
+        execution = self._parents.get(version)
+        if execution is None:
+            execution = await self._execution(execution_id, data, answers=False)
+            self._parents[version] = execution
+            if len(self._parents) > PARENTS_KEPT:
+                self._parents.popitem(last=False)
+        return execution, data
 
     async def _answered(
         self, execution_id: str, key: str, body: Any, rule: AnswerRule
