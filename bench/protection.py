@@ -36,6 +36,7 @@ from service.engine.outbound import Sender, http_clients
 from service.engine.outbound_auth import NoTokens
 from service.engine.quotas import REFRESH_S, Quotas
 from service.engine.runner import FlowRunner
+from service.engine.shadows import Shadows
 from service.execution import Execution, ExecutionStatus
 from service.logs import configure_logging
 from service.metrics import Metrics
@@ -121,7 +122,12 @@ def runner_of(
         metrics=metrics,
     )
     return FlowRunner(
-        tools=Tools(caller, cache or StepCache(MemoryStore(), metrics), NoChildren()),
+        tools=Tools(
+            caller,
+            cache or StepCache(MemoryStore(), metrics),
+            NoChildren(),
+            Shadows(caller, metrics),
+        ),
         timeout_s=timeout_s,
         tracing=tracing,
         metrics=metrics,

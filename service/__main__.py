@@ -125,7 +125,8 @@ def run(settings: Settings, flows: dict[str, Flow], name: str, raw_input: str) -
                 settings, store, sender, children, tracing=Tracing(), metrics=Metrics()
             )
             try:
-                return await engine.runner.run(flow, execution)
+                ran = await engine.runner.run(flow, execution)
+                return ran.shadowed(await engine.runner.shadows.settled(ran.execution_id))
             finally:
                 await engine.quotas.close()
 

@@ -38,6 +38,7 @@ from service.engine.outbound_auth import (
 )
 from service.engine.quotas import Quotas
 from service.engine.runner import FlowRunner
+from service.engine.shadows import Shadows
 from service.errors import BrokerUnavailable, ConfigError
 from service.logs import configure_logging
 from service.metrics import Metrics, metric_exporters_from_environment
@@ -323,6 +324,7 @@ def make_engine(
         caller=caller,
         cache=StepCache(store, metrics),
         children=children,
+        shadows=Shadows(caller, metrics),
         inline_wait_s=settings.inline_wait_s,
         callback_base=settings.service_url,
     )

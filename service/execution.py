@@ -95,6 +95,17 @@ class StepStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class ShadowResult(BaseModel):
+    """What a step's (or item's) shadow call answered, beside the answer that was used:
+    `agree` is its `compare:` (else equal JSON), None when there was nothing to compare."""
+
+    status: StepStatus
+    duration_ms: int = 0
+    agree: bool | None = None
+    output: Any = None
+    error: str | None = None
+
+
 class ItemResult(BaseModel):
     """One item of a `for_each` step (its output is the step's output at the same index)."""
 
@@ -107,6 +118,7 @@ class ItemResult(BaseModel):
     cached_from: str | None = None  # the execution whose call made it
     child: str | None = None  # a flow step's: the child execution that runs this item
     variant: str | None = None  # a step with variants: the one called ("primary": `call:`)
+    shadow: ShadowResult | None = None  # a step with a shadow: what it answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +158,7 @@ class StepResult(BaseModel):
     cached_from: str | None = None  # the execution whose call made it
     child: str | None = None  # a flow step's (without for_each): its child execution
     variant: str | None = None  # a step with variants (without for_each): the one called
+    shadow: ShadowResult | None = None  # a step with a shadow (without for_each)
 
 
 # Where a child execution's end is reported, and how deep it runs: `chain` holds the
@@ -273,6 +286,20 @@ class Execution(ExecutionSummary):
             for item in result.items or ():
                 if item.status == StepStatus.RUNNING:
                     item.status, item.error = status, error
+
+    def shadowed(self, shadows: dict[str, ShadowResult]) -> Execution:
+        """Itself, with `shadows` (by step, or `step#index` for an item; stored apart from
+        its steps, so that no run overwrites them) on the steps and items they belong to."""
+        for key, shadow in shadows.items():
+            name, _, index = key.partition("#")
+            result = self.steps.get(name)
+            if result is None:
+                continue
+            if not index:
+                result.shadow = shadow
+            elif result.items is not None and int(index) < len(result.items):
+                result.items[int(index)].shadow = shadow
+        return self
 
     def summary(self) -> ExecutionSummary:
         return ExecutionSummary.model_validate(

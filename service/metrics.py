@@ -17,6 +17,10 @@
                                                                 answered, gone, unknown
     orchestrator_cache_total{flow,step,outcome}                 cached steps' lookups: hit, miss,
                                                                 joined (a miss under way here)
+    orchestrator_shadow_total{flow,step,outcome}                shadow calls: agree, disagree,
+                                                                error, primary_failed
+    orchestrator_shadow_duration_seconds{flow,step,side}        a shadowed call's latency, of
+                                                                each side: primary, shadow
     orchestrator_limit_waiting{key}                             calls waiting for room in a limit
     orchestrator_limit_wait_seconds{key}                        how long those waited
 
@@ -126,6 +130,15 @@ class Metrics:
         self.callbacks = Tally(meter, "orchestrator_callbacks", "Callbacks posted, by outcome")
         self.cache = Tally(
             meter, "orchestrator_cache", "Step cache lookups, by flow, step and outcome"
+        )
+        self.shadows = Tally(
+            meter, "orchestrator_shadow", "Shadow calls, by flow, step and outcome"
+        )
+        self.shadow_duration = meter.create_histogram(
+            "orchestrator_shadow_duration",
+            unit="s",
+            description="Latency of shadowed calls, by flow, step and side (primary, shadow)",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self.limit_waiting = Tally(
             meter, "orchestrator_limit_waiting", "Calls waiting for room in a limit, by key", True

@@ -219,7 +219,7 @@ class FirestoreStore(FirestoreOperations):
         document = await self._call(self._wire.get(self._name(execution_id), self._timeout_s))
         if document is None:
             return None
-        return await self._execution(execution_id, python(document.fields))
+        return await self._execution(execution_id, python(document.fields), shadows=True)
 
     async def _as_holder(
         self,

@@ -12,6 +12,9 @@ One head document per execution, always far under Firestore's 1 MiB:
         answers.NAME                                what was posted to a waiting step's
                                                     callback URL (a slot); never written
                                                     by a save, so no run overwrites it
+        shadows.STEP                                its shadow calls' outcomes (a slot: the
+                                                    step's, its items', by key); likewise
+                                                    apart, merged in once a run is over
         webhook_url, traceparent                    kept for re-drives and resumes
         owner, lease_until, delivered,              the lease, and whether the result
         cancel_requested, updated_at, expire_at     went out; an operator's cancel
@@ -77,6 +80,7 @@ HEAD_FIELDS = (
         "steps",
         "result",
         "answers",
+        "shadows",
         "webhook_url",
         "traceparent",
         "owner",

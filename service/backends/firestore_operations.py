@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from google.cloud import firestore
@@ -41,6 +42,7 @@ from service.backends.store import (
     child_answer,
     child_resumes,
     due_again,
+    kept_shadows,
     may_redrive,
 )
 from service.callback_tokens import CallbackToken
@@ -52,6 +54,7 @@ from service.execution import (
     ExecutionSummary,
     FlowVersion,
     ParentRef,
+    ShadowResult,
     StepResult,
     now,
 )
@@ -139,7 +142,8 @@ class FirestoreOperations(FirestoreEnds):
             after = before.redriven(moved_to)
             fields, parts = self._document(after)
             await self._write_parts(execution_id, parts)  # kept outputs: already written
-            transaction.set(reference, {**fields, "delivered": False})
+            shadows = kept_shadows(after, data.get("shadows") or {})  # and their parts
+            transaction.set(reference, {**fields, "delivered": False, "shadows": shadows})
             return before, after
 
         return await self._transact(redrive_in)  # type: ignore[no-any-return]
@@ -279,6 +283,41 @@ class FirestoreOperations(FirestoreEnds):
             return verdict, execution
         raise Contended(f"execution store: {execution_id} kept changing under its answers")
 
+    async def record_shadows(self, execution_id: str, shadows: Mapping[str, ShadowResult]) -> None:
+        """One slot per step (`shadows.STEP`, its own outcome and its items' by key), so
+        that a for_each's thousands stay out of the head: merged with what the slot held,
+        in a write conditioned on the head read, as answers are."""
+        steps: dict[str, dict[str, Any]] = {}
+        for key, shadow in shadows.items():
+            steps.setdefault(key.partition("#")[0], {})[key] = shadow.model_dump(mode="json")
+        name = self._wire.path(self._collection.id, execution_id)
+        for attempt in range(1, ANSWER_RETRY.maximum_attempts + 1):
+            document = await self._call(self._wire.get(name, self._timeout_s))
+            if document is None:
+                return
+            stored = python(document.fields).get("shadows") or {}
+            earlier = await self._read_slots(
+                self._collection.document(execution_id),
+                {f"shadow.{step}": stored[step] for step in steps if step in stored},
+            )
+            values: dict[str, Any] = {}
+            for step, outcomes in steps.items():
+                text = earlier.get(f"shadow.{step}")
+                merged = {**(from_json(text) if text else {}), **outcomes}
+                values[step], parts = self._slot(f"shadow.{step}", to_json(merged))
+                await self._write_parts(execution_id, parts)
+            mask = [FieldPath("shadows", step).to_api_repr() for step in values]
+            change = write(name, {"shadows": values}, mask, update_time=document.update_time)
+            try:
+                await self._call(self._wire.write(change, self._timeout_s))
+                return
+            except StoreUnavailable as exc:
+                if isinstance(exc.__cause__, LOST_RACE):  # a run, an answer: merge again
+                    await asyncio.sleep(ANSWER_RETRY.delay(attempt))
+                    continue
+                raise
+        raise Contended(f"execution store: {execution_id} kept changing under its shadows")
+
     async def versions_in_use(self, name: str) -> dict[str, int]:
         statuses = sorted(status.value for status in UNDERWAY)
         found = (
@@ -302,10 +341,11 @@ class FirestoreOperations(FirestoreEnds):
         await self._write_parts_of(self._collection.document(execution_id), parts, self._ttl)
 
     async def _execution(
-        self, execution_id: str, data: dict[str, Any], answers: bool = True
+        self, execution_id: str, data: dict[str, Any], answers: bool = True, shadows: bool = False
     ) -> Execution:
         """The execution a head stands for, its spilled slots read back from their parts
-        (with the callbacks' answers unless `answers` is false)."""
+        (with the callbacks' answers unless `answers` is false, and with its shadows'
+        outcomes on its steps if `shadows`: what readers see, not what a run saves)."""
         if "input" not in data and "document" in data:
             # Written before this layout (one map per execution): read until its TTL ends.
             return Execution.model_validate(data["document"])
@@ -313,6 +353,8 @@ class FirestoreOperations(FirestoreEnds):
         slots |= {f"step.{name}": value for name, value in data.get("steps", {}).items()}
         if answers:
             slots |= {f"answer.{name}": value for name, value in data.get("answers", {}).items()}
+        if shadows:
+            slots |= {f"shadow.{step}": value for step, value in data.get("shadows", {}).items()}
         slots = await self._read_slots(self._collection.document(execution_id), slots)
         steps = {
             name.removeprefix("step."): StepResult.model_validate_json(text)
@@ -336,4 +378,10 @@ class FirestoreOperations(FirestoreEnds):
             for name, text in slots.items()
             if name.startswith("answer.")
         }
-        return execution
+        outcomes = {
+            key: ShadowResult.model_validate(shadow)
+            for name, text in slots.items()
+            if name.startswith("shadow.")
+            for key, shadow in from_json(text).items()
+        }
+        return execution.shadowed(outcomes)

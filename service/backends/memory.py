@@ -9,7 +9,7 @@ import builtins
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.backends.listing import ExecutionQuery, Page, page_key, page_token, sort_key
@@ -26,6 +26,7 @@ from service.backends.store import (
     child_rule,
     claimed,
     due_again,
+    kept_shadows,
     may_redrive,
     suspended,
 )
@@ -38,6 +39,7 @@ from service.execution import (
     ExecutionStatus,
     FlowVersion,
     ParentRef,
+    ShadowResult,
     StepResult,
     now,
 )
@@ -55,6 +57,7 @@ class _Entry:
     owner: str | None = None
     lease_until: float = 0.0
     cancel_requested: bool = False
+    shadows: dict[str, ShadowResult] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -134,7 +137,15 @@ class MemoryStore:
 
     async def get(self, execution_id: str) -> Execution | None:
         entry = self._entries.get(execution_id)
-        return entry.execution.model_copy(deep=True) if entry else None
+        if entry is None:
+            return None
+        return entry.execution.model_copy(deep=True).shadowed(entry.shadows)
+
+    async def record_shadows(self, execution_id: str, shadows: Mapping[str, ShadowResult]) -> None:
+        async with self._lock:
+            entry = self._entries.get(execution_id)
+            if entry is not None:
+                entry.shadows.update(shadows)
 
     async def list(self, query: ExecutionQuery) -> Page:
         after = page_key(query.page_token) if query.page_token else None
@@ -177,7 +188,7 @@ class MemoryStore:
             before = entry.execution
             may_redrive(before, entry.delivered)
             after = before.redriven(moved_to)
-            self._entries[execution_id] = _Entry(after)
+            self._entries[execution_id] = _Entry(after, shadows=kept_shadows(after, entry.shadows))
             return before, after
 
     async def suspend(self, execution: Execution) -> bool:

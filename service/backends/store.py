@@ -31,6 +31,9 @@ caller sends its resume at once (the resume ends a cancelled one `cancelled` and
 delivers it); a run that suspends with an answer or a cancel already stored does the
 same: its timer moves to `due_again()` and the suspending worker sends the resume.
 
+A step's shadow calls (service/engine/shadows.py) end after its run has: `record_shadows`
+keeps their outcomes apart from the steps, and `get` shows each on its step or item.
+
 The step cache (`cached`, `cache`) and the limits' shares (`lease_share`,
 service/shares.py) are kept here too, so that every instance shares them.
 
@@ -53,7 +56,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -70,6 +73,7 @@ from service.execution import (
     FlowVersion,
     ItemResult,
     ParentRef,
+    ShadowResult,
     StepResult,
     StepStatus,
     now,
@@ -77,6 +81,8 @@ from service.execution import (
 from service.shares import Ask, Share
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 # Cancels that the run itself carries out: running here or elsewhere, or waiting to resume.
 FLAGGED = frozenset({ExecutionStatus.RUNNING, ExecutionStatus.WAITING})
@@ -251,6 +257,12 @@ def suspended(execution: Execution, answered: Collection[str], cancel_requested:
     return resume
 
 
+def kept_shadows(after: Execution, shadows: Mapping[str, T]) -> dict[str, T]:
+    """Of an execution's shadow outcomes (by step, or `step#index`), those of the steps its
+    re-drive `after` keeps (a for_each's items that run again are shadowed again)."""
+    return {key: shadow for key, shadow in shadows.items() if key.partition("#")[0] in after.steps}
+
+
 def may_redrive(execution: Execution, delivered: bool) -> None:
     """Conflict unless `execution` ended failed, partial or cancelled and went out.
 
@@ -301,6 +313,10 @@ class RunStore(Documents, Protocol):
 
     async def cancel_requests(self) -> set[str]:
         """Ids of running executions whose cancellation was asked."""
+
+    async def record_shadows(self, execution_id: str, shadows: Mapping[str, ShadowResult]) -> None:
+        """Keep shadow calls' outcomes (by step, or `step#index`) beside the execution's
+        steps, over those of before; no save of a run overwrites them, `get` shows them."""
 
 
 class WaitStore(Documents, Protocol):

@@ -30,6 +30,7 @@ ERROR_BODY_CHARS = 300
 DEFAULT_PER_HOST_LIMIT = 100
 MAX_PLANS = 4096  # steps planned at once; past it, the plans are made again as used
 NO_SLOT = nullcontext()
+SHADOW = "~shadow"  # the plan of a step's shadow calls (no variant name has a "~")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,8 @@ class MLCaller:
         plans = []
         for step in steps:
             plans += [self.plan(step), *(self.plan(step, variant=v) for v in step.variants)]
+            if step.shadow is not None:
+                plans.append(self.plan(step, shadow=True))
         wanted = {(plan.step.auth, plan.audience) for plan in plans}
 
         async def one(auth: str, audience: str) -> None:
@@ -116,18 +119,27 @@ class MLCaller:
         await asyncio.gather(*(one(auth, audience) for auth, audience in wanted if auth != "none"))
 
     def plan(
-        self, step: Step, poll_url: str | None = None, variant: Variant | None = None
+        self,
+        step: Step,
+        poll_url: str | None = None,
+        variant: Variant | None = None,
+        shadow: bool = False,
     ) -> CallPlan:
-        """The step's calls (to `variant`, if given) as decided once (kept while the step
-        is); with `poll_url`, a GET of its operation there, decided for that call."""
-        kept = (id(step), variant.name if variant is not None else "")
+        """The step's calls (to `variant`, or its shadow's candidate) as decided once (kept
+        while the step is); with `poll_url`, a GET of its operation there, decided for that
+        call. A shadow's calls have the candidate's host limit and budget, not the step's
+        `limit:`, which the calls that are used share."""
+        kept = (id(step), SHADOW if shadow else variant.name if variant is not None else "")
         if poll_url is None:
             plan = self._plans.get(kept)
             if plan is not None and plan.step is step:
                 return plan
         method, url = ("GET", poll_url) if poll_url is not None else (step.method, step.url)
         audience = step.audience
-        if variant is not None:
+        if shadow:
+            assert step.shadow is not None
+            url, audience = step.shadow.url, step.shadow.audience
+        elif variant is not None:
             url, audience = variant.url, variant.audience
         host = urlsplit(url).netloc
         limit = self._limits.get(host)
@@ -142,8 +154,8 @@ class MLCaller:
             tokens=self._providers[step.auth],
             limit=limit,
             budget=self._budgets.setdefault(host, RetryBudget()),
-            quota=self._quotas.of(step.limit) if step.limit else None,
-            labels=_labels(host, step, variant),
+            quota=self._quotas.of(step.limit) if step.limit and not shadow else None,
+            labels={"host": host} if shadow else _labels(host, step, variant),
         )
         if poll_url is None:
             if len(self._plans) >= MAX_PLANS:  # steps of flow versions come and go
@@ -167,10 +179,20 @@ class MLCaller:
         return await self._call(self.plan(step, variant=variant), body, deadline)
 
     async def call(
-        self, step: Step, body: Any, deadline: float, poll_url: str | None = None
+        self,
+        step: Step,
+        body: Any,
+        deadline: float,
+        poll_url: str | None = None,
+        variant: Variant | None = None,
     ) -> CallResult:
-        """The step's call with `body`; with `poll_url`, a GET of its operation there."""
-        return await self._call(self.plan(step, poll_url), body, deadline)
+        """The step's call with `body` (to `variant`, if given); with `poll_url`, a GET of
+        its operation there."""
+        return await self._call(self.plan(step, poll_url, variant), body, deadline)
+
+    async def shadow(self, step: Step, body: Any, deadline: float) -> CallResult:
+        """The copy of the step's call with `body` that its shadow's candidate gets."""
+        return await self._call(self.plan(step, shadow=True), body, deadline)
 
     async def _call(self, plan: CallPlan, body: Any, deadline: float) -> CallResult:
         """The planned call with `body`, retried as its step says."""

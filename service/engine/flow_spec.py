@@ -178,6 +178,32 @@ class VariantSpec(BaseModel):
         return float(self.weight.removesuffix("%"))
 
 
+class ShadowSpec(BaseModel):
+    """`shadow:` a copy of the step's call to a candidate URL, for `sample` (a share) of the
+    executions; its answer is recorded beside the step's and compared (`compare`, CEL over
+    `response` and `shadow`; else equal JSON), never used."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    call: str
+    sample: str = "100%"
+    compare: str | None = None
+    timeout_s: float | None = Field(None, gt=0, le=600, description="the step's by default")
+    audience: str | None = None
+
+    @field_validator("sample")
+    @classmethod
+    def _share(cls, value: str) -> str:
+        match = _SHARE.fullmatch(value.strip())
+        if match is None or not 0 < float(match.group(1)) <= 100:
+            raise ValueError(f"{value!r} is not a share of the executions, more than 0% up to 100%")
+        return value.strip()
+
+    @property
+    def share(self) -> float:
+        return float(self.sample.removesuffix("%"))
+
+
 class StepSpec(BaseModel):
     """A step as written in YAML."""
 
@@ -196,6 +222,7 @@ class StepSpec(BaseModel):
     limit: LimitSpec | None = None
     variants: list[VariantSpec] | None = Field(None, min_length=1, max_length=10)
     variant_key: str | None = None  # CEL: whose calls stick to one variant (the execution id)
+    shadow: ShadowSpec | None = None
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     body: Any = None
     after: list[str] = Field(default_factory=list)

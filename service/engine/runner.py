@@ -38,6 +38,7 @@ from service.engine.flow import Flow
 from service.engine.kinds import KINDS
 from service.engine.kinds.base import Checkpoint, Tools, Turn, failed
 from service.engine.progress import Cancelled, as_ready, rides_along, unless
+from service.engine.shadows import Shadows
 from service.engine.step import Step
 from service.errors import StoreRefused
 from service.execution import (
@@ -77,6 +78,11 @@ class FlowRunner:
         self._timeout_s = timeout_s
         self._tracing = tracing
         self._metrics = metrics
+
+    @property
+    def shadows(self) -> Shadows:
+        """The shadow calls its runs start, held until their run is over."""
+        return self._tools.shadows
 
     async def run(
         self,

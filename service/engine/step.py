@@ -7,6 +7,8 @@ does is its module in service/engine/kinds/.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -45,6 +47,27 @@ class Variant:
     share: float
 
 
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """A compiled `shadow:`: the candidate's URL and audience, the share (percent) of the
+    executions whose calls it gets a copy of, how it is judged (`compare`: None, equal
+    JSON) and how long its answer is waited for."""
+
+    url: str
+    audience: str
+    share: float
+    compare: Template | None
+    timeout_s: float
+
+
+def bucket(key: Any) -> int:
+    """Where `key` falls among 10,000 buckets (hundredths of a percent), the same on every
+    instance: how variants and shadow samples choose, sticky per key."""
+    text = key if isinstance(key, str) else json.dumps(key, sort_keys=True)
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000
+
+
 # What a step does, decided once when its flow loads; each kind is a module of
 # service/engine/kinds/, registered there by this name.
 StepKind = Literal["call", "poll", "callback", "sleep", "flow"]
@@ -81,6 +104,7 @@ class Step:
     child_timeout_s: float | None = None
     variants: tuple[Variant, ...] = ()  # a call's candidates, each a share of its calls
     variant_key: Template | None = None  # whose calls stick to one variant (else the execution)
+    shadow: Shadow | None = None  # a candidate that gets a copy of each call, never used
 
     @property
     def host(self) -> str:

@@ -226,7 +226,8 @@ class PushHandler:
         attributes = {"execution_id": message.execution_id, "run": claim.execution.run}
         with self._tracing.span(f"execution {message.flow}", attributes=attributes) as span:
             work = self._run_and_deliver(claim, message.webhook_url, last)
-            await self._leased(claim.execution.execution_id, owner, work)
+            async with self._runner.shadows.recorded(message.execution_id, self._store):
+                await self._leased(claim.execution.execution_id, owner, work)
             if span is not None:
                 span.set_attribute("status", claim.execution.status.value)
         return ACK

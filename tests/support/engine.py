@@ -21,6 +21,7 @@ from service.engine.outbound import Sender
 from service.engine.outbound_auth import NoTokens, TokenProvider
 from service.engine.quotas import Quotas
 from service.engine.runner import FlowRunner
+from service.engine.shadows import Shadows
 from service.metrics import Metrics
 from service.settings import Settings
 from service.telemetry import Tracing
@@ -62,6 +63,7 @@ def make_runner(
             caller,
             cache or StepCache(MemoryStore(), metrics),
             children or NoChildren(),
+            Shadows(caller, metrics),
             inline_wait_s,
         ),
         timeout_s=timeout_s,

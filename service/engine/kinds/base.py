@@ -22,6 +22,7 @@ from service.engine.expressions import (
     render_value,
 )
 from service.engine.flow_spec import StepSpec
+from service.engine.shadows import Shadows
 from service.engine.step import Step, StepKind
 from service.execution import Execution, ParentRef, StepResult, StepStatus, now
 
@@ -93,6 +94,7 @@ class Tools:
     caller: MLCaller
     cache: StepCache
     children: ChildStarter
+    shadows: Shadows
     inline_wait_s: float = DEFAULT_INLINE_WAIT_S
     callback_base: str | None = None
 
