@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service.api import callbacks, frontdoor, operations, problems, push, ui
+from service.api import callbacks, frontdoor, operations, problems, push, replays, ui
 from service.api.deps import Components, ComponentsDep
 from service.api.hotpaths import HotPaths
 from service.api.inbound_auth import GoogleCertificates, OperatorAccess, TokenAuth
@@ -75,6 +75,7 @@ def create_app(
     app.include_router(frontdoor.router)
     app.include_router(callbacks.router)
     app.include_router(operations.router)
+    app.include_router(replays.router)
     app.include_router(ui.router)
     app.include_router(ui.ui_root)
     app.mount("/ui/static", ui.static, name="ui-static")
@@ -248,11 +249,11 @@ def build(
             metrics=metrics,
             webhook_max_bytes=settings.webhook_max_bytes,
             public_url=settings.service_url,
+            default_webhook_url=settings.default_webhook_url,
             shaped_flows=frozenset(name for name, flow in flows.items() if flow.result is not None),
         ),
         wakes=wakes,
         children=children,
-        default_webhook_url=settings.default_webhook_url,
         lease_s=settings.execution_lease_s,
         max_delivery_attempts=settings.push_max_delivery_attempts,
         tracing=tracing,

@@ -22,6 +22,7 @@ _EXECUTION_ID = re.compile(EXECUTION_ID)
 # A step's name: a key of `steps` and a Firestore field path segment, never quoted.
 STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 MAX_ERROR_CHARS = 2000
+FLOW_VERSION = r"^[0-9a-f]{16}$"  # a hash of a flow's definition (service/engine/flow.py)
 
 
 def is_execution_id(value: str) -> bool:
@@ -195,6 +196,7 @@ class ExecutionSummary(BaseModel):
     wake_at: datetime | None = Field(None, description="a waiting execution's next look")
     flow_version: str | None = Field(None, description="the version of its flow it runs")
     parent: ParentRef | None = Field(None, description="a child execution's parent")
+    replay_of: str | None = Field(None, description="a replay's: the execution it replays")
 
 
 class Execution(ExecutionSummary):

@@ -17,6 +17,7 @@ from service.bounds import JSONRefused, parse_json
 from service.errors import RejectedMessage
 from service.execution import (
     EXECUTION_ID,
+    FLOW_VERSION,
     Execution,
     ExecutionStatus,
     Moment,
@@ -53,6 +54,12 @@ class RequestMessage(BaseModel):
     webhook_url: str | None = Field(None, max_length=2048)
     requested_at: Moment | None = Field(None, description="default: the publish time")
     parent: ParentRef | None = Field(None, description="set by a flow step that starts it")
+    replay_of: str | None = Field(
+        None, pattern=EXECUTION_ID, description="set by a replay: the execution it replays"
+    )
+    flow_version: str | None = Field(
+        None, pattern=FLOW_VERSION, description="the version of its flow it runs (else today's)"
+    )
 
     @classmethod
     def of(cls, execution: Execution) -> RequestMessage:
@@ -64,6 +71,8 @@ class RequestMessage(BaseModel):
             webhook_url=execution.webhook_url,
             requested_at=execution.requested_at,
             parent=execution.parent,
+            replay_of=execution.replay_of,
+            flow_version=execution.flow_version,
         )
 
     def attributes(self, run: int = 1) -> dict[str, str]:
@@ -88,6 +97,8 @@ class RequestMessage(BaseModel):
             webhook_url=self.webhook_url,
             requested_at=self.requested_at or _timestamp(publish_time),
             parent=self.parent,
+            replay_of=self.replay_of,
+            flow_version=self.flow_version,
         )
 
 
@@ -101,6 +112,8 @@ class ExecutionRequest:
     webhook_url: str | None
     requested_at: datetime
     parent: ParentRef | None = None
+    replay_of: str | None = None
+    flow_version: str | None = None
 
     def execution(
         self, status: ExecutionStatus, flow_input: dict[str, Any] | None = None
@@ -115,6 +128,8 @@ class ExecutionRequest:
             started_at=None if status == ExecutionStatus.QUEUED else now(),
             webhook_url=self.webhook_url,
             parent=self.parent,
+            replay_of=self.replay_of,
+            flow_version=self.flow_version,
         )
 
 

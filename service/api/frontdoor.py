@@ -125,7 +125,7 @@ async def _accept(request: Request, parts: Components) -> JSONResponse:
         await publish(parts, message, "the request was not accepted")
     except BaseException:
         if await recorded:  # not accepted: nothing is shown of it
-            await _take_back(parts.store, execution_id)
+            await take_back(parts.store, execution_id)
         raise
     await recorded
     status_url = f"{request.base_url}executions/{execution_id}"
@@ -178,7 +178,7 @@ async def _record_queued(store: OperatorStore, message: RequestMessage) -> bool:
     return False
 
 
-async def _take_back(store: OperatorStore, execution_id: str) -> None:
+async def take_back(store: OperatorStore, execution_id: str) -> None:
     """Remove the queued record of a request that was refused (its message not published)."""
     try:
         async with asyncio.timeout(QUEUED_RECORD_WAIT_S):

@@ -8,7 +8,7 @@ token of ADMIN_EMAILS in production, closed (403 naming the setting) otherwise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
@@ -46,6 +46,7 @@ from service.metrics import CONTENT_TYPE
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 MAX_LIST_LIMIT = 1000
 # Re-drives of one bulk call in flight at once (each a store transaction and a publish).
@@ -55,7 +56,7 @@ _Responses = dict[int | str, dict[str, Any]]
 _CONFLICT: _Responses = {409: documented("its status does not allow it")}
 _UNKNOWN: _Responses = {404: documented("unknown execution")}
 _UNKNOWN_FLOW: _Responses = {404: documented("unknown flow")}
-_REFUSED: _Responses = {
+REFUSED: _Responses = {
     401: documented("missing or invalid Google ID token"),
     403: documented("not an operator (ADMIN_EMAILS), or operations closed"),
     503: documented("the store or the broker is unreachable; retry after Retry-After"),
@@ -70,7 +71,7 @@ async def operator(request: Request) -> None:
         raise Problem(exc.status, "Not an operator", str(exc)) from None
 
 
-router = APIRouter(dependencies=[Depends(operator)], responses=_REFUSED)
+router = APIRouter(dependencies=[Depends(operator)], responses=REFUSED)
 
 
 class ExecutionList(BaseModel):
@@ -154,8 +155,8 @@ class Redriven(BaseModel):
     status_url: str
 
 
-class BulkRedrive(BaseModel):
-    """Which ended executions to run again (after an outage, say)."""
+class Selection(BaseModel):
+    """Which executions a bulk action takes (newest first, at most `limit`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -166,6 +167,19 @@ class BulkRedrive(BaseModel):
     since: Moment | None = None
     until: Moment | None = None
     limit: int = Field(100, ge=1, le=MAX_LIST_LIMIT)
+
+    def query(self) -> ExecutionQuery:
+        return ExecutionQuery(
+            statuses=frozenset(self.status),
+            flow=self.flow,
+            since=self.since,
+            until=self.until,
+            limit=self.limit,
+        )
+
+
+class BulkRedrive(Selection):
+    """Which ended executions to run again (after an outage, say)."""
 
     @field_validator("status")
     @classmethod
@@ -192,17 +206,17 @@ class BulkRedriven(BaseModel):
 
 
 # An action on one execution: accepted, or unknown, or refused by its status.
-_ON_ONE: dict[str, Any] = {"status_code": 202, "responses": {**_UNKNOWN, **_CONFLICT}}
+ON_ONE: dict[str, Any] = {"status_code": 202, "responses": {**_UNKNOWN, **_CONFLICT}}
 
 
 @router.post(
     "/executions/{execution_id}/cancel",
     response_model=Cancelling,
     summary="Cancel a queued, running or waiting execution; its result is delivered as `cancelled`",
-    **_ON_ONE,
+    **ON_ONE,
 )
 async def cancel(execution_id: ExecutionId, parts: ComponentsDep) -> Cancelling:
-    before = await _on_one(parts.wakes.cancel(execution_id), execution_id)
+    before = await on_one(parts.wakes.cancel(execution_id), execution_id)
     log.info("cancel asked by an operator", execution_id=execution_id, was=before)
     done = before == ExecutionStatus.QUEUED
     return Cancelling(execution_id=execution_id, status="cancelled" if done else "cancelling")
@@ -218,17 +232,17 @@ async def cancel(execution_id: ExecutionId, parts: ComponentsDep) -> Cancelling:
             "content": {"application/json": {"schema": inline_schema(RedriveOptions)}},
         }
     },
-    **_ON_ONE,
+    **ON_ONE,
 )
 async def redrive(execution_id: ExecutionId, request: Request, parts: ComponentsDep) -> Redriven:
-    options = _options(await read_body(request, MAX_OPERATOR_BODY_BYTES))
+    options = optional_body(RedriveOptions, await read_body(request, MAX_OPERATOR_BODY_BYTES))
     moved_to = None
     if options.flow_version == "current":
         flow = parts.flows.get(await _flow_of(parts, execution_id))
         if flow is None:
             raise Problem(409, "Conflict", "flow_version: the execution's flow is gone")
         moved_to = FlowVersion(flow.version, frozenset(flow.steps))
-    execution = await _on_one(_redrive(parts, execution_id, moved_to), execution_id)
+    execution = await on_one(_redrive(parts, execution_id, moved_to), execution_id)
     status_url = f"{request.base_url}executions/{execution.execution_id}"
     return Redriven(execution_id=execution.execution_id, run=execution.run, status_url=status_url)
 
@@ -248,54 +262,50 @@ async def redrive(execution_id: ExecutionId, request: Request, parts: Components
 async def redrive_many(request: Request, parts: ComponentsDep) -> BulkRedriven:
     # The body is read here, after `operator` let the caller in, and bounded: FastAPI
     # would read and parse a body parameter of any size before any dependency runs.
-    selection = _bulk_selection(await read_body(request, MAX_OPERATOR_BODY_BYTES))
-    query = ExecutionQuery(
-        statuses=frozenset(selection.status),
-        flow=selection.flow,
-        since=selection.since,
-        until=selection.until,
-        limit=selection.limit,
-    )
-    page = await parts.store.list(query)
-    at_once = asyncio.Semaphore(BULK_CONCURRENCY)
-    stopped: list[str] = []  # why, once the store or the broker fails: no new re-drive starts
-
-    async def one(execution_id: str) -> bool:
-        async with at_once:
-            if stopped:
-                return False
-            try:
-                return await _redrive(parts, execution_id) is not None
-            except Conflict:
-                return False  # it changed since it was listed (re-driven by another call, say)
-            except StoreUnavailable as exc:
-                stopped.append(str(exc))
-            except Problem as exc:  # the broker's 503
-                stopped.append(exc.detail)
-            return False
-
+    selection = required_body(BulkRedrive, await read_body(request, MAX_OPERATOR_BODY_BYTES))
+    page = await parts.store.list(selection.query())
     ids = [summary.execution_id for summary in page.executions]
-    done = await asyncio.gather(*(one(execution_id) for execution_id in ids))
-    redriven = [execution_id for execution_id, ok in zip(ids, done, strict=True) if ok]
+    done = await each_of(ids, lambda execution_id: _redrive(parts, execution_id), "re-driven")
+    redriven = [execution.execution_id for execution in done]
     log.info("bulk re-drive", count=len(redriven), listed=len(page.executions))
-    if stopped:
-        raise Problem(
-            503,
-            "Bulk re-drive stopped",
-            f"{len(redriven)} of {len(ids)} re-driven (now queued) before: {stopped[0]}; "
-            "calling again re-drives the rest",
-            headers={"Retry-After": RETRY_AFTER_S},
-        )
     return BulkRedriven(count=len(redriven), execution_ids=redriven)
 
 
-def _options(body: bytes) -> RedriveOptions:
-    if not body.strip():
-        return RedriveOptions()
-    try:
-        return RedriveOptions.model_validate(json_body(body))
-    except ValidationError as exc:
-        raise invalid(field_errors(exc, "body")) from None
+async def each_of(
+    ids: list[str], action: Callable[[str], Awaitable[T | None]], done: str
+) -> list[T]:
+    """`action` on each of `ids`, BULK_CONCURRENCY at a time: what it gave for those it
+    took (one that changed since it was listed is passed over). Once the store or the
+    broker fails, no new one starts, and the answer is a 503 saying how many were `done`."""
+    at_once = asyncio.Semaphore(BULK_CONCURRENCY)
+    stopped: list[str] = []  # why, once the store or the broker fails
+
+    async def one(execution_id: str) -> T | None:
+        async with at_once:
+            if stopped:
+                return None
+            try:
+                return await action(execution_id)
+            except Conflict:
+                return None  # it changed since it was listed (re-driven by another call, say)
+            except StoreUnavailable as exc:
+                stopped.append(str(exc))
+            except Problem as exc:  # the broker's 503, or a refusal of this one
+                if exc.status != 503:
+                    return None
+                stopped.append(exc.detail)
+            return None
+
+    ended = await asyncio.gather(*(one(execution_id) for execution_id in ids))
+    taken = [outcome for outcome in ended if outcome is not None]
+    if stopped:
+        raise Problem(
+            503,
+            "Bulk action stopped",
+            f"{len(taken)} of {len(ids)} {done} before: {stopped[0]}; calling again takes the rest",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
+    return taken
 
 
 async def _flow_of(parts: Components, execution_id: str) -> str:
@@ -305,12 +315,17 @@ async def _flow_of(parts: Components, execution_id: str) -> str:
     return execution.flow
 
 
-def _bulk_selection(body: bytes) -> BulkRedrive:
+def required_body(model: type[M], body: bytes) -> M:
+    """`body` as `model`: 422 naming the field when it is missing or does not fit."""
     if not body:
         raise invalid([{"field": "body", "reason": "required: a JSON object"}])
-    payload = json_body(body)
+    return optional_body(model, body)
+
+
+def optional_body(model: type[M], body: bytes) -> M:
+    """`body` as `model`, its defaults when empty; 422 naming the field that does not fit."""
     try:
-        return BulkRedrive.model_validate(payload)
+        return model.model_validate(json_body(body) if body.strip() else {})
     except ValidationError as exc:
         raise invalid(field_errors(exc, "body")) from None
 
@@ -325,7 +340,7 @@ async def _redrive(
         raise unavailable(exc, "not re-driven") from None
 
 
-async def _on_one(action: Awaitable[T | None], execution_id: str) -> T:
+async def on_one(action: Awaitable[T | None], execution_id: str) -> T:
     """What an operator's action on one execution gave: 409 on Conflict, 404 for None."""
     try:
         done = await action

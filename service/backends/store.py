@@ -363,10 +363,10 @@ class VersionStore(Protocol):
     async def flow_source(self, name: str, version: str) -> str | None: ...
 
 
-class OperatorStore(Documents, Protocol):
+class OperatorStore(Documents, VersionStore, Protocol):
     """What the HTTP edge reads and changes: the queued record, listings, the versions in
-    use (the front door and the operators' routes; their cancels and re-drives go through
-    worker/wakes.py)."""
+    use and kept (the front door and the operators' routes, a replay of another version;
+    their cancels and re-drives go through worker/wakes.py)."""
 
     async def enqueue(self, execution: Execution) -> bool:
         """Record an accepted execution as queued, unless a copy of it is already stored;
@@ -383,7 +383,7 @@ class OperatorStore(Documents, Protocol):
         """Summaries matching `query`, newest first; PageTokenInvalid for a bad token."""
 
 
-class ExecutionStore(RunStore, WaitStore, VersionStore, OperatorStore, Protocol):
+class ExecutionStore(RunStore, WaitStore, OperatorStore, Protocol):
     """Execution documents by id, with leases so one delivery runs each execution: every
     role above, the engine's too (an AnswerStore and ShareLeases: service/engine/caching.py
     and quotas.py declare them), as MemoryStore and FirestoreStore implement it."""

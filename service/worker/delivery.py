@@ -59,6 +59,7 @@ class ResultDelivery:
         metrics: Metrics,
         webhook_max_bytes: int = DEFAULT_WEBHOOK_MAX_BYTES,
         public_url: str | None = None,
+        default_webhook_url: str | None = None,
         shaped_flows: frozenset[str] = frozenset(),
         attempt_timeout_s: float = WEBHOOK_ATTEMPT_TIMEOUT_S,
         budget_s: float = WEBHOOK_BUDGET_S,
@@ -74,20 +75,28 @@ class ResultDelivery:
         self._result_topic = result_topic
         self._webhook_max_bytes = webhook_max_bytes
         self._public_url = (public_url or "").rstrip("/")
+        self._default_webhook_url = default_webhook_url
         self._shaped_flows = shaped_flows  # the flows with `result:`
 
-    def goes_out(self, webhook_url: str | None) -> bool:
-        """Whether a result is sent anywhere: to `webhook_url`, or to a result topic."""
-        return bool(webhook_url or self._result_topic)
+    def webhook_of(self, execution: Execution, given: str | None) -> str | None:
+        """Where its webhook goes: the URL `given` with its request, else DEFAULT_WEBHOOK_URL;
+        a replay's only to one given (the receivers of results would act on it)."""
+        return given or (self._default_webhook_url if execution.replay_of is None else None)
 
-    async def deliver(self, execution: Execution, webhook_url: str | None) -> None:
-        """Deliver everywhere the result is wanted; DeliveryFailed if a retry may still help.
+    def goes_out(self, execution: Execution, given: str | None) -> bool:
+        """Whether its result is sent anywhere: a webhook, or the result topic."""
+        return bool(self.webhook_of(execution, given) or self._topic_of(execution))
+
+    async def deliver(self, execution: Execution, given: str | None) -> None:
+        """Deliver everywhere the result is wanted (`given`: its request's webhook URL);
+        DeliveryFailed if a retry may still help.
 
         The topic comes first, so that a webhook that never answers cannot keep the
         result from it; a redelivery publishes again (consumers dedupe by execution_id).
         """
         body = self._body(execution)
         await self.publish(execution, body=body)
+        webhook_url = self.webhook_of(execution, given)
         if webhook_url:
             webhook_body, _ = self._fitted(execution, body, self._webhook_max_bytes)
             await self._send_webhook(webhook_url, execution.webhook_id, webhook_body.decode())
@@ -99,7 +108,8 @@ class ResultDelivery:
 
         `webhook_undelivered` marks the copy published when the webhook is given up.
         """
-        if not self._result_topic:
+        topic = self._topic_of(execution)
+        if topic is None:
             return
         data, omitted = self._fitted(execution, body or self._body(execution), RESULT_MAX_BYTES)
         attributes = {
@@ -111,7 +121,11 @@ class ResultDelivery:
             attributes["webhook"] = "undelivered"
         if omitted:
             attributes |= {"outputs": "omitted", "status_url": self._status_url(execution)}
-        await self._transport.publish(self._result_topic, data, attributes)
+        await self._transport.publish(topic, data, attributes)
+
+    def _topic_of(self, execution: Execution) -> str | None:
+        """RESULT_TOPIC, if one is set, but for a replay's result (see `webhook_of`)."""
+        return self._result_topic if execution.replay_of is None else None
 
     def _body(self, execution: Execution) -> bytes:
         """The document delivered: the execution's, or its summary and `result`."""

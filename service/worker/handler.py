@@ -85,7 +85,6 @@ class PushHandler:
         delivery: ResultDelivery,
         children: Children,
         wakes: Wakes,
-        default_webhook_url: str | None,
         tracing: Tracing,
         metrics: Metrics,
         lease_s: float = DEFAULT_LEASE_S,
@@ -99,7 +98,6 @@ class PushHandler:
         self._delivery = delivery
         self._children = children
         self._wakes = wakes
-        self._default_webhook_url = default_webhook_url
         self._lease_s = lease_s
         self._max_delivery_attempts = max_delivery_attempts
         self._drain_grace_s = drain_grace_s
@@ -234,10 +232,11 @@ class PushHandler:
 
     async def _fresh(self, message: ExecutionRequest) -> Execution:
         """The execution `message` starts, pinned to today's flow version; RejectedMessage
-        if it can never run, unless the execution is stored (its own version runs)."""
+        if it can never run (or names another version), unless the execution is stored
+        (its own version runs: a replay of an older one is stored before it is sent)."""
         flow = self._flows.get(message.flow)
         reason = f"flow: unknown flow {message.flow!r}"
-        if flow is not None:
+        if flow is not None and message.flow_version in (None, flow.version):
             await self._versions.keep(flow)
             try:
                 fresh = message.execution(
@@ -247,9 +246,11 @@ class PushHandler:
                 return fresh
             except ValidationError as exc:
                 reason = describe(field_errors(exc, "input"))
+        if flow is not None and message.flow_version not in (None, flow.version):
+            reason = f"flow_version: {message.flow_version} is not today's version of {flow.name}"
         if await self._store.get(message.execution_id) is None:
             raise RejectedMessage(reason, message.execution_id)
-        return message.execution(ExecutionStatus.RUNNING)
+        return message.execution(ExecutionStatus.RUNNING)  # it runs as stored
 
     async def _run_and_deliver(self, claim: Claim, webhook_url: str | None, last: bool) -> None:
         """Run the execution unless it already ended, then deliver its result once;
@@ -264,7 +265,6 @@ class PushHandler:
                 execution.end_running(f"not run: {exc}")
                 execution.finish(ExecutionStatus.FAILED, str(exc))
                 claim = Claim(ClaimState.FINISHED, execution)
-        webhook_url = webhook_url or self._default_webhook_url
         if claim.state == ClaimState.CLAIMED:
             checkpoint = Checkpoints(self._store, execution, self._store.write_window_s)
             with self._cancels.watching(execution.execution_id, claim.cancel_requested) as cancel:
@@ -274,7 +274,9 @@ class PushHandler:
                     checkpoint.close()
             if execution.status == ExecutionStatus.WAITING and await self._suspend(execution):
                 return
-            nowhere = execution.parent is None and not self._delivery.goes_out(webhook_url)
+            nowhere = execution.parent is None and not self._delivery.goes_out(
+                execution, webhook_url
+            )
             if nowhere:  # nowhere to go: one write ends it
                 await self._save(execution, delivered=True, sent=False)
                 return
@@ -289,7 +291,7 @@ class PushHandler:
             await self._children.ended(execution)
             return
         try:
-            await self._delivery.deliver(execution, webhook_url or self._default_webhook_url)
+            await self._delivery.deliver(execution, webhook_url)
         except DeliveryFailed as exc:
             if not last:
                 raise

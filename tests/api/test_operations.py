@@ -85,6 +85,7 @@ def test_executions_are_listed_newest_first_as_summaries(client: httpx.Client) -
         "wake_at",
         "flow_version",
         "parent",  # a child execution's (null here)
+        "replay_of",  # a replay's
     }
     assert "secret_input" not in response.text
 

@@ -329,3 +329,31 @@ def test_the_openapi_document_says_a_direct_producer_needs_only_flow_and_input(
     data = envelope["properties"]["message"]["properties"]["data"]
     assert data["contentEncoding"] == "base64"
     assert data["contentSchema"]["required"] == ["flow", "input"]
+
+
+def test_a_replay_goes_only_to_the_webhook_it_names() -> None:
+    """Not to DEFAULT_WEBHOOK_URL, nor to the result topic: their receivers act on results."""
+    functions, webhook, transport = (
+        StandIns(),
+        WebhookReceiver(WEBHOOK_SECRET),
+        RecordingTransport(),
+    )
+    with serve(functions.app()) as functions_url, serve(webhook.app()) as webhook_url:
+        settings = make_settings(
+            result_topic=RESULTS,
+            webhook_allow_private_networks=True,
+            default_webhook_url=f"{webhook_url}/hook",
+        )
+        app = create_app(settings, project_flows(functions_url), transport)
+        with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            stack = Stack(client, functions, webhook, f"{webhook_url}/hook", transport)
+            plain = stack.request(webhook_url=None)
+            assert stack.push(plain).status_code == 204
+            assert len(webhook.deliveries) == 1 and len(stack.results()) == 1  # the default's
+            quiet = stack.request(webhook_url=None, replay_of=plain["execution_id"])
+            assert stack.push(quiet).status_code == 204
+            assert stack.document(quiet["execution_id"])["status"] == "succeeded"
+            told = stack.request(replay_of=plain["execution_id"], execution_id=str(uuid.uuid4()))
+            assert stack.push(told).status_code == 204
+            assert len(webhook.deliveries) == 2 and len(stack.results()) == 1
+            assert webhook.deliveries[1].headers["webhook-id"] == told["execution_id"]
