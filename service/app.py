@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service.api import callbacks, frontdoor, operations, problems, push, replays, ui
+from service.api import callbacks, frontdoor, operations, problems, push, rollouts, ui
 from service.api.deps import Components, ComponentsDep
 from service.api.hotpaths import HotPaths
 from service.api.inbound_auth import GoogleCertificates, OperatorAccess, TokenAuth
@@ -75,7 +75,7 @@ def create_app(
     app.include_router(frontdoor.router)
     app.include_router(callbacks.router)
     app.include_router(operations.router)
-    app.include_router(replays.router)
+    app.include_router(rollouts.router)
     app.include_router(ui.router)
     app.include_router(ui.ui_root)
     app.mount("/ui/static", ui.static, name="ui-static")

@@ -105,6 +105,8 @@ class ShadowResult(BaseModel):
     agree: bool | None = None
     output: Any = None
     error: str | None = None
+    # JSON pointers where its answer differs from the primary's (at most MAX_POINTERS).
+    differences: list[str] = Field(default_factory=list)
 
 
 class ItemResult(BaseModel):

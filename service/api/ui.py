@@ -1,5 +1,7 @@
 """The dashboard, `GET /ui/`: executions with filters and live refresh, and one
-execution's DAG, timeline (critical path, speed-up), steps and cancel / re-drive.
+execution's DAG, timeline (critical path, speed-up), steps and cancel / re-drive /
+replay, its shadows beside its answers and its flow's agreement per step; and two
+executions compared (`/ui/compare/{first}/{second}`).
 
 Served by the service itself: two Jinja2 shells, one stylesheet, one script, no build
 step and nothing from a CDN. The pages read the same JSON API operators script
@@ -47,6 +49,12 @@ async def executions_page(request: Request) -> HTMLResponse:
 async def execution_page(request: Request, execution_id: str) -> HTMLResponse:
     context = {"title": f"Execution {execution_id[:128]}", "execution_id": execution_id[:128]}
     return templates.TemplateResponse(request, "execution.html", context, headers=SECURITY_HEADERS)
+
+
+@router.get("/compare/{first}/{second}", response_class=HTMLResponse)
+async def compare_page(request: Request, first: str, second: str) -> HTMLResponse:
+    context = {"title": "Compare", "first": first[:128], "second": second[:128]}
+    return templates.TemplateResponse(request, "compare.html", context, headers=SECURITY_HEADERS)
 
 
 ui_root = APIRouter(include_in_schema=False)

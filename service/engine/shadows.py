@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from service.differences import same_json
+from service.differences import differences
 from service.engine.calls import CallResult, MLCaller
 from service.engine.expressions import EvaluationError
 from service.engine.step import Step, bucket
@@ -156,9 +156,11 @@ def _judged(
     result = ShadowResult(status=StepStatus.SUCCEEDED, output=call.output)
     if primary is None or primary.error is not None:
         return "primary_failed", result
+    found = differences(primary.output, call.output)
+    result.differences = found.pointers
     compare = step.shadow.compare
     if compare is None:
-        result.agree = same_json(primary.output, call.output)
+        result.agree = found.equal
     else:
         try:
             agree = compare.render({**scope, "response": primary.output, "shadow": call.output})

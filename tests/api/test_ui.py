@@ -227,3 +227,85 @@ def test_a_parent_links_its_children_and_each_child_its_parent(
             )
             page.locator("#facts .parent a").click()
             expect(page.locator("#execution-id")).to_contain_text(parent)
+
+
+ROLLOUT = """
+input:
+  user_id: {type: string, required: true}
+steps:
+  match:
+    call: PRIMARY/match-candidato
+    body: {user_id: "${input.user_id}"}
+    shadow: {call: CANDIDATE/match-candidato}
+  analyse:
+    after: [match]
+    call: PRIMARY/match-analysis-user-vacancy
+    for_each: ${steps.match.output.vacancies.map(v, v.vacancy_id)}
+    body: {user_id: "${input.user_id}", vacancy_id: "${item}"}
+    shadow: {call: CANDIDATE/match-analysis-user-vacancy}
+"""
+
+
+def test_an_operator_reads_a_rollout_replays_it_and_compares(
+    browser: Browser, page: Page, tmp_path: Path
+) -> None:
+    """The candidate ranks a vacancy more and scores fits lower: each step's shadow is
+    drawn beside its answer with the differences marked, the flow's agreement per step
+    above; a replay after the model changed is compared with its original."""
+    primary, candidate = StandIns(), StandIns(vacancies=4)
+    candidate.extra["/match-analysis-user-vacancy"] = {"fit": 0.6}
+    with serve(primary.app()) as primary_url, serve(candidate.app()) as candidate_url:
+        path = tmp_path / "rollout.yaml"
+        path.write_text(ROLLOUT.replace("PRIMARY", primary_url).replace("CANDIDATE", candidate_url))
+        flows = project_flows(primary_url) | {"rollout": load_flows(tmp_path, {})["rollout"]}
+        with serve(create_app(make_settings(), flows)) as url:
+            ids = []
+            for user in ("u-1", "u-2"):
+                body = {"flow": "rollout", "user_id": user}
+                ids.append(httpx.post(f"{url}/orchestrate", json=body).json()["execution_id"])
+
+            def shadowed(execution_id: str) -> bool:
+                steps = httpx.get(f"{url}/executions/{execution_id}").json()["steps"]
+                return all(
+                    steps.get(n, {}).get("items" if n == "analyse" else "shadow")
+                    for n in ("match", "analyse")
+                ) and all(item["shadow"] for item in steps["analyse"]["items"])
+
+            deadline = time.monotonic() + 15
+            while not all(shadowed(i) for i in ids):
+                assert time.monotonic() < deadline, "shadows not recorded"
+                time.sleep(0.05)
+
+            page.goto(f"{url}/ui/executions/{ids[0]}")
+            expect(page.locator("#facts")).to_contain_text("succeeded")
+            row = page.locator('#agreement tr[data-step="match"]')
+            expect(row.locator(".agreement")).to_have_text("0.0 %")
+            expect(row).to_contain_text("0 / 2 / 0")
+            expect(page.locator('#agreement tr[data-step="analyse"]')).to_contain_text("0 / 6 / 0")
+            step = page.locator('details.step[data-step="match"]')
+            step.locator("summary").click()
+            shadow = step.locator('[data-shadow="match"]')
+            expect(shadow).to_contain_text("disagrees")
+            expect(shadow).to_contain_text("differs at /vacancies/3")
+            expect(shadow.locator(".sides pre").nth(1).locator(".line.differs")).not_to_have_count(
+                0
+            )
+            items = page.locator('details.step[data-step="analyse"]')
+            items.locator("summary").click()
+            expect(items).to_contain_text("shadows: 0 of 3 items agree")
+            expect(items.locator(".line.differs")).not_to_have_count(0)
+            page.screenshot(path=tmp_path / "rollout.png", full_page=True)
+
+            primary.vacancies = 4  # the new model is deployed: replay last week's executions
+            page.get_by_role("button", name="Replay").click()
+            page.get_by_role("button", name="Yes").click()
+            link = page.locator("#notice a")
+            expect(link).to_have_count(1)
+            link.click()
+            expect(page.locator("#facts")).to_contain_text("succeeded", timeout=15_000)
+            page.locator("#facts .replay-of").get_by_role("link", name="compare").click()
+            expect(page.locator("#summary")).to_contain_text("different")
+            match = page.locator('#compared details.step[data-step="match"]')
+            expect(match).to_contain_text("differs at /vacancies/3")
+            expect(match.locator(".line.differs")).not_to_have_count(0)
+            page.screenshot(path=tmp_path / "compare.png", full_page=True)

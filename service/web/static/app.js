@@ -75,6 +75,12 @@ function executionLink(id) {
   return el("a", { href: `/ui/executions/${encodeURIComponent(id)}` }, id);
 }
 
+function replayOf(execution) {
+  // A replay's original, and the page comparing the two.
+  const compare = `/ui/compare/${encodeURIComponent(execution.replay_of)}/${encodeURIComponent(execution.execution_id)}`;
+  return el("span", { class: "replay-of" }, executionLink(execution.replay_of), " · ", el("a", { href: compare }, "compare"));
+}
+
 function parentOf(parent) {
   // A child execution's parent, and the step (and item) that started it.
   const item = parent.index === null || parent.index === undefined ? "" : `, item ${parent.index}`;
@@ -408,7 +414,9 @@ function drawSteps(execution) {
       step.status === "waiting" && step.wait ? el("p", { class: "wait" }, waitText(step)) : null,
       step.error ? el("p", { class: "error" }, step.error) : null,
       children(step),
+      step.variant ? el("p", { class: "muted" }, `variant ${step.variant}`) : null,
       shown ? el("pre", { class: "json output" }, shown) : null,
+      shadowsOfStep(name, step),
     );
   });
   document.getElementById("steps").replaceChildren(...blocks);
@@ -422,6 +430,7 @@ function executionPage() {
   const notice = document.getElementById("notice");
   let flow = null;
   let timer = null;
+  let agreementDrawn = false;
 
   async function load() {
     try {
@@ -439,6 +448,7 @@ function executionPage() {
         ["Wakes", execution.status === "waiting" ? when(execution.wake_at) : "—"],
         ["Flow version", execution.flow_version || "—"],
         ["Parent", execution.parent ? parentOf(execution.parent) : "—"],
+        ["Replay of", execution.replay_of ? replayOf(execution) : "—"],
         ["Error", execution.error || "—"],
       ];
       document.getElementById("facts").replaceChildren(...facts.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
@@ -447,6 +457,10 @@ function executionPage() {
       drawTimeline(execution, flow, critical);
       drawResult(flow, execution);
       drawSteps(execution);
+      if (!agreementDrawn) {
+        agreementDrawn = true;
+        drawAgreement(execution.flow).catch(showError);
+      }
       document.getElementById("input").textContent = JSON.stringify(execution.input, null, 2);
       cancel.hidden = !CANCELLABLE.includes(execution.status);
       redrive.hidden = !REDRIVABLE.includes(execution.status);
@@ -462,6 +476,10 @@ function executionPage() {
     confirmThen(document.getElementById("confirm"), question, async () => {
       try {
         const done = await api(`${path}/${verb}`, { method: "POST" });
+        if (verb === "replay") {
+          notice.replaceChildren("replay queued: ", executionLink(done.execution_id));
+          return;
+        }
         notice.textContent = verb === "redrive" ? `run ${done.run} queued` : `${done.status}`;
         clearInterval(timer);
         timer = setInterval(load, LIVE_MS / 3);
@@ -472,6 +490,9 @@ function executionPage() {
     });
   cancel.addEventListener("click", act("cancel", "Cancel this execution? Calls in flight are abandoned."));
   redrive.addEventListener("click", act("redrive", "Re-drive this execution? Succeeded steps are kept."));
+  document
+    .getElementById("replay")
+    .addEventListener("click", act("replay", "Replay this execution on today's flow? A new execution runs; no webhook."));
   load();
 }
 
@@ -479,4 +500,5 @@ document.addEventListener("DOMContentLoaded", () => {
   const page = document.body.dataset.page;
   if (page === "executions") executionsPage();
   if (page === "execution") executionPage();
+  if (page === "compare") comparePage();
 });

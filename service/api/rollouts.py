@@ -1,5 +1,10 @@
-"""Replays and comparisons, for operators trying a new model or flow version on past
-traffic: an execution run again as a new one, and two executions compared step by step.
+"""Model rollouts, for operators trying a new model or flow version: how its shadow
+calls agree, an execution run again as a new one (a replay), and two executions
+compared step by step.
+
+`GET /flows/{name}/shadows` reads the latest ended executions of a flow (at most
+MAX_SHADOW_READS) and answers, per step with a shadow, how many calls were shadowed,
+the agreement rate and the median latency of the primary and of the candidate.
 
 A replay is a new execution of the same flow and input, on today's version of its flow
 or a `flow_version` kept in the store, recording `replay_of`; its result goes only to
@@ -13,11 +18,13 @@ however large the outputs.
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.bodies import json_body_read_here, read_body
@@ -34,10 +41,20 @@ from service.api.operations import (
     required_body,
 )
 from service.api.problems import Problem, documented, invalid, unknown_execution
+from service.backends.listing import ExecutionQuery
 from service.bounds import MAX_OPERATOR_BODY_BYTES
 from service.differences import MAX_POINTERS, WALK_BUDGET, differences
 from service.errors import WebhookTargetRefused
-from service.execution import FLOW_VERSION, Execution, ExecutionStatus, StepStatus, now
+from service.execution import (
+    FLOW_VERSION,
+    TERMINAL,
+    Execution,
+    ExecutionStatus,
+    ItemResult,
+    ShadowResult,
+    StepStatus,
+    now,
+)
 from service.messages import RequestMessage, inline_schema
 
 log = structlog.get_logger(__name__)
@@ -45,6 +62,29 @@ router = APIRouter(dependencies=[Depends(operator)], responses=REFUSED)
 
 # Of two executions compared, this many JSON nodes are walked at most, all steps together.
 COMPARE_BUDGET = WALK_BUDGET * 5
+
+
+MAX_SHADOW_READS = 200
+READS_AT_ONCE = 10
+
+
+class ShadowAgreement(BaseModel):
+    """One step's shadow calls over the executions read."""
+
+    step: str
+    shadowed: int = Field(description="calls (or items) with a shadow's outcome")
+    agree: int
+    disagree: int
+    errors: int = Field(description="no verdict: the candidate, the primary or `compare` failed")
+    agreement: float | None = Field(description="agree / (agree + disagree)")
+    primary_ms: int | None = Field(description="median latency of the calls used")
+    shadow_ms: int | None = Field(description="median latency of the candidate's")
+
+
+class ShadowReport(BaseModel):
+    flow: str
+    executions: int = Field(description="ended executions read, newest first")
+    steps: list[ShadowAgreement]
 
 
 class ReplayOptions(BaseModel):
@@ -99,6 +139,72 @@ class Comparison(BaseModel):
     equal: bool
     steps: dict[str, StepComparison]
     result: StepComparison
+
+
+@router.get(
+    "/flows/{name}/shadows",
+    response_model=ShadowReport,
+    summary="How a flow's shadow calls agree with the calls used, over its latest executions",
+)
+async def shadows(
+    name: str,
+    parts: ComponentsDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_SHADOW_READS)] = 50,
+) -> ShadowReport:
+    if name not in parts.flows:
+        raise Problem(404, "Unknown flow", f"no flow {name[:63]!r}")
+    page = await parts.store.list(ExecutionQuery(statuses=TERMINAL, flow=name, limit=limit))
+    at_once = asyncio.Semaphore(READS_AT_ONCE)
+
+    async def read(execution_id: str) -> Execution | None:
+        async with at_once:
+            return await parts.store.get(execution_id)
+
+    read_all = await asyncio.gather(*(read(s.execution_id) for s in page.executions))
+    executions = [execution for execution in read_all if execution is not None]
+    return ShadowReport(flow=name, executions=len(executions), steps=agreement(executions))
+
+
+def agreement(executions: list[Execution]) -> list[ShadowAgreement]:
+    """Per step with shadows' outcomes (in the order first met), how they went."""
+    seen: dict[str, list[tuple[int, ShadowResult]]] = {}
+    for execution in executions:
+        for name, step in execution.steps.items():
+            if step.shadow is not None:
+                seen.setdefault(name, []).append((step.duration_ms, step.shadow))
+            for item in step.items or ():
+                if item.shadow is not None:
+                    seen.setdefault(name, []).append((_took(item), item.shadow))
+    report = []
+    for name, outcomes in seen.items():
+        shadows = [shadow for _, shadow in outcomes]
+        agree = sum(1 for shadow in shadows if shadow.agree is True)
+        disagree = sum(1 for shadow in shadows if shadow.agree is False)
+        judged = agree + disagree
+        answered = [s.duration_ms for s in shadows if s.status == StepStatus.SUCCEEDED]
+        report.append(
+            ShadowAgreement(
+                step=name,
+                shadowed=len(shadows),
+                agree=agree,
+                disagree=disagree,
+                errors=sum(1 for shadow in shadows if shadow.agree is None),
+                agreement=round(agree / judged, 4) if judged else None,
+                primary_ms=_median([took for took, _ in outcomes]),
+                shadow_ms=_median(answered),
+            )
+        )
+    return report
+
+
+def _took(item: ItemResult) -> int:
+    if item.started_at is None or item.finished_at is None:
+        return 0
+    return round((item.finished_at - item.started_at).total_seconds() * 1000)
+
+
+def _median(values: list[int]) -> int | None:
+    return round(statistics.median(values)) if values else None
 
 
 @router.post(
