@@ -63,7 +63,8 @@ class RequestMessage(BaseModel):
 
     @classmethod
     def of(cls, execution: Execution) -> RequestMessage:
-        """The request message that runs `execution` (again)."""
+        """The request message that runs `execution` (again): a stored one, whose record
+        holds the rest (its version, what it replays)."""
         return cls(
             execution_id=execution.execution_id,
             flow=execution.flow,
@@ -71,8 +72,6 @@ class RequestMessage(BaseModel):
             webhook_url=execution.webhook_url,
             requested_at=execution.requested_at,
             parent=execution.parent,
-            replay_of=execution.replay_of,
-            flow_version=execution.flow_version,
         )
 
     def attributes(self, run: int = 1) -> dict[str, str]:

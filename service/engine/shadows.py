@@ -13,7 +13,8 @@ agree, disagree, error (the candidate failed, or `compare` did), primary_failed
 
 The outcomes of an execution's shadows are held here by execution until the run that
 started them is over (delivered or suspended): `recorded` then waits for those still
-out, each at most its `timeout_s` after it started, and hands them to the store, which
+out, each at most its `timeout_s` after it started (or until the instance stops:
+`stop`), and hands them to the store, which
 keeps them beside the steps (as callbacks' answers are) so that no later write of the
 run overwrites them.
 """
@@ -72,6 +73,7 @@ class Shadows:
         self._caller = caller
         self._metrics = metrics
         self._out: dict[str, dict[str, asyncio.Task[ShadowResult]]] = {}
+        self._running: set[asyncio.Task[ShadowResult]] = set()  # held, or being settled
 
     def start(
         self, step: Step, flow: str, execution_id: str, key: str, body: Any, scope: dict[str, Any]
@@ -86,7 +88,9 @@ class Shadows:
         earlier = calls.pop(key, None)
         if earlier is not None:  # the same call made again in this run: its shadow too
             earlier.cancel()
-        calls[key] = asyncio.create_task(self._shadowed(step, body, scope, handle))
+        task = calls[key] = asyncio.create_task(self._shadowed(step, body, scope, handle))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
         return handle
 
     @asynccontextmanager
@@ -119,6 +123,12 @@ class Shadows:
             elif not isinstance(outcome, asyncio.CancelledError):
                 log.error("shadow call broke", shadow=key, reason=repr(outcome))
         return outcomes
+
+    def stop(self) -> None:
+        """The instance is stopping: no shadow is waited for any more (those that answered
+        are still recorded)."""
+        for task in list(self._running):
+            task.cancel()
 
     def drop(self, execution_id: str) -> None:
         """Abandon the execution's shadows: its run did not end here."""

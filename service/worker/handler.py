@@ -112,6 +112,7 @@ class PushHandler:
     def drain(self) -> None:
         """The instance is stopping: take no new work, give running work a grace period."""
         self._draining = True
+        self._runner.shadows.stop()
         if self._stopping is not None and not self._stopping.done():
             self._stopping.set_result(None)
 

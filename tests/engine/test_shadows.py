@@ -3,6 +3,8 @@ counted, never used; sampled by execution; checked when the flow loads."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +185,28 @@ def test_a_bad_shadow_is_a_load_error_naming_its_field(
     asleep.write_text("steps:\n  nap:\n    sleep: 1s\n    shadow: {call: 'http://b/x'}\n")
     with pytest.raises(FlowError, match="shadow"):
         load_flow(asleep, {})
+
+
+async def test_a_stopping_instance_waits_for_no_shadow(
+    sides: tuple[StandIns, StandIns, str, str], tmp_path: Path
+) -> None:
+    _, candidate, primary_url, candidate_url = sides
+    flow = shadowed(tmp_path, primary_url, candidate_url, shadow=", timeout_s: 60")
+    gate = candidate.gates[MATCH] = threading.Event()  # the candidate never answers
+    execution = Execution(
+        execution_id="stopping", flow=flow.name, status=ExecutionStatus.RUNNING, input={}
+    )
+    execution.input = {"user_id": "u1", "vacancies": []}
+    try:
+        async with http_clients() as (_, sender):
+            runner = make_runner(make_caller(sender), 30)
+            done = await runner.run(flow, execution)
+            assert done.status == ExecutionStatus.SUCCEEDED
+            settling = asyncio.create_task(runner.shadows.settled("stopping"))
+            await asyncio.sleep(0.2)
+            assert not settling.done()  # it waits for the candidate, up to 60 s
+            runner.shadows.stop()
+            async with asyncio.timeout(5):
+                assert await settling == {}
+    finally:
+        gate.set()

@@ -14,6 +14,7 @@ from service.backends.store import ExecutionStore
 from service.engine.flow import load_flow
 from service.execution import Execution, ExecutionStatus
 from tests.backends.test_store import fresh_firestore_store_like
+from tests.support.waits import until
 from tests.worker.test_waits import Stack, running
 
 TWO = """
@@ -58,7 +59,7 @@ async def test_a_replay_and_its_comparison_find_the_step_whose_answer_changed(
         with running(monkeypatch, tmp_path, flows, store=store) as stack:
             original = stack.start("two")
             before = stack.reaches(original, "succeeded")
-            assert len(stack.delivered(original)) == 1
+            until(lambda: stack.delivered(original), 10, "the original was not delivered")
 
             stack.functions.vacancies = 4  # the model behind match-candidato changed
             replay = replayed(stack, original)
@@ -90,12 +91,9 @@ async def test_a_replay_and_its_comparison_find_the_step_whose_answer_changed(
             assert many.json()["count"] == 2 == len(replays)
             for each in replays:
                 stack.reaches(each["execution_id"], "succeeded")
-            until_delivered = [stack.delivered(each["execution_id"]) for each in replays]
-            deadline = time.monotonic() + 5
-            while not all(until_delivered) and time.monotonic() < deadline:
-                time.sleep(0.05)
-                until_delivered = [stack.delivered(each["execution_id"]) for each in replays]
-            assert all(len(delivered) == 1 for delivered in until_delivered)
+            delivered = [each["execution_id"] for each in replays]
+            until(lambda: all(stack.delivered(i) for i in delivered), 10, "replays not delivered")
+            assert all(len(stack.delivered(each["execution_id"])) == 1 for each in replays)
 
     await asyncio.to_thread(scenario)
 
