@@ -41,6 +41,7 @@ from service.engine.flow_spec import (
 from service.engine.kinds import kind_of
 from service.engine.kinds.base import fixed, fixed_url, typed
 from service.engine.step import Cache, Step
+from service.engine.triggers import Trigger, compile_triggers
 from service.errors import FlowError
 from service.execution import is_step_name
 
@@ -61,6 +62,7 @@ class Flow:
     source: str = "{}"
     version: str = ""
     schedules: tuple[ScheduleSpec, ...] = ()
+    triggers: Mapping[str, Trigger] = dataclasses.field(default_factory=dict)  # by name
     # The steps right after each step: the runner starts them as it ends.
     dependents: Mapping[str, tuple[str, ...]] = dataclasses.field(init=False)
 
@@ -174,15 +176,18 @@ def compile_flow(name: str, raw: Any, env: Mapping[str, str], file: str) -> Flow
             result = compile_value(spec.result, names, env)
         except ExpressionError as exc:
             raise FlowError(file, str(exc)) from None
+    model = input_model(name, spec.input)
+    required = frozenset(n for n, field in model.model_fields.items() if field.is_required())
     return Flow(
         name=name,
         description=spec.description,
         steps=MappingProxyType(steps),
-        input_model=input_model(name, spec.input),
+        input_model=model,
         result=result,
         source=source,
         version=flow_version(source),
         schedules=tuple(spec.schedules),
+        triggers=MappingProxyType(compile_triggers(spec, required, env, file)),
     )
 
 

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -265,6 +266,35 @@ class ScheduleSpec(BaseModel):
         return value
 
 
+# Pub/Sub's topic names, alone (of the project) or whole (of any project).
+TOPIC = re.compile(
+    r"(projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/topics/)?"  # a project id
+    r"[A-Za-z][A-Za-z0-9_.~+%-]{2,254}"
+)
+
+
+class TriggerSpec(BaseModel):
+    """`triggers:` an execution of the flow for each message published to `topic` that
+    `when` (CEL over `event`) lets in, with `input` made from it (CEL over `event`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+    topic: str = Field(description="a topic of the project, or projects/PROJECT/topics/TOPIC")
+    when: str | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not TOPIC.fullmatch(value):
+            raise ValueError(
+                "not a topic: 3 to 255 letters, digits and - _ . ~ + %, starting with a "
+                "letter, or projects/PROJECT/topics/TOPIC"
+            )
+        return value
+
+
 class FlowSpec(BaseModel):
     """A flow file as written in YAML."""
 
@@ -275,14 +305,17 @@ class FlowSpec(BaseModel):
     steps: dict[str, StepSpec] = Field(min_length=1, max_length=MAX_FLOW_STEPS)
     result: Any = None
     schedules: list[ScheduleSpec] = Field(default_factory=list, max_length=20)
+    triggers: list[TriggerSpec] = Field(default_factory=list, max_length=20)
 
-    @field_validator("schedules")
+    @field_validator("schedules", "triggers")
     @classmethod
-    def _unique_names(cls, value: list[ScheduleSpec]) -> list[ScheduleSpec]:
-        names = [schedule.name for schedule in value]
+    def _unique_names(
+        cls, value: list[ScheduleSpec] | list[TriggerSpec], info: ValidationInfo
+    ) -> list[ScheduleSpec] | list[TriggerSpec]:
+        names = [each.name for each in value]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
-            raise ValueError(f"two schedules named {repeated[0]!r}")
+            raise ValueError(f"two {info.field_name} named {repeated[0]!r}")
         return value
 
 

@@ -53,6 +53,10 @@ def described(flow: Flow) -> dict[str, Any]:
             for step in flow.steps.values()
         ],
         "result": source_of(flow.result),
+        "triggers": [
+            {"name": trigger.name, "topic": trigger.topic, "when": source_of(trigger.when)}
+            for trigger in flow.triggers.values()
+        ],
     }
 
 

@@ -247,6 +247,54 @@ def test_a_flow_s_schedules_are_kept_with_it(tmp_path: Path) -> None:
         load_flow(path, {})
 
 
+TRIGGERED = SCHEDULED.replace("schedules:\n  - SCHEDULE", "triggers:\n  - TRIGGER")
+
+
+@pytest.mark.parametrize(
+    ("trigger", "reason"),
+    [
+        ("{name: Landed, topic: t-1, input: {user_id: x}}", "triggers.0.name"),
+        ("{name: a, topic: 'no spaces', input: {user_id: x}}", "triggers.0.topic"),
+        ("{name: a, topic: projects/p/topics/t-1, input: {user_id: x}}", "triggers.0.topic"),
+        ("{name: a, topic: t-1, input: {user_id: x}, where: y}", "triggers.0.where"),
+        ("{name: a, topic: t-1, input: {}}", "triggers.0.input: lacks 'user_id'"),
+        ("{name: a, topic: t-1, when: '${1 + 2}', input: {user_id: x}}", "triggers.0.when"),
+        ("{name: a, topic: t-1, when: '${event.nope(}', input: {user_id: x}}", "triggers.0.when"),
+        ("{name: a, topic: t-1, input: {user_id: '${input.user_id}'}}", "triggers.0.input"),
+        ("{name: a, topic: t-1, input: {user_id: '${steps.one.output}'}}", "triggers.0.input"),
+    ],
+)
+def test_a_trigger_is_checked_when_its_flow_loads(
+    tmp_path: Path, trigger: str, reason: str
+) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text(TRIGGERED.replace("TRIGGER", trigger))
+    with pytest.raises(FlowError, match=re.escape(reason)):
+        load_flow(path, {})
+
+
+def test_a_flow_s_triggers_are_kept_with_it_and_described(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    trigger = (
+        "{name: landed, topic: projects/data-team-1/topics/exports, "
+        "when: '${event.attributes.eventType == \"OBJECT_FINALIZE\"}', "
+        "input: {user_id: '${event.data.user}'}}"
+    )
+    path.write_text(TRIGGERED.replace("TRIGGER", trigger))
+    flow = load_flow(path, {})
+    assert list(flow.triggers) == ["landed"]
+    assert described(flow)["triggers"] == [
+        {
+            "name": "landed",
+            "topic": "projects/data-team-1/topics/exports",
+            "when": '${event.attributes.eventType == "OBJECT_FINALIZE"}',
+        }
+    ]
+    path.write_text(TRIGGERED.replace("TRIGGER", trigger + "\n  - " + trigger))
+    with pytest.raises(FlowError, match="two triggers named 'landed'"):
+        load_flow(path, {})
+
+
 def test_each_step_s_kind_is_decided_when_its_flow_loads(tmp_path: Path) -> None:
     """A step has one kind, a field of its compiled form, and only `call` does not wait."""
     env = {"BATCH_API_URL": "https://batch.example", "REVIEW_URL": "https://review.example"}
