@@ -3,7 +3,8 @@
 `PubSubTransport` (service/backends/pubsub.py) publishes to Google Pub/Sub (or its
 emulator, through PUBSUB_EMULATOR_HOST); Pub/Sub then pushes requests to POST /pubsub/push.
 `InProcessTransport` needs no cloud: a request published to the orchestration
-topic is handed to the same push handler, with the same ack/nack rules (a
+topic is handed to the same push handler, and an event published to a trigger's
+topic to its trigger (service/api/events.py), with the same ack/nack rules (a
 non-2xx answer is redelivered with backoff, up to MAX_DELIVERY_ATTEMPTS).
 """
 
@@ -49,8 +50,9 @@ class Transport(Protocol):
 class InProcessTransport:
     """Topics in this process: for a newcomer's laptop and for tests, never for production.
 
-    Messages of a subscribed topic are delivered at once, concurrently; others are
-    kept (the last KEEP_PER_TOPIC of each) so that they can be inspected.
+    Messages of a subscribed topic are delivered at once, concurrently, to each of its
+    subscribers (as to each subscription of a Pub/Sub topic); those of a topic nobody
+    subscribed are kept (the last KEEP_PER_TOPIC of each) so that they can be inspected.
     Undelivered messages are lost when the process stops.
     """
 
@@ -61,7 +63,7 @@ class InProcessTransport:
     )
 
     def __init__(self) -> None:
-        self._subscribers: dict[str, Deliver] = {}
+        self._subscribers: defaultdict[str, list[Deliver]] = defaultdict(list)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self.published: defaultdict[str, deque[tuple[bytes, dict[str, str]]]] = defaultdict(
@@ -72,8 +74,8 @@ class InProcessTransport:
         if len(data) > MAX_MESSAGE_BYTES:  # as Pub/Sub's client does
             raise ValueError(f"a message of {len(data)} bytes: Pub/Sub takes {MAX_MESSAGE_BYTES}")
         message_id = str(next(self._ids))
-        deliver = self._subscribers.get(topic)
-        if deliver is None:
+        subscribers = self._subscribers.get(topic)
+        if not subscribers:
             self.published[topic].append((data, attributes))
             return message_id
         envelope = PushEnvelope(
@@ -85,16 +87,17 @@ class InProcessTransport:
             ),
             subscription=f"in-process/{topic}",
         )
-        task = asyncio.create_task(self._deliver(deliver, envelope))
-        self._deliveries.add(task)
-        task.add_done_callback(self._deliveries.discard)
+        for deliver in subscribers:
+            task = asyncio.create_task(self._deliver(deliver, envelope))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
         return message_id
 
     async def check(self, topic: str) -> None:
         return None
 
     def subscribe(self, topic: str, deliver: Deliver) -> None:
-        self._subscribers[topic] = deliver
+        self._subscribers[topic].append(deliver)
 
     async def close(self) -> None:
         for task in self._deliveries:

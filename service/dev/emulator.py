@@ -149,7 +149,8 @@ class Emulator:
 
 
 class EmulatorAdmin:
-    """Topics and subscriptions of one project on the emulator, over REST. Idempotent."""
+    """Topics and subscriptions of one project on the emulator, over REST. Idempotent.
+    A topic is named alone (of this project) or whole (projects/P/topics/T, of any)."""
 
     def __init__(self, host: str, project: str) -> None:
         self.base = f"http://{host}/v1/projects/{project}"
@@ -157,29 +158,34 @@ class EmulatorAdmin:
         self.project = project
 
     def topic(self, name: str) -> None:
-        self._put(f"topics/{name}", {})
+        self._put(self.topic_path(name), {})
 
     def push_subscription(self, name: str, topic: str, endpoint: str) -> None:
         self._put(
-            f"subscriptions/{name}",
+            f"projects/{self.project}/subscriptions/{name}",
             {
-                "topic": f"projects/{self.project}/topics/{topic}",
+                "topic": self.topic_path(topic),
                 "pushConfig": {"pushEndpoint": endpoint},
                 "ackDeadlineSeconds": MAX_ACK_DEADLINE_S,
             },
         )
 
+    def topic_path(self, topic: str) -> str:
+        return topic if topic.startswith("projects/") else f"projects/{self.project}/topics/{topic}"
+
     def pull_subscription(self, name: str, topic: str) -> None:
         self._put(
-            f"subscriptions/{name}",
-            {"topic": f"projects/{self.project}/topics/{topic}", "ackDeadlineSeconds": 60},
+            f"projects/{self.project}/subscriptions/{name}",
+            {"topic": self.topic_path(topic), "ackDeadlineSeconds": 60},
         )
 
     def publish(self, topic: str, data: bytes, attributes: dict[str, str] | None = None) -> str:
         """Publish one message, as any producer may; returns its message id."""
         message = {"data": base64.b64encode(data).decode(), "attributes": attributes or {}}
         response = httpx.post(
-            f"{self.base}/topics/{topic}:publish", json={"messages": [message]}, timeout=10
+            f"http://{self.host}/v1/{self.topic_path(topic)}:publish",
+            json={"messages": [message]},
+            timeout=10,
         )
         response.raise_for_status()
         message_id: str = response.json()["messageIds"][0]
@@ -203,6 +209,6 @@ class EmulatorAdmin:
         return [item["message"] for item in received]
 
     def _put(self, path: str, body: dict[str, object]) -> None:
-        response = httpx.put(f"{self.base}/{path}", json=body, timeout=10)
+        response = httpx.put(f"http://{self.host}/v1/{path}", json=body, timeout=10)
         if response.status_code != 409:  # 409: it exists already
             response.raise_for_status()
