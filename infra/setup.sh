@@ -180,7 +180,7 @@ if [ "$firestore" = true ]; then
     # lease_until, expire_at) are the monotonically increasing values Firestore
     # advises not to index past ~500 writes/s (PERFORMANCE.md, capacity).
     for field in input steps result answers shadows started_at finished_at duration_ms error run \
-        flow_version replay_of webhook_url traceparent owner lease_until delivered updated_at expire_at; do
+        flow_version replay_of trigger webhook_url traceparent owner lease_until delivered updated_at expire_at; do
         run "${g[@]}" firestore indexes fields update "$field" \
             --collection-group "$collection" --disable-indexes
     done

@@ -97,6 +97,27 @@ def schedules(settings: FlowFolders, tsv: bool) -> int:
     return 0
 
 
+def triggers(settings: FlowFolders, tsv: bool) -> int:
+    """The flows' event triggers, read without compiling the flows: a table, or one
+    tab-separated line each (id, topic, push path) for infra/setup.sh --triggers, which
+    keeps one push subscription per id."""
+    rows = []
+    for folder in settings.flows_dir:
+        for path in flow_files(folder):
+            name, raw = read_definition(path)
+            for trigger in parse_spec(name, raw, str(path)).triggers:
+                push_path = f"/pubsub/events/{name}/{trigger.name}"
+                rows.append((f"{name}-{trigger.name}", trigger.topic, push_path))
+    if tsv:
+        print("".join("\t".join(row) + "\n" for row in rows), end="")
+        return 0
+    if not rows:
+        print("no flow declares triggers")
+    for trigger_id, topic, push_path in rows:
+        print(f"{trigger_id}: topic {topic} → POST {push_path}")
+    return 0
+
+
 def run(settings: Settings, flows: dict[str, Flow], name: str, raw_input: str) -> int:
     flow = flows.get(name)
     if flow is None:
@@ -147,10 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--input", required=True, help="the flow's input as JSON")
     schedules_parser = commands.add_parser("schedules", help="list the flows' schedules")
     schedules_parser.add_argument("--tsv", action="store_true", help="for scripts")
+    triggers_parser = commands.add_parser("triggers", help="list the flows' event triggers")
+    triggers_parser.add_argument("--tsv", action="store_true", help="for scripts")
     args = parser.parse_args(argv)
-    if args.command == "schedules":
+    if args.command in ("schedules", "triggers"):
+        listing = schedules if args.command == "schedules" else triggers
         try:
-            return schedules(FlowFolders.load(), args.tsv)
+            return listing(FlowFolders.load(), args.tsv)
         except ConfigError as exc:
             print(f"ml-orchestrator: {exc}", file=sys.stderr)
             return 2

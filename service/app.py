@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service.api import callbacks, frontdoor, operations, problems, push, rollouts, ui
+from service.api import callbacks, events, frontdoor, operations, problems, push, rollouts, ui
 from service.api.deps import Components, ComponentsDep
 from service.api.hotpaths import HotPaths
 from service.api.inbound_auth import GoogleCertificates, OperatorAccess, TokenAuth
@@ -80,6 +81,7 @@ def create_app(
     app.include_router(ui.ui_root)
     app.mount("/ui/static", ui.static, name="ui-static")
     app.include_router(push.router)
+    app.include_router(events.router)
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:
@@ -273,7 +275,7 @@ def build(
     operators = OperatorAccess(
         operator_auth, closed=operator_auth is None and push_auth is not None
     )
-    return Components(
+    parts = Components(
         settings=settings,
         flows=flows,
         transport=transport,
@@ -289,6 +291,11 @@ def build(
         quotas=engine.quotas,
         caller=engine.caller,
     )
+    for flow in flows.values():  # where the transport pushes itself (embedded): events too
+        for trigger in flow.triggers.values():
+            deliver = functools.partial(events.started, parts, flow.name, trigger.name)
+            transport.subscribe(trigger.topic.rsplit("/", 1)[-1], deliver)
+    return parts
 
 
 @dataclass(frozen=True, slots=True)

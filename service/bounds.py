@@ -29,6 +29,9 @@ MAX_REQUEST_BYTES = 1_000_000
 MAX_OPERATOR_BODY_BYTES = 65_536
 # A request message is at most MAX_REQUEST_BYTES of JSON; base64 grows it by a third.
 MAX_PUSH_BYTES = 1_500_000
+# An event (a trigger's push) is any producer's message: up to Pub/Sub's 10 MB of data,
+# base64 in its envelope (13,333,336 bytes), and its attributes (100 of 1,280 bytes).
+MAX_EVENT_PUSH_BYTES = 13_500_000
 # Deeper than any payload of ours or of an ML function; far below the interpreter's limit.
 MAX_JSON_DEPTH = 64
 # Only an escape can put a surrogate into parsed text (UTF-8 input cannot hold one).

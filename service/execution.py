@@ -199,6 +199,7 @@ class ExecutionSummary(BaseModel):
     flow_version: str | None = Field(None, description="the version of its flow it runs")
     parent: ParentRef | None = Field(None, description="a child execution's parent")
     replay_of: str | None = Field(None, description="a replay's: the execution it replays")
+    trigger: str | None = Field(None, description="the trigger of its flow that started it")
 
 
 class Execution(ExecutionSummary):

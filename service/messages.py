@@ -60,6 +60,9 @@ class RequestMessage(BaseModel):
     flow_version: str | None = Field(
         None, pattern=FLOW_VERSION, description="the version of its flow it runs (else today's)"
     )
+    trigger: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9-]{0,39}$", description="set by an event trigger"
+    )
 
     @classmethod
     def of(cls, execution: Execution) -> RequestMessage:
@@ -98,6 +101,7 @@ class RequestMessage(BaseModel):
             parent=self.parent,
             replay_of=self.replay_of,
             flow_version=self.flow_version,
+            trigger=self.trigger,
         )
 
 
@@ -113,6 +117,7 @@ class ExecutionRequest:
     parent: ParentRef | None = None
     replay_of: str | None = None
     flow_version: str | None = None
+    trigger: str | None = None
 
     def execution(
         self, status: ExecutionStatus, flow_input: dict[str, Any] | None = None
@@ -129,6 +134,7 @@ class ExecutionRequest:
             parent=self.parent,
             replay_of=self.replay_of,
             flow_version=self.flow_version,
+            trigger=self.trigger,
         )
 
 
@@ -176,6 +182,13 @@ class PushMessage(BaseModel):
     message_id: str | None = Field(None, alias="messageId")
     publish_time: str | None = Field(None, alias="publishTime")
 
+    def raw(self) -> bytes:
+        """The data, decoded; RejectedMessage if it is not base64."""
+        try:
+            return base64.b64decode(self.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise RejectedMessage("message.data: not valid base64") from None
+
 
 class PushEnvelope(BaseModel):
     """The body Pub/Sub POSTs to a push endpoint."""
@@ -193,10 +206,7 @@ class PushEnvelope(BaseModel):
         A direct producer may leave out `execution_id` (the message id, stable across
         redeliveries, stands for it) and `requested_at` (the publish time).
         """
-        try:
-            raw = base64.b64decode(self.message.data, validate=True)
-        except (binascii.Error, ValueError):
-            raise RejectedMessage("message.data: not valid base64") from None
+        raw = self.message.raw()
         try:
             payload = parse_json(raw)
         except JSONRefused as exc:

@@ -21,6 +21,8 @@
                                                                 error, primary_failed
     orchestrator_shadow_duration_seconds{flow,step,side}        a shadowed call's latency, of
                                                                 each side: primary, shadow
+    orchestrator_trigger_total{flow,trigger,outcome}            published events: started,
+                                                                filtered, rejected
     orchestrator_limit_waiting{key}                             calls waiting for room in a limit
     orchestrator_limit_wait_seconds{key}                        how long those waited
 
@@ -139,6 +141,9 @@ class Metrics:
             unit="s",
             description="Latency of shadowed calls, by flow, step and side (primary, shadow)",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.triggers = Tally(
+            meter, "orchestrator_trigger", "Events of triggers, by flow, trigger and outcome"
         )
         self.limit_waiting = Tally(
             meter, "orchestrator_limit_waiting", "Calls waiting for room in a limit, by key", True

@@ -177,3 +177,18 @@ def test_schedules_need_no_other_setting_than_the_flows_folder(tmp_path: Path) -
     result = cli("schedules", cwd=tmp_path, FLOWS_DIR=folders, PUBSUB_EMULATOR_HOST="x:1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("batch-review-nightly: ")
+
+
+def test_triggers_list_what_the_flows_declare_without_their_environment(tmp_path: Path) -> None:
+    folders = f"{ROOT / 'flows'}:{ROOT / 'flows' / 'examples'}"
+    result = cli("triggers", cwd=tmp_path, FLOWS_DIR=folders, PUBSUB_EMULATOR_HOST="x:1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "score-vacancies-user-export: topic vacancy-exports → "
+        "POST /pubsub/events/score-vacancies/user-export\n"
+    )
+    tsv = cli("triggers", "--tsv", cwd=tmp_path, FLOWS_DIR=folders).stdout
+    assert tsv == (
+        "score-vacancies-user-export\tvacancy-exports\t/pubsub/events/score-vacancies/user-export\n"
+    )
+    assert cli("triggers", cwd=tmp_path).stdout == "no flow declares triggers\n"

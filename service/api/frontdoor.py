@@ -120,7 +120,7 @@ async def _accept(request: Request, parts: Components) -> JSONResponse:
         webhook_url=webhook_url,
         requested_at=now(),
     )
-    recorded = asyncio.ensure_future(_record_queued(parts.store, message))
+    recorded = asyncio.ensure_future(record_queued(parts.store, message))
     try:
         await publish(parts, message, "the request was not accepted")
     except BaseException:
@@ -158,7 +158,7 @@ async def publish(parts: Components, message: RequestMessage, refusal: str, run:
         raise unavailable(exc, refusal) from None
 
 
-async def _record_queued(store: OperatorStore, message: RequestMessage) -> bool:
+async def record_queued(store: OperatorStore, message: RequestMessage) -> bool:
     """Make the execution readable as `queued` until a delivery claims it; whether it
     was recorded now.
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from service.api.bodies import json_body_read_here, read_body
-from service.api.deps import components_of
+from service.api.deps import Components, components_of
 from service.api.inbound_auth import AuthRefused
 from service.api.problems import Problem
 from service.bounds import MAX_PUSH_BYTES
@@ -38,6 +38,17 @@ router = APIRouter()
 )
 async def push(request: Request) -> Response:
     parts = components_of(request)  # not a dependency: this is the hot path
+    envelope = await pushed(parts, request)
+    if isinstance(envelope, Response):
+        return envelope
+    return Response(status_code=await parts.push.handle(envelope))
+
+
+async def pushed(
+    parts: Components, request: Request, limit: int = MAX_PUSH_BYTES
+) -> PushEnvelope | Response:
+    """The envelope a push carries (of at most `limit` bytes), or the answer to a push
+    refused (its token) or acked at once (a body no redelivery can make valid, reported)."""
     if parts.push_auth is not None:
         try:
             await parts.push_auth.verify(request.headers.get("authorization"))
@@ -45,13 +56,12 @@ async def push(request: Request) -> Response:
             log.warning("push refused", reason=str(exc), status_code=exc.status)
             return Response(status_code=exc.status)
     try:
-        body = await read_body(request, MAX_PUSH_BYTES)
-        envelope = PushEnvelope.model_validate_json(body)
+        body = await read_body(request, limit)
+        return PushEnvelope.model_validate_json(body)
     except (Problem, ValidationError) as exc:
         # Nothing can make this body valid later: ack it rather than have it pushed forever.
         await parts.push.reject(RejectedMessage(f"push envelope: {_reason(exc)}"), None)
         return Response(status_code=ACK)
-    return Response(status_code=await parts.push.handle(envelope))
 
 
 def _reason(exc: Exception) -> str:

@@ -104,9 +104,11 @@ async def test_unknown_keys_do_not_make_every_request_fetch_certificates(
     assert certs[1]["certs"] - before == 0
 
 
-def test_the_push_endpoint_requires_a_token_when_configured(
-    identity: Identity, certs: tuple[str, Counter[str]]
+@pytest.mark.parametrize("path", ["/pubsub/push", "/pubsub/events/ml-orchestration/landed"])
+def test_the_push_endpoints_require_a_token_when_configured(
+    identity: Identity, certs: tuple[str, Counter[str]], path: str
 ) -> None:
+    """The requests' and the triggers' (here of a trigger no flow declares: acked)."""
     settings = make_settings(
         push_auth_audience=AUDIENCE,
         push_auth_service_account=SERVICE_ACCOUNT,
@@ -115,12 +117,12 @@ def test_the_push_endpoint_requires_a_token_when_configured(
     transport = RecordingTransport()
     envelope = {"message": {"data": base64.b64encode(b"not json").decode(), "messageId": "1"}}
     with serve(create_app(settings, FLOWS, transport)) as url, httpx.Client(base_url=url) as client:
-        assert client.post("/pubsub/push", json=envelope).status_code == 401
+        assert client.post(path, json=envelope).status_code == 401
         forged = {"authorization": forgeries(identity)["wrong email"][0] or ""}
-        assert client.post("/pubsub/push", json=envelope, headers=forged).status_code == 403
+        assert client.post(path, json=envelope, headers=forged).status_code == 403
         assert transport.published == []
         valid = {"authorization": f"Bearer {identity.token(AUDIENCE)}"}
-        assert client.post("/pubsub/push", json=envelope, headers=valid).status_code == 204
+        assert client.post(path, json=envelope, headers=valid).status_code == 204
 
 
 async def test_unreachable_certificates_are_a_retryable_503() -> None:

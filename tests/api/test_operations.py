@@ -86,6 +86,7 @@ def test_executions_are_listed_newest_first_as_summaries(client: httpx.Client) -
         "flow_version",
         "parent",  # a child execution's (null here)
         "replay_of",  # a replay's
+        "trigger",  # a triggered execution's
     }
     assert "secret_input" not in response.text
 
