@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Usage: infra/setup.sh PROJECT REGION [SERVICE] [--firestore] [--monitoring] [--schedules] [--dry-run]
+# Usage: infra/setup.sh PROJECT REGION [SERVICE] [--firestore] [--monitoring] [--schedules]
+#                       [--triggers] [--dry-run]
 #
 # Creates what the orchestrator needs around its Cloud Run service, and only what
 # is missing: running it again changes nothing. Run it before the first deploy.
@@ -32,6 +33,12 @@
 #                FLOWS_DIR), created or updated: POST /orchestrate with the schedule's
 #                input, OIDC as SERVICE-push@; the SERVICE-schedule-* jobs no flow
 #                declares any more are deleted
+#   --triggers   one push subscription SERVICE-trigger-FLOW-NAME per event trigger the
+#                flows declare (`python -m service triggers`) on the trigger's topic (one
+#                of this project is created when missing) to /pubsub/events/FLOW/NAME,
+#                with the push subscription's identity, ack deadline, retry policy and
+#                dead-letter topic; created, updated (re-created when its topic changed),
+#                and the SERVICE-trigger-* subscriptions no flow declares any more deleted
 #   --monitoring the Cloud Monitoring dashboard infra/dashboard.json (rates, failures,
 #                step latency p50/p99, in flight, webhooks; needs the service to run
 #                with OTEL_METRICS_EXPORTER=gcp_monitoring)
@@ -47,6 +54,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 firestore=false
 monitoring=false
 schedules=false
+triggers=false
 positional=()
 for argument in "$@"; do
     case "$argument" in
@@ -55,6 +63,7 @@ for argument in "$@"; do
         --firestore) firestore=true ;;
         --monitoring) monitoring=true ;;
         --schedules) schedules=true ;;
+        --triggers) triggers=true ;;
         -*) die "unknown option $argument (see --help)" ;;
         *) positional+=("$argument") ;;
     esac
@@ -76,6 +85,28 @@ number="$(gcloud projects describe "$project" --format='value(projectNumber)')" 
 url="https://${service}-${number}.${region}.run.app"
 pubsub_agent="service-${number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 g=(gcloud --project "$project" --quiet)
+
+# Every push subscription (the requests' and each trigger's) delivers alike: OIDC tokens of
+# SERVICE-push@ for the service URL, 10 s..600 s backoff, dead letters after $attempts.
+push_flags=(
+    --push-auth-service-account "$push_account"
+    --push-auth-token-audience "$url"
+    --ack-deadline 600
+    --min-retry-delay 10s
+    --max-retry-delay 600s
+    --dead-letter-topic "$dead_letter"
+    --max-delivery-attempts "$attempts"
+)
+
+# What the flows declare (KIND: schedules or triggers), one tab-separated line each, read
+# with the project's .venv and without the flows' settings.
+declared_by_flows() {
+    local python_bin="${PYTHON:-$here/../.venv/bin/python}"
+    [ -x "$python_bin" ] \
+        || die "--$1 reads the flows with the project's .venv: run ./scripts/dev.sh once"
+    PYTHONPATH="$here/.." "$python_bin" -m service "$1" --tsv \
+        || die "the flows' $1 could not be read (python -m service $1)"
+}
 
 # A composite index has no name to describe it by: one that exists answers ALREADY_EXISTS.
 create_index() {
@@ -118,15 +149,7 @@ exists "${g[@]}" pubsub subscriptions describe "${dead_letter}-sub" \
 echo "== Push subscription" >&2
 exists "${g[@]}" pubsub subscriptions describe "${service}-push" \
     || run "${g[@]}" pubsub subscriptions create "${service}-push" \
-        --topic "$topic" \
-        --push-endpoint "${url}/pubsub/push" \
-        --push-auth-service-account "$push_account" \
-        --push-auth-token-audience "$url" \
-        --ack-deadline 600 \
-        --min-retry-delay 10s \
-        --max-retry-delay 600s \
-        --dead-letter-topic "$dead_letter" \
-        --max-delivery-attempts "$attempts"
+        --topic "$topic" --push-endpoint "${url}/pubsub/push" "${push_flags[@]}"
 
 echo "== Timers" >&2
 # Waiting executions are resumed by this job; the service fires none itself on Cloud Run.
@@ -207,11 +230,7 @@ fi
 
 if [ "$schedules" = true ]; then
     echo "== Schedules" >&2
-    python_bin="${PYTHON:-$here/../.venv/bin/python}"
-    [ -x "$python_bin" ] \
-        || die "--schedules reads the flows with the project's .venv: run ./scripts/dev.sh once"
-    listed="$(PYTHONPATH="$here/.." "$python_bin" -m service schedules --tsv)" \
-        || die "the flows' schedules could not be read (python -m service schedules)"
+    listed="$(declared_by_flows schedules)"
     declared=" "
     while IFS=$'\t' read -r id cron zone body; do
         [ -n "$id" ] || continue
@@ -238,6 +257,50 @@ if [ "$schedules" = true ]; then
             "${service}-schedule-"*)
                 [[ "$declared" == *" $job "* ]] \
                     || run "${g[@]}" scheduler jobs delete "$job" --location "$region"
+                ;;
+        esac
+    done
+fi
+
+if [ "$triggers" = true ]; then
+    echo "== Triggers" >&2
+    listed="$(declared_by_flows triggers)"
+    declared=" "
+    while IFS=$'\t' read -r id trigger_topic push_path; do
+        [ -n "$id" ] || continue
+        subscription="${service}-trigger-${id}"
+        declared+="$subscription "
+        case "$trigger_topic" in
+            projects/*) topic_path="$trigger_topic" ;;  # another project's: not ours to make
+            *)
+                topic_path="projects/${project}/topics/${trigger_topic}"
+                exists "${g[@]}" pubsub topics describe "$trigger_topic" \
+                    || run "${g[@]}" pubsub topics create "$trigger_topic"
+                ;;
+        esac
+        # A subscription's topic cannot change: one on another topic is made again.
+        current="$("${g[@]}" pubsub subscriptions describe "$subscription" \
+            --format 'value(topic)' 2>/dev/null || true)"
+        if [ -n "$current" ] && [ "$current" != "$topic_path" ]; then
+            run "${g[@]}" pubsub subscriptions delete "$subscription"
+            current=""
+        fi
+        if [ -n "$current" ]; then
+            run "${g[@]}" pubsub subscriptions update "$subscription" \
+                --push-endpoint "${url}${push_path}" "${push_flags[@]}"
+        else
+            run "${g[@]}" pubsub subscriptions create "$subscription" \
+                --topic "$topic_path" --push-endpoint "${url}${push_path}" "${push_flags[@]}"
+        fi
+        # Dead-lettering acknowledges the message on the subscription as the service agent.
+        run "${g[@]}" pubsub subscriptions add-iam-policy-binding "$subscription" \
+            --member "serviceAccount:${pubsub_agent}" --role roles/pubsub.subscriber
+    done <<<"$listed"
+    for subscription in $("${g[@]}" pubsub subscriptions list --format 'value(name.basename())'); do
+        case "$subscription" in
+            "${service}-trigger-"*)
+                [[ "$declared" == *" $subscription "* ]] \
+                    || run "${g[@]}" pubsub subscriptions delete "$subscription"
                 ;;
         esac
     done

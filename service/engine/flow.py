@@ -176,18 +176,16 @@ def compile_flow(name: str, raw: Any, env: Mapping[str, str], file: str) -> Flow
             result = compile_value(spec.result, names, env)
         except ExpressionError as exc:
             raise FlowError(file, str(exc)) from None
-    model = input_model(name, spec.input)
-    required = frozenset(n for n, field in model.model_fields.items() if field.is_required())
     return Flow(
         name=name,
         description=spec.description,
         steps=MappingProxyType(steps),
-        input_model=model,
+        input_model=input_model(name, spec.input),
         result=result,
         source=source,
         version=flow_version(source),
         schedules=tuple(spec.schedules),
-        triggers=MappingProxyType(compile_triggers(spec, required, env, file)),
+        triggers=MappingProxyType(compile_triggers(spec, env, file)),
     )
 
 

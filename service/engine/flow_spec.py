@@ -320,7 +320,8 @@ class FlowSpec(BaseModel):
 
 
 def parse_spec(name: str, raw: Any, file: str) -> FlowSpec:
-    """A definition as its spec: fields, types and schedules checked, nothing compiled."""
+    """A definition as its spec: fields, types, schedules and the fields triggers map checked,
+    nothing compiled."""
     try:
         spec = FlowSpec.model_validate(raw)
     except ValidationError as exc:
@@ -338,6 +339,11 @@ def parse_spec(name: str, raw: Any, file: str) -> FlowSpec:
             error = exc.errors()[0]
             field = ".".join(str(part) for part in error["loc"])
             raise FlowError(file, f"schedules.{n}.input.{field}: {error['msg']}") from None
+    required = [name for name, field in model.model_fields.items() if field.is_required()]
+    for n, trigger in enumerate(spec.triggers):  # its values are CEL: only known when it fires
+        for field in required:
+            if field not in trigger.input:
+                raise FlowError(file, f"triggers.{n}.input.{field}: Field required")
     return spec
 
 

@@ -257,7 +257,7 @@ TRIGGERED = SCHEDULED.replace("schedules:\n  - SCHEDULE", "triggers:\n  - TRIGGE
         ("{name: a, topic: 'no spaces', input: {user_id: x}}", "triggers.0.topic"),
         ("{name: a, topic: projects/p/topics/t-1, input: {user_id: x}}", "triggers.0.topic"),
         ("{name: a, topic: t-1, input: {user_id: x}, where: y}", "triggers.0.where"),
-        ("{name: a, topic: t-1, input: {}}", "triggers.0.input: lacks 'user_id'"),
+        ("{name: a, topic: t-1, input: {}}", "triggers.0.input.user_id: Field required"),
         ("{name: a, topic: t-1, when: '${1 + 2}', input: {user_id: x}}", "triggers.0.when"),
         ("{name: a, topic: t-1, when: '${event.nope(}', input: {user_id: x}}", "triggers.0.when"),
         ("{name: a, topic: t-1, input: {user_id: '${input.user_id}'}}", "triggers.0.input"),

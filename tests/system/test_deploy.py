@@ -187,6 +187,77 @@ def test_setup_refuses_a_schedule_that_does_not_fit_its_flow(workdir: Path) -> N
     assert [args[7] for args in made] == ["ml-orchestrator-wake"]  # no schedule's job
 
 
+TRIGGERED = """
+input:
+  user_id: {type: string, required: true}
+steps:
+  report:
+    call: ${env.REPORT_URL}
+    body: {user_id: "${input.user_id}"}
+triggers:
+  - {name: export, topic: TOPIC, input: {user_id: "${event.attributes.objectId}"}}
+  - {name: other, topic: projects/data-team/topics/vertex-jobs, input: {user_id: x}}
+"""
+
+
+def test_setup_keeps_one_push_subscription_per_declared_trigger(workdir: Path) -> None:
+    """Created with the main subscription's delivery, updated, made again on another
+    topic, and deleted when no flow declares it; read without the flows' environment."""
+    flows = workdir / "flows"
+    flows.mkdir()
+    (flows / "ingest.yaml").write_text(TRIGGERED.replace("TOPIC", "exports"))
+    setup = ("infra/setup.sh", "proj", "us-east1", "--triggers")
+    first = run(workdir, *setup, FLOWS_DIR=str(flows))
+    assert first.code == 0, first.err
+    main = first.command("subscriptions", "create", "ml-orchestrator-push")
+    made = first.command("subscriptions", "create", "ml-orchestrator-trigger-ingest-export")
+    assert flag(made, "--topic") == "projects/proj/topics/exports"
+    assert flag(made, "--push-endpoint") == f"{URL}/pubsub/events/ingest/export"
+    delivery = main[main.index("--push-auth-service-account") :]
+    assert made[made.index("--push-auth-service-account") :] == delivery
+    assert flag(delivery, "--push-auth-token-audience") == URL
+    assert flag(delivery, "--dead-letter-topic") == "ml-orchestration-requests-dead-letter"
+    first.command("topics", "create", "exports")  # ours, made when missing
+    other = first.command("subscriptions", "create", "ml-orchestrator-trigger-ingest-other")
+    assert flag(other, "--topic") == "projects/data-team/topics/vertex-jobs"
+    assert not [args for args in first.commands() if "vertex-jobs" in args[3:6]]
+    agent = first.command(
+        "subscriptions", "add-iam-policy-binding", "ml-orchestrator-trigger-ingest-export"
+    )
+    assert flag(agent, "--role") == "roles/pubsub.subscriber"
+
+    second = run(workdir, *setup, FLOWS_DIR=str(flows))
+    assert second.code == 0, second.err
+    update = second.command("subscriptions", "update", "ml-orchestrator-trigger-ingest-export")
+    assert flag(update, "--push-endpoint") == f"{URL}/pubsub/events/ingest/export"
+    assert not [args for args in second.commands() if "delete" in args]
+
+    moved = TRIGGERED.replace("TOPIC", "exports-v2").split("  - {name: other")[0]
+    (flows / "ingest.yaml").write_text(moved)
+    third = run(workdir, *setup, FLOWS_DIR=str(flows))
+    assert third.code == 0, third.err
+    deleted = [
+        args[6] for args in third.commands() if args[3:6] == ["pubsub", "subscriptions", "delete"]
+    ]
+    assert deleted == [
+        "ml-orchestrator-trigger-ingest-export",  # its topic changed: made again
+        "ml-orchestrator-trigger-ingest-other",  # no flow declares it
+    ]
+    again = third.command("subscriptions", "create", "ml-orchestrator-trigger-ingest-export")
+    assert flag(again, "--topic") == "projects/proj/topics/exports-v2"
+
+
+def test_setup_refuses_a_trigger_that_does_not_fit_its_flow(workdir: Path) -> None:
+    flows = workdir / "flows"
+    flows.mkdir()
+    bad = TRIGGERED.replace("TOPIC", "exports").replace('{user_id: "', '{user: "')
+    (flows / "ingest.yaml").write_text(bad)
+    result = run(workdir, "infra/setup.sh", "proj", "us-east1", "--triggers", FLOWS_DIR=str(flows))
+    assert result.code != 0
+    assert "triggers.0.input.user_id: Field required" in result.err
+    assert not [args for args in result.commands() if "ml-orchestrator-trigger-" in " ".join(args)]
+
+
 def test_setup_a_second_time_creates_nothing(workdir: Path) -> None:
     first = run(workdir, "infra/setup.sh", "proj", "us-east1", "--firestore")
     state = sorted(path.name for path in (workdir / "state").iterdir())
