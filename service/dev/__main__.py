@@ -4,8 +4,9 @@ Starts the stand-ins (service/dev/standins.py: the ML functions, each waiting
 DEMO_DELAY_MS, a batch API and a reviewer for the example flow of waits, and a
 webhook receiver that prints each result), the Pub/Sub emulator if it is installed
 (else the embedded in-process transport), and the service with the project's flows
-and its examples (flows/examples/); prints a curl to paste for each. Ctrl-C stops
-everything.
+and its examples (flows/examples/); on the emulator, a topic and a push subscription
+for each event trigger of the flows. Prints a curl to paste for each, and one that
+delivers a sample Cloud Storage notification to a trigger. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -24,6 +26,7 @@ import uvicorn
 from service.app import create_app, load_checked_flows
 from service.dev.emulator import Emulator, EmulatorAdmin, find_emulator
 from service.dev.standins import StandIns, WebhookReceiver
+from service.engine.flow import Flow
 from service.errors import ConfigError
 from service.settings import Settings
 
@@ -44,6 +47,23 @@ CHILDREN_CURL = f"""curl -s -X POST http://127.0.0.1:{PORT}/orchestrate \\
   -H 'Content-Type: application/json' \\
   -d '{{"flow": "score-vacancies", "user_id": "test_user_123"}}'"""
 FLOWS = Path(__file__).resolve().parents[2] / "flows"
+# What Cloud Storage publishes when an object is written (JSON_API_V1 payload).
+OBJECT = "exports/test_user_123.json"
+NOTIFICATION_ATTRIBUTES = {
+    "notificationConfig": "projects/_/buckets/demo-exports/notificationConfigs/1",
+    "eventType": "OBJECT_FINALIZE",
+    "payloadFormat": "JSON_API_V1",
+    "bucketId": "demo-exports",
+    "objectId": OBJECT,
+    "objectGeneration": "1",
+}
+NOTIFICATION_DATA = {
+    "kind": "storage#object",
+    "bucket": "demo-exports",
+    "name": OBJECT,
+    "contentType": "application/json",
+    "metadata": {"user_id": "test_user_123"},
+}
 
 
 def configure_environment(emulator_host: str | None) -> str:
@@ -81,6 +101,14 @@ async def serve(emulator: Emulator | None) -> None:
             settings.orchestration_topic,
             f"http://127.0.0.1:{PORT}/pubsub/push",
         )
+        for flow in flows.values():
+            for trigger in flow.triggers.values():
+                admin.topic(trigger.topic)
+                admin.push_subscription(
+                    f"trigger-{flow.name}-{trigger.name}",
+                    trigger.topic,
+                    f"http://127.0.0.1:{PORT}/pubsub/events/{flow.name}/{trigger.name}",
+                )
     delay = float(os.environ.get("DEMO_DELAY_MS", "100"))
     vacancies = int(os.environ.get("DEMO_VACANCIES", "3"))
     job_s = float(os.environ.get("DEMO_JOB_S", "14"))  # the example's batch job
@@ -113,11 +141,35 @@ async def serve(emulator: Emulator | None) -> None:
             break  # a server could not start (its error is logged); gather reports it
         await asyncio.sleep(0.05)
     else:
-        announce(emulator, delay)
+        announce(emulator, delay, notification_command(flows, emulator))
     await asyncio.gather(*running)
 
 
-def announce(emulator: Emulator | None, delay: float) -> None:
+def notification_command(flows: dict[str, Flow], emulator: Emulator | None) -> str | None:
+    """A command delivering a sample Cloud Storage notification to the first trigger: on the
+    emulator, published to its topic; in process, pushed to its endpoint as Pub/Sub would."""
+    found = next(((f, t) for f in flows.values() for t in f.triggers.values()), None)
+    if found is None:
+        return None
+    flow, trigger = found
+    message: dict[str, object] = {
+        "data": base64.b64encode(json.dumps(NOTIFICATION_DATA).encode()).decode(),
+        "attributes": NOTIFICATION_ATTRIBUTES,
+    }
+    if emulator:
+        topic = EmulatorAdmin(emulator.host, PROJECT).topic_path(trigger.topic)
+        url = f"http://{emulator.host}/v1/{topic}:publish"
+        body: dict[str, object] = {"messages": [message]}
+    else:
+        url = f"http://127.0.0.1:{PORT}/pubsub/events/{flow.name}/{trigger.name}"
+        body = {"message": message | {"messageId": "demo-1"}, "subscription": "demo"}
+    return (
+        f"curl -s -X POST {url} \\\n  -H 'Content-Type: application/json' \\\n"
+        f"  -d '{json.dumps(body)}'"
+    )
+
+
+def announce(emulator: Emulator | None, delay: float, notification: str | None) -> None:
     transport = f"Pub/Sub emulator at {emulator.host}" if emulator else "in-process transport"
     print(
         f"\nML Orchestrator on http://127.0.0.1:{PORT} ({transport}); stand-in ML functions "
@@ -131,6 +183,14 @@ def announce(emulator: Emulator | None, delay: float) -> None:
         file=sys.stderr,
         flush=True,
     )
+    if notification:
+        again = "" if emulator else " (the same message id again starts no second execution)"
+        print(
+            f"Or let a file landing in a bucket start one (a Cloud Storage notification for "
+            f"the flow's trigger{again}):\n\n{notification}\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _interrupt(signum: int, frame: object) -> None:

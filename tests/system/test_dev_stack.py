@@ -84,6 +84,16 @@ def test_the_dev_stack_prints_a_curl_that_completes_a_flow(
             assert '"flow":"score-vacancies"' in started.stdout, started
             scored = wait_for(r"succeeded in \d+ ms \[result: user_id, scores\]", log, process)
             assert '"fit": 0.8' in scored[scored.rindex("[result: user_id, scores]") :]
+        # A file landing in a bucket: its notification starts score-vacancies for its user
+        # (published to the emulator's topic, or pushed as Pub/Sub would in process).
+        before = wait_for(r"Or let a file landing", log, process).count("[result: user_id, scores]")
+        notify = text[text.index("curl -s", text.index("Or let a file landing")) :]
+        delivered = subprocess.run(
+            ["bash", "-c", notify.split("\n\n")[0]], capture_output=True, text=True, timeout=30
+        )
+        assert delivered.returncode == 0, delivered
+        pattern = rf"(?s)(.*succeeded in \d+ ms \[result: user_id, scores\]){{{before + 1}}}"
+        wait_for(pattern, log, process)
     finally:
         process.send_signal(stop)
         process.wait(timeout=30)
