@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import itertools
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
@@ -88,7 +89,11 @@ class InProcessTransport:
             subscription=f"in-process/{topic}",
         )
         for deliver in subscribers:
-            task = asyncio.create_task(self._deliver(deliver, envelope))
+            # In a context of its own, as a push is: nothing the publisher bound (its log
+            # fields, its span) leaks into the delivery; the trace goes in the attributes.
+            task = asyncio.create_task(
+                self._deliver(deliver, envelope), context=contextvars.Context()
+            )
             self._deliveries.add(task)
             task.add_done_callback(self._deliveries.discard)
         return message_id

@@ -6,9 +6,11 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
+import structlog
 
 from service.app import create_app
 from service.backends.transport import InProcessTransport
@@ -55,6 +57,29 @@ async def test_a_message_nacked_every_time_stops_after_max_attempts() -> None:
     await transport.publish("requests", b"{}", {})
     await asyncio.sleep(0.3)
     assert seen == [1, 2, 3, 4, 5]
+    await transport.close()
+
+
+async def test_each_subscriber_gets_the_message_in_a_context_of_its_own() -> None:
+    """As each subscription of a Pub/Sub topic, pushed apart from the publisher: what the
+    publisher bound to its logs does not follow the message."""
+    transport = InProcessTransport()
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    def subscriber(name: str) -> Callable[[PushEnvelope], Awaitable[int]]:
+        async def deliver(envelope: PushEnvelope) -> int:
+            seen.append((name, structlog.contextvars.get_contextvars()))
+            return 204
+
+        return deliver
+
+    transport.subscribe("events", subscriber("first"))
+    transport.subscribe("events", subscriber("second"))
+    with structlog.contextvars.bound_contextvars(trigger="publisher's"):
+        await transport.publish("events", b"{}", {})
+    while len(seen) < 2:
+        await asyncio.sleep(0.01)
+    assert sorted(seen) == [("first", {}), ("second", {})]
     await transport.close()
 
 
