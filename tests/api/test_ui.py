@@ -7,6 +7,9 @@ an execution, read its timeline, press re-drive and confirm.
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 import shutil
 import threading
 import time
@@ -24,6 +27,7 @@ from service.dev.emulator import free_port
 from service.dev.servers import serve
 from service.dev.standins import StandIns, WebhookReceiver
 from service.engine.flow import load_flows
+from service.engine.triggers import execution_id
 from service.settings import PROJECT_FLOWS_DIR
 from tests.support.project import WEBHOOK_SECRET, full_seed, make_settings, project_flows
 
@@ -227,6 +231,46 @@ def test_a_parent_links_its_children_and_each_child_its_parent(
             )
             page.locator("#facts .parent a").click()
             expect(page.locator("#execution-id")).to_contain_text(parent)
+
+
+def test_an_execution_started_by_an_event_shows_its_trigger(browser: Browser, page: Page) -> None:
+    """The example flow's trigger: a Cloud Storage notification pushed to it starts an
+    execution whose facts name the trigger and its topic, beside the flow's triggers; the
+    list says which executions an event started."""
+    functions = StandIns(vacancies=1)
+    with serve(functions.app()) as functions_url:
+        flows = project_flows(functions_url) | load_flows(
+            PROJECT_FLOWS_DIR / "examples", functions.env(functions_url)
+        )
+        with serve(create_app(make_settings(), flows)) as url:
+            data = {"name": "exports/u-ui.json", "metadata": {"user_id": "u-ui"}}
+            attributes = {
+                "eventType": "OBJECT_FINALIZE",
+                "bucketId": "exports",
+                "objectId": "exports/u-ui.json",
+            }
+            message = {
+                "data": base64.b64encode(json.dumps(data).encode()).decode(),
+                "attributes": attributes,
+                "messageId": "ui-1",
+            }
+            pushed = httpx.post(
+                f"{url}/pubsub/events/score-vacancies/user-export",
+                json={"message": message, "subscription": "projects/p/subscriptions/s"},
+            )
+            assert pushed.status_code == 204, pushed.text
+            started = execution_id("score-vacancies", "user-export", "ui-1")
+            page.goto(f"{url}/ui/executions/{started}")
+            facts = page.locator("#facts")
+            expect(facts).to_contain_text("succeeded", timeout=15_000)
+            for term in ("Trigger", "Flow's triggers"):
+                fact = facts.locator("dt", has_text=re.compile(f"^{term}$")).locator("+ dd")
+                expect(fact).to_have_text("user-export ← topic vacancy-exports")
+            hover = facts.locator(".trigger").first.get_attribute("title") or ""
+            assert hover.startswith('when ${event.attributes.eventType == "OBJECT_FINALIZE"')
+            page.goto(f"{url}/ui/?flow=score-vacancies")
+            row = page.locator(f'tr[data-id="{started}"]')
+            expect(row).to_contain_text("score-vacancies · trigger user-export")
 
 
 ROLLOUT = """

@@ -81,6 +81,18 @@ function replayOf(execution) {
   return el("span", { class: "replay-of" }, executionLink(execution.replay_of), " · ", el("a", { href: compare }, "compare"));
 }
 
+function triggersOf(flow, only) {
+  // A flow's event triggers (or the one named `only`): name, topic, and its `when` on hover.
+  const shown = flow.triggers.filter((trigger) => !only || trigger.name === only);
+  if (!shown.length) return only ? only : "—";
+  const span = el("span", { class: "triggers" });
+  shown.forEach((trigger, n) => {
+    if (n) span.append(", ");
+    span.append(el("span", { class: "trigger", title: trigger.when ? `when ${trigger.when}` : "every message" }, `${trigger.name} ← topic ${trigger.topic}`));
+  });
+  return span;
+}
+
 function parentOf(parent) {
   // A child execution's parent, and the step (and item) that started it.
   const item = parent.index === null || parent.index === undefined ? "" : `, item ${parent.index}`;
@@ -148,7 +160,7 @@ function executionsPage() {
       "tr",
       { "data-id": execution.execution_id },
       el("td", {}, executionLink(execution.execution_id)),
-      el("td", {}, execution.flow),
+      el("td", {}, execution.flow, execution.trigger ? el("span", { class: "muted" }, ` · trigger ${execution.trigger}`) : null),
       el("td", {}, badge(execution.status)),
       el("td", { class: "number" }, execution.run),
       el("td", {}, when(execution.requested_at)),
@@ -449,6 +461,8 @@ function executionPage() {
         ["Flow version", execution.flow_version || "—"],
         ["Parent", execution.parent ? parentOf(execution.parent) : "—"],
         ["Replay of", execution.replay_of ? replayOf(execution) : "—"],
+        ["Trigger", execution.trigger ? triggersOf(flow, execution.trigger) : "—"],
+        ["Flow's triggers", triggersOf(flow, null)],
         ["Error", execution.error || "—"],
       ];
       document.getElementById("facts").replaceChildren(...facts.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
