@@ -547,6 +547,7 @@ def test_the_dashboard_and_alerts_chart_the_service_s_metrics() -> None:
         m.frontdoor_requests,
         m.shadows,
         m.shadow_duration,
+        m.triggers,
     )
     exported = {instrument.name for instrument in instruments}
     for file in ("dashboard.json", "alert-executions-failing.json", "alert-webhooks-failing.json"):
