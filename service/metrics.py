@@ -21,8 +21,9 @@
                                                                 error, primary_failed
     orchestrator_shadow_duration_seconds{flow,step,side}        a shadowed call's latency, of
                                                                 each side: primary, shadow
-    orchestrator_trigger_total{flow,trigger,outcome}            published events: started,
-                                                                filtered, rejected
+    orchestrator_trigger_total{flow,trigger,outcome}            events pushed to triggers:
+                                                                started, filtered, rejected,
+                                                                unknown (no flow declares it)
     orchestrator_limit_waiting{key}                             calls waiting for room in a limit
     orchestrator_limit_wait_seconds{key}                        how long those waited
 

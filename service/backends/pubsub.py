@@ -144,7 +144,8 @@ class PubSubTransport:
             raise BrokerUnavailable(f"topic {topic}: {_describe(exc)}") from exc
 
     def subscribe(self, topic: str, deliver: Deliver) -> None:
-        """Pub/Sub pushes to /pubsub/push itself: nothing to do in-process."""
+        """Pub/Sub pushes to /pubsub/push (and to each trigger's endpoint) itself: nothing
+        to do in-process."""
 
     async def close(self) -> None:
         await asyncio.gather(*self._requests, return_exceptions=True)
