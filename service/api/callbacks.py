@@ -20,7 +20,7 @@ from service.api.deps import ComponentsDep, components_of
 from service.api.inbound_auth import AuthRefused
 from service.api.operations import operator
 from service.api.problems import Problem, documented
-from service.backends.store import Answer
+from service.backends.answers import Answer
 from service.bounds import MAX_PAYLOAD_BYTES, JSONRefused, parse_json
 from service.callback_tokens import read_callback_token
 

@@ -23,6 +23,13 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from service.backends.answers import (
+    Answer,
+    AnswerRule,
+    callback_rule,
+    child_answer,
+    child_resumes,
+)
 from service.backends.firestore_calls import Contended
 from service.backends.firestore_ends import PARENTS_KEPT, FirestoreEnds
 from service.backends.firestore_layout import (
@@ -35,12 +42,7 @@ from service.backends.firestore_layout import (
 from service.backends.firestore_wire import LOST_RACE, python, write
 from service.backends.listing import ExecutionQuery, Page, page_key, page_token
 from service.backends.store import (
-    Answer,
-    AnswerRule,
-    callback_rule,
     cancelled,
-    child_answer,
-    child_resumes,
     due_again,
     kept_shadows,
     may_redrive,

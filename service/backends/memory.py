@@ -12,18 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.backends.answers import Answer, AnswerRule, callback_rule, child_resumes, child_rule
 from service.backends.listing import ExecutionQuery, Page, page_key, page_token, sort_key
 from service.backends.store import (
     FLAGGED,
-    Answer,
-    AnswerRule,
     Claim,
     ClaimState,
-    callback_rule,
     cancel_wins,
     cancelled,
-    child_resumes,
-    child_rule,
     claimed,
     due_again,
     kept_shadows,

@@ -25,8 +25,9 @@ Waiting executions: `suspend` stores a run that ended `waiting` and ends its lea
 its `wake_at` is its timer. `due` hands out the waiting executions whose timer has
 passed, each to one caller only (its timer moves REWAKE_S ahead, in case the resume
 it sends is lost); a claim resumes a waiting execution like a queued one. `answer`
-records what was posted to a step's callback URL (`callback_answer` decides); a
-cancel flags a waiting execution. Either moves its timer to `due_again()` while the
+records what was posted to a step's callback URL (`callback_answer` decides, in
+service/backends/answers.py, as `child_answer` does for `child_ended`); a cancel flags
+a waiting execution. Either moves its timer to `due_again()` while the
 caller sends its resume at once (the resume ends a cancelled one `cancelled` and
 delivers it); a run that suspends with an answer or a cancel already stored does the
 same: its timer moves to `due_again()` and the suspending worker sends the resume.
@@ -52,7 +53,7 @@ its own (an answer store, share leases). `ExecutionStore` is all of them.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -60,6 +61,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from service.backends.answers import Answer
 from service.backends.listing import ExecutionQuery, Page
 from service.callback_tokens import CallbackToken
 from service.execution import (
@@ -71,11 +73,9 @@ from service.execution import (
     Execution,
     ExecutionStatus,
     FlowVersion,
-    ItemResult,
     ParentRef,
     ShadowResult,
     StepResult,
-    StepStatus,
     now,
 )
 from service.shares import Ask, Share
@@ -127,89 +127,6 @@ def claimed(
         execution.flow_version = execution.flow_version or fresh.flow_version
         execution.traceparent = execution.traceparent or fresh.traceparent
     return Claim(ClaimState.CLAIMED, execution, cancel_requested=cancel_requested)
-
-
-class Answer(StrEnum):
-    """What a callback posted to a step's URL meets."""
-
-    ACCEPTED = "accepted"  # recorded; the execution resumes
-    ANSWERED = "answered"  # that step was answered already: nothing changes
-    GONE = "gone"  # its wait timed out, its run or the execution ended, or it is cancelled
-    UNKNOWN = "unknown"  # no such execution or step, or the token's secret does not match
-
-
-def callback_answer(
-    execution: Execution, token: CallbackToken, cancel_requested: bool = False
-) -> Answer:
-    """Whether `token` may answer its step of `execution` now (see Answer)."""
-    step = execution.steps.get(token.step)
-    wait = step.wait if step is not None else None
-    if step is None or wait is None or wait.kind != "callback":
-        return Answer.UNKNOWN
-    if not token.matches(wait.callback_sha256) or wait.run != token.run:
-        return Answer.UNKNOWN
-    if token.step in execution.callbacks or step.status == StepStatus.SUCCEEDED:
-        return Answer.ANSWERED
-    ended = execution.status in TERMINAL or cancel_requested or token.run != execution.run
-    if ended or step.status != StepStatus.WAITING or now() >= wait.timeout_at:
-        return Answer.GONE
-    return Answer.ACCEPTED
-
-
-def child_answer(
-    execution: Execution, parent: ParentRef, child: str, cancel_requested: bool = False
-) -> Answer:
-    """Whether the child execution `child` may report its end to `execution`, its parent
-    (the step or item of `parent`), now (see Answer): to the wait its step has now,
-    whichever run started the child (a re-driven parent waits again for the children
-    that had not succeeded)."""
-    step = execution.steps.get(parent.step)
-    wait = step.wait if step is not None else None
-    if step is None or wait is None or wait.kind != "flow":
-        return Answer.UNKNOWN
-    record: StepResult | ItemResult | None = step
-    if parent.index is not None:
-        items = step.items or []
-        record = items[parent.index] if parent.index < len(items) else None
-    if record is None or record.child != child:
-        return Answer.UNKNOWN
-    ended = execution.status in TERMINAL or cancel_requested or wait.run != execution.run
-    if ended or step.status != StepStatus.WAITING:
-        return Answer.GONE
-    if parent.answer_key in execution.callbacks:
-        return Answer.ANSWERED
-    if isinstance(record, ItemResult) and record.status != StepStatus.RUNNING:
-        return Answer.GONE  # its item timed out
-    return Answer.ACCEPTED
-
-
-def child_resumes(execution: Execution, parent: ParentRef, ends: int) -> bool:
-    """Whether a child's end just recorded, with it `ends` recorded for its step's wait,
-    resumes the parent: a single child's does; of a fan-out's, every end while an item
-    waits for a child (a slot is free for it), else the one that makes the ends as many
-    as the children the wait started. Where several ends count the same at once (on
-    Firestore), the store lets one of them resume it."""
-    step = execution.steps[parent.step]
-    if parent.index is None or step.wait is None:
-        return True
-    items = step.items or []
-    if any(item.status == StepStatus.RUNNING and item.child is None for item in items):
-        return True
-    return ends >= step.wait.children
-
-
-# Whether an answer may be recorded now: given the execution and whether a cancel was asked.
-AnswerRule = Callable[[Execution, bool], Answer]
-
-
-def callback_rule(token: CallbackToken) -> AnswerRule:
-    return lambda execution, cancel_requested: callback_answer(execution, token, cancel_requested)
-
-
-def child_rule(parent: ParentRef, child: str) -> AnswerRule:
-    return lambda execution, cancel_requested: child_answer(
-        execution, parent, child, cancel_requested
-    )
 
 
 class Conflict(Exception):

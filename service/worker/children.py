@@ -25,7 +25,8 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from service.backends.store import Answer, Conflict, WaitStore
+from service.backends.answers import Answer
+from service.backends.store import Conflict, WaitStore
 from service.engine.flow import Flow
 from service.engine.kinds.base import ChildRefused
 from service.errors import OrchestratorError

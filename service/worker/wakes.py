@@ -20,7 +20,8 @@ from typing import Any
 
 import structlog
 
-from service.backends.store import REWAKE_S, Answer, WaitStore
+from service.backends.answers import Answer
+from service.backends.store import REWAKE_S, WaitStore
 from service.callback_tokens import CallbackToken
 from service.errors import BrokerUnavailable, OrchestratorError
 from service.execution import Execution, ExecutionStatus, FlowVersion

@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from service.backends.answers import Answer
 from service.backends.firestore import FirestoreStore
 from service.backends.firestore_layout import HEAD_FIELDS
 from service.backends.listing import ExecutionQuery, PageTokenInvalid, sort_key
 from service.backends.memory import MemoryStore
-from service.backends.store import Answer, ClaimState, Conflict, ExecutionStore
+from service.backends.store import ClaimState, Conflict, ExecutionStore
 from service.callback_tokens import CallbackToken, new_callback_token, read_callback_token
 from service.errors import StoreRefused
 from service.execution import (

@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from service.app import create_app
+from service.backends.answers import Answer
 from service.backends.memory import MemoryStore
-from service.backends.store import Answer, ExecutionStore
+from service.backends.store import ExecutionStore
 from service.callback_tokens import CallbackToken, new_callback_token, read_callback_token
 from service.dev.emulator import free_port
 from service.dev.servers import serve
