@@ -38,6 +38,17 @@ QUEUED_RECORD_WAIT_S = 2.0
 ExecutionId = Annotated[str, Path(pattern=EXECUTION_ID, description="the execution's id")]
 
 
+def idempotency_header(scope: str) -> dict[str, Any]:
+    """The Idempotency-Key header in OpenAPI, its key naming one execution within `scope`."""
+    return {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": f"the same key ({scope}) gives the same execution id",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+    }
+
+
 @router.post(
     "/orchestrate",
     status_code=202,
@@ -45,15 +56,7 @@ ExecutionId = Annotated[str, Path(pattern=EXECUTION_ID, description="the executi
     summary="Accept a request and publish it for execution",
     openapi_extra={
         **json_body_read_here(OrchestrateRequest.model_json_schema()),
-        "parameters": [
-            {
-                "name": "Idempotency-Key",
-                "in": "header",
-                "required": False,
-                "description": "the same key (for the same flow) gives the same execution id",
-                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-            }
-        ],
+        "parameters": [idempotency_header("for the same flow")],
     },
     responses={
         400: documented(
@@ -81,11 +84,7 @@ async def orchestrate(request: Request) -> JSONResponse:
 
 
 async def _accept(request: Request, parts: Components) -> JSONResponse:
-    idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        raise invalid(
-            [{"field": "Idempotency-Key", "reason": f"1 to {MAX_IDEMPOTENCY_KEY} characters"}]
-        )
+    idempotency_key = idempotency_key_of(request)
     payload = _json_object(await read_body(request, MAX_REQUEST_BYTES))
     flow_name = payload.pop("flow", None) or parts.settings.default_flow
     webhook_url = payload.pop("webhook_url", None)
@@ -205,7 +204,21 @@ def _execution_id(request: Request, flow: str, idempotency_key: str | None) -> s
         idempotency_key = f"cloud-scheduler\n{job}\n{at}"
     if idempotency_key is None:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{flow}\n{idempotency_key}"))
+    return keyed_execution_id(flow, idempotency_key)
+
+
+def idempotency_key_of(request: Request) -> str | None:
+    """The request's Idempotency-Key header, if any; 422 naming it if it is empty or long."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        reason = f"1 to {MAX_IDEMPOTENCY_KEY} characters"
+        raise invalid([{"field": "Idempotency-Key", "reason": reason}])
+    return key
+
+
+def keyed_execution_id(scope: str, key: str) -> str:
+    """The execution an idempotency key names within `scope` (a flow, a replayed execution)."""
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{scope}\n{key}"))
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

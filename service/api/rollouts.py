@@ -11,6 +11,8 @@ or a `flow_version` kept in the store, recording `replay_of`; its result goes on
 a `webhook_url` given with it (neither DEFAULT_WEBHOOK_URL nor the result topic, whose
 receivers would act on it). It is stored as `queued` before its message is published,
 so a replay of an older version runs that version wherever the message lands.
+An Idempotency-Key names the replay of each execution it is sent with: asked again, the
+same one (published again, it runs once).
 `GET /executions/{a}/compare/{b}` answers per step whether the outputs are equal JSON
 and the JSON pointers where they differ (service/differences.py), in bounded work
 however large the outputs.
@@ -29,7 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.bodies import json_body_read_here, read_body
 from service.api.deps import Components, ComponentsDep
-from service.api.frontdoor import ExecutionId, publish, take_back
+from service.api.frontdoor import (
+    ExecutionId,
+    idempotency_header,
+    idempotency_key_of,
+    keyed_execution_id,
+    publish,
+    take_back,
+)
 from service.api.operations import (
     MAX_LIST_LIMIT,
     ON_ONE,
@@ -215,17 +224,19 @@ def _median(values: list[int]) -> int | None:
         "requestBody": {
             "required": False,
             "content": {"application/json": {"schema": inline_schema(ReplayOptions)}},
-        }
+        },
+        "parameters": [idempotency_header("for the same execution")],
     },
     **ON_ONE,
 )
 async def replay(execution_id: ExecutionId, request: Request, parts: ComponentsDep) -> Replayed:
+    key = idempotency_key_of(request)
     options = optional_body(ReplayOptions, await read_body(request, MAX_OPERATOR_BODY_BYTES))
     await _check_webhook(parts, options.webhook_url)
     original = await parts.store.get(execution_id)
     if original is None:
         raise unknown_execution(execution_id)
-    return await _replay(parts, original, options, str(request.base_url))
+    return await _replay(parts, original, options, str(request.base_url), key)
 
 
 @router.post(
@@ -233,7 +244,10 @@ async def replay(execution_id: ExecutionId, request: Request, parts: ComponentsD
     status_code=202,
     response_model=BulkReplayed,
     summary="Replay every execution that matches (newest first, at most `limit`)",
-    openapi_extra=json_body_read_here(inline_schema(BulkReplay)),
+    openapi_extra={
+        **json_body_read_here(inline_schema(BulkReplay)),
+        "parameters": [idempotency_header("for the same execution, each its own replay")],
+    },
     responses={
         400: documented("body is not strict JSON"),
         413: documented(f"body larger than {MAX_OPERATOR_BODY_BYTES} bytes"),
@@ -241,6 +255,7 @@ async def replay(execution_id: ExecutionId, request: Request, parts: ComponentsD
     },
 )
 async def replay_many(request: Request, parts: ComponentsDep) -> BulkReplayed:
+    key = idempotency_key_of(request)
     selection = required_body(BulkReplay, await read_body(request, MAX_OPERATOR_BODY_BYTES))
     await _check_webhook(parts, selection.webhook_url)
     page = await parts.store.list(selection.query())
@@ -248,7 +263,9 @@ async def replay_many(request: Request, parts: ComponentsDep) -> BulkReplayed:
 
     async def one(execution_id: str) -> Replayed | None:
         original = await parts.store.get(execution_id)
-        return None if original is None else await _replay(parts, original, selection, base_url)
+        if original is None:
+            return None
+        return await _replay(parts, original, selection, base_url, key)
 
     replays = await each_of([s.execution_id for s in page.executions], one, "replayed")
     log.info("bulk replay", count=len(replays), listed=len(page.executions))
@@ -303,15 +320,22 @@ def compared(a: Execution, b: Execution) -> Comparison:
 
 
 async def _replay(
-    parts: Components, original: Execution, options: ReplayOptions, base_url: str
+    parts: Components,
+    original: Execution,
+    options: ReplayOptions,
+    base_url: str,
+    key: str | None,
 ) -> Replayed:
-    """Store the replay `queued`, then publish it (taken back if the broker refuses)."""
+    """Store the replay `queued`, then publish it (taken back if the broker refuses). With
+    an idempotency key, the replay of `original` that key names: asked again, the same one
+    (published again, it runs once)."""
     if original.status == ExecutionStatus.REJECTED:
         reason = "a rejected execution has no input to replay"
         raise Problem(409, "Conflict", f"status: {reason}", errors=[_error("status", reason)])
     version = await _version(parts, original.flow, options.flow_version)
+    replay_id = keyed_execution_id(f"replay\n{original.execution_id}", key) if key else None
     message = RequestMessage(
-        execution_id=str(uuid.uuid4()),
+        execution_id=replay_id or str(uuid.uuid4()),
         flow=original.flow,
         input=original.input,
         webhook_url=options.webhook_url,
@@ -320,11 +344,13 @@ async def _replay(
         flow_version=version,
     )
     assert message.execution_id is not None
-    await parts.store.enqueue(message.resolve(None, None).execution(ExecutionStatus.QUEUED))
+    queued = message.resolve(None, None).execution(ExecutionStatus.QUEUED)
+    recorded = await parts.store.enqueue(queued)  # not again for a key asked before
     try:
         await publish(parts, message, "not replayed")
     except BaseException:
-        await take_back(parts.store, message.execution_id)
+        if recorded:
+            await take_back(parts.store, message.execution_id)
         raise
     log.info("replay", execution_id=message.execution_id, replay_of=original.execution_id)
     return Replayed(

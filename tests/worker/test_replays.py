@@ -98,6 +98,46 @@ async def test_a_replay_and_its_comparison_find_the_step_whose_answer_changed(
     await asyncio.to_thread(scenario)
 
 
+async def test_a_replay_asked_again_with_its_idempotency_key_is_the_same_and_runs_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: ExecutionStore
+) -> None:
+    """An operator's retry (a lost answer, a second click) names the replay it asked for; in
+    bulk, the key names one replay per execution."""
+
+    def scenario() -> None:
+        with running(
+            monkeypatch, tmp_path, {"two": TWO.replace("RELEASE", "new")}, store=store
+        ) as stack:
+            original = stack.start("two")
+            stack.reaches(original, "succeeded")
+            key = {"Idempotency-Key": "rollout-42"}
+            first = stack.client.post(f"/executions/{original}/replay", headers=key)
+            assert first.status_code == 202, first.text
+            replay = first.json()["execution_id"]
+            stack.reaches(replay, "succeeded")
+            again = stack.client.post(f"/executions/{original}/replay", headers=key)
+            assert again.status_code == 202 and again.json()["execution_id"] == replay
+            bulk = stack.client.post("/executions/replay", json={"flow": "two"}, headers=key)
+            assert bulk.status_code == 202, bulk.text
+            by_original = {
+                each["replay_of"]: each["execution_id"] for each in bulk.json()["replays"]
+            }
+            assert by_original[original] == replay  # the original's, as asked one by one
+            stack.reaches(by_original[replay], "succeeded")  # the replay's own: a new one
+            time.sleep(0.3)
+            assert len(stack.calls("/match-candidato")) == 3  # original, replay, its replay
+            other = stack.client.post(
+                f"/executions/{original}/replay", headers={"Idempotency-Key": "rollout-43"}
+            )
+            assert other.json()["execution_id"] not in {replay, *by_original.values()}
+            empty = stack.client.post(
+                f"/executions/{original}/replay", headers={"Idempotency-Key": ""}
+            )
+            assert empty.status_code == 422 and "Idempotency-Key" in empty.text
+
+    await asyncio.to_thread(scenario)
+
+
 def test_a_replay_is_refused_naming_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with running(monkeypatch, tmp_path, {"two": TWO.replace("RELEASE", "new")}) as stack:
         original = stack.start("two")
