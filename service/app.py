@@ -95,10 +95,10 @@ def create_app(
             raise Problem(503, "Not ready", str(exc)) from None
         return JSONResponse({"status": "ready", "flows": sorted(parts.flows)})
 
-    hot = {frontdoor.orchestrate, push.push}  # at the paths their routers declare
+    hot = {frontdoor.orchestrate, push.push, events.events}  # at their routers' paths
     routes = {
         route.path: route.endpoint
-        for router in (frontdoor.router, push.router)
+        for router in (frontdoor.router, push.router, events.router)
         for route in router.routes
         if isinstance(route, APIRoute) and route.endpoint in hot
     }

@@ -6,7 +6,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
+from service.api.events import events
 from service.api.frontdoor import orchestrate
 from service.api.hotpaths import HotPaths
 from service.api.problems import MEDIA_TYPE
@@ -32,15 +36,40 @@ def client() -> Iterator[httpx.Client]:
         yield test_client
 
 
-def test_both_load_carrying_paths_go_the_hot_way() -> None:
+EVENTS = "/pubsub/events/{flow}/{trigger}"
+
+
+def test_the_load_carrying_paths_go_the_hot_way() -> None:
     app = create_app(make_settings(), project_flows(), RecordingTransport())
     [hot] = [layer for layer in app.user_middleware if layer.cls is HotPaths]
-    assert hot.kwargs["routes"] == {"/orchestrate": orchestrate, "/pubsub/push": push}
+    routes = {"/orchestrate": orchestrate, "/pubsub/push": push, EVENTS: events}
+    assert hot.kwargs["routes"] == routes
 
 
-def test_both_paths_stay_in_the_openapi_document(client: httpx.Client) -> None:
+def test_the_paths_stay_in_the_openapi_document(client: httpx.Client) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert "post" in paths["/orchestrate"] and "post" in paths["/pubsub/push"]
+    declared = {parameter["name"] for parameter in paths[EVENTS]["post"]["parameters"]}
+    assert declared == {"flow", "trigger"}
+
+
+async def test_a_templated_path_gives_its_segments_and_only_fits_whole_ones() -> None:
+    seen: list[dict[str, str]] = []
+
+    async def endpoint(request: Request) -> Response:
+        seen.append(dict(request.path_params))
+        return Response(status_code=204)
+
+    async def rest(scope: Scope, receive: Receive, send: Send) -> None:
+        await Response(status_code=404)(scope, receive, send)
+
+    app = HotPaths(rest, {EVENTS: endpoint})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://hot") as hot:
+        assert (await hot.post("/pubsub/events/exports/landed")).status_code == 204
+        for other in ("/pubsub/events/exports", "/pubsub/events//landed", "/pubsub/events/a/b/c"):
+            assert (await hot.post(other)).status_code == 404, other
+        assert (await hot.get("/pubsub/events/exports/landed")).status_code == 404
+    assert seen == [{"flow": "exports", "trigger": "landed"}]
 
 
 def test_other_methods_on_a_hot_path_get_the_routers_405(client: httpx.Client) -> None:

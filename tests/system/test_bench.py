@@ -54,6 +54,7 @@ def test_the_benchmark_runs_every_case_at_a_tiny_size(tmp_path: Path) -> None:
         ("bench.tracing", ["--runs", "5"], "tracing on, sampled 1.0"),
         ("bench.protection", ["--items", "40", "--calls", "20"], "a cache hit"),
         ("bench.children", ["--children", "20"], "memory store: 20 children in"),
+        ("bench.triggers", ["--runs", "20", "--rounds", "1"], "an event's push"),
         pytest.param(
             "bench.waits",
             ["--runs", "3", "--held", "20", "--many", "600"],
