@@ -166,8 +166,9 @@ def test_an_event_its_when_refuses_is_acked_and_starts_nothing(
         (notification(user_id="u" * 65), "input.user_id: String should have at most 64"),
         (notification(user_id=7), "input.user_id: Input should be a valid string"),
         (notification(user_id=None), "triggers.0.input.user_id: ${event.data.metadata.user_id}"),
+        ((notification()[0], {}), 'triggers.0.when: ${event.attributes.eventType == "OBJECT'),
     ],
-    ids=["too long", "not a string", "absent"],
+    ids=["too long", "not a string", "absent", "when reads what is not there"],
 )
 def test_a_misfit_event_is_acked_as_one_rejected_execution_naming_the_field(
     stack: Stack, misfit: tuple[bytes, dict[str, str]], reason: str
