@@ -1,7 +1,7 @@
 """`python -m bench.triggers`: what accepting an event costs, against accepting the same
 execution at the front door, measured in the same run.
 
-One app (the memory store; a broker that only counts what it is given, so nothing runs
+One app (the memory store; a broker that only keeps what it is given, so nothing runs
 and only the acceptance is timed) takes --runs requests, --at-once at a time, through
 httpx's ASGI transport:
 
@@ -31,9 +31,9 @@ import yaml
 
 from bench.handler import FULL
 from bench.processes import ROOT
+from bench.waits import Published
 from service.app import create_app
 from service.backends.memory import MemoryStore
-from service.backends.transport import Deliver
 from service.dev.standins import FUNCTIONS
 from service.engine.flow import load_flows
 from service.logs import configure_logging
@@ -52,26 +52,6 @@ TRIGGER = {
         "process_vacancy_orchestrator": True,
     },
 }
-
-
-class CountingBroker:
-    """A Transport that takes every message at once and keeps only their number."""
-
-    def __init__(self) -> None:
-        self.published = 0
-
-    async def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
-        self.published += 1
-        return str(self.published)
-
-    async def check(self, topic: str) -> None:
-        return None
-
-    def subscribe(self, topic: str, deliver: Deliver) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 def flows_dir(into: Path) -> Path:
@@ -135,7 +115,7 @@ async def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         env = {name: "http://127.0.0.1:9" + path for name, path in FUNCTIONS.items()}  # not called
         flows = load_flows(flows_dir(Path(scratch)), env)
-    broker = CountingBroker()
+    broker = Published()  # takes each message, delivers none
     app = create_app(settings, flows, transport=broker, store=MemoryStore())
     kinds: dict[str, Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]] = {
         "POST /orchestrate": lambda client, n: client.post("/orchestrate", json=FULL),
@@ -156,7 +136,7 @@ async def measure(args: argparse.Namespace) -> None:
             for name, send in kinds.items():
                 cpu[name].append(await cpu_per_request(send, client, args.runs, args.at_once, sent))
                 sent += args.runs
-    assert broker.published == sent, (broker.published, sent)  # each one accepted, once
+    assert len(broker.messages) == sent, (len(broker.messages), sent)  # each one accepted, once
     base = statistics.median(cpu["POST /orchestrate"])
     print(f"{args.rounds} rounds of {args.runs} requests, {args.at_once} at a time, each accepted")
     print(f"{'':<18} {'CPU ms/request':>15} {'vs front door':>14}")

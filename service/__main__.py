@@ -19,6 +19,7 @@ import asyncio
 import json
 import sys
 import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 from service.app import create_app, load_checked_flows, make_engine
 from service.backends.memory import MemoryStore
 from service.engine.flow import Flow, flow_files, read_definition
-from service.engine.flow_spec import parse_spec
+from service.engine.flow_spec import FlowSpec, parse_spec
 from service.engine.graph import mermaid
 from service.engine.kinds.base import NoChildren
 from service.engine.outbound import http_clients
@@ -80,41 +81,46 @@ def schedules(settings: FlowFolders, tsv: bool) -> int:
     """The flows' schedules, read without compiling the flows (no ${env.NAME} needed):
     a table, or one tab-separated line each (id, cron, time zone, request body) for
     infra/setup.sh --schedules, which makes one Cloud Scheduler job per id."""
-    rows = []
-    for folder in settings.flows_dir:
-        for path in flow_files(folder):
-            name, raw = read_definition(path)
-            for schedule in parse_spec(name, raw, str(path)).schedules:
-                body = json.dumps({"flow": name, **schedule.input}, separators=(",", ":"))
-                rows.append((f"{name}-{schedule.name}", schedule.cron, schedule.time_zone, body))
-    if tsv:
-        print("".join("\t".join(row) + "\n" for row in rows), end="")
-        return 0
-    if not rows:
-        print("no flow declares schedules")
-    for schedule_id, cron, time_zone, body in rows:
-        print(f"{schedule_id}: '{cron}' ({time_zone}) POST /orchestrate {body}")
-    return 0
+    rows = [
+        (
+            f"{name}-{schedule.name}",
+            schedule.cron,
+            schedule.time_zone,
+            json.dumps({"flow": name, **schedule.input}, separators=(",", ":")),
+        )
+        for name, spec in _specs(settings)
+        for schedule in spec.schedules
+    ]
+    return _listed(rows, tsv, "schedules", "{0}: '{1}' ({2}) POST /orchestrate {3}")
 
 
 def triggers(settings: FlowFolders, tsv: bool) -> int:
     """The flows' event triggers, read without compiling the flows: a table, or one
     tab-separated line each (id, topic, push path) for infra/setup.sh --triggers, which
     keeps one push subscription per id."""
-    rows = []
+    rows = [
+        (f"{name}-{trigger.name}", trigger.topic, f"/pubsub/events/{name}/{trigger.name}")
+        for name, spec in _specs(settings)
+        for trigger in spec.triggers
+    ]
+    return _listed(rows, tsv, "triggers", "{0}: topic {1} → POST {2}")
+
+
+def _specs(settings: FlowFolders) -> Iterator[tuple[str, FlowSpec]]:
+    """Each flow's name and spec, checked but not compiled."""
     for folder in settings.flows_dir:
         for path in flow_files(folder):
             name, raw = read_definition(path)
-            for trigger in parse_spec(name, raw, str(path)).triggers:
-                push_path = f"/pubsub/events/{name}/{trigger.name}"
-                rows.append((f"{name}-{trigger.name}", trigger.topic, push_path))
+            yield name, parse_spec(name, raw, str(path))
+
+
+def _listed(rows: Sequence[tuple[str, ...]], tsv: bool, kind: str, line: str) -> int:
+    """`rows` tab-separated for scripts, else each as `line` says (or that there are none)."""
     if tsv:
-        print("".join("\t".join(row) + "\n" for row in rows), end="")
-        return 0
-    if not rows:
-        print("no flow declares triggers")
-    for trigger_id, topic, push_path in rows:
-        print(f"{trigger_id}: topic {topic} → POST {push_path}")
+        lines = ["\t".join(row) for row in rows]
+    else:
+        lines = [line.format(*row) for row in rows] or [f"no flow declares {kind}"]
+    print("".join(f"{each}\n" for each in lines), end="")
     return 0
 
 

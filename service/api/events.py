@@ -110,9 +110,11 @@ async def started(
         recorded = asyncio.ensure_future(record_queued(parts.store, start))
         try:
             await parts.requests.publish(start, traceparent=attributes.get(MESSAGE_ATTRIBUTE))
-        except BrokerUnavailable as exc:
+        except BaseException as exc:  # as the front door: no `queued` left that will not run
             if await recorded:
                 await take_back(parts.store, named)
+            if not isinstance(exc, BrokerUnavailable):
+                raise
             log.warning("event not started; nacked", reason=str(exc), retryable=True)
             return NACK_RETRY
         await recorded
